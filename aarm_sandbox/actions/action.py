@@ -1,0 +1,53 @@
+"""The semantic action: what the kernel is about to do, named the way a person would.
+
+An Action is built only from the supervisor's own copy of the arguments and from resolved
+kernel objects (canonical paths of pinned fds, parsed sockaddrs), never from agent text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Action types the runtime core emits. Policy rules match these with globs ("file.*").
+FILE_READ = "file.read"
+FILE_WRITE = "file.write"          # open for writing an existing file (incl. O_TRUNC)
+FILE_CREATE = "file.create"        # open/creat that creates, mknod of a regular file
+FILE_DELETE = "file.delete"        # unlink, rmdir
+FILE_RENAME = "file.rename"
+FILE_LINK = "file.link"
+FILE_SYMLINK = "file.symlink"
+FILE_MKDIR = "file.mkdir"
+FILE_MKNOD = "file.mknod"
+FILE_TRUNCATE = "file.truncate"
+FILE_CHMOD = "file.chmod"
+FILE_CHOWN = "file.chown"
+FILE_XATTR = "file.xattr"
+FILE_UTIME = "file.utime"
+PROCESS_EXEC = "process.exec"
+NET_CONNECT = "net.connect"
+NET_BIND = "net.bind"
+NET_SEND = "net.send"
+
+ALL_TYPES = (FILE_READ, FILE_WRITE, FILE_CREATE, FILE_DELETE, FILE_RENAME, FILE_LINK,
+             FILE_SYMLINK, FILE_MKDIR, FILE_MKNOD, FILE_TRUNCATE, FILE_CHMOD, FILE_CHOWN,
+             FILE_XATTR, FILE_UTIME, PROCESS_EXEC, NET_CONNECT, NET_BIND, NET_SEND)
+
+
+@dataclass(slots=True)
+class Action:
+    type: str
+    target: str                    # canonical path / address the kernel will touch
+    syscall: str
+    pid: int                       # thread-group id (supervisor's pid namespace)
+    tid: int
+    flags: int = 0
+    paths: tuple[str, ...] = ()    # every path the operation touches (rename: src and dst)
+    detail: dict = field(default_factory=dict)   # argv for exec, destination for rename, ...
+
+    def as_record(self) -> dict:
+        rec = {"type": self.type, "target": self.target, "syscall": self.syscall,
+               "pid": self.pid, "tid": self.tid}
+        if self.flags:
+            rec["flags"] = self.flags
+        if self.detail:
+            rec.update(self.detail)
+        return rec

@@ -1,0 +1,112 @@
+"""Command-line entry point. Configuration errors exit 125 with a message, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EXIT_SANDBOX_ERROR = 125
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aarm-sandbox", description=(
+        "Run an AI agent's tools under a supervisor that decides every file change, exec and "
+        "connection before it happens, and journals each decision."))
+    p.add_argument("--version", action="version", version="aarm-sandbox 0.1.0")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run COMMAND confined by a profile")
+    r.add_argument("--profile", help="built-in profile name or YAML file (default: default)")
+    r.add_argument("--workspace", help="directory the agent may change (default: cwd)")
+    r.add_argument("--journal", help="journal file (default: $XDG_STATE_HOME/aarm-sandbox/SESSION.jsonl)")
+    r.add_argument("--session-id", help="session identifier (default: time + random)")
+    r.add_argument("--intent", help="the agent's declared intent (recorded, not trusted)")
+    r.add_argument("--allow-write", action="append", default=[], metavar="PATH",
+                   help="also allow changes under PATH (repeatable)")
+    r.add_argument("--allow-net", action="append", default=[], metavar="DEST",
+                   help="allow egress to DEST (brokered egress arrives with the network release)")
+    r.add_argument("--sensitive", action="append", default=[], metavar="GLOB",
+                   help="label paths matching GLOB as data class 'sensitive'")
+    r.add_argument("--approval-timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long STEP_UP/DEFER may wait for an approver")
+    r.add_argument("--observe", action="store_true",
+                   help="shadow mode: allow everything, journal what the profile would have done")
+    r.add_argument("--explain", action="store_true", help="print every decision to stderr")
+    r.add_argument("--verbose", "-v", action="store_true")
+    r.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+
+    pr = sub.add_parser("profiles", help="list, show or check profiles")
+    psub = pr.add_subparsers(dest="pcmd", required=True)
+    psub.add_parser("list", help="built-in profiles")
+    sh = psub.add_parser("show", help="print a profile (after `extends`)")
+    sh.add_argument("name")
+    ck = psub.add_parser("check", help="validate a profile file")
+    ck.add_argument("file")
+    psub.add_parser("schema", help="JSON Schema of the profile format")
+
+    d = sub.add_parser("doctor", help="probe every kernel feature the sandbox uses")
+    d.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "run":
+            from aarm_sandbox.cli.run import UsageError, run
+            if args.command and args.command[0] == "--":
+                args.command = args.command[1:]
+            if args.allow_net:
+                print("aarm-sandbox: --allow-net is accepted but egress brokering is not in this "
+                      "release: the sandbox has no route out, so the destinations stay unreachable",
+                      file=sys.stderr)
+            try:
+                return run(args)
+            except UsageError as e:
+                print(f"aarm-sandbox: {e}", file=sys.stderr)
+                return EXIT_SANDBOX_ERROR
+        if args.cmd == "profiles":
+            return _profiles(args)
+        if args.cmd == "doctor":
+            from aarm_sandbox.cli.doctor import doctor
+            return doctor(as_json=args.json)
+    except KeyboardInterrupt:
+        return 130
+    except _profile_error() as e:
+        print(f"aarm-sandbox: {e}", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR
+    return 0
+
+
+def _profile_error():
+    from aarm_sandbox.policy.loader import ProfileError
+    return ProfileError
+
+
+def _profiles(args) -> int:
+    from aarm_sandbox.policy.loader import builtin_names, load_profile
+    if args.pcmd == "list":
+        for name in builtin_names():
+            prof = load_profile(name).profile
+            print(f"{name:14} {prof.description}")
+        return 0
+    if args.pcmd == "show":
+        import yaml
+        loaded = load_profile(args.name)
+        print(f"# {loaded.source} sha256:{loaded.sha256}")
+        print(yaml.safe_dump(loaded.profile.model_dump(by_alias=True, exclude_none=True),
+                             sort_keys=False))
+        return 0
+    if args.pcmd == "check":
+        loaded = load_profile(args.file)
+        print(f"{args.file}: ok (profile {loaded.profile.id}, {len(loaded.profile.rules)} rules)")
+        return 0
+    if args.pcmd == "schema":
+        from aarm_sandbox.policy.schema import Profile
+        print(json.dumps(Profile.model_json_schema(by_alias=True), indent=2))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

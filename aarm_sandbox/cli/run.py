@@ -1,0 +1,188 @@
+"""`aarm-sandbox run`: wire the pipeline together for one session."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from aarm_sandbox.context.session import SessionContext
+from aarm_sandbox.intercept.filter import FilterError, compile_filter
+from aarm_sandbox.journal.writer import Journal
+from aarm_sandbox.launch.sandbox import (NS_NAMES, LaunchError, LaunchPlan,
+                                         drop_effective_capabilities, launch)
+from aarm_sandbox.policy.compiler import CompiledPolicy, Placeholders, glob_to_regex
+from aarm_sandbox.policy.engine import PolicyEngine
+from aarm_sandbox.policy.loader import ProfileError, load_profile
+
+EXIT_SANDBOX_ERROR = 125
+
+
+class UsageError(Exception):
+    """Invalid configuration: exit 125 with the message."""
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "aarm-sandbox"
+
+
+def new_session_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def exit_code(wait_status: int) -> int:
+    if os.WIFEXITED(wait_status):
+        return os.WEXITSTATUS(wait_status)
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return EXIT_SANDBOX_ERROR
+
+
+def build_policy(args, workspace: str, tmpdir: str) -> tuple[CompiledPolicy, object]:
+    loaded = load_profile(args.profile or "default")
+    prof = loaded.profile
+    if args.allow_write:
+        sets = dict(prof.path_sets)
+        extra = []
+        for p in args.allow_write:
+            ap = os.path.realpath(os.path.expanduser(p))
+            extra += [ap, ap + "/**"]
+        sets["writable"] = list(sets.get("writable", [])) + extra
+        prof = prof.model_copy(update={"path_sets": sets})
+    ph = Placeholders(workspace=workspace, tmpdir=tmpdir, home=os.path.expanduser("~"))
+    return CompiledPolicy(prof, ph), loaded
+
+
+def run(args) -> int:
+    """Returns the process exit status (the command's, or 125 when the sandbox can't start)."""
+    if not args.command:
+        raise UsageError("no command given: aarm-sandbox run [OPTIONS] -- COMMAND [ARG...]")
+    workspace = os.path.realpath(args.workspace or os.getcwd())
+    if not os.path.isdir(workspace):
+        raise UsageError(f"--workspace {workspace}: not a directory")
+    session_id = args.session_id or new_session_id()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", session_id):
+        raise UsageError("--session-id may only contain letters, digits, '.', '_' and '-'")
+
+    session_tmp = Path(os.environ.get("AARM_TMP_ROOT", "/tmp")) / f"aarm-{session_id}"
+    session_tmp.mkdir(mode=0o700, parents=True, exist_ok=False)
+    tmpdir = str(session_tmp.resolve())
+    try:
+        return _run_session(args, workspace, session_id, tmpdir)
+    finally:
+        shutil.rmtree(session_tmp, ignore_errors=True)
+
+
+def _run_session(args, workspace: str, session_id: str, tmpdir: str) -> int:
+    policy, loaded = build_policy(args, workspace, tmpdir)
+    settings = policy.profile.settings
+    engine = PolicyEngine(policy, observe=args.observe)
+    ctx = SessionContext(session_id=session_id, intent=args.intent)
+    if args.sensitive:
+        ph = policy.placeholders
+        ctx.sensitive = re.compile("(?:" + "|".join(
+            glob_to_regex(ph.expand(os.path.abspath(os.path.expanduser(g)) if not g.startswith("{") else g))
+            for g in args.sensitive) + r")\Z", re.S)
+
+    journal_path = args.journal or str(state_dir() / f"{session_id}.jsonl")
+    journal_path = os.path.abspath(journal_path)
+    try:
+        journal = Journal(journal_path, session_id)
+    except OSError as e:
+        raise UsageError(f"cannot open journal {journal_path}: {e.strerror}") from None
+
+    masks = policy.set_paths(settings.mask)
+    mask_dirs = [p for p in masks if os.path.isdir(p)]
+    mask_files = [p for p in masks if os.path.isfile(p)]
+    # The journal and the state directory stay out of the sandbox's sight.
+    mask_files.append(journal_path)
+    if os.path.isdir(state_dir()) and not workspace.startswith(str(state_dir())):
+        mask_dirs.append(str(state_dir()))
+
+    try:
+        bpf = compile_filter(notify_reads=settings.intercept_reads)
+    except FilterError as e:
+        raise UsageError(str(e)) from None
+    env = dict(os.environ)
+    env["TMPDIR"] = tmpdir
+    env["AARM_SANDBOX_SESSION"] = session_id
+    plan = LaunchPlan(argv=list(args.command), env=env, cwd=os.getcwd(), bpf=bpf,
+                      mask_dirs=mask_dirs, mask_files=mask_files)
+    plan.loopback = settings.network == "loopback"
+    try:
+        sandbox = launch(plan)
+    except LaunchError as e:
+        journal.append({"type": "session.error", "reason": str(e)})
+        journal.close()
+        raise UsageError(f"cannot start the sandbox: {e}") from None
+    # Single-threaded until here: caps are per thread, and the launcher needed them to map
+    # uid 0 into the sandbox's user namespace.
+    drop_effective_capabilities()
+    journal.start()
+    for w in sandbox.warnings:
+        print(f"aarm-sandbox: warning: {w}", file=sys.stderr)
+    if not sandbox.namespaces & (1 << 17) and masks:  # CLONE_NEWNS missing: masks inactive
+        print("aarm-sandbox: warning: no mount namespace, credential stores are not masked",
+              file=sys.stderr)
+
+    from aarm_sandbox.intercept.unotify import UnotifyBackend
+    from aarm_sandbox.supervisor import Supervisor
+
+    done = threading.Event()
+    backend = UnotifyBackend(sandbox.listener, sandbox_gone=done.is_set)
+    journal.append({"type": "session.start", "command": list(args.command), "intent": args.intent,
+                    "workspace": workspace, "tmpdir": tmpdir,
+                    "profile": {"id": policy.profile.id, "version": policy.profile.version,
+                                "source": loaded.source, "sha256": loaded.sha256},
+                    "observe": bool(args.observe), "host": platform.node(),
+                    "kernel": platform.release(), "uid": os.getuid(),
+                    "backend": backend.name, "sync_wakeup": backend.sync_wakeup,
+                    "namespaces": [v for k, v in NS_NAMES.items() if sandbox.namespaces & k],
+                    "masked": mask_dirs + mask_files})
+    sup = Supervisor(backend, engine, ctx, journal, explain=args.explain, verbose=args.verbose)
+    loop = threading.Thread(target=sup.run, name="aarm-supervisor", daemon=True)
+    loop.start()
+
+    status_box: list[int] = []
+
+    def wait_status():
+        try:
+            status_box.append(sandbox.wait())
+        except LaunchError as e:
+            print(f"aarm-sandbox: {e}", file=sys.stderr)
+        finally:
+            done.set()
+    waiter = threading.Thread(target=wait_status, name="aarm-wait", daemon=True)
+    waiter.start()
+
+    def forward(signum, _frame):
+        try:
+            os.kill(sandbox.pid, signum)
+        except ProcessLookupError:
+            pass
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+                                                  signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        while waiter.is_alive():
+            waiter.join(0.2)
+        loop.join(5)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    code = exit_code(status_box[0]) if status_box else EXIT_SANDBOX_ERROR
+    journal.append({"type": "session.end", "exit_status": code,
+                    "actions": dict(ctx.action_counts), "decisions": dict(ctx.decision_counts),
+                    "data_classes": sorted(ctx.data_classes)})
+    journal.close()
+    backend.close()
+    if sup.denials or args.verbose:
+        print(f"aarm-sandbox: {len(sup.denials)} action(s) denied; journal: {journal_path}",
+              file=sys.stderr)
+    return code

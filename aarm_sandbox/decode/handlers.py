@@ -1,0 +1,610 @@
+"""Per-syscall-family decoders: notification -> (Action, Effect).
+
+A decoder reads each argument once into a private copy, resolves every path to a pinned
+kernel object (decode/paths.py), names the action, and prepares the Effect that performs
+exactly that operation on exactly those objects if the policy allows it. Errors raise
+DecodeError with the errno the kernel would have returned; nothing has happened then.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from aarm_sandbox._native import lib
+from aarm_sandbox.actions import action as A
+from aarm_sandbox.actions.action import Action
+from aarm_sandbox.decode.memory import DecodeError, read_argv, read_bytes, read_path
+from aarm_sandbox.decode.paths import (AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, ObjectRef,
+                                       ParentRef, Resolver, as_int32)
+from aarm_sandbox.decode.syscall_table import BY_NR, SyscallSpec
+from aarm_sandbox.enforce import libc
+from aarm_sandbox.enforce.effects import AtCall, Continue, Effect, ObjectCall, OpenFile, SocketCall
+
+O_ACCMODE = 0o3
+O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW = os.O_CREAT, os.O_EXCL, os.O_TRUNC, os.O_NOFOLLOW
+O_PATH, O_CLOEXEC, O_NOCTTY = os.O_PATH, os.O_CLOEXEC, os.O_NOCTTY
+O_TMPFILE_BIT = 0o20000000
+AT_REMOVEDIR = 0x200
+AT_SYMLINK_FOLLOW = 0x400
+PIDFD_THREAD = os.O_EXCL
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+SOCK_STREAM, SOCK_SEQPACKET = 1, 5
+MSG_FASTOPEN = 0x20000000
+MAX_PAYLOAD = 4 << 20
+
+
+@dataclass(slots=True)
+class Notification:
+    """Backend-neutral view of one intercepted syscall (unotify or ptrace)."""
+    id: int
+    tid: int
+    nr: int
+    arch: int
+    args: tuple
+
+
+class DecodeState:
+    """Per-session caches the decoders share (kept tiny; everything else is re-read)."""
+
+    def __init__(self) -> None:
+        self.umask: dict[int, int] = {}
+
+    def umask_of(self, tid: int) -> int:
+        m = self.umask.get(tid)
+        if m is None:
+            m = 0o022
+            try:
+                with open(f"/proc/{tid}/status", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"Umask:"):
+                            m = int(line.split()[1], 8)
+                            break
+            except OSError:
+                raise DecodeError(errno.ESRCH, "target gone") from None
+            self.umask[tid] = m
+        return m
+
+
+@dataclass(slots=True)
+class Decoded:
+    action: Action | None      # None: nothing to decide (bookkeeping calls)
+    effect: Effect
+
+
+Handler = Callable[[Notification, SyscallSpec, DecodeState], Decoded]
+
+
+# ---------------------------------------------------------------------------------------
+def _resolver(n: Notification) -> Resolver:
+    return Resolver(n.tid, n.tid)
+
+
+def _act(type_: str, n: Notification, spec: SyscallSpec, target: str, paths: tuple, flags: int = 0,
+         **detail) -> Action:
+    return Action(type_, target, spec.name, n.tid, n.tid, flags, paths, detail)
+
+
+def _thread_fd(tid: int, fd: int) -> int:
+    """A copy of the target thread's fd `fd` (same open file description)."""
+    if fd < 0:
+        raise DecodeError(errno.EBADF, "negative fd")
+    pidfd = lib.aarm_pidfd_open(tid, PIDFD_THREAD)
+    if pidfd < 0:
+        raise DecodeError(errno.ESRCH, "pidfd_open")
+    try:
+        r = lib.aarm_pidfd_getfd(pidfd, fd, 0)
+    finally:
+        os.close(pidfd)
+    if r < 0:
+        raise DecodeError(-r if -r != errno.ESRCH else errno.EBADF, "pidfd_getfd")
+    return r
+
+
+def _fd_object(tid: int, fd: int) -> ObjectRef:
+    copy = _thread_fd(tid, fd)
+    try:
+        return ObjectRef(copy, os.readlink(f"/proc/self/fd/{copy}"), os.fstat(copy))
+    except BaseException:
+        os.close(copy)
+        raise
+
+
+# ---- opens ------------------------------------------------------------------------------
+def decode_open(n: Notification, spec: SyscallSpec, st: DecodeState) -> Decoded:
+    a = n.args
+    if spec.name == "open":
+        dirfd, pptr, flags, mode = AT_FDCWD, a[0], a[1], a[2]
+    elif spec.name == "creat":
+        dirfd, pptr, flags, mode = AT_FDCWD, a[0], os.O_CREAT | os.O_WRONLY | os.O_TRUNC, a[1]
+    else:
+        dirfd, pptr, flags, mode = a[0], a[1], a[2], a[3]
+    flags &= 0xFFFFFFFF
+    mode &= 0o7777
+    path = read_path(n.tid, pptr)
+    r = _resolver(n)
+    cloexec = bool(flags & O_CLOEXEC)
+    writes = (flags & O_ACCMODE) != os.O_RDONLY or flags & (O_TRUNC | O_CREAT | O_TMPFILE_BIT)
+    open_flags = (flags | O_CLOEXEC | O_NOCTTY) & ~O_NOFOLLOW if not flags & O_PATH else flags
+
+    if flags & O_PATH:
+        obj = r.object(dirfd, path, follow=not flags & O_NOFOLLOW)
+        return Decoded(_act(A.FILE_READ, n, spec, obj.path, (obj.path,), flags),
+                       OpenFile(-1, b"", obj.fd, flags, 0, cloexec, opath_passthrough=True))
+    if flags & O_TMPFILE_BIT:
+        d = r.object(dirfd, path, follow=True)
+        m = mode & ~st.umask_of(n.tid)
+        return Decoded(_act(A.FILE_CREATE, n, spec, d.path, (d.path,), flags, tmpfile=True),
+                       OpenFile(d.fd, b".", -1, open_flags, m, cloexec))
+    if flags & O_CREAT and flags & O_EXCL:
+        p = r.parent(dirfd, path)
+        return _create(n, spec, st, p, flags, open_flags, mode, cloexec)
+    try:
+        obj = r.object(dirfd, path, follow=not flags & O_NOFOLLOW)
+    except DecodeError as e:
+        if e.errno != errno.ENOENT or not flags & O_CREAT:
+            raise
+        p = r.parent(dirfd, path)
+        try:
+            lst = os.stat(p.name, dir_fd=p.fd, follow_symlinks=False)
+        except OSError:
+            lst = None
+        if lst is not None:
+            p.close()
+            if stat.S_ISLNK(lst.st_mode):
+                raise DecodeError(errno.EACCES, "creating through a dangling symlink is not mediated") from None
+            raise DecodeError(errno.EAGAIN, "object appeared during resolution") from None
+        return _create(n, spec, st, p, flags, open_flags | O_EXCL, mode, cloexec)
+    if flags & O_NOFOLLOW and stat.S_ISLNK(obj.st.st_mode):
+        obj.close()
+        raise DecodeError(errno.ELOOP, "O_NOFOLLOW on a symlink")
+    kind = A.FILE_WRITE if writes else A.FILE_READ
+    eff = OpenFile(-1, b"", obj.fd, open_flags & ~(O_CREAT | O_EXCL), 0, cloexec,
+                   blocking=stat.S_ISFIFO(obj.st.st_mode) or stat.S_ISCHR(obj.st.st_mode))
+    return Decoded(_act(kind, n, spec, obj.path, (obj.path,), flags), eff)
+
+
+def _create(n, spec, st, p: ParentRef, flags, open_flags, mode, cloexec) -> Decoded:
+    m = mode & ~st.umask_of(n.tid)
+    act = _act(A.FILE_CREATE, n, spec, p.path, (p.path,), flags)
+    eff = OpenFile(p.fd, p.name_for_op, -1, open_flags, m, cloexec)
+    return Decoded(act, eff)
+
+
+# ---- namespace changes ------------------------------------------------------------------
+def decode_unlink(n, spec, st) -> Decoded:
+    a = n.args
+    if spec.name == "unlinkat":
+        dirfd, pptr, flags = a[0], a[1], as_int32(a[2])
+    else:
+        dirfd, pptr, flags = AT_FDCWD, a[0], AT_REMOVEDIR if spec.name == "rmdir" else 0
+    if flags & ~AT_REMOVEDIR:
+        raise DecodeError(errno.EINVAL, "unlinkat flags")
+    p = _resolver(n).parent(dirfd, read_path(n.tid, pptr))
+    act = _act(A.FILE_DELETE, n, spec, p.path, (p.path,), flags, directory=bool(flags & AT_REMOVEDIR))
+    return Decoded(act, AtCall("unlink", p.fd, p.name_for_op, arg=flags))
+
+
+def decode_rename(n, spec, st) -> Decoded:
+    a = n.args
+    if spec.name == "rename":
+        od, op, nd, np_, flags = AT_FDCWD, a[0], AT_FDCWD, a[1], 0
+    else:
+        od, op, nd, np_ = a[0], a[1], a[2], a[3]
+        flags = (a[4] & 0xFFFFFFFF) if spec.name == "renameat2" else 0
+    r = _resolver(n)
+    src_path, dst_path = read_path(n.tid, op), read_path(n.tid, np_)
+    src = r.parent(od, src_path)
+    try:
+        dst = r.parent(nd, dst_path)
+    except BaseException:
+        src.close()
+        raise
+    act = _act(A.FILE_RENAME, n, spec, src.path, (src.path, dst.path), flags, destination=dst.path)
+    return Decoded(act, AtCall("rename", src.fd, src.name_for_op, dst.fd, dst.name_for_op, arg=flags))
+
+
+def decode_link(n, spec, st) -> Decoded:
+    a = n.args
+    if spec.name == "link":
+        od, op, nd, np_, flags = AT_FDCWD, a[0], AT_FDCWD, a[1], 0
+    else:
+        od, op, nd, np_, flags = a[0], a[1], a[2], a[3], as_int32(a[4])
+    if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
+        raise DecodeError(errno.EINVAL, "linkat flags")
+    r = _resolver(n)
+    old = read_path(n.tid, op) if op or not flags & AT_EMPTY_PATH else b""
+    new = read_path(n.tid, np_)
+    src = r.object(od, old, follow=bool(flags & AT_SYMLINK_FOLLOW), empty_ok=bool(flags & AT_EMPTY_PATH))
+    try:
+        dst = r.parent(nd, new)
+    except BaseException:
+        src.close()
+        raise
+    act = _act(A.FILE_LINK, n, spec, dst.path, (src.path, dst.path), flags, source=src.path)
+    return Decoded(act, AtCall("link", dst.fd, dst.name_for_op, src.fd))
+
+
+def decode_symlink(n, spec, st) -> Decoded:
+    a = n.args
+    if spec.name == "symlink":
+        tptr, nd, np_ = a[0], AT_FDCWD, a[1]
+    else:
+        tptr, nd, np_ = a[0], a[1], a[2]
+    content = read_path(n.tid, tptr)
+    if not content:
+        raise DecodeError(errno.ENOENT, "empty symlink target")
+    p = _resolver(n).parent(nd, read_path(n.tid, np_))
+    act = _act(A.FILE_SYMLINK, n, spec, p.path, (p.path,), content=os.fsdecode(content))
+    return Decoded(act, AtCall("symlink", p.fd, p.name_for_op, extra=content))
+
+
+def decode_mkdir(n, spec, st) -> Decoded:
+    a = n.args
+    dirfd, pptr, mode = (AT_FDCWD, a[0], a[1]) if spec.name == "mkdir" else (a[0], a[1], a[2])
+    p = _resolver(n).parent(dirfd, read_path(n.tid, pptr))
+    m = (mode & 0o7777) & ~st.umask_of(n.tid)
+    return Decoded(_act(A.FILE_MKDIR, n, spec, p.path, (p.path,)), AtCall("mkdir", p.fd, p.name_for_op, arg=m))
+
+
+def decode_mknod(n, spec, st) -> Decoded:
+    a = n.args
+    dirfd, pptr, mode, dev = (AT_FDCWD, a[0], a[1], a[2]) if spec.name == "mknod" else (a[0], a[1], a[2], a[3])
+    mode &= 0xFFFFFFFF
+    ftype = stat.S_IFMT(mode) or stat.S_IFREG
+    p = _resolver(n).parent(dirfd, read_path(n.tid, pptr))
+    m = ftype | ((mode & 0o7777) & ~st.umask_of(n.tid))
+    kind = A.FILE_CREATE if ftype == stat.S_IFREG else A.FILE_MKNOD
+    return Decoded(_act(kind, n, spec, p.path, (p.path,), mode), AtCall("mknod", p.fd, p.name_for_op,
+                                                                      arg=m, arg2=dev & 0xFFFFFFFF))
+
+
+# ---- content / metadata -----------------------------------------------------------------
+def decode_truncate(n, spec, st) -> Decoded:
+    obj = _resolver(n).object(AT_FDCWD, read_path(n.tid, n.args[0]), follow=True)
+    length = _s64(n.args[1])
+    return Decoded(_act(A.FILE_TRUNCATE, n, spec, obj.path, (obj.path,), length=length),
+                   ObjectCall("truncate", obj.fd, arg=length))
+
+
+def decode_ftruncate(n, spec, st) -> Decoded:
+    obj = _fd_object(n.tid, as_int32(n.args[0]))
+    length = _s64(n.args[1])
+    return Decoded(_act(A.FILE_TRUNCATE, n, spec, obj.path, (obj.path,), length=length),
+                   ObjectCall("truncate", obj.fd, arg=length, is_fd_copy=True))
+
+
+def decode_chmod(n, spec, st) -> Decoded:
+    a = n.args
+    if spec.name == "chmod":
+        dirfd, pptr, mode, flags = AT_FDCWD, a[0], a[1], 0
+    else:
+        dirfd, pptr, mode = a[0], a[1], a[2]
+        flags = as_int32(a[3]) if spec.name == "fchmodat2" else 0
+    obj = _resolver(n).object(dirfd, read_path(n.tid, pptr) if pptr or not flags & AT_EMPTY_PATH else b"",
+                              follow=not flags & AT_SYMLINK_NOFOLLOW, empty_ok=bool(flags & AT_EMPTY_PATH))
+    if stat.S_ISLNK(obj.st.st_mode):
+        obj.close()
+        raise DecodeError(errno.EOPNOTSUPP, "chmod of a symlink")
+    mode &= 0o7777
+    return Decoded(_act(A.FILE_CHMOD, n, spec, obj.path, (obj.path,), mode=oct(mode)),
+                   ObjectCall("chmod", obj.fd, arg=mode))
+
+
+def decode_fchmod(n, spec, st) -> Decoded:
+    obj = _fd_object(n.tid, as_int32(n.args[0]))
+    mode = n.args[1] & 0o7777
+    return Decoded(_act(A.FILE_CHMOD, n, spec, obj.path, (obj.path,), mode=oct(mode)),
+                   ObjectCall("chmod", obj.fd, arg=mode, is_fd_copy=True))
+
+
+def decode_chown(n, spec, st) -> Decoded:
+    a = n.args
+    if spec.name == "fchownat":
+        dirfd, pptr, uid, gid, flags = a[0], a[1], a[2], a[3], as_int32(a[4])
+    else:
+        dirfd, pptr, uid, gid = AT_FDCWD, a[0], a[1], a[2]
+        flags = AT_SYMLINK_NOFOLLOW if spec.name == "lchown" else 0
+    path = read_path(n.tid, pptr) if pptr or not flags & AT_EMPTY_PATH else b""
+    obj = _resolver(n).object(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                              empty_ok=bool(flags & AT_EMPTY_PATH))
+    uid, gid = as_int32(uid), as_int32(gid)
+    return Decoded(_act(A.FILE_CHOWN, n, spec, obj.path, (obj.path,), uid=uid, gid=gid),
+                   ObjectCall("chown", obj.fd, arg=uid, arg2=gid))
+
+
+def decode_fchown(n, spec, st) -> Decoded:
+    obj = _fd_object(n.tid, as_int32(n.args[0]))
+    uid, gid = as_int32(n.args[1]), as_int32(n.args[2])
+    return Decoded(_act(A.FILE_CHOWN, n, spec, obj.path, (obj.path,), uid=uid, gid=gid),
+                   ObjectCall("chown", obj.fd, arg=uid, arg2=gid, is_fd_copy=True))
+
+
+def _xattr_args(n) -> tuple[bytes, bytes, int]:
+    a = n.args
+    name = read_path(n.tid, a[1])
+    if len(name) > 255:
+        raise DecodeError(errno.ERANGE, "xattr name too long")
+    value, flags = b"", 0
+    if n.nr in (188, 189, 190):           # set*
+        value = read_bytes(n.tid, a[2], a[3], limit=65536)
+        flags = as_int32(a[4])
+    return name, value, flags
+
+
+def decode_xattr(n, spec, st) -> Decoded:
+    name, value, flags = _xattr_args(n)
+    follow = not spec.name.startswith("l")
+    obj = _resolver(n).object(AT_FDCWD, read_path(n.tid, n.args[0]), follow=follow)
+    if stat.S_ISLNK(obj.st.st_mode):
+        obj.close()
+        raise DecodeError(errno.EPERM, "xattr on a symlink")
+    op = "setxattr" if "set" in spec.name else "removexattr"
+    return Decoded(_act(A.FILE_XATTR, n, spec, obj.path, (obj.path,), name=os.fsdecode(name)),
+                   ObjectCall(op, obj.fd, arg=flags, name=name, value=value))
+
+
+def decode_fxattr(n, spec, st) -> Decoded:
+    name, value, flags = _xattr_args(n)
+    obj = _fd_object(n.tid, as_int32(n.args[0]))
+    op = "setxattr" if "set" in spec.name else "removexattr"
+    return Decoded(_act(A.FILE_XATTR, n, spec, obj.path, (obj.path,), name=os.fsdecode(name)),
+                   ObjectCall(op, obj.fd, arg=flags, name=name, value=value, is_fd_copy=True))
+
+
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def decode_utime(n, spec, st) -> Decoded:
+    a = n.args
+    flags = 0
+    times = None
+    if spec.name == "utimensat":
+        dirfd, pptr, tptr, flags = a[0], a[1], a[2], as_int32(a[3])
+        if tptr:
+            raw = read_bytes(n.tid, tptr, 32)
+            times = struct.unpack("<qqqq", raw)
+    elif spec.name == "utime":
+        dirfd, pptr, tptr = AT_FDCWD, a[0], a[1]
+        if tptr:
+            at, mt = struct.unpack("<qq", read_bytes(n.tid, tptr, 16))
+            times = (at, 0, mt, 0)
+    else:   # utimes / futimesat: struct timeval[2]
+        dirfd, pptr, tptr = (AT_FDCWD, a[0], a[1]) if spec.name == "utimes" else (a[0], a[1], a[2])
+        if tptr:
+            s0, u0, s1, u1 = struct.unpack("<qqqq", read_bytes(n.tid, tptr, 32))
+            if not (0 <= u0 < 1000000 and 0 <= u1 < 1000000):
+                raise DecodeError(errno.EINVAL, "bad timeval")
+            times = (s0, u0 * 1000, s1, u1 * 1000)
+    if pptr == 0 and spec.name in ("utimensat", "futimesat"):
+        obj = _fd_object(n.tid, as_int32(dirfd))        # futimens(fd, times)
+    else:
+        path = read_path(n.tid, pptr) if pptr or not flags & AT_EMPTY_PATH else b""
+        obj = _resolver(n).object(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                                  empty_ok=bool(flags & AT_EMPTY_PATH))
+    return Decoded(_act(A.FILE_UTIME, n, spec, obj.path, (obj.path,)),
+                   ObjectCall("utime", obj.fd, times=times))
+
+
+# ---- exec -------------------------------------------------------------------------------
+class ExecContinue(Continue):
+    """Exec cannot be emulated: continue it, remembering which inode was decided on so the
+    supervisor can verify the loaded image when the profile restricts exec."""
+
+    def __init__(self, obj: ObjectRef):
+        self.dev_ino = (obj.st.st_dev, obj.st.st_ino)
+        self.objfd = obj.fd
+
+    def _fds(self):
+        return (self.objfd,)
+
+
+def decode_exec(n, spec, st) -> Decoded:
+    a = n.args
+    if spec.name == "execve":
+        dirfd, pptr, argvp, flags = AT_FDCWD, a[0], a[1], 0
+    else:
+        dirfd, pptr, argvp, flags = a[0], a[1], a[2], as_int32(a[4])
+    path = read_path(n.tid, pptr) if pptr or not flags & AT_EMPTY_PATH else b""
+    obj = _resolver(n).object(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                              empty_ok=bool(flags & AT_EMPTY_PATH))
+    try:
+        argv = [os.fsdecode(x) for x in read_argv(n.tid, argvp)]
+    except BaseException:
+        obj.close()
+        raise
+    act = _act(A.PROCESS_EXEC, n, spec, obj.path, (obj.path,), argv=argv,
+               inode=f"{obj.st.st_dev}:{obj.st.st_ino}")
+    return Decoded(act, ExecContinue(obj))
+
+
+# ---- network ----------------------------------------------------------------------------
+def _read_sockaddr(n: Notification, ptr: int, length: int) -> bytes:
+    length = as_int32(length)
+    if length < 0 or length > 128:
+        raise DecodeError(errno.EINVAL, "bad address length")
+    if length < 2:
+        raise DecodeError(errno.EINVAL, "address too short")
+    return read_bytes(n.tid, ptr, length)
+
+
+def describe_sockaddr(addr: bytes) -> tuple[int, str, bytes | None]:
+    """(family, human-readable target, unix path or None)."""
+    fam = int.from_bytes(addr[:2], "little")
+    if fam == AF_INET and len(addr) >= 8:
+        port = int.from_bytes(addr[2:4], "big")
+        return fam, f"{'.'.join(str(b) for b in addr[4:8])}:{port}", None
+    if fam == AF_INET6 and len(addr) >= 24:
+        import ipaddress
+        port = int.from_bytes(addr[2:4], "big")
+        return fam, f"[{ipaddress.IPv6Address(addr[8:24])}]:{port}", None
+    if fam == AF_UNIX:
+        sun = addr[2:]
+        if sun[:1] == b"\0":
+            return fam, "unix-abstract:@" + sun[1:].decode("utf-8", "backslashreplace"), None
+        path = sun.split(b"\0", 1)[0]
+        return fam, "unix:" + os.fsdecode(path), path
+    return fam, f"family-{fam}", None
+
+
+def decode_connect(n, spec, st) -> Decoded:
+    a = n.args
+    sockfd_num = as_int32(a[0])
+    addr = _read_sockaddr(n, a[1], a[2])
+    fam, target, upath = describe_sockaddr(addr)
+    pinned = -1
+    paths: tuple = ()
+    if upath is not None:
+        if not upath:
+            raise DecodeError(errno.EINVAL, "empty unix path")
+        obj = _resolver(n).object(AT_FDCWD, upath, follow=True)
+        pinned, target = obj.fd, "unix:" + obj.path
+        addr = libc.sockaddr_un(f"/proc/self/fd/{obj.fd}".encode())
+        paths = (obj.path,)
+    try:
+        sock = _thread_fd(n.tid, sockfd_num)
+    except BaseException:
+        if pinned >= 0:
+            os.close(pinned)
+        raise
+    act = _act(A.NET_CONNECT, n, spec, target, paths, family=fam)
+    return Decoded(act, SocketCall("connect", sock, addr=addr, pinned=pinned))
+
+
+def decode_bind(n, spec, st) -> Decoded:
+    a = n.args
+    addr = _read_sockaddr(n, a[1], a[2])
+    fam, target, upath = describe_sockaddr(addr)
+    sock = _thread_fd(n.tid, as_int32(a[0]))
+    if upath is not None and upath:
+        try:
+            p = _resolver(n).parent(AT_FDCWD, upath)
+        except BaseException:
+            os.close(sock)
+            raise
+        act = _act(A.NET_BIND, n, spec, "unix:" + p.path, (p.path,), family=fam)
+        return Decoded(act, SocketCall("bind", sock, pinned=p.fd, bind_name=p.name, blocking=False))
+    act = _act(A.NET_BIND, n, spec, target, (), family=fam)
+    return Decoded(act, SocketCall("bind", sock, addr=addr, blocking=False))
+
+
+def _dest_for_send(n: Notification, addr: bytes) -> tuple[str, bytes, int, tuple]:
+    fam, target, upath = describe_sockaddr(addr)
+    if upath:
+        obj = _resolver(n).object(AT_FDCWD, upath, follow=True)
+        return "unix:" + obj.path, libc.sockaddr_un(f"/proc/self/fd/{obj.fd}".encode()), obj.fd, (obj.path,)
+    return target, addr, -1, ()
+
+
+def decode_sendto(n, spec, st) -> Decoded:
+    a = n.args
+    length = a[2]
+    if length > MAX_PAYLOAD:
+        raise DecodeError(errno.EMSGSIZE, "payload over the mediation limit")
+    addr = _read_sockaddr(n, a[4], a[5])
+    payload = read_bytes(n.tid, a[1], length, limit=MAX_PAYLOAD)
+    target, addr, pinned, paths = _dest_for_send(n, addr)
+    try:
+        sock = _thread_fd(n.tid, as_int32(a[0]))
+    except BaseException:
+        if pinned >= 0:
+            os.close(pinned)
+        raise
+    act = _act(A.NET_SEND, n, spec, target, paths, bytes=len(payload))
+    return Decoded(act, SocketCall("sendto", sock, addr=addr, payload=payload,
+                                   flags=as_int32(a[3]), pinned=pinned))
+
+
+def _stream_safe(sock: int, flags: int) -> bool:
+    """On stream/seqpacket sockets the kernel never routes by msg_name (TCP ignores it
+    without MSG_FASTOPEN; unix stream rejects it; seqpacket ignores it), so letting the
+    kernel run the call cannot be redirected by rewriting memory."""
+    t = libc.sockopt_int(sock, libc.SO_TYPE)
+    return t in (SOCK_STREAM, SOCK_SEQPACKET) and not flags & MSG_FASTOPEN
+
+
+def _read_msghdr(n: Notification, ptr: int) -> tuple[bytes, bytes, int]:
+    """(name bytes, concatenated iov payload, controllen) of one struct msghdr."""
+    raw = read_bytes(n.tid, ptr, 56)
+    name_p, namelen, iov_p, iovlen, ctl_p, ctllen, _fl = struct.unpack("<QI4xQQQQi4x", raw)
+    if iovlen > 1024:
+        raise DecodeError(errno.EMSGSIZE, "iovlen over UIO_MAXIOV")
+    name = _read_sockaddr(n, name_p, namelen) if name_p and namelen else b""
+    chunks, total = [], 0
+    if iovlen:
+        vec = read_bytes(n.tid, iov_p, 16 * iovlen)
+        for i in range(iovlen):
+            base, ln = struct.unpack_from("<QQ", vec, 16 * i)
+            total += ln
+            if total > MAX_PAYLOAD:
+                raise DecodeError(errno.EMSGSIZE, "payload over the mediation limit")
+            chunks.append(read_bytes(n.tid, base, ln, limit=MAX_PAYLOAD))
+    return name, b"".join(chunks), ctllen if ctl_p else 0
+
+
+def decode_sendmsg(n, spec, st) -> Decoded:
+    a = n.args
+    flags = as_int32(a[2] if spec.name == "sendmsg" else a[3])
+    sock = _thread_fd(n.tid, as_int32(a[0]))
+    if _stream_safe(sock, flags):
+        os.close(sock)
+        return Decoded(None, Continue())
+    try:
+        msgs = []
+        if spec.name == "sendmsg":
+            hdrs = [a[1]]
+        else:
+            vlen = min(a[2] & 0xFFFFFFFF, 1024)
+            hdrs = [a[1] + 64 * i for i in range(vlen)]
+        targets, paths_all, pinned = [], [], []
+        for h in hdrs:
+            name, payload, ctl = _read_msghdr(n, h)
+            if ctl:
+                raise DecodeError(errno.EPERM, "ancillary data on datagram sockets is not mediated")
+            if name:
+                target, addr, pin, paths = _dest_for_send(n, name)
+                if pin >= 0:
+                    pinned.append(pin)
+            else:
+                target, addr, paths = "(connected peer)", b"", ()
+            targets.append(target)
+            paths_all.extend(paths)
+            msgs.append((addr, payload))
+    except BaseException:
+        os.close(sock)
+        raise
+    for p in pinned[1:]:
+        os.close(p)          # every path already went into its /proc/self/fd address... keep first
+    act = _act(A.NET_SEND, n, spec, targets[0] if targets else "", tuple(paths_all),
+               bytes=sum(len(m[1]) for m in msgs), messages=len(msgs))
+    eff = SocketCall("sendto" if spec.name == "sendmsg" else "sendmmsg", sock,
+                     addr=msgs[0][0] if msgs else b"", payload=msgs[0][1] if msgs else b"",
+                     flags=flags, pinned=pinned[0] if pinned else -1, messages=msgs)
+    return Decoded(act, eff)
+
+
+def decode_umask(n, spec, st) -> Decoded:
+    st.umask.clear()          # threads may share the fs struct: re-read lazily
+    return Decoded(None, Continue())
+
+
+def _s64(v: int) -> int:
+    return v - (1 << 64) if v & (1 << 63) else v
+
+
+HANDLERS: dict[str, Handler] = {
+    "open": decode_open, "unlink": decode_unlink, "rename": decode_rename, "link": decode_link,
+    "symlink": decode_symlink, "mkdir": decode_mkdir, "mknod": decode_mknod,
+    "truncate": decode_truncate, "ftruncate": decode_ftruncate, "chmod": decode_chmod,
+    "fchmod": decode_fchmod, "chown": decode_chown, "fchown": decode_fchown,
+    "xattr": decode_xattr, "fxattr": decode_fxattr, "utime": decode_utime, "exec": decode_exec,
+    "connect": decode_connect, "bind": decode_bind, "sendto": decode_sendto,
+    "sendmsg": decode_sendmsg, "sendmmsg": decode_sendmsg, "umask": decode_umask,
+}
+
+# nr -> (spec, handler), built once from the table.
+DISPATCH: dict[int, tuple[SyscallSpec, Handler]] = {
+    nr: (spec, HANDLERS[spec.handler]) for nr, spec in BY_NR.items() if spec.handler}

@@ -1,0 +1,83 @@
+"""Bounded reads of the target's memory (process_vm_readv through the native module).
+
+Every read returns a private copy; the caller decides on that copy only. Unreadable memory
+raises DecodeError carrying the errno the kernel itself would have returned (EFAULT,
+ENAMETOOLONG), so the supervisor can fail the syscall exactly as native would.
+"""
+from __future__ import annotations
+
+import errno
+
+from aarm_sandbox._native import ffi, lib
+
+PATH_MAX = 4096
+
+
+class DecodeError(Exception):
+    """The arguments cannot be read or are malformed; `errno` is what the syscall returns."""
+
+    def __init__(self, err: int, what: str):
+        super().__init__(what)
+        self.errno = err
+
+
+_path_buf = ffi.new("char[]", PATH_MAX + 1)
+
+
+def read_path(pid: int, addr: int) -> bytes:
+    """The NUL-terminated path at `addr`, at most PATH_MAX bytes including the NUL."""
+    if addr == 0:
+        raise DecodeError(errno.EFAULT, "NULL path pointer")
+    n = lib.aarm_read_cstr(pid, addr, _path_buf, PATH_MAX)
+    if n < 0:
+        raise DecodeError(-n, f"cannot read path at {addr:#x}")
+    return ffi.unpack(_path_buf, n)
+
+
+def read_bytes(pid: int, addr: int, length: int, limit: int = 1 << 20) -> bytes:
+    if length < 0 or length > limit:
+        raise DecodeError(errno.EINVAL, f"buffer length {length} over limit {limit}")
+    if length == 0:
+        return b""
+    if addr == 0:
+        raise DecodeError(errno.EFAULT, "NULL buffer pointer")
+    buf = ffi.new("char[]", length)
+    n = lib.aarm_read_mem(pid, addr, buf, length)
+    if n < 0:
+        raise DecodeError(-n, f"cannot read {length} bytes at {addr:#x}")
+    if n != length:
+        raise DecodeError(errno.EFAULT, f"short read {n}/{length} at {addr:#x}")
+    return ffi.unpack(buf, length)
+
+
+def read_u64_array(pid: int, addr: int, count: int) -> list[int]:
+    raw = read_bytes(pid, addr, 8 * count)
+    return [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
+
+
+def read_argv(pid: int, addr: int, max_args: int = 4096, max_total: int = 1 << 20) -> list[bytes]:
+    """A NULL-terminated array of strings (execve argv), bounded in count and size."""
+    out: list[bytes] = []
+    total = 0
+    if addr == 0:
+        return out
+    while len(out) < max_args:
+        (ptr,) = read_u64_array(pid, addr + 8 * len(out), 1)
+        if ptr == 0:
+            return out
+        s = read_path_unbounded(pid, ptr)
+        total += len(s)
+        if total > max_total:
+            raise DecodeError(errno.E2BIG, "argv too large to record")
+        out.append(s)
+    raise DecodeError(errno.E2BIG, "too many arguments")
+
+
+_arg_buf = ffi.new("char[]", 131072 + 1)
+
+
+def read_path_unbounded(pid: int, addr: int) -> bytes:
+    n = lib.aarm_read_cstr(pid, addr, _arg_buf, 131072)
+    if n < 0:
+        raise DecodeError(-n, f"cannot read string at {addr:#x}")
+    return ffi.unpack(_arg_buf, n)

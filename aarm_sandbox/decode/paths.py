@@ -1,0 +1,294 @@
+"""Resolve a syscall's (dirfd, path) exactly as the kernel would for the calling thread.
+
+Everything is resolved *through the target's own view*: its root (/proc/TID/root, which
+carries the target's mount namespace with its masks and procfs), its per-thread cwd
+(/proc/TID/cwd, so unshare(CLONE_FS) is honoured) and its fd table (/proc/TID/fd/N). The
+result is an O_PATH fd pinned by the supervisor plus the canonical path the kernel reports
+for that fd, so the decision is made on the object that the supervisor then operates on
+(no second lookup by name, no TOCTOU).
+
+Fast path: one openat2(RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS). Any symlink on the way
+drops to a component walk that follows symlinks in the target's root, rewrites
+/proc/self and /proc/thread-self to the target's ids, and follows procfs magic links by
+opening them (the kernel hands us the very file the target would reach).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from aarm_sandbox._native import lib
+from aarm_sandbox.decode.memory import DecodeError
+
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_NOFOLLOW = 0x100
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_IN_ROOT = 0x10
+O_PATH = os.O_PATH
+_OPATH_FLAGS = os.O_PATH | os.O_CLOEXEC
+MAX_SYMLINKS = 40
+
+
+def as_int32(value: int) -> int:
+    """The kernel reads int arguments as 32 bits: 0x00000000FFFFFF9C is AT_FDCWD too."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def fd_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def join_path(parent: str, name: bytes) -> str:
+    sname = os.fsdecode(name)
+    if sname in ("", "."):
+        return parent
+    if sname == "..":
+        return os.path.dirname(parent) or "/"
+    return parent.rstrip("/") + "/" + sname if parent != "/" else "/" + sname
+
+
+@dataclass(slots=True)
+class ParentRef:
+    """The pinned directory an operation happens in, and the final name inside it."""
+    fd: int
+    name: bytes            # as the kernel will use it (trailing slash kept in `name_for_op`)
+    path: str              # canonical path of name inside the directory
+    trailing_slash: bool
+
+    @property
+    def name_for_op(self) -> bytes:
+        return self.name + b"/" if self.trailing_slash else self.name
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass(slots=True)
+class ObjectRef:
+    """A pinned O_PATH fd of the object a following lookup reaches."""
+    fd: int
+    path: str
+    st: os.stat_result
+
+    @property
+    def proc_path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Resolver:
+    """Path resolution for one notification's calling thread."""
+
+    __slots__ = ("tid", "tgid")
+
+    def __init__(self, tid: int, tgid: int):
+        self.tid = tid
+        self.tgid = tgid
+
+    # ----- base directories ------------------------------------------------------------
+    def base_fd(self, dirfd_arg: int, path: bytes) -> int:
+        if path.startswith(b"/"):
+            return self._open_proc(f"/proc/{self.tid}/root")
+        dirfd = as_int32(dirfd_arg)
+        if dirfd == AT_FDCWD:
+            return self._open_proc(f"/proc/{self.tid}/cwd")
+        if dirfd < 0:
+            raise DecodeError(errno.EBADF, f"bad dirfd {dirfd}")
+        return self._open_proc(f"/proc/{self.tid}/fd/{dirfd}", bad_errno=errno.EBADF)
+
+    def root_fd(self) -> int:
+        return self._open_proc(f"/proc/{self.tid}/root")
+
+    @staticmethod
+    def _open_proc(p: str, bad_errno: int = errno.ESRCH) -> int:
+        try:
+            return os.open(p, _OPATH_FLAGS)
+        except OSError as e:
+            raise DecodeError(bad_errno if e.errno == errno.ENOENT else e.errno, f"open {p}") from None
+
+    # ----- parent + last component (operations that do not follow the last name) ------
+    def parent(self, dirfd_arg: int, path: bytes) -> ParentRef:
+        if not path:
+            raise DecodeError(errno.ENOENT, "empty path")
+        trailing = path.endswith(b"/") and path.strip(b"/") != b""
+        stripped = path.rstrip(b"/")
+        if not stripped:                     # "/" itself
+            base = self.base_fd(dirfd_arg, b"/")
+            return ParentRef(base, b".", fd_path(base), False)
+        head, _sep, name = stripped.rpartition(b"/")
+        absolute = path.startswith(b"/")
+        base = self.base_fd(dirfd_arg, path)
+        if head == b"" and not absolute:
+            dfd = base
+        else:
+            try:
+                dfd = self._lookup_dir(base, head or b"/", absolute)
+            finally:
+                os.close(base)
+        try:
+            return ParentRef(dfd, name, join_path(fd_path(dfd), name), trailing)
+        except BaseException:
+            os.close(dfd)
+            raise
+
+    def _lookup_dir(self, base: int, rel: bytes, absolute: bool) -> int:
+        resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | (RESOLVE_IN_ROOT if absolute else 0)
+        fd = lib.aarm_openat2(base, rel, _OPATH_FLAGS | os.O_DIRECTORY, 0, resolve)
+        if fd >= 0:
+            return fd
+        if -fd != errno.ELOOP:
+            raise DecodeError(-fd, f"resolve {rel!r}")
+        fd = self._walk(base, rel, follow_last=True, absolute=absolute)
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise DecodeError(errno.ENOTDIR, f"{rel!r} is not a directory")
+        return fd
+
+    # ----- whole object (operations that follow, or explicitly do not follow, the last) --
+    def object(self, dirfd_arg: int, path: bytes, follow: bool, empty_ok: bool = False) -> ObjectRef:
+        if not path:
+            if not empty_ok:
+                raise DecodeError(errno.ENOENT, "empty path")
+            dirfd = as_int32(dirfd_arg)
+            base = self.base_fd(dirfd_arg, b"") if dirfd != AT_FDCWD else self._open_proc(f"/proc/{self.tid}/cwd")
+            return self._object_ref(base)
+        absolute = path.startswith(b"/")
+        base = self.base_fd(dirfd_arg, path)
+        try:
+            resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | (RESOLVE_IN_ROOT if absolute else 0)
+            flags = _OPATH_FLAGS | (0 if follow else os.O_NOFOLLOW)
+            fd = lib.aarm_openat2(base, path, flags, 0, resolve)
+            if fd < 0:
+                if -fd != errno.ELOOP:
+                    raise DecodeError(-fd, f"resolve {path!r}")
+                fd = self._walk(base, path, follow_last=follow, absolute=absolute)
+        finally:
+            os.close(base)
+        return self._object_ref(fd)
+
+    @staticmethod
+    def _object_ref(fd: int) -> ObjectRef:
+        try:
+            return ObjectRef(fd, fd_path(fd), os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # ----- slow path: component walk with the target's symlink semantics ---------------
+    def _walk(self, base: int, path: bytes, follow_last: bool, absolute: bool) -> int:
+        root = self.root_fd()
+        try:
+            root_st = os.fstat(root)
+            cur = os.dup(root if absolute else base)
+            comps = [c for c in path.split(b"/") if c]
+            trailing = path.endswith(b"/")
+            links = 0
+            proc_dev = None
+            while comps:
+                comp = comps.pop(0)
+                last = not comps
+                if comp == b".":
+                    continue
+                if comp == b"..":
+                    st = os.fstat(cur)
+                    if (st.st_dev, st.st_ino) == (root_st.st_dev, root_st.st_ino):
+                        continue
+                    nxt = os.open(b"..", _OPATH_FLAGS, dir_fd=cur)
+                    os.close(cur)
+                    cur = nxt
+                    continue
+                try:
+                    nxt = os.open(comp, _OPATH_FLAGS | os.O_NOFOLLOW, dir_fd=cur)
+                except OSError as e:
+                    os.close(cur)
+                    raise DecodeError(e.errno, f"walk {comp!r}") from None
+                st = os.fstat(nxt)
+                if not stat.S_ISLNK(st.st_mode) or (last and not follow_last and not trailing):
+                    os.close(cur)
+                    cur = nxt
+                    continue
+                links += 1
+                if links > MAX_SYMLINKS:
+                    os.close(nxt); os.close(cur)
+                    raise DecodeError(errno.ELOOP, "too many symlinks")
+                if proc_dev is None:
+                    proc_dev = self._proc_dev(root)
+                target = _readlinkat_empty(nxt)
+                if st.st_dev == proc_dev:
+                    if comp == b"self":
+                        os.close(nxt)
+                        comps[:0] = [self._ns_ids()[0]]
+                        continue
+                    if comp == b"thread-self":
+                        os.close(nxt)
+                        tg, t = self._ns_ids()
+                        comps[:0] = [tg, b"task", t]
+                        continue
+                    if not (target == b"self" or target.startswith(b"self/")):
+                        # A magic link: open it and let the kernel hand us its file.
+                        os.close(nxt)
+                        try:
+                            magic = os.open(comp, _OPATH_FLAGS, dir_fd=cur)
+                        except OSError as e:
+                            os.close(cur)
+                            raise DecodeError(e.errno, f"magic link {comp!r}") from None
+                        os.close(cur)
+                        cur = magic
+                        continue
+                os.close(nxt)
+                comps[:0] = [c for c in target.split(b"/") if c]
+                if target.startswith(b"/"):
+                    os.close(cur)
+                    cur = os.dup(root)
+            return cur
+        finally:
+            os.close(root)
+
+    def _proc_dev(self, root: int) -> int:
+        try:
+            fd = os.open(b"proc", _OPATH_FLAGS | os.O_DIRECTORY, dir_fd=root)
+        except OSError:
+            return -1
+        try:
+            return os.fstat(fd).st_dev
+        finally:
+            os.close(fd)
+
+    def _ns_ids(self) -> tuple[bytes, bytes]:
+        """The calling thread's (tgid, tid) as seen in its own pid namespace."""
+        tg = t = None
+        with open(f"/proc/{self.tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"NStgid:"):
+                    tg = line.split()[-1]
+                elif line.startswith(b"NSpid:"):
+                    t = line.split()[-1]
+        if tg is None or t is None:
+            raise DecodeError(errno.ESRCH, "no namespace ids")
+        return tg, t
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.readlinkat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t)
+_libc.readlinkat.restype = ctypes.c_ssize_t
+
+
+def _readlinkat_empty(fd: int) -> bytes:
+    """readlinkat(fd, "") reads the symlink an O_PATH|O_NOFOLLOW fd refers to."""
+    buf = ctypes.create_string_buffer(4097)
+    n = _libc.readlinkat(fd, b"", buf, 4096)
+    if n < 0:
+        raise DecodeError(ctypes.get_errno(), "readlinkat")
+    return buf.raw[:n]

@@ -1,0 +1,215 @@
+"""The one table of (syscall, argument condition) -> filter verdict -> semantic action.
+
+Both the BPF filter compiler (intercept/filter.py) and the supervisor's decoder read this
+table, and the golden filter tests are generated from it, so a syscall can never be
+filtered one way and decoded another. Numbers are x86_64 and written out here on purpose:
+the build host's headers (and libseccomp 2.5.4's name table) predate syscalls the running
+kernel has (fchmodat2, setxattrat, open_tree_attr, ...), and a name we cannot resolve must
+not silently fall through to ALLOW.
+"""
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Verdict(str, Enum):
+    NOTIFY = "notify"   # hand to the supervisor (SECCOMP_RET_USER_NOTIF)
+    ERRNO = "errno"     # fail in the kernel with `errno`, never reaches the supervisor
+    ALLOW = "allow"
+
+
+@dataclass(frozen=True)
+class ArgCond:
+    """One comparison on a syscall argument; ops mirror libseccomp's SCMP_CMP_*.
+
+    Integer arguments the kernel reads as 32-bit are compared through a 32-bit mask so junk
+    in the upper half cannot change the verdict (ABI-02).
+    """
+    arg: int
+    op: str          # "masked_eq" | "eq" | "ne"
+    value: int
+    mask: int = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """A verdict for `nr`; applies when any group in `when` matches (all conds in a group)."""
+    verdict: Verdict
+    when: tuple[tuple[ArgCond, ...], ...] = ()   # () = unconditional
+    errno: int = 0
+
+
+@dataclass(frozen=True)
+class SyscallSpec:
+    name: str
+    nr: int
+    rules: tuple[FilterRule, ...]
+    action: str = ""        # semantic action type for notified calls
+    handler: str = ""       # decode handler family (decode/handlers.py)
+
+
+# --- constants the filter needs (x86_64 / generic Linux values) ---------------------------
+O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o1, 0o2, 0o100, 0o1000
+O_TMPFILE_BIT = 0o20000000           # __O_TMPFILE (O_TMPFILE also sets O_DIRECTORY)
+WRITE_INTENT_BITS = (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_TMPFILE_BIT)
+
+CLONE_NEWTIME = 0x00000080
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+NAMESPACE_FLAGS = (CLONE_NEWTIME, CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC,
+                   CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET)
+
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
+FS_IOC_SETFLAGS = 0x40086602
+PERSONALITY_QUERY = 0xFFFFFFFF
+
+# Highest syscall number this table knows; numbers above it up to UNKNOWN_LIMIT get ENOSYS
+# so a syscall added to a future kernel starts closed, not open (ABI-03).
+KNOWN_MAX_NR = 469
+UNKNOWN_LIMIT = 512
+
+
+def _any_bit(arg: int, bits: tuple[int, ...]) -> tuple[tuple[ArgCond, ...], ...]:
+    return tuple((ArgCond(arg, "masked_eq", b, b),) for b in bits)
+
+
+def _notify(*, when=()) -> tuple[FilterRule, ...]:
+    return (FilterRule(Verdict.NOTIFY, when),)
+
+
+def _errno(code: int, when=()) -> tuple[FilterRule, ...]:
+    return (FilterRule(Verdict.ERRNO, when, code),)
+
+
+def _spec(name: str, nr: int, rules, action: str = "", handler: str = "") -> SyscallSpec:
+    return SyscallSpec(name, nr, tuple(rules), action, handler)
+
+
+_OPEN_WRITE_AT1 = _any_bit(1, WRITE_INTENT_BITS)   # open(path, flags, mode)
+_OPEN_WRITE_AT2 = _any_bit(2, WRITE_INTENT_BITS)   # openat(dirfd, path, flags, mode)
+
+# Opens are special: which of them notify depends on the profile (reads are notified only
+# when the profile needs to see them, e.g. ci-untrusted). filter.py expands these two.
+OPEN_SYSCALLS = {"open": 1, "openat": 2}   # name -> index of the flags argument
+
+SYSCALLS: tuple[SyscallSpec, ...] = (
+    # ---- opens (flags-masked; see OPEN_SYSCALLS) ----
+    _spec("open", 2, _notify(when=_OPEN_WRITE_AT1), "file.open", "open"),
+    _spec("openat", 257, _notify(when=_OPEN_WRITE_AT2), "file.open", "open"),
+    _spec("creat", 85, _notify(), "file.open", "open"),
+    _spec("openat2", 437, _errno(errno.ENOSYS)),          # flags hidden in a struct: glibc falls back
+    _spec("open_by_handle_at", 304, _errno(errno.EPERM)),
+    # ---- deletes, renames, links, directories, nodes ----
+    _spec("unlink", 87, _notify(), "file.delete", "unlink"),
+    _spec("unlinkat", 263, _notify(), "file.delete", "unlink"),
+    _spec("rmdir", 84, _notify(), "file.delete", "unlink"),
+    _spec("rename", 82, _notify(), "file.rename", "rename"),
+    _spec("renameat", 264, _notify(), "file.rename", "rename"),
+    _spec("renameat2", 316, _notify(), "file.rename", "rename"),
+    _spec("link", 86, _notify(), "file.link", "link"),
+    _spec("linkat", 265, _notify(), "file.link", "link"),
+    _spec("symlink", 88, _notify(), "file.symlink", "symlink"),
+    _spec("symlinkat", 266, _notify(), "file.symlink", "symlink"),
+    _spec("mkdir", 83, _notify(), "file.mkdir", "mkdir"),
+    _spec("mkdirat", 258, _notify(), "file.mkdir", "mkdir"),
+    _spec("mknod", 133, _notify(), "file.mknod", "mknod"),
+    _spec("mknodat", 259, _notify(), "file.mknod", "mknod"),
+    # ---- content and metadata changes ----
+    _spec("truncate", 76, _notify(), "file.truncate", "truncate"),
+    _spec("ftruncate", 77, _notify(), "file.truncate", "ftruncate"),
+    _spec("chmod", 90, _notify(), "file.chmod", "chmod"),
+    _spec("fchmod", 91, _notify(), "file.chmod", "fchmod"),
+    _spec("fchmodat", 268, _notify(), "file.chmod", "chmod"),
+    _spec("fchmodat2", 452, _notify(), "file.chmod", "chmod"),
+    _spec("chown", 92, _notify(), "file.chown", "chown"),
+    _spec("fchown", 93, _notify(), "file.chown", "fchown"),
+    _spec("lchown", 94, _notify(), "file.chown", "chown"),
+    _spec("fchownat", 260, _notify(), "file.chown", "chown"),
+    _spec("setxattr", 188, _notify(), "file.xattr", "xattr"),
+    _spec("lsetxattr", 189, _notify(), "file.xattr", "xattr"),
+    _spec("fsetxattr", 190, _notify(), "file.xattr", "fxattr"),
+    _spec("removexattr", 197, _notify(), "file.xattr", "xattr"),
+    _spec("lremovexattr", 198, _notify(), "file.xattr", "xattr"),
+    _spec("fremovexattr", 199, _notify(), "file.xattr", "fxattr"),
+    _spec("setxattrat", 463, _errno(errno.ENOSYS)),       # glibc falls back to setxattr
+    _spec("removexattrat", 466, _errno(errno.ENOSYS)),
+    _spec("utime", 132, _notify(), "file.utime", "utime"),
+    _spec("utimes", 235, _notify(), "file.utime", "utime"),
+    _spec("futimesat", 261, _notify(), "file.utime", "utime"),
+    _spec("utimensat", 280, _notify(), "file.utime", "utime"),
+    _spec("file_setattr", 469, _errno(errno.ENOSYS)),
+    # umask is tracked so files the supervisor creates get the target's mode bits.
+    _spec("umask", 95, _notify(), "", "umask"),
+    # ---- exec ----
+    _spec("execve", 59, _notify(), "process.exec", "exec"),
+    _spec("execveat", 322, _notify(), "process.exec", "exec"),
+    # ---- network ----
+    _spec("connect", 42, _notify(), "net.connect", "connect"),
+    _spec("bind", 49, _notify(), "net.bind", "bind"),
+    _spec("sendto", 44, _notify(when=((ArgCond(4, "ne", 0, 0xFFFFFFFFFFFFFFFF),),)),
+          "net.send", "sendto"),
+    _spec("sendmsg", 46, _notify(), "net.send", "sendmsg"),
+    _spec("sendmmsg", 307, _notify(), "net.send", "sendmmsg"),
+    # ---- side doors: closed in the kernel ----
+    _spec("io_uring_setup", 425, _errno(errno.ENOSYS)),
+    _spec("io_uring_enter", 426, _errno(errno.ENOSYS)),
+    _spec("io_uring_register", 427, _errno(errno.ENOSYS)),
+    _spec("clone3", 435, _errno(errno.ENOSYS)),           # libc falls back to clone (inspectable)
+    _spec("clone", 56, _errno(errno.EPERM, _any_bit(0, NAMESPACE_FLAGS))),
+    _spec("unshare", 272, _errno(errno.EPERM, _any_bit(0, NAMESPACE_FLAGS))),
+    _spec("setns", 308, _errno(errno.EPERM)),
+    _spec("seccomp", 317, _errno(errno.EPERM, _any_bit(1, (SECCOMP_FILTER_FLAG_NEW_LISTENER,)))),
+    _spec("ptrace", 101, _errno(errno.EPERM)),
+    _spec("process_vm_readv", 310, _errno(errno.EPERM)),
+    _spec("process_vm_writev", 311, _errno(errno.EPERM)),
+    _spec("process_madvise", 440, _errno(errno.EPERM)),
+    _spec("pidfd_getfd", 438, _errno(errno.EPERM)),
+    _spec("bpf", 321, _errno(errno.EPERM)),
+    _spec("perf_event_open", 298, _errno(errno.EPERM)),
+    _spec("userfaultfd", 323, _errno(errno.EPERM)),
+    _spec("kexec_load", 246, _errno(errno.EPERM)),
+    _spec("kexec_file_load", 320, _errno(errno.EPERM)),
+    _spec("init_module", 175, _errno(errno.EPERM)),
+    _spec("finit_module", 313, _errno(errno.EPERM)),
+    _spec("delete_module", 176, _errno(errno.EPERM)),
+    _spec("mount", 165, _errno(errno.EPERM)),
+    _spec("umount2", 166, _errno(errno.EPERM)),
+    _spec("pivot_root", 155, _errno(errno.EPERM)),
+    _spec("chroot", 161, _errno(errno.EPERM)),
+    _spec("open_tree", 428, _errno(errno.EPERM)),
+    _spec("move_mount", 429, _errno(errno.EPERM)),
+    _spec("fsopen", 430, _errno(errno.EPERM)),
+    _spec("fsconfig", 431, _errno(errno.EPERM)),
+    _spec("fsmount", 432, _errno(errno.EPERM)),
+    _spec("fspick", 433, _errno(errno.EPERM)),
+    _spec("mount_setattr", 442, _errno(errno.EPERM)),
+    _spec("open_tree_attr", 467, _errno(errno.EPERM)),
+    _spec("personality", 135, _errno(errno.EPERM, (
+        (ArgCond(0, "ne", PERSONALITY_QUERY), ArgCond(0, "ne", 0)),))),
+    _spec("iopl", 172, _errno(errno.EPERM)),
+    _spec("ioperm", 173, _errno(errno.EPERM)),
+    _spec("uselib", 134, _errno(errno.EPERM)),
+    _spec("keyctl", 250, _errno(errno.EPERM)),
+    _spec("add_key", 248, _errno(errno.EPERM)),
+    _spec("request_key", 249, _errno(errno.EPERM)),
+    _spec("lsm_set_self_attr", 460, _errno(errno.EPERM)),
+    _spec("ioctl", 16, _errno(errno.EPERM, (
+        (ArgCond(1, "masked_eq", TIOCSTI),),
+        (ArgCond(1, "masked_eq", TIOCLINUX),),
+        (ArgCond(1, "masked_eq", FS_IOC_SETFLAGS),),
+    ))),
+)
+
+BY_NR: dict[int, SyscallSpec] = {s.nr: s for s in SYSCALLS}
+BY_NAME: dict[str, SyscallSpec] = {s.name: s for s in SYSCALLS}
+NOTIFIED: frozenset[int] = frozenset(
+    s.nr for s in SYSCALLS if any(r.verdict is Verdict.NOTIFY for r in s.rules))

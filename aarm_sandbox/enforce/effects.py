@@ -1,0 +1,211 @@
+"""Operations the supervisor performs itself on behalf of the target (emulation).
+
+Each Effect holds pinned kernel objects (O_PATH fds of the parent directory or the object,
+or a pidfd_getfd'd copy of the target's own fd) plus the private copy of every argument,
+and performs the syscall on those: the target's memory is never read again, so rewriting
+it while the supervisor decides changes nothing. `perform()` returns the value the
+target's syscall returns, or -errno, exactly as the kernel would have.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+
+from aarm_sandbox._native import ffi, lib
+from aarm_sandbox.enforce import libc
+
+
+class Effect:
+    """Base: what to do once the policy allowed the action."""
+    blocking = False          # True: may block (FIFO open, connect): run off the main loop
+    kind = "emulate"          # "emulate" | "continue" | "addfd"
+
+    def perform(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for fd in self._fds():
+            if fd is not None and fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _fds(self) -> tuple:
+        return ()
+
+
+class Continue(Effect):
+    """Let the kernel run the syscall. Only for calls whose outcome no user memory decides
+    (umask) or that cannot be emulated (exec, verified afterwards)."""
+    kind = "continue"
+
+    def perform(self) -> int:
+        return 0
+
+
+@dataclass
+class OpenFile(Effect):
+    """Open through a pinned fd and install the result with ADDFD|SEND."""
+    dirfd: int                   # parent dir (create) or -1
+    name: bytes                  # name in dirfd, or b"" to reopen `objfd`
+    objfd: int                   # O_PATH fd of the existing object, or -1
+    flags: int
+    mode: int
+    cloexec: bool
+    opath_passthrough: bool = False  # O_PATH open: hand our O_PATH fd over as is
+    blocking: bool = False
+    kind: str = "addfd"
+    opened: int = -1
+
+    def perform(self) -> int:
+        try:
+            if self.opath_passthrough:
+                self.opened = os.dup(self.objfd)
+            elif self.objfd >= 0:
+                self.opened = os.open(f"/proc/self/fd/{self.objfd}", self.flags, self.mode)
+            else:
+                self.opened = os.open(self.name, self.flags, self.mode, dir_fd=self.dirfd)
+        except OSError as e:
+            return -e.errno
+        return self.opened
+
+    def _fds(self):
+        return (self.dirfd, self.objfd, self.opened)
+
+
+@dataclass
+class AtCall(Effect):
+    """A *at() call on pinned directory fds (unlink, rename, mkdir, symlink, link, mknod)."""
+    op: str
+    fd1: int
+    name1: bytes
+    fd2: int = -1
+    name2: bytes = b""
+    arg: int = 0
+    arg2: int = 0
+    extra: bytes = b""
+
+    def perform(self) -> int:
+        op = self.op
+        if op == "unlink":
+            return libc.unlinkat(self.fd1, self.name1, self.arg)
+        if op == "rename":
+            return lib.aarm_renameat2(self.fd1, self.name1, self.fd2, self.name2, self.arg)
+        if op == "mkdir":
+            return _call(lambda: os.mkdir(self.name1, self.arg, dir_fd=self.fd1))
+        if op == "symlink":
+            return _call(lambda: os.symlink(self.extra, self.name1, dir_fd=self.fd1))
+        if op == "link":     # fd2 = O_PATH fd of the source object (pinned inode)
+            return lib.aarm_linkat(libc.AT_FDCWD, f"/proc/self/fd/{self.fd2}".encode(),
+                                   self.fd1, self.name1, libc.AT_SYMLINK_FOLLOW)
+        if op == "mknod":
+            return _call(lambda: os.mknod(self.name1, self.arg, self.arg2, dir_fd=self.fd1))
+        return -errno.ENOSYS
+
+    def _fds(self):
+        return (self.fd1, self.fd2)
+
+
+def _call(fn) -> int:
+    try:
+        fn()
+    except OSError as e:
+        return -e.errno
+    return 0
+
+
+@dataclass
+class ObjectCall(Effect):
+    """Metadata/content change on a pinned object (truncate, chmod, chown, utime, xattr)."""
+    op: str
+    objfd: int
+    arg: int = 0
+    arg2: int = 0
+    times: tuple | None = None
+    name: bytes = b""
+    value: bytes = b""
+    is_fd_copy: bool = False     # objfd is a pidfd_getfd copy of the target's fd
+
+    def perform(self) -> int:
+        p = f"/proc/self/fd/{self.objfd}"
+        op = self.op
+        if op == "truncate":
+            return _call(lambda: os.ftruncate(self.objfd, self.arg)) if self.is_fd_copy \
+                else _call(lambda: os.truncate(p, self.arg))
+        if op == "chmod":
+            return _call(lambda: os.chmod(self.objfd, self.arg)) if self.is_fd_copy \
+                else _call(lambda: os.chmod(p, self.arg))
+        if op == "chown":
+            if self.is_fd_copy:
+                return _call(lambda: os.chown(self.objfd, self.arg, self.arg2))
+            return libc.fchownat(self.objfd, b"", self.arg, self.arg2, libc.AT_EMPTY_PATH)
+        if op == "utime":
+            if self.times is None:
+                tp = ffi.NULL
+            else:
+                tp = ffi.new("int64_t[4]", list(self.times))
+            return lib.aarm_utimensat(self.objfd, b"", tp, libc.AT_EMPTY_PATH)
+        if op == "setxattr":
+            target = self.objfd if self.is_fd_copy else p
+            return _call(lambda: os.setxattr(target, self.name, self.value, self.arg))
+        if op == "removexattr":
+            target = self.objfd if self.is_fd_copy else p
+            return _call(lambda: os.removexattr(target, self.name))
+        return -errno.ENOSYS
+
+    def _fds(self):
+        return (self.objfd,)
+
+
+@dataclass
+class SocketCall(Effect):
+    """connect/bind/sendto/sendmsg on a pidfd_getfd copy of the target's socket, with the
+    address bytes the policy saw (unix paths rewritten to a pinned /proc/self/fd path)."""
+    op: str
+    sockfd: int
+    addr: bytes = b""
+    payload: bytes = b""
+    flags: int = 0
+    pinned: int = -1            # O_PATH fd of a unix socket path / parent dir, kept alive
+    bind_name: bytes = b""      # bind: name to create inside `pinned`
+    messages: list = field(default_factory=list)   # sendmmsg: [(addr, payload)]
+    blocking: bool = True
+
+    def perform(self) -> int:
+        op = self.op
+        if op == "connect":
+            return libc.connect(self.sockfd, self.addr)
+        if op == "bind":
+            if self.bind_name:
+                return _bind_in_dir(self.sockfd, self.pinned, self.bind_name)
+            return libc.bind(self.sockfd, self.addr)
+        if op == "sendto":
+            return libc.sendto(self.sockfd, self.payload, self.flags, self.addr)
+        if op == "sendmmsg":
+            sent = 0
+            for addr, payload in self.messages:
+                r = libc.sendto(self.sockfd, payload, self.flags, addr)
+                if r < 0:
+                    return sent if sent else r
+                sent += 1
+            return sent
+        return -errno.ENOSYS
+
+    def _fds(self):
+        return (self.sockfd, self.pinned)
+
+
+def _bind_in_dir(sockfd: int, dirfd: int, name: bytes) -> int:
+    path = f"/proc/self/fd/{dirfd}/".encode() + name
+    if len(path) < 108:
+        return libc.bind(sockfd, libc.sockaddr_un(path))
+    # Too long for sun_path with the prefix: bind relative to the pinned directory.
+    old = os.open(".", os.O_PATH | os.O_CLOEXEC)
+    try:
+        os.fchdir(dirfd)
+        return libc.bind(sockfd, libc.sockaddr_un(name))
+    finally:
+        os.fchdir(old)
+        os.close(old)

@@ -1,0 +1,117 @@
+"""Compile a validated Profile into per-action-type rule lists with one regex per condition.
+
+Per decision the engine does a dict lookup by action type and, for each candidate rule, at
+most a few `re.match` calls on already-canonical paths: no pydantic, no fnmatch loops.
+"""
+from __future__ import annotations
+
+import errno as errno_mod
+import fnmatch
+import os
+import re
+from dataclasses import dataclass
+
+from aarm_sandbox.actions.action import ALL_TYPES
+from aarm_sandbox.policy.decision import Result
+from aarm_sandbox.policy.schema import Profile, Rule
+
+
+@dataclass(frozen=True)
+class Placeholders:
+    workspace: str
+    tmpdir: str
+    home: str
+
+    def expand(self, pattern: str) -> str:
+        return (pattern.replace("{workspace}", self.workspace)
+                .replace("{tmpdir}", self.tmpdir).replace("{home}", self.home))
+
+
+def glob_to_regex(glob: str) -> str:
+    """`**` crosses directories, `*` and `?` stay within one component; byte-exact otherwise."""
+    out, i = [], 0
+    while i < len(glob):
+        c = glob[i]
+        if glob.startswith("**", i):
+            # "/**" matches the directory itself and everything below it.
+            if out and out[-1] == "/" and (i + 2 == len(glob)):
+                out[-1] = "(?:/.*)?"
+            else:
+                out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        else:
+            out.append(re.escape(c) if c != "/" else "/")
+        i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    id: str
+    result: Result
+    reason: str
+    errno: int
+    inside: re.Pattern | None
+    outside: re.Pattern | None
+    exclude: re.Pattern | None
+    existed_at_start: bool | None
+    count_over: int | None
+    index: int
+
+
+def default_errno(action_type: str) -> int:
+    return errno_mod.EACCES if action_type.startswith("file.") else errno_mod.EPERM
+
+
+class CompiledPolicy:
+    def __init__(self, profile: Profile, ph: Placeholders):
+        self.profile = profile
+        self.placeholders = ph
+        self.sets = {name: [ph.expand(p) for p in pats] for name, pats in profile.path_sets.items()}
+        self.rules_by_type: dict[str, tuple[CompiledRule, ...]] = {}
+        compiled = [self._compile_rule(i, r) for i, r in enumerate(profile.rules)]
+        for t in ALL_TYPES:
+            self.rules_by_type[t] = tuple(
+                c for c, r in zip(compiled, profile.rules)
+                if any(fnmatch.fnmatchcase(t, g) for g in r.actions))
+        self.default_by_type: dict[str, Result] = {}
+        for t in ALL_TYPES:
+            # most specific glob wins: exact name, then longest pattern
+            keys = sorted((k for k in profile.defaults if fnmatch.fnmatchcase(t, k)),
+                          key=lambda k: (k != t, -len(k)))
+            self.default_by_type[t] = Result(profile.defaults[keys[0]]) if keys else Result.DENY
+        self.has_exec_restrictions = any(
+            c.result is not Result.ALLOW for c in self.rules_by_type["process.exec"]
+        ) or self.default_by_type["process.exec"] is not Result.ALLOW
+
+    def expand_patterns(self, names_or_globs: list[str]) -> list[str]:
+        out: list[str] = []
+        for item in names_or_globs:
+            if item in self.sets:
+                out.extend(self.sets[item])
+            else:
+                out.append(self.placeholders.expand(item))
+        return out
+
+    def set_paths(self, names: list[str]) -> list[str]:
+        """Concrete (glob-free) paths of the named sets, for kernel-level masks."""
+        return [os.path.normpath(p) for p in self.expand_patterns(names) if not any(c in p for c in "*?[")]
+
+    def _regex(self, items: list[str]) -> re.Pattern | None:
+        pats = self.expand_patterns(items)
+        if not pats:
+            return None
+        return re.compile("(?:" + "|".join(glob_to_regex(p) for p in pats) + r")\Z", re.S)
+
+    def _compile_rule(self, index: int, r: Rule) -> CompiledRule:
+        err = getattr(errno_mod, r.errno) if r.errno else 0
+        return CompiledRule(
+            id=r.id, result=Result(r.decision), reason=r.reason or r.id, errno=err,
+            inside=self._regex(r.paths), outside=self._regex(r.outside),
+            exclude=self._regex(r.except_paths), existed_at_start=r.existed_at_start,
+            count_over=r.count_over, index=index)

@@ -1,0 +1,32 @@
+"""The five AARM decisions and the verdict record the engine returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Result(str, Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    MODIFY = "modify"
+    STEP_UP = "step_up"
+    DEFER = "defer"
+
+
+# Most restrictive first: when several rules match, the earliest here wins, so adding an
+# allow rule can never weaken a deny (order-independent composition).
+PRECEDENCE = (Result.DENY, Result.DEFER, Result.STEP_UP, Result.MODIFY, Result.ALLOW)
+RANK = {r: i for i, r in enumerate(PRECEDENCE)}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    result: Result
+    rule: str
+    reason: str
+    errno: int = 0          # for DENY: the errno the target sees
+    shadow: Result | None = None   # observe mode: what the profile would have decided
+
+    @property
+    def allowed(self) -> bool:
+        return self.result is Result.ALLOW

@@ -1,0 +1,73 @@
+"""Evaluate an Action against the compiled profile and the session context.
+
+Order (runtime-core version of the AARM order): every matching rule is collected and the
+most restrictive wins (deny > defer > step_up > modify > allow; ties go to the earlier
+rule); with no match the profile default for the action type applies. STEP_UP and DEFER
+cannot be held yet (no approver service), so they deny with a reason that says so.
+Observe mode turns every non-allow into an allow that records what would have happened.
+"""
+from __future__ import annotations
+
+from aarm_sandbox.actions.action import Action
+from aarm_sandbox.context.session import SessionContext
+from aarm_sandbox.policy.compiler import CompiledPolicy, CompiledRule, default_errno
+from aarm_sandbox.policy.decision import RANK, Decision, Result
+
+NO_APPROVER = "no approver available"
+
+
+class PolicyEngine:
+    def __init__(self, policy: CompiledPolicy, *, observe: bool = False):
+        self.policy = policy
+        self.observe = observe
+        self.step_up_denies = policy.profile.settings.step_up == "deny"
+
+    def decide(self, action: Action, ctx: SessionContext) -> Decision:
+        best: CompiledRule | None = None
+        for rule in self.policy.rules_by_type[action.type]:
+            if not _matches(rule, action, ctx):
+                continue
+            if rule.count_over is not None:
+                seen = ctx.rule_counts[rule.id]
+                ctx.rule_counts[rule.id] = seen + 1
+                if seen < rule.count_over:
+                    continue
+            if best is None or RANK[rule.result] < RANK[best.result]:
+                best = rule
+        if best is None:
+            result = self.policy.default_by_type[action.type]
+            decision = Decision(result, "default", f"profile {self.policy.profile.id} default for {action.type}",
+                                default_errno(action.type) if result is not Result.ALLOW else 0)
+        else:
+            decision = Decision(best.result, best.id, best.reason,
+                                best.errno or default_errno(action.type))
+        if decision.result in (Result.STEP_UP, Result.DEFER):
+            why = "profile turns step_up into deny" if self.step_up_denies else NO_APPROVER
+            decision = Decision(Result.DENY, decision.rule,
+                                f"{decision.reason} ({decision.result.value}: {why})",
+                                decision.errno, shadow=decision.result)
+        if self.observe and decision.result is not Result.ALLOW:
+            return Decision(Result.ALLOW, decision.rule, f"observe: would {decision.result.value}: "
+                            f"{decision.reason}", 0, shadow=decision.result)
+        return decision
+
+
+def _matches(rule: CompiledRule, action: Action, ctx: SessionContext) -> bool:
+    if rule.inside is None and rule.outside is None and rule.existed_at_start is None:
+        return True
+    paths = action.paths
+    if rule.exclude is not None:
+        paths = tuple(p for p in paths if not rule.exclude.match(p))
+    if not paths:
+        return False
+    if rule.inside is not None:
+        paths = tuple(p for p in paths if rule.inside.match(p))
+        if not paths:
+            return False
+    if rule.outside is not None:
+        paths = tuple(p for p in paths if not rule.outside.match(p))
+        if not paths:
+            return False
+    if rule.existed_at_start is not None:
+        return any(ctx.existed_at_start(p) == rule.existed_at_start for p in paths)
+    return True

@@ -1,0 +1,84 @@
+"""Profile schema (v1), validated once at load time with pydantic.
+
+Nothing here runs per syscall: `compiler.py` turns a validated Profile into matchers.
+"""
+from __future__ import annotations
+
+import errno as errno_mod
+import fnmatch
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from aarm_sandbox.actions.action import ALL_TYPES
+
+DecisionName = Literal["allow", "deny", "modify", "step_up", "defer"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_action_globs(values: list[str]) -> list[str]:
+    for v in values:
+        if not any(fnmatch.fnmatchcase(t, v) for t in ALL_TYPES):
+            raise ValueError(f"{v!r} matches no action type; known types: {', '.join(ALL_TYPES)}")
+    return values
+
+
+class Rule(_Strict):
+    """One rule. All given conditions must hold for the rule to match an action."""
+    id: str = Field(min_length=1)
+    actions: list[str] = Field(min_length=1, description="action type globs, e.g. file.*")
+    paths: list[str] = Field(default_factory=list,
+                             description="path set names or globs: some touched path is inside")
+    outside: list[str] = Field(default_factory=list,
+                               description="path set names or globs: some touched path is outside all")
+    except_paths: list[str] = Field(default_factory=list, alias="except",
+                                    description="touched paths matching these are ignored by this rule")
+    existed_at_start: bool | None = Field(
+        default=None, description="true: the touched path existed before the session started")
+    count_over: int | None = Field(default=None, ge=0,
+                                   description="match only after this many earlier matches this session")
+    decision: DecisionName
+    reason: str = ""
+    errno: str | None = Field(default=None, description="errno name for deny, e.g. EACCES")
+
+    _check_actions = field_validator("actions")(classmethod(lambda cls, v: _check_action_globs(v)))
+
+    @field_validator("errno")
+    @classmethod
+    def _known_errno(cls, v: str | None) -> str | None:
+        if v is not None and not isinstance(getattr(errno_mod, v, None), int):
+            raise ValueError(f"unknown errno name {v!r} (use e.g. EACCES, EPERM, EROFS)")
+        return v
+
+
+class Settings(_Strict):
+    intercept_reads: bool = Field(
+        default=False, description="notify read-only opens too (slower; needed to deny reads)")
+    network: Literal["loopback", "none"] = Field(
+        default="loopback", description="loopback: empty namespace with lo up; none: not even lo")
+    step_up: Literal["ask", "deny"] = Field(
+        default="ask", description="deny: STEP_UP rules deny outright (no human in the loop)")
+    mask: list[str] = Field(default_factory=list,
+                            description="path sets made unreadable in the kernel (mount masks)")
+
+
+class Profile(_Strict):
+    id: str = Field(min_length=1)
+    version: int = 1
+    description: str = ""
+    extends: str | None = None
+    settings: Settings = Field(default_factory=Settings)
+    path_sets: dict[str, list[str]] = Field(default_factory=dict)
+    rules: list[Rule] = Field(default_factory=list)
+    defaults: dict[str, DecisionName] = Field(
+        default_factory=lambda: {"*": "allow"},
+        description="decision when no rule matches, by action type glob (most specific first)")
+
+    @field_validator("defaults")
+    @classmethod
+    def _default_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        _check_action_globs(list(v))
+        return v

@@ -1,0 +1,228 @@
+"""The decision loop: intercept -> decode -> action -> policy + context -> enforce -> journal.
+
+One thread receives and decides; operations that may block (FIFO opens, connect, sends)
+are performed by a small worker pool that answers the notification itself, so one slow
+peer never stalls other decisions. Every failure on the way denies (fail closed) and is
+journaled.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+from aarm_sandbox.actions import action as A
+from aarm_sandbox.context.session import SessionContext
+from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, Notification
+from aarm_sandbox.decode.memory import DecodeError
+from aarm_sandbox.enforce.effects import Continue, Effect, OpenFile
+from aarm_sandbox.decode.handlers import ExecContinue
+from aarm_sandbox.intercept.backend import InterceptBackend
+from aarm_sandbox.journal.writer import Journal
+from aarm_sandbox.policy.decision import Decision, Result
+from aarm_sandbox.policy.engine import PolicyEngine
+
+AUDIT_ARCH_X86_64 = 0xC000003E
+
+_CREATES = {A.FILE_CREATE, A.FILE_MKDIR, A.FILE_SYMLINK, A.FILE_MKNOD, A.FILE_LINK}
+
+
+class Supervisor:
+    def __init__(self, backend: InterceptBackend, engine: PolicyEngine, ctx: SessionContext,
+                 journal: Journal, *, explain: bool = False, verbose: bool = False):
+        self.backend = backend
+        self.engine = engine
+        self.ctx = ctx
+        self.journal = journal
+        self.explain = explain
+        self.verbose = verbose
+        self.dstate = DecodeState()
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aarm-effect")
+        self.verify_exec = engine.policy.has_exec_restrictions
+        self.denials: list[tuple[str, str, str]] = []
+
+    # ------------------------------------------------------------------------------------
+    def run(self) -> None:
+        recv = self.backend.receive
+        handle = self.handle
+        while True:
+            n = recv()
+            if n is None:
+                break
+            handle(n)
+        self.pool.shutdown(wait=True)
+
+    def handle(self, n: Notification) -> None:
+        entry = DISPATCH.get(n.nr)
+        if entry is None or n.arch != AUDIT_ARCH_X86_64:
+            self.backend.answer_error(n, errno.ENOSYS)
+            self.journal.append({"type": "error", "tid": n.tid, "nr": n.nr,
+                                 "reason": "unexpected syscall notification", "errno": "ENOSYS"})
+            return
+        spec, handler = entry
+        try:
+            decoded = handler(n, spec, self.dstate)
+        except DecodeError as e:
+            # Nothing happened; the target gets the error the kernel itself would give.
+            self.backend.answer_error(n, e.errno)
+            if e.errno not in (errno.ENOENT, errno.EAGAIN):
+                self.journal.append({"type": "error", "syscall": spec.name, "tid": n.tid,
+                                     "errno": errno.errorcode.get(e.errno, str(e.errno)),
+                                     "reason": str(e)})
+            return
+        except Exception as e:  # noqa: BLE001 - a supervisor bug must deny, never allow
+            self._internal_error(n, spec.name, e)
+            return
+        action, effect = decoded.action, decoded.effect
+        try:
+            if action is None:
+                self._enforce(n, effect, None)
+                return
+            decision = self._decide(action)
+            if not self.backend.still_pending(n):
+                effect.close()
+                return
+            if decision.result is Result.ALLOW:
+                if effect.blocking:
+                    self.pool.submit(self._enforce_async, n, effect, action, decision)
+                    return
+                outcome = self._enforce(n, effect, action)
+            else:
+                effect.close()
+                self.backend.answer_error(n, decision.errno)
+                outcome = -decision.errno
+                self._report_denial(action, decision)
+            self._receipt(action, decision, outcome)
+        except Exception as e:  # noqa: BLE001
+            effect.close()
+            self._internal_error(n, spec.name, e)
+
+    # ------------------------------------------------------------------------------------
+    def _decide(self, action) -> Decision:
+        if self.journal.failed:
+            return Decision(Result.DENY, "journal", self.journal.failed, errno.EIO)
+        try:
+            return self.engine.decide(action, self.ctx)
+        except Exception as e:  # noqa: BLE001
+            return Decision(Result.DENY, "policy-error", f"policy evaluation failed: {e!r}",
+                            errno.EACCES)
+
+    def _enforce(self, n: Notification, effect: Effect, action) -> int:
+        try:
+            if isinstance(effect, Continue):
+                self.backend.answer_continue(n)
+                if isinstance(effect, ExecContinue) and self.verify_exec:
+                    threading.Thread(target=self._verify_exec, args=(n.tid, effect.dev_ino),
+                                     daemon=True).start()
+                return 0
+            r = effect.perform()
+            if r < 0:
+                self.backend.answer_error(n, -r)
+                return r
+            if isinstance(effect, OpenFile):
+                fd = self.backend.answer_with_fd(n, r, effect.cloexec)
+                if fd < 0 and fd != -errno.ENOENT:
+                    self.backend.answer_error(n, -fd)
+                r = fd
+            else:
+                self.backend.answer_value(n, r)
+            if action is not None:
+                self._track(action)
+            return r
+        finally:
+            effect.close()
+
+    def _enforce_async(self, n, effect, action, decision) -> None:
+        try:
+            outcome = self._enforce(n, effect, action)
+        except Exception as e:  # noqa: BLE001
+            self.backend.answer_error(n, errno.EIO)
+            outcome = -errno.EIO
+            print(f"aarm-sandbox: internal error performing {action.type}: {e!r}", file=sys.stderr)
+        self._receipt(action, decision, outcome)
+
+    def _track(self, action) -> None:
+        t = action.type
+        if t in _CREATES:
+            self.ctx.record_created(action.paths[-1])
+        elif t == A.FILE_RENAME:
+            self.ctx.created_paths.discard(action.paths[0])
+            self.ctx.record_created(action.paths[1])
+        elif t == A.FILE_DELETE:
+            self.ctx.created_paths.discard(action.paths[0])
+
+    def _verify_exec(self, tid: int, dev_ino: tuple[int, int]) -> None:
+        """Exec cannot be emulated, so check what was actually loaded and kill on mismatch
+        (a path swapped between decision and exec). Scripts load their interpreter, so a
+        mismatch is only fatal when the decided file is not a '#!' script."""
+        import time
+        try:
+            tgid = _tgid_of(tid)
+        except OSError:
+            return
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            try:
+                st = os.stat(f"/proc/{tgid}/exe")
+            except OSError:
+                return
+            if (st.st_dev, st.st_ino) == dev_ino:
+                return
+            time.sleep(0.0005)
+        try:
+            with open(f"/proc/{tgid}/exe", "rb") as f:
+                if f.read(2) == b"#!":
+                    return
+        except OSError:
+            return
+        os.kill(tgid, 9)
+        self.journal.append({"type": "enforcement", "tid": tid, "reason":
+                             "exec loaded a different file than the one decided on; process killed"})
+
+    # ------------------------------------------------------------------------------------
+    def _receipt(self, action, decision: Decision, outcome: int) -> None:
+        ctx = self.ctx
+        ctx.action_counts[action.type] += 1
+        ctx.decision_counts[decision.result.value] += 1
+        rec = {"type": "receipt", "action": action.as_record(),
+               "decision": {"result": decision.result.value, "rule": decision.rule,
+                            "reason": decision.reason},
+               "outcome": {"executed": decision.result is Result.ALLOW and outcome >= 0,
+                           "return": outcome}}
+        if decision.shadow is not None:
+            rec["decision"]["would"] = decision.shadow.value
+        classes = ctx.classes_of(action.paths) if ctx.sensitive is not None else None
+        if classes:
+            rec["data_classes"] = classes
+            ctx.data_classes.update(classes)
+        self.journal.append(rec)
+        if self.explain:
+            print(f"aarm-sandbox: {decision.result.value:7} {action.type} {action.target} "
+                  f"[{decision.rule}] {decision.reason}", file=sys.stderr)
+
+    def _report_denial(self, action, decision: Decision) -> None:
+        self.denials.append((action.type, action.target, decision.reason))
+        if not self.explain:
+            print(f"aarm-sandbox: denied {action.type} {action.target}: {decision.reason}",
+                  file=sys.stderr)
+
+    def _internal_error(self, n: Notification, name: str, e: Exception) -> None:
+        try:
+            self.backend.answer_error(n, errno.EPERM)
+        finally:
+            self.journal.append({"type": "error", "syscall": name, "tid": n.tid, "errno": "EPERM",
+                                 "reason": f"supervisor error (denied): {e!r}"})
+            if self.verbose:
+                traceback.print_exc()
+            print(f"aarm-sandbox: internal error on {name}, denied: {e!r}", file=sys.stderr)
+
+
+def _tgid_of(tid: int) -> int:
+    with open(f"/proc/{tid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    raise OSError(errno.ESRCH, "no Tgid")

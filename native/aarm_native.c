@@ -1,0 +1,1164 @@
+/*
+ * aarm_native.c - native part of the aarm-sandbox supervisor.
+ *
+ * Contains the sandbox launcher (namespaces, mount masking, capability
+ * dropping, seccomp filter installation with a user-notification listener)
+ * and thin, errno-free wrappers around the seccomp notification ioctls and
+ * a few syscalls that glibc does not expose conveniently.
+ *
+ * Conventions: every exported function returns -errno on failure; errno is
+ * never the error channel.
+ *
+ * Code that runs between clone() and execve() in the sandbox processes must
+ * be async-signal-safe: the parent may be a multi-threaded Python process,
+ * so no malloc, no stdio, no locks, no glibc fork() (it runs atfork handlers
+ * and takes allocator locks).  Only raw syscalls and pure string helpers
+ * are used there.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <net/if.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/audit.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/openat2.h>
+#include <linux/seccomp.h>
+#include <linux/securebits.h>
+
+#include "aarm_native.h"
+
+/* ------------------------------------------------------------------ */
+/* Constants possibly missing from the (older) installed uapi headers. */
+
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+#ifndef PR_CAP_AMBIENT
+#define PR_CAP_AMBIENT 47
+#endif
+#ifndef PR_CAP_AMBIENT_CLEAR_ALL
+#define PR_CAP_AMBIENT_CLEAR_ALL 4
+#endif
+#ifndef SECBIT_NO_CAP_AMBIENT_RAISE
+#define SECBIT_NO_CAP_AMBIENT_RAISE (1 << 6)
+#endif
+#ifndef SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
+#define SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED (1 << 7)
+#endif
+#ifndef __WALL
+#define __WALL 0x40000000
+#endif
+
+_Static_assert(sizeof(struct aarm_notif) == sizeof(struct seccomp_notif),
+               "struct aarm_notif must match struct seccomp_notif");
+_Static_assert(sizeof(struct aarm_notif) == 80, "struct aarm_notif size");
+_Static_assert(sizeof(struct seccomp_notif_data) == sizeof(struct seccomp_data),
+               "struct seccomp_notif_data must match struct seccomp_data");
+
+#define AARM_NS_FLAGS (CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | \
+                       CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET | \
+                       CLONE_NEWCGROUP)
+
+/* fd number the init keeps its end of the status socket on */
+#define INIT_SOCK_FD 3
+
+#define MSG_MAX 4096
+
+/* ------------------------------------------------------------------ */
+/* Async-signal-safe string helpers (used after clone).                */
+
+struct sbuf {
+    char *p;
+    size_t cap;
+    size_t len;
+};
+
+static void sb_put(struct sbuf *b, const char *s)
+{
+    if (!s)
+        s = "(null)";
+    while (*s && b->len + 1 < b->cap)
+        b->p[b->len++] = *s++;
+    b->p[b->len] = '\0';
+}
+
+static void sb_putc(struct sbuf *b, char c)
+{
+    if (b->len + 1 < b->cap) {
+        b->p[b->len++] = c;
+        b->p[b->len] = '\0';
+    }
+}
+
+static void sb_putu(struct sbuf *b, unsigned long v)
+{
+    char tmp[24];
+    int i = 0;
+    do {
+        tmp[i++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && i < (int)sizeof(tmp));
+    while (i > 0)
+        sb_putc(b, tmp[--i]);
+}
+
+/* strerrordesc_np returns a static, untranslated string: no locale, no
+ * allocation, hence usable after clone. */
+static void sb_puterr(struct sbuf *b, int e)
+{
+    const char *d = strerrordesc_np(e);
+    if (d) {
+        sb_put(b, d);
+    } else {
+        sb_put(b, "Unknown error ");
+        sb_putu(b, (unsigned long)e);
+    }
+}
+
+static void write_all(int fd, const char *s, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, s, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        s += n;
+        len -= (size_t)n;
+    }
+}
+
+static long raw_fork(void)
+{
+    /* fork-like clone that bypasses glibc's fork() (atfork handlers,
+     * allocator locks): safe in a child of a multi-threaded process. */
+    return syscall(SYS_clone, (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL);
+}
+
+/* ------------------------------------------------------------------ */
+/* Sandbox init (runs in the cloned child).                            */
+
+struct init_ctx {
+    const struct aarm_spawn_config *cfg;
+    int sock;                 /* our end of the socketpair */
+    int parent_end;           /* parent's end, inherited: closed first */
+    pid_t parent_pid;
+    const char *path_env;     /* PATH value from envp (or default) */
+    char warn[MSG_MAX];       /* accumulated warnings, starts with 'O' */
+    struct sbuf wb;
+};
+
+static volatile sig_atomic_t g_cmd_pid;
+
+static void forward_signal(int sig)
+{
+    int saved = errno;
+    pid_t p = (pid_t)g_cmd_pid;
+    if (p > 0)
+        kill(p, sig);
+    errno = saved;
+}
+
+static void send_msg(int sock, const char *buf, size_t len, int fd)
+{
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } cmsgbuf;
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (fd >= 0) {
+        memset(&cmsgbuf, 0, sizeof(cmsgbuf));
+        msg.msg_control = cmsgbuf.buf;
+        msg.msg_controllen = sizeof(cmsgbuf.buf);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    if (fd < 0) {
+        /* Plain write: sendmsg may be a notified syscall once the filter is in. */
+        for (;;) {
+            ssize_t n = write(sock, buf, len);
+            if (n >= 0 || errno != EINTR)
+                return;
+        }
+    }
+    for (;;) {
+        ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+        if (n >= 0 || errno != EINTR)
+            return;
+    }
+}
+
+
+/* Bring the loopback interface of a fresh network namespace up, so servers and clients
+ * inside the sandbox can talk to each other while nothing can leave it. */
+static int loopback_up(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    memcpy(ifr.ifr_name, "lo", 3);
+    int e = 0;
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) {
+        e = errno;
+    } else {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+            e = errno;
+    }
+    close(s);
+    return e;
+}
+
+__attribute__((noreturn))
+static void init_fail(struct init_ctx *c, const char *step, const char *what,
+                      int e)
+{
+    char buf[1024];
+    struct sbuf b = { buf, sizeof(buf), 0 };
+    buf[0] = '\0';
+    sb_putc(&b, 'E');
+    sb_put(&b, step);
+    if (what) {
+        sb_putc(&b, ' ');
+        sb_put(&b, what);
+    }
+    sb_put(&b, ": ");
+    sb_puterr(&b, e);
+    send_msg(c->sock, buf, b.len, -1);
+    _exit(125);
+}
+
+static void init_warn(struct init_ctx *c, const char *step, const char *what,
+                      int e)
+{
+    if (c->wb.len > 1)
+        sb_putc(&c->wb, '\n');
+    sb_put(&c->wb, "warning: ");
+    sb_put(&c->wb, step);
+    if (what) {
+        sb_putc(&c->wb, ' ');
+        sb_put(&c->wb, what);
+    }
+    if (e) {
+        sb_put(&c->wb, ": ");
+        sb_puterr(&c->wb, e);
+    }
+}
+
+/* returns 0 or errno */
+static int write_file(const char *path, const char *data, size_t len)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    ssize_t n;
+    do {
+        n = write(fd, data, len);
+    } while (n < 0 && errno == EINTR);
+    int e = (n < 0) ? errno : ((size_t)n != len ? EIO : 0);
+    close(fd);
+    return e;
+}
+
+static void write_id_map(struct init_ctx *c, const char *path, unsigned int id)
+{
+    char buf[64];
+    struct sbuf b = { buf, sizeof(buf), 0 };
+    buf[0] = '\0';
+    sb_putu(&b, id);
+    sb_putc(&b, ' ');
+    sb_putu(&b, id);
+    sb_put(&b, " 1\n");
+    int e = write_file(path, buf, b.len);
+    if (e)
+        init_fail(c, "write", path, e);
+}
+
+static void mask_with_tmpfs(struct init_ctx *c, const char *path)
+{
+    if (mount("tmpfs", path, "tmpfs",
+              MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "size=4k,mode=0755") < 0)
+        init_fail(c, "mask directory", path, errno);
+}
+
+static void mask_with_devnull(struct init_ctx *c, const char *path)
+{
+    if (mount("/dev/null", path, NULL, MS_BIND, NULL) < 0)
+        init_fail(c, "mask file", path, errno);
+    /* Keep whatever nosuid/nodev/noexec flags the bind inherited: in a
+     * user namespace those are locked and dropping them gives EPERM. */
+    unsigned long keep = 0;
+    struct statfs sf;
+    if (statfs(path, &sf) == 0) {
+        if (sf.f_flags & ST_NOSUID)
+            keep |= MS_NOSUID;
+        if (sf.f_flags & ST_NODEV)
+            keep |= MS_NODEV;
+        if (sf.f_flags & ST_NOEXEC)
+            keep |= MS_NOEXEC;
+    }
+    if (mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | keep,
+              NULL) < 0)
+        init_fail(c, "remount read-only", path, errno);
+}
+
+/* Masks an existing path: directories get an empty read-only tmpfs, other
+ * files get /dev/null.  The list a path came from does not matter: a
+ * "file" that turns out to be a directory is still masked (fail closed).
+ * Nonexistent paths are skipped. */
+static void mask_path(struct init_ctx *c, const char *path)
+{
+    struct stat st;
+    if (!path || !*path)
+        return;
+    if (stat(path, &st) < 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return;
+        init_fail(c, "stat", path, errno);
+    }
+    if (S_ISDIR(st.st_mode))
+        mask_with_tmpfs(c, path);
+    else
+        mask_with_devnull(c, path);
+}
+
+static void close_other_fds(struct init_ctx *c)
+{
+    if (c->sock != INIT_SOCK_FD) {
+        if (dup3(c->sock, INIT_SOCK_FD, O_CLOEXEC) < 0)
+            init_fail(c, "dup3", NULL, errno);
+        close(c->sock);
+        c->sock = INIT_SOCK_FD;
+    }
+    if (syscall(SYS_close_range, INIT_SOCK_FD + 1, ~0U, 0) == 0)
+        return;
+    struct rlimit rl;
+    long max = 65536;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur < (rlim_t)(1 << 20))
+        max = (long)rl.rlim_cur;
+    for (long fd = INIT_SOCK_FD + 1; fd < max; fd++)
+        close((int)fd);
+}
+
+static void drop_capabilities(struct init_ctx *c)
+{
+    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof(data));
+    int have_setpcap = 1;
+    if (syscall(SYS_capget, &hdr, data) == 0)
+        have_setpcap = (data[0].effective & (1U << CAP_SETPCAP)) != 0;
+
+    unsigned long bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED |
+                         SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED |
+                         SECBIT_KEEP_CAPS_LOCKED |
+                         SECBIT_NO_CAP_AMBIENT_RAISE |
+                         SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    if (prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) < 0) {
+        /* Without CAP_SETPCAP there is nothing to lock: we cannot hold or
+         * regain capabilities (no_new_privs + empty permitted set). */
+        if (errno != EPERM || have_setpcap)
+            init_fail(c, "prctl(PR_SET_SECUREBITS)", NULL, errno);
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 &&
+        errno != EINVAL)
+        init_fail(c, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)", NULL, errno);
+    for (int cap = 0; cap < 64; cap++) {
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+            if (errno == EINVAL)
+                break;
+            if (errno == EPERM && !have_setpcap)
+                break;
+            init_fail(c, "prctl(PR_CAPBSET_DROP)", NULL, errno);
+        }
+    }
+    memset(data, 0, sizeof(data));
+    hdr.version = _LINUX_CAPABILITY_VERSION_3;
+    hdr.pid = 0;
+    if (syscall(SYS_capset, &hdr, data) < 0)
+        init_fail(c, "capset", NULL, errno);
+}
+
+static void reset_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        sigaction(sig, &sa, NULL); /* EINVAL for glibc-reserved: ignore */
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* execvpe() over the PATH taken from the *target* environment, without
+ * allocation. Returns the errno to report. */
+static int exec_search(char *const *argv, char *const *envp, const char *path)
+{
+    const char *file = argv[0];
+    if (!file || !*file)
+        return ENOENT;
+    if (strchr(file, '/')) {
+        execve(file, argv, envp);
+        return errno;
+    }
+    size_t flen = strlen(file);
+    if (flen > NAME_MAX)
+        return ENAMETOOLONG;
+    char buf[PATH_MAX + NAME_MAX + 2];
+    int saw_eacces = 0;
+    int last = ENOENT;
+    const char *p = path;
+    for (;;) {
+        const char *end = strchr(p, ':');
+        size_t dlen = end ? (size_t)(end - p) : strlen(p);
+        if (dlen == 0) {
+            buf[0] = '.';
+            dlen = 1;
+        } else if (dlen <= PATH_MAX) {
+            memcpy(buf, p, dlen);
+        } else {
+            last = ENAMETOOLONG;
+            goto next;
+        }
+        buf[dlen] = '/';
+        memcpy(buf + dlen + 1, file, flen + 1);
+        execve(buf, argv, envp);
+        switch (errno) {
+        case EACCES:
+            saw_eacces = 1;
+            /* fallthrough */
+        case ENOENT:
+        case ENOTDIR:
+        case ESTALE:
+        case ENODEV:
+        case ETIMEDOUT:
+        case ENAMETOOLONG:
+        case ELOOP:
+            last = errno;
+            break;
+        default:
+            return errno;
+        }
+    next:
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    return saw_eacces ? EACCES : last;
+}
+
+__attribute__((noreturn))
+static void command_main(struct init_ctx *c, pid_t init_pid)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (getppid() != init_pid)
+        _exit(125);
+    reset_signals();
+    close(c->sock);
+    int e = exec_search(c->cfg->argv, c->cfg->envp, c->path_env);
+    char buf[1024];
+    struct sbuf b = { buf, sizeof(buf), 0 };
+    buf[0] = '\0';
+    sb_put(&b, "aarm-sandbox: cannot run ");
+    sb_put(&b, c->cfg->argv[0]);
+    sb_put(&b, ": ");
+    sb_puterr(&b, e);
+    sb_putc(&b, '\n');
+    write_all(2, buf, b.len);
+    _exit(e == EACCES ? 126 : 127);
+}
+
+__attribute__((noreturn))
+static void init_main(struct init_ctx *c)
+{
+    const struct aarm_spawn_config *cfg = c->cfg;
+    int flags = cfg->clone_flags;
+
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    close(c->parent_end);
+    /* Did the parent die before PDEATHSIG was armed?  With CLONE_NEWPID
+     * getppid() is 0 either way, so also check the socket for a hangup. */
+    if (!(flags & CLONE_NEWPID) && getppid() != c->parent_pid)
+        _exit(125);
+    {
+        struct pollfd pfd = { .fd = c->sock, .events = POLLIN };
+        if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLERR)))
+            _exit(125);
+    }
+    reset_signals();
+
+    c->wb.p = c->warn;
+    c->wb.cap = sizeof(c->warn);
+    c->wb.len = 0;
+    sb_putc(&c->wb, 'O');
+
+    if (flags & CLONE_NEWUSER) {
+        int e = write_file("/proc/self/setgroups", "deny", 4);
+        if (e && e != ENOENT)
+            init_fail(c, "write", "/proc/self/setgroups", e);
+        write_id_map(c, "/proc/self/uid_map", cfg->outer_uid);
+        write_id_map(c, "/proc/self/gid_map", cfg->outer_gid);
+    }
+
+    int have_masks = (cfg->mask_dirs && cfg->mask_dirs[0]) ||
+                     (cfg->mask_files && cfg->mask_files[0]);
+    if (flags & CLONE_NEWNS) {
+        if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+            init_fail(c, "make / private", NULL, errno);
+        if (cfg->mount_proc) {
+            if (!(flags & CLONE_NEWPID)) {
+                init_warn(c, "mount /proc", "skipped (needs a pid namespace)", 0);
+            } else if (mount("proc", "/proc", "proc",
+                             MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+                if (errno == EPERM || errno == EBUSY)
+                    init_warn(c, "mount /proc", NULL, errno);
+                else
+                    init_fail(c, "mount /proc", NULL, errno);
+            }
+        }
+        if (cfg->mask_dirs)
+            for (char *const *p = cfg->mask_dirs; *p; p++)
+                mask_path(c, *p);
+        if (cfg->mask_files)
+            for (char *const *p = cfg->mask_files; *p; p++)
+                mask_path(c, *p);
+    } else {
+        if (have_masks)
+            init_fail(c, "masking needs a mount namespace", NULL, EINVAL);
+        if (cfg->mount_proc)
+            init_warn(c, "mount /proc", "skipped (needs a mount namespace)", 0);
+    }
+
+    if (cfg->cwd && cfg->cwd[0] && chdir(cfg->cwd) < 0)
+        init_fail(c, "chdir", cfg->cwd, errno);
+
+    if ((flags & CLONE_NEWNET) && cfg->loopback_up) {
+        int e = loopback_up();
+        if (e)
+            init_fail(c, "bring up loopback", NULL, e);
+    }
+    if ((flags & CLONE_NEWNS) && cfg->private_shm) {
+        struct stat shm;
+        if (stat("/dev/shm", &shm) == 0 && S_ISDIR(shm.st_mode) &&
+            mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
+            init_warn(c, "mount private /dev/shm", NULL, errno);
+    }
+
+    close_other_fds(c);
+
+    if (cfg->drop_caps)
+        drop_capabilities(c);
+
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        init_fail(c, "prctl(PR_SET_NO_NEW_PRIVS)", NULL, errno);
+
+    struct sock_fprog prog = {
+        .len = (unsigned short)cfg->bpf_len,
+        .filter = (struct sock_filter *)cfg->bpf,
+    };
+    unsigned long sflags = SECCOMP_FILTER_FLAG_NEW_LISTENER | cfg->seccomp_flags;
+    long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, sflags, &prog);
+    if (listener < 0 && errno == EINVAL &&
+        (sflags & SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)) {
+        sflags &= ~(unsigned long)SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+        listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, sflags, &prog);
+        if (listener >= 0)
+            init_warn(c, "seccomp", "WAIT_KILLABLE_RECV not supported", 0);
+    }
+    if (listener < 0)
+        init_fail(c, "seccomp", NULL, errno);
+
+    /* From here on every syscall we make is filtered, and sendmsg is a notified
+     * syscall nobody can answer yet: so only write the listener's fd number (write is
+     * never notified) and let the parent take the fd with pidfd_getfd, then wait for
+     * its acknowledgement before closing our copy. */
+    {
+        char msg[MSG_MAX];
+        int lfd = (int)listener;
+        size_t wl = c->wb.len > 1 ? c->wb.len - 1 : 0;
+        if (wl > sizeof(msg) - 1 - sizeof(int))
+            wl = sizeof(msg) - 1 - sizeof(int);
+        msg[0] = 'L';
+        memcpy(msg + 1, &lfd, sizeof(int));
+        memcpy(msg + 1 + sizeof(int), c->warn + 1, wl);
+        send_msg(c->sock, msg, 1 + sizeof(int) + wl, -1);
+        char ack = 0;
+        ssize_t an;
+        do {
+            an = read(c->sock, &ack, 1);
+        } while (an < 0 && errno == EINTR);
+        if (an != 1 || ack != 'A')
+            _exit(125);
+    }
+    close((int)listener);
+
+    pid_t self = getpid();
+    if (!(flags & CLONE_NEWPID))
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+
+    static const int fwd[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1,
+                               SIGUSR2, SIGWINCH, SIGCONT };
+    sigset_t block, old;
+    sigemptyset(&block);
+    for (size_t i = 0; i < sizeof(fwd) / sizeof(fwd[0]); i++)
+        sigaddset(&block, fwd[i]);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = forward_signal;
+    sa.sa_flags = SA_RESTART;
+    sigfillset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof(fwd) / sizeof(fwd[0]); i++)
+        sigaction(fwd[i], &sa, NULL);
+
+    long cmd = raw_fork();
+    if (cmd == 0)
+        command_main(c, self);
+    if (cmd < 0) {
+        int e = errno;
+        char buf[256];
+        struct sbuf b = { buf, sizeof(buf), 0 };
+        buf[0] = '\0';
+        sb_put(&b, "aarm-sandbox: cannot fork command: ");
+        sb_puterr(&b, e);
+        sb_putc(&b, '\n');
+        write_all(2, buf, b.len);
+        char st[1 + sizeof(int)];
+        int status = 125 << 8; /* as if exited with 125 */
+        st[0] = 'S';
+        memcpy(st + 1, &status, sizeof(int));
+        send_msg(c->sock, st, sizeof(st), -1);
+        _exit(0);
+    }
+    g_cmd_pid = (sig_atomic_t)cmd;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    /* The command cannot ptrace us or read our memory. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+
+    for (;;) {
+        int status = 0;
+        pid_t w = waitpid(-1, &status, __WALL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            _exit(1); /* ECHILD without seeing the command: parent gets EPIPE */
+        }
+        if (w == (pid_t)cmd) {
+            char st[1 + sizeof(int)];
+            st[0] = 'S';
+            memcpy(st + 1, &status, sizeof(int));
+            send_msg(c->sock, st, sizeof(st), -1);
+            _exit(0);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Parent side.                                                        */
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static const char *find_path(char *const *envp)
+{
+    if (envp)
+        for (char *const *e = envp; *e; e++)
+            if (strncmp(*e, "PATH=", 5) == 0)
+                return *e + 5;
+    return "/bin:/usr/bin";
+}
+
+static void reap(pid_t pid, int *status)
+{
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (status)
+        *status = st;
+}
+
+int aarm_spawn(const struct aarm_spawn_config *cfg, int *out_listener,
+               int *out_status_fd, char *err, size_t errlen)
+{
+    if (err && errlen)
+        err[0] = '\0';
+    if (!cfg || !out_listener || !out_status_fd) {
+        set_err(err, errlen, "aarm_spawn: invalid arguments");
+        return -1;
+    }
+    if (!cfg->argv || !cfg->argv[0] || !cfg->argv[0][0]) {
+        set_err(err, errlen, "argv: empty command");
+        return -1;
+    }
+    if (!cfg->envp) {
+        set_err(err, errlen, "envp: must not be NULL");
+        return -1;
+    }
+    if (!cfg->bpf || cfg->bpf_len == 0 || cfg->bpf_len > BPF_MAXINSNS) {
+        set_err(err, errlen, "bpf: invalid program length %u", cfg->bpf_len);
+        return -1;
+    }
+    if (cfg->clone_flags & ~AARM_NS_FLAGS) {
+        set_err(err, errlen, "clone_flags: unsupported flags 0x%x",
+                (unsigned)(cfg->clone_flags & ~AARM_NS_FLAGS));
+        return -1;
+    }
+
+    struct init_ctx *c = calloc(1, sizeof(*c));
+    if (!c) {
+        set_err(err, errlen, "malloc: %s", strerror(ENOMEM));
+        return -1;
+    }
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        set_err(err, errlen, "socketpair: %s", strerror(errno));
+        free(c);
+        return -1;
+    }
+    c->cfg = cfg;
+    c->sock = sv[1];
+    c->parent_end = sv[0];
+    c->parent_pid = getpid();
+    c->path_env = find_path(cfg->envp);
+
+    long pid = syscall(SYS_clone,
+                       (unsigned long)(cfg->clone_flags | SIGCHLD),
+                       0UL, 0UL, 0UL, 0UL);
+    if (pid == 0)
+        init_main(c); /* never returns */
+    int clone_errno = errno;
+    close(sv[1]);
+    free(c);
+    if (pid < 0) {
+        close(sv[0]);
+        set_err(err, errlen, "clone: %s", strerror(clone_errno));
+        return -1;
+    }
+
+    char buf[MSG_MAX + 1];
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * 8)];
+        struct cmsghdr align;
+    } cmsgbuf;
+    struct iovec iov = { .iov_base = buf, .iov_len = MSG_MAX };
+    struct msghdr msg;
+    ssize_t n;
+    do {
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsgbuf.buf;
+        msg.msg_controllen = sizeof(cmsgbuf.buf);
+        n = recvmsg(sv[0], &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    int recv_errno = errno;
+
+    int listener = -1;
+    if (n > 0) {
+        for (struct cmsghdr *h = CMSG_FIRSTHDR(&msg); h; h = CMSG_NXTHDR(&msg, h)) {
+            if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+                continue;
+            size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < nfd; i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+                if (listener < 0)
+                    listener = fd;
+                else
+                    close(fd);
+            }
+        }
+    }
+
+    if (n >= (ssize_t)(1 + sizeof(int)) && buf[0] == 'L' && listener < 0) {
+        int remote;
+        memcpy(&remote, buf + 1, sizeof(int));
+        int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+        if (pidfd >= 0) {
+            listener = (int)syscall(SYS_pidfd_getfd, pidfd, remote, 0);
+            recv_errno = errno;
+            close(pidfd);
+        } else {
+            recv_errno = errno;
+        }
+        if (listener >= 0 && write(sv[0], "A", 1) == 1) {
+            size_t wl = (size_t)n - 1 - sizeof(int);
+            memmove(buf + 1, buf + 1 + sizeof(int), wl);
+            buf[0] = 'O';
+            n = (ssize_t)(1 + wl);
+        } else {
+            if (listener >= 0)
+                close(listener);
+            listener = -1;
+            kill((pid_t)pid, SIGKILL);
+            close(sv[0]);
+            int st2 = 0;
+            reap((pid_t)pid, &st2);
+            set_err(err, errlen, "taking the seccomp listener (pidfd_getfd): %s",
+                    strerror(recv_errno));
+            return -1;
+        }
+    }
+    if (n > 0 && buf[0] == 'O' && listener >= 0 && !(msg.msg_flags & MSG_CTRUNC)) {
+        buf[n] = '\0';
+        if (n > 1)
+            set_err(err, errlen, "%s", buf + 1);
+        *out_listener = listener;
+        *out_status_fd = sv[0];
+        return (int)pid;
+    }
+
+    /* failure */
+    if (listener >= 0)
+        close(listener);
+    if (n > 0 && buf[0] == 'O')
+        kill((pid_t)pid, SIGKILL); /* protocol error: do not leave it running */
+    close(sv[0]);
+    int st = 0;
+    reap((pid_t)pid, &st);
+    if (n > 1 && buf[0] == 'E') {
+        buf[n] = '\0';
+        set_err(err, errlen, "%s", buf + 1);
+    } else if (n < 0) {
+        set_err(err, errlen, "recvmsg: %s", strerror(recv_errno));
+    } else if (n > 0 && buf[0] == 'O') {
+        set_err(err, errlen, "sandbox init: listener fd was not received");
+    } else if (WIFSIGNALED(st)) {
+        set_err(err, errlen, "sandbox init died during setup: killed by signal %d",
+                WTERMSIG(st));
+    } else {
+        set_err(err, errlen, "sandbox init died during setup: exit status %d",
+                WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    }
+    return -1;
+}
+
+int aarm_read_status(int status_fd, int *out_wait_status)
+{
+    char buf[64];
+    ssize_t n;
+    do {
+        n = recv(status_fd, buf, sizeof(buf), 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == ECONNRESET ? -EPIPE : -errno;
+    if (n == 0)
+        return -EPIPE;
+    if (buf[0] != 'S' || n < (ssize_t)(1 + sizeof(int)))
+        return -EPROTO;
+    int st;
+    memcpy(&st, buf + 1, sizeof(int));
+    if (out_wait_status)
+        *out_wait_status = st;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* seccomp notification wrappers.                                       */
+
+int aarm_notif_recv(int listener, struct aarm_notif *n)
+{
+    if (!n)
+        return -EINVAL;
+    for (;;) {
+        memset(n, 0, sizeof(*n));
+        if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, n) == 0)
+            return 0;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+int aarm_notif_send(int listener, uint64_t id, int64_t val, int32_t error,
+                    uint32_t flags)
+{
+    struct seccomp_notif_resp resp;
+    memset(&resp, 0, sizeof(resp));
+    resp.id = id;
+    resp.val = val;
+    resp.error = error;
+    resp.flags = flags;
+    for (;;) {
+        if (ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) == 0)
+            return 0;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+int aarm_notif_id_valid(int listener, uint64_t id)
+{
+    for (;;) {
+        if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0)
+            return 0;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+int aarm_notif_addfd(int listener, uint64_t id, int srcfd, uint32_t newfd,
+                     uint32_t newfd_flags, uint32_t flags)
+{
+    struct seccomp_notif_addfd a;
+    memset(&a, 0, sizeof(a));
+    a.id = id;
+    a.flags = flags;
+    a.srcfd = (uint32_t)srcfd;
+    a.newfd = newfd;
+    a.newfd_flags = newfd_flags;
+    for (;;) {
+        int r = ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, &a);
+        if (r >= 0)
+            return r;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+int aarm_notif_set_flags(int listener, uint64_t flags)
+{
+    /* the kernel takes the flags by value, not through a pointer */
+    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, (unsigned long)flags) == 0)
+        return 0;
+    return -errno;
+}
+
+int aarm_seccomp_feature(int which)
+{
+    if (which < 1 || which > 3)
+        return -EINVAL;
+    long pid = raw_fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0) {
+        struct sock_filter allow[] = {
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = { .len = 1, .filter = allow };
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+            _exit(100 + (errno & 0x7f));
+        unsigned long fl = SECCOMP_FILTER_FLAG_NEW_LISTENER;
+        if (which == 1)
+            fl |= SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
+        long lfd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, fl, &prog);
+        if (lfd < 0) {
+            if (which == 1 && errno == EINVAL)
+                _exit(1);
+            _exit(100 + (errno & 0x7f));
+        }
+        if (which == 1)
+            _exit(0);
+        if (which == 2) {
+            if (ioctl((int)lfd, SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+                      (unsigned long)SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) == 0)
+                _exit(0);
+            _exit(errno == EINVAL ? 1 : 100 + (errno & 0x7f));
+        }
+        /* which == 3: a bogus id must fail with ENOENT if ADDFD exists */
+        struct seccomp_notif_addfd a;
+        memset(&a, 0, sizeof(a));
+        a.id = ~0ULL;
+        a.srcfd = (uint32_t)lfd;
+        if (ioctl((int)lfd, SECCOMP_IOCTL_NOTIF_ADDFD, &a) >= 0 || errno == ENOENT)
+            _exit(0);
+        _exit(errno == EINVAL || errno == ENOTTY ? 1 : 100 + (errno & 0x7f));
+    }
+    int st = 0;
+    pid_t w;
+    do {
+        w = waitpid((pid_t)pid, &st, 0);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0)
+        return -errno;
+    if (!WIFEXITED(st))
+        return -ECHILD;
+    int code = WEXITSTATUS(st);
+    if (code == 0)
+        return 1;
+    if (code == 1)
+        return 0;
+    if (code >= 100)
+        return -(code - 100);
+    return -EIO;
+}
+
+/* ------------------------------------------------------------------ */
+/* Memory access.                                                       */
+
+int64_t aarm_read_mem(int pid, uint64_t addr, void *buf, size_t len)
+{
+    if (len == 0)
+        return 0;
+    struct iovec local = { .iov_base = buf, .iov_len = len };
+    struct iovec remote = { .iov_base = (void *)(uintptr_t)addr, .iov_len = len };
+    ssize_t n = process_vm_readv((pid_t)pid, &local, 1, &remote, 1, 0);
+    if (n < 0)
+        return -errno;
+    return (int64_t)n;
+}
+
+int64_t aarm_read_cstr(int pid, uint64_t addr, char *buf, size_t maxlen)
+{
+    static size_t page;
+    if (!page) {
+        long ps = sysconf(_SC_PAGESIZE);
+        page = ps > 0 ? (size_t)ps : 4096;
+    }
+    if (!buf || maxlen == 0)
+        return -ENAMETOOLONG;
+    size_t got = 0;
+    while (got < maxlen) {
+        uint64_t cur = addr + got;
+        if (cur < addr)
+            return -EFAULT; /* wrapped around */
+        size_t chunk = page - (size_t)(cur % page);
+        if (chunk > maxlen - got)
+            chunk = maxlen - got;
+        struct iovec local = { .iov_base = buf + got, .iov_len = chunk };
+        struct iovec remote = { .iov_base = (void *)(uintptr_t)cur, .iov_len = chunk };
+        ssize_t n = process_vm_readv((pid_t)pid, &local, 1, &remote, 1, 0);
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return -EFAULT;
+        char *nul = memchr(buf + got, '\0', (size_t)n);
+        if (nul)
+            return (int64_t)(nul - buf);
+        got += (size_t)n;
+    }
+    return -ENAMETOOLONG;
+}
+
+/* ------------------------------------------------------------------ */
+/* Syscall wrappers.                                                    */
+
+int aarm_pidfd_open(int pid, unsigned int flags)
+{
+    long r = syscall(SYS_pidfd_open, pid, flags);
+    return r < 0 ? -errno : (int)r;
+}
+
+int aarm_pidfd_getfd(int pidfd, int targetfd, unsigned int flags)
+{
+    long r = syscall(SYS_pidfd_getfd, pidfd, targetfd, flags);
+    return r < 0 ? -errno : (int)r;
+}
+
+int aarm_pidfd_send_signal(int pidfd, int sig)
+{
+    long r = syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0U);
+    return r < 0 ? -errno : 0;
+}
+
+int aarm_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode,
+                 uint64_t resolve)
+{
+    struct open_how how;
+    memset(&how, 0, sizeof(how));
+    how.flags = flags;
+    how.mode = mode;
+    how.resolve = resolve;
+    long r;
+    do {
+        r = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+    } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : (int)r;
+}
+
+int aarm_renameat2(int olddirfd, const char *oldpath, int newdirfd,
+                   const char *newpath, unsigned int flags)
+{
+    long r = syscall(SYS_renameat2, olddirfd, oldpath, newdirfd, newpath, flags);
+    return r < 0 ? -errno : 0;
+}
+
+int aarm_linkat(int olddirfd, const char *oldpath, int newdirfd,
+                const char *newpath, int flags)
+{
+    return linkat(olddirfd, oldpath, newdirfd, newpath, flags) < 0 ? -errno : 0;
+}
+
+int aarm_utimensat(int dirfd, const char *path, const int64_t *times4, int flags)
+{
+    struct timespec ts[2];
+    struct timespec *tp = NULL;
+    if (times4) {
+        ts[0].tv_sec = (time_t)times4[0];
+        ts[0].tv_nsec = (long)times4[1];
+        ts[1].tv_sec = (time_t)times4[2];
+        ts[1].tv_nsec = (long)times4[3];
+        tp = ts;
+    }
+    /* raw syscall: glibc rejects path == NULL, the kernel accepts it */
+    long r = syscall(SYS_utimensat, dirfd, path, tp, flags);
+    return r < 0 ? -errno : 0;
+}
+
+int aarm_set_dumpable(int on)
+{
+    return prctl(PR_SET_DUMPABLE, on ? 1 : 0, 0, 0, 0) < 0 ? -errno : 0;
+}

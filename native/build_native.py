@@ -1,0 +1,185 @@
+"""cffi (out-of-line, API mode) builder for ``aarm_sandbox._native``.
+
+Used by setuptools through ``setup(cffi_modules=["native/build_native.py:ffibuilder"])``.
+For development it can also be run directly to build the extension in place::
+
+    python3 native/build_native.py            # -> aarm_sandbox/_native.*.so
+
+Only gcc, the Python headers and libffi are needed (no libseccomp).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from cffi import FFI
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
+
+
+def _rel(path: str) -> str:
+    """setuptools wants source paths relative to the setup.py directory."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+CDEF = r"""
+struct seccomp_notif_data {
+    int nr;
+    uint32_t arch;
+    uint64_t instruction_pointer;
+    uint64_t args[6];
+};
+
+struct aarm_notif {
+    uint64_t id;
+    uint32_t pid;
+    uint32_t flags;
+    struct seccomp_notif_data data;
+};
+
+struct aarm_spawn_config {
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;
+    const void *bpf;
+    unsigned int bpf_len;
+    unsigned int seccomp_flags;
+    int clone_flags;
+    unsigned int outer_uid, outer_gid;
+    char *const *mask_dirs;
+    char *const *mask_files;
+    int mount_proc;
+    int drop_caps;
+    int loopback_up;             /* with CLONE_NEWNET: bring lo up (else the namespace has no network at all) */
+    int private_shm;             /* with CLONE_NEWNS: a private writable tmpfs on /dev/shm */
+};
+
+int aarm_spawn(const struct aarm_spawn_config *cfg, int *out_listener,
+               int *out_status_fd, char *err, size_t errlen);
+int aarm_read_status(int status_fd, int *out_wait_status);
+
+int aarm_notif_recv(int listener, struct aarm_notif *n);
+int aarm_notif_send(int listener, uint64_t id, int64_t val, int32_t error,
+                    uint32_t flags);
+int aarm_notif_id_valid(int listener, uint64_t id);
+int aarm_notif_addfd(int listener, uint64_t id, int srcfd, uint32_t newfd,
+                     uint32_t newfd_flags, uint32_t flags);
+int aarm_notif_set_flags(int listener, uint64_t flags);
+int aarm_seccomp_feature(int which);
+
+int64_t aarm_read_mem(int pid, uint64_t addr, void *buf, size_t len);
+int64_t aarm_read_cstr(int pid, uint64_t addr, char *buf, size_t maxlen);
+
+int aarm_pidfd_open(int pid, unsigned int flags);
+int aarm_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
+int aarm_pidfd_send_signal(int pidfd, int sig);
+
+int aarm_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode,
+                 uint64_t resolve);
+int aarm_renameat2(int olddirfd, const char *oldpath, int newdirfd,
+                   const char *newpath, unsigned int flags);
+int aarm_linkat(int olddirfd, const char *oldpath, int newdirfd,
+                const char *newpath, int flags);
+int aarm_utimensat(int dirfd, const char *path, const int64_t *times4,
+                   int flags);
+int aarm_set_dumpable(int on);
+
+/* convenience constants (values come from the C headers at build time) */
+#define AARM_CLONE_NEWNS ...
+#define AARM_CLONE_NEWUTS ...
+#define AARM_CLONE_NEWIPC ...
+#define AARM_CLONE_NEWUSER ...
+#define AARM_CLONE_NEWPID ...
+#define AARM_CLONE_NEWNET ...
+#define AARM_CLONE_NEWCGROUP ...
+#define AARM_SECCOMP_FILTER_FLAG_LOG ...
+#define AARM_SECCOMP_FILTER_FLAG_SPEC_ALLOW ...
+#define AARM_SECCOMP_FILTER_FLAG_NEW_LISTENER ...
+#define AARM_SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV ...
+#define AARM_SECCOMP_USER_NOTIF_FLAG_CONTINUE ...
+#define AARM_SECCOMP_ADDFD_FLAG_SETFD ...
+#define AARM_SECCOMP_ADDFD_FLAG_SEND ...
+#define AARM_SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP ...
+#define AARM_SECCOMP_RET_KILL_PROCESS ...
+#define AARM_SECCOMP_RET_ERRNO ...
+#define AARM_SECCOMP_RET_USER_NOTIF ...
+#define AARM_SECCOMP_RET_ALLOW ...
+#define AARM_AUDIT_ARCH_X86_64 ...
+#define AARM_RESOLVE_NO_XDEV ...
+#define AARM_RESOLVE_NO_MAGICLINKS ...
+#define AARM_RESOLVE_NO_SYMLINKS ...
+#define AARM_RESOLVE_BENEATH ...
+#define AARM_RESOLVE_IN_ROOT ...
+#define AARM_RESOLVE_CACHED ...
+#define AARM_RENAME_NOREPLACE ...
+#define AARM_RENAME_EXCHANGE ...
+#define AARM_RENAME_WHITEOUT ...
+#define AARM_UTIME_NOW ...
+#define AARM_UTIME_OMIT ...
+#define AARM_NOTIF_SIZE ...
+"""
+
+SOURCE = r"""
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "aarm_native.h"
+"""
+
+_CFLAGS = ["-O2", "-Wall", "-fno-strict-aliasing"]
+
+
+def make_ffi(relative: bool = True) -> FFI:
+    fix = _rel if relative else (lambda p: p)
+    ffi = FFI()
+    ffi.cdef(CDEF)
+    ffi.set_source(
+        "aarm_sandbox._native",
+        SOURCE,
+        sources=[fix(os.path.join(_HERE, "aarm_native.c"))],
+        include_dirs=[fix(_HERE)],
+        extra_compile_args=_CFLAGS,
+    )
+    return ffi
+
+
+# Picked up by setuptools via cffi_modules (paths relative to setup.py).
+ffibuilder = make_ffi()
+
+
+def build_inplace(tmpdir: str | None = None) -> str:
+    """Compile the extension into the source tree (aarm_sandbox/)."""
+    import shutil
+    import tempfile
+
+    tmp = tmpdir or tempfile.mkdtemp(prefix="aarm-native-build-")
+    try:
+        ffi = make_ffi(relative=False)
+        built = ffi.compile(tmpdir=tmp, verbose=False)
+        # cffi modules use the stable ABI; use the same file name as the
+        # setuptools (pip install -e .) build so the two never shadow
+        # each other, and drop stale interpreter-specific copies.
+        pkg = os.path.join(_ROOT, "aarm_sandbox")
+        dest = os.path.join(pkg, "_native.abi3.so")
+        shutil.copyfile(built, dest + ".tmp")
+        os.chmod(dest + ".tmp", 0o755)
+        os.replace(dest + ".tmp", dest)
+        for name in os.listdir(pkg):
+            if name.startswith("_native.") and name.endswith(".so") and \
+                    name != "_native.abi3.so":
+                os.unlink(os.path.join(pkg, name))
+        return dest
+    finally:
+        if tmpdir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    path = build_inplace(sys.argv[1] if len(sys.argv) > 1 else None)
+    print(path)
