@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("file")
     psub.add_parser("schema", help="JSON Schema of the profile format")
 
+    j = sub.add_parser("journal", help="read session journals")
+    jsub = j.add_subparsers(dest="jcmd", required=True)
+    js = jsub.add_parser("show", help="readable timeline of a journal")
+    js.add_argument("file")
+    js.add_argument("--json", action="store_true")
+    js.add_argument("--denied", action="store_true", help="only non-allow decisions")
+
     d = sub.add_parser("doctor", help="probe every kernel feature the sandbox uses")
     d.add_argument("--json", action="store_true")
     return p
@@ -67,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_SANDBOX_ERROR
         if args.cmd == "profiles":
             return _profiles(args)
+        if args.cmd == "journal":
+            from aarm_sandbox.cli.journal_show import show
+            return show(args.file, as_json=args.json, only_denied=args.denied)
         if args.cmd == "doctor":
             from aarm_sandbox.cli.doctor import doctor
             return doctor(as_json=args.json)

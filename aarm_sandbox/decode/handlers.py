@@ -93,6 +93,8 @@ def _thread_fd(tid: int, fd: int) -> int:
     if fd < 0:
         raise DecodeError(errno.EBADF, "negative fd")
     pidfd = lib.aarm_pidfd_open(tid, PIDFD_THREAD)
+    if pidfd == -errno.EINVAL:          # kernel < 6.9: no thread pidfds, use the process
+        pidfd = lib.aarm_pidfd_open(tid, 0)
     if pidfd < 0:
         raise DecodeError(errno.ESRCH, "pidfd_open")
     try:
@@ -576,13 +578,12 @@ def decode_sendmsg(n, spec, st) -> Decoded:
     except BaseException:
         os.close(sock)
         raise
-    for p in pinned[1:]:
-        os.close(p)          # every path already went into its /proc/self/fd address... keep first
     act = _act(A.NET_SEND, n, spec, targets[0] if targets else "", tuple(paths_all),
                bytes=sum(len(m[1]) for m in msgs), messages=len(msgs))
     eff = SocketCall("sendto" if spec.name == "sendmsg" else "sendmmsg", sock,
                      addr=msgs[0][0] if msgs else b"", payload=msgs[0][1] if msgs else b"",
-                     flags=flags, pinned=pinned[0] if pinned else -1, messages=msgs)
+                     flags=flags, pinned=pinned[0] if pinned else -1, messages=msgs,
+                     more_pinned=tuple(pinned[1:]))
     return Decoded(act, eff)
 
 

@@ -172,6 +172,7 @@ class SocketCall(Effect):
     bind_name: bytes = b""      # bind: name to create inside `pinned`
     messages: list = field(default_factory=list)   # sendmmsg: [(addr, payload)]
     blocking: bool = True
+    more_pinned: tuple = ()     # sendmmsg: pinned unix paths of the other messages
 
     def perform(self) -> int:
         op = self.op
@@ -194,7 +195,7 @@ class SocketCall(Effect):
         return -errno.ENOSYS
 
     def _fds(self):
-        return (self.sockfd, self.pinned)
+        return (self.sockfd, self.pinned) + tuple(self.more_pinned)
 
 
 def _bind_in_dir(sockfd: int, dirfd: int, name: bytes) -> int:

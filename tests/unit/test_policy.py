@@ -1,0 +1,195 @@
+"""Profile loading, compilation and decisions, on real Action objects (no kernel needed)."""
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+
+import pytest
+
+from aarm_sandbox.actions.action import Action
+from aarm_sandbox.context.session import SessionContext
+from aarm_sandbox.policy.compiler import CompiledPolicy, Placeholders, glob_to_regex
+from aarm_sandbox.policy.decision import Result
+from aarm_sandbox.policy.engine import PolicyEngine
+from aarm_sandbox.policy.loader import ProfileError, builtin_names, load_profile
+
+WS, TMP, HOME = "/work/ws", "/tmp/aarm-s1", "/home/u"
+
+
+def engine(name: str = "default", observe: bool = False) -> tuple[PolicyEngine, SessionContext]:
+    pol = CompiledPolicy(load_profile(name).profile, Placeholders(WS, TMP, HOME))
+    return PolicyEngine(pol, observe=observe), SessionContext("s1")
+
+
+def act(type_: str, *paths: str, target: str | None = None) -> Action:
+    return Action(type_, target or (paths[0] if paths else ""), "test", 1, 1, 0, tuple(paths))
+
+
+def test_builtin_profiles_all_load():
+    assert {"default", "ci-untrusted", "observe"} <= set(builtin_names())
+    for n in builtin_names():
+        assert load_profile(n).sha256
+
+
+@pytest.mark.parametrize("glob,path,ok", [
+    ("/a/**", "/a", True), ("/a/**", "/a/b/c", True), ("/a/**", "/ab", False),
+    ("/a/*", "/a/b", True), ("/a/*", "/a/b/c", False), ("/a/?", "/a/b", True),
+    ("**/*.sample", "/w/.git/hooks/pre-commit.sample", True), ("/a.b", "/aXb", False),
+    ("pipe:*", "pipe:[123]", True),
+])
+def test_glob_semantics(glob, path, ok):
+    import re
+    assert bool(re.match(glob_to_regex(glob) + r"\Z", path)) is ok
+
+
+def test_writes_inside_workspace_and_tmp_are_allowed():
+    e, c = engine()
+    for p in (f"{WS}/a.txt", f"{WS}/d/e/f", f"{TMP}/x"):
+        assert e.decide(act("file.create", p), c).result is Result.ALLOW
+
+
+def test_writes_outside_are_denied_with_eacces():
+    e, c = engine()
+    d = e.decide(act("file.write", "/etc/passwd"), c)
+    assert d.result is Result.DENY and d.errno == errno.EACCES and d.rule == "outside-workspace"
+
+
+def test_rename_out_of_workspace_is_judged_on_both_paths():
+    e, c = engine()
+    d = e.decide(act("file.rename", f"{WS}/a", "/etc/cron.d/x"), c)
+    assert d.result is Result.DENY
+
+
+def test_hardlink_of_outside_file_into_workspace_is_denied():
+    e, c = engine()
+    assert e.decide(act("file.link", "/etc/shadow", f"{WS}/alias"), c).result is Result.DENY
+
+
+def test_credential_store_is_denied_even_for_exec():
+    e, c = engine()
+    d = e.decide(act("process.exec", f"{HOME}/.ssh/evil"), c)
+    assert d.result is Result.DENY and d.rule == "credential-store"
+
+
+def test_git_hook_write_steps_up_and_without_approver_is_denied():
+    e, c = engine()
+    d = e.decide(act("file.create", f"{WS}/.git/hooks/pre-commit"), c)
+    assert d.result is Result.DENY and d.shadow is Result.STEP_UP
+    assert "no approver available" in d.reason
+
+
+def test_git_hook_samples_are_not_held():
+    e, c = engine()
+    assert e.decide(act("file.create", f"{WS}/.git/hooks/pre-commit.sample"), c).result is Result.ALLOW
+
+
+def test_git_config_created_this_session_is_not_held(tmp_path):
+    ws = str(tmp_path)
+    pol = CompiledPolicy(load_profile("default").profile, Placeholders(ws, TMP, HOME))
+    e, c = PolicyEngine(pol), SessionContext("s")
+    cfg = tmp_path / ".git" / "config"
+    cfg.parent.mkdir()
+    cfg.write_text("[core]\n")
+    # existed before the session: held
+    assert e.decide(act("file.write", str(cfg)), c).result is Result.DENY
+    # created by this session (git init): not held
+    c.record_created(str(cfg))
+    assert e.decide(act("file.write", str(cfg)), c).result is Result.ALLOW
+
+
+def test_mass_deletion_is_held_after_100():
+    e, c = engine()
+    results = [e.decide(act("file.delete", f"{WS}/f{i}"), c).result for i in range(103)]
+    assert results[:100] == [Result.ALLOW] * 100
+    assert results[100:] == [Result.DENY] * 3
+
+
+def test_deletions_in_session_tmp_are_not_counted():
+    e, c = engine()
+    assert all(e.decide(act("file.delete", f"{TMP}/f{i}"), c).allowed for i in range(300))
+
+
+def test_ci_untrusted_denies_reads_outside_and_network():
+    e, c = engine("ci-untrusted")
+    assert e.decide(act("file.read", f"{HOME}/notes.txt"), c).result is Result.DENY
+    assert e.decide(act("file.read", "/usr/lib/libc.so"), c).allowed
+    assert e.decide(act("file.read", f"{WS}/src.py"), c).allowed
+    d = e.decide(act("net.connect", target="127.0.0.1:80"), c)
+    assert d.result is Result.DENY and d.errno == errno.EPERM
+
+
+def test_ci_untrusted_turns_step_up_into_deny():
+    e, c = engine("ci-untrusted")
+    d = e.decide(act("file.create", f"{WS}/.git/hooks/post-checkout"), c)
+    assert d.result is Result.DENY and "step_up" in d.reason and "approver" not in d.reason
+
+
+def test_observe_mode_allows_but_records_what_would_happen():
+    e, c = engine(observe=True)
+    d = e.decide(act("file.write", "/etc/passwd"), c)
+    assert d.result is Result.ALLOW and d.shadow is Result.DENY
+
+
+def test_most_restrictive_rule_wins_regardless_of_order(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("id: t\nrules:\n"
+                 "  - {id: a, actions: [file.write], decision: allow}\n"
+                 "  - {id: d, actions: [file.write], paths: ['/x/**'], decision: deny, errno: EROFS}\n")
+    pol = CompiledPolicy(load_profile(str(f)).profile, Placeholders(WS, TMP, HOME))
+    d = PolicyEngine(pol).decide(act("file.write", "/x/y"), SessionContext("s"))
+    assert d.result is Result.DENY and d.errno == errno.EROFS and d.rule == "d"
+
+
+def _write(tmp_path, text: str):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    return str(f)
+
+
+def test_unknown_field_error_names_file_line_field_and_allowed(tmp_path):
+    f = _write(tmp_path, "id: x\nrules:\n  - id: a\n    actions: [file.write]\n    decision: deny\n    pathz: [/]\n")
+    with pytest.raises(ProfileError) as ei:
+        load_profile(f)
+    msg = str(ei.value)
+    assert f"{f}:6:" in msg and "rules[0].pathz" in msg and "allowed here:" in msg and "paths" in msg
+
+
+def test_bad_decision_value_is_reported(tmp_path):
+    f = _write(tmp_path, "id: x\nrules:\n  - id: a\n    actions: [file.write]\n    decision: maybe\n")
+    with pytest.raises(ProfileError, match=r":5: rules\[0\]\.decision"):
+        load_profile(f)
+
+
+def test_unknown_action_type_is_reported(tmp_path):
+    f = _write(tmp_path, "id: x\nrules:\n  - id: a\n    actions: [file.destroy]\n    decision: deny\n")
+    with pytest.raises(ProfileError, match="matches no action type"):
+        load_profile(f)
+
+
+def test_yaml_syntax_error_is_reported_with_line(tmp_path):
+    f = _write(tmp_path, "id: x\nrules: [\n")
+    with pytest.raises(ProfileError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_profile(f)
+
+
+def test_cli_exits_125_without_traceback_on_bad_profile(tmp_path):
+    f = _write(tmp_path, "id: x\nsettings:\n  netwrk: none\n")
+    for argv in (["profiles", "check", f], ["run", "--profile", f, "--", "true"]):
+        p = subprocess.run([sys.executable, "-m", "aarm_sandbox", *argv], capture_output=True, text=True)
+        assert p.returncode == 125, p.stderr
+        assert "Traceback" not in p.stderr
+        assert "settings.netwrk: unknown field" in p.stderr and ":3:" in p.stderr
+
+
+def test_unknown_profile_name_lists_builtins():
+    p = subprocess.run([sys.executable, "-m", "aarm_sandbox", "run", "--profile", "nope", "--", "true"],
+                       capture_output=True, text=True)
+    assert p.returncode == 125 and "built-in profiles: ci-untrusted, default, observe" in p.stderr
+
+
+def test_profile_schema_is_exported_as_json_schema():
+    p = subprocess.run([sys.executable, "-m", "aarm_sandbox", "profiles", "schema"], capture_output=True, text=True)
+    import json
+    schema = json.loads(p.stdout)
+    assert "rules" in schema["properties"]
