@@ -68,6 +68,9 @@ class Supervisor:
         except DecodeError as e:
             # Nothing happened; the target gets the error the kernel itself would give.
             self.backend.answer_error(n, e.errno)
+            if self.verbose:
+                print(f"aarm-sandbox: {spec.name} by {n.tid}: {errno.errorcode.get(e.errno)}: {e}",
+                      file=sys.stderr)
             if e.errno not in (errno.ENOENT, errno.EAGAIN):
                 self.journal.append({"type": "error", "syscall": spec.name, "tid": n.tid,
                                      "errno": errno.errorcode.get(e.errno, str(e.errno)),

@@ -225,8 +225,8 @@ class Resolver:
                     raise DecodeError(errno.ELOOP, "too many symlinks")
                 if proc_dev is None:
                     proc_dev = self._proc_dev(root)
-                target = _readlinkat_empty(nxt)
                 if st.st_dev == proc_dev:
+                    # procfs resolves "self" for the *reader*; we read on the target's behalf.
                     if comp == b"self":
                         os.close(nxt)
                         comps[:0] = [self._ns_ids()[0]]
@@ -236,6 +236,7 @@ class Resolver:
                         tg, t = self._ns_ids()
                         comps[:0] = [tg, b"task", t]
                         continue
+                    target = _readlinkat_empty(nxt)
                     if not (target == b"self" or target.startswith(b"self/")):
                         # A magic link: open it and let the kernel hand us its file.
                         os.close(nxt)
@@ -247,6 +248,8 @@ class Resolver:
                         os.close(cur)
                         cur = magic
                         continue
+                else:
+                    target = _readlinkat_empty(nxt)
                 os.close(nxt)
                 comps[:0] = [c for c in target.split(b"/") if c]
                 if target.startswith(b"/"):

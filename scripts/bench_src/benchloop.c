@@ -1,0 +1,214 @@
+/*
+ * benchloop.c - target-side workloads for scripts/bench.
+ *
+ * Every latency is measured inside the target with clock_gettime(CLOCK_MONOTONIC)
+ * (vDSO: no syscall, so neither the seccomp filter nor strace sees it) and the
+ * percentiles are computed here, so the supervisor's own startup and the
+ * harness's process handling are never part of a per-decision number.
+ *
+ *   benchloop lat MODE PATH N BATCH WARMUP
+ *       MODE: open-write    openat(PATH, O_WRONLY|O_CREAT, 0644) + close     (1 decision)
+ *             create-unlink openat(PATH, O_WRONLY|O_CREAT, 0644) + close + unlink
+ *                                                                  (2 decisions)
+ *             open-read     openat(PATH, O_RDONLY) + close         (not intercepted)
+ *             getpid        syscall(SYS_getpid)                    (not intercepted)
+ *       One sample covers BATCH iterations (per-op value = sample / BATCH), so very
+ *       cheap calls are not dominated by the clock read itself. WARMUP untimed
+ *       iterations run first.
+ *       Prints one JSON object: p50/p90/p99/max/mean in ns per iteration.
+ *
+ *   benchloop fs DIR NFILES REPS
+ *       Builds DIR/src (NFILES files of 128 bytes in subdirectories of 50), then REPS
+ *       times: `cp -r DIR/src DIR/dst` and `rm -rf DIR/dst`, each timed around
+ *       fork+exec+wait. Prints JSON with the per-rep wall times in ns.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static inline uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "benchloop: %s: %s\n", what, strerror(errno));
+    exit(2);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* nearest-rank percentile on a sorted array */
+static double pct(const uint64_t *s, size_t n, double p)
+{
+    size_t k = (size_t)(p / 100.0 * (double)n + 0.999999);
+    if (k < 1) k = 1;
+    if (k > n) k = n;
+    return (double)s[k - 1];
+}
+
+static int one_iter(int mode, const char *path)
+{
+    int fd;
+    switch (mode) {
+    case 0: /* open-write */
+        fd = openat(AT_FDCWD, path, O_WRONLY | O_CREAT, 0644);
+        if (fd < 0) return -1;
+        close(fd);
+        return 0;
+    case 1: /* create-unlink */
+        fd = openat(AT_FDCWD, path, O_WRONLY | O_CREAT, 0644);
+        if (fd < 0) return -1;
+        close(fd);
+        if (unlink(path) < 0) return -1;
+        return 0;
+    case 2: /* open-read */
+        fd = openat(AT_FDCWD, path, O_RDONLY);
+        if (fd < 0) return -1;
+        close(fd);
+        return 0;
+    default: /* getpid: raw syscall, no libc caching */
+        syscall(SYS_getpid);
+        return 0;
+    }
+}
+
+static int cmd_lat(int argc, char **argv)
+{
+    if (argc != 7) {
+        fprintf(stderr, "usage: benchloop lat MODE PATH N BATCH WARMUP\n");
+        return 2;
+    }
+    const char *mname = argv[2], *path = argv[3];
+    long n = atol(argv[4]), batch = atol(argv[5]), warm = atol(argv[6]);
+    int mode;
+    if (!strcmp(mname, "open-write")) mode = 0;
+    else if (!strcmp(mname, "create-unlink")) mode = 1;
+    else if (!strcmp(mname, "open-read")) mode = 2;
+    else if (!strcmp(mname, "getpid")) mode = 3;
+    else { fprintf(stderr, "benchloop: unknown mode %s\n", mname); return 2; }
+    if (n < 1 || batch < 1 || warm < 0) { fprintf(stderr, "benchloop: bad numbers\n"); return 2; }
+
+    long samples = n / batch;
+    if (samples < 1) samples = 1;
+    uint64_t *s = malloc(sizeof(uint64_t) * (size_t)samples);
+    if (!s) die("malloc");
+
+    for (long i = 0; i < warm; i++)
+        if (one_iter(mode, path) < 0) die(mname);
+
+    uint64_t t_start = now_ns();
+    for (long i = 0; i < samples; i++) {
+        uint64_t t0 = now_ns();
+        for (long j = 0; j < batch; j++)
+            if (one_iter(mode, path) < 0) die(mname);
+        s[i] = now_ns() - t0;
+    }
+    uint64_t total = now_ns() - t_start;
+    qsort(s, (size_t)samples, sizeof(uint64_t), cmp_u64);
+    double b = (double)batch;
+    printf("{\"mode\":\"%s\",\"n\":%ld,\"batch\":%ld,\"samples\":%ld,"
+           "\"p50_ns\":%.1f,\"p90_ns\":%.1f,\"p99_ns\":%.1f,\"max_ns\":%.1f,"
+           "\"mean_ns\":%.1f,\"total_ns\":%llu}\n",
+           mname, samples * batch, batch, samples,
+           pct(s, samples, 50) / b, pct(s, samples, 90) / b, pct(s, samples, 99) / b,
+           (double)s[samples - 1] / b, (double)total / (double)(samples * batch),
+           (unsigned long long)total);
+    fflush(stdout);
+    return 0;
+}
+
+static uint64_t run_timed(char *const argv[])
+{
+    uint64_t t0 = now_ns();
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) {
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    int st;
+    if (waitpid(pid, &st, 0) < 0) die("waitpid");
+    uint64_t dt = now_ns() - t0;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "benchloop: %s failed (status 0x%x)\n", argv[0], st);
+        exit(3);
+    }
+    return dt;
+}
+
+static int cmd_fs(int argc, char **argv)
+{
+    if (argc != 5) {
+        fprintf(stderr, "usage: benchloop fs DIR NFILES REPS\n");
+        return 2;
+    }
+    const char *dir = argv[2];
+    long nfiles = atol(argv[3]), reps = atol(argv[4]);
+    if (nfiles < 1 || reps < 1 || reps > 64) { fprintf(stderr, "benchloop: bad numbers\n"); return 2; }
+    char src[4096], dst[4096], p[4096];
+    snprintf(src, sizeof src, "%s/src", dir);
+    snprintf(dst, sizeof dst, "%s/dst", dir);
+    char buf[128];
+    memset(buf, 'x', sizeof buf);
+
+    uint64_t t0 = now_ns();
+    if (mkdir(src, 0755) < 0 && errno != EEXIST) die("mkdir src");
+    long per_dir = 50, ndirs = (nfiles + per_dir - 1) / per_dir;
+    for (long d = 0; d < ndirs; d++) {
+        snprintf(p, sizeof p, "%s/d%03ld", src, d);
+        if (mkdir(p, 0755) < 0 && errno != EEXIST) die("mkdir");
+        for (long f = 0; f < per_dir && d * per_dir + f < nfiles; f++) {
+            snprintf(p, sizeof p, "%s/d%03ld/f%03ld.txt", src, d, f);
+            int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fd < 0) die("create");
+            if (write(fd, buf, sizeof buf) != (ssize_t)sizeof buf) die("write");
+            close(fd);
+        }
+    }
+    uint64_t mk = now_ns() - t0;
+
+    uint64_t cp[64], rm[64];
+    for (long r = 0; r < reps; r++) {
+        char *cpv[] = {"cp", "-r", src, dst, NULL};
+        char *rmv[] = {"rm", "-rf", dst, NULL};
+        cp[r] = run_timed(cpv);
+        rm[r] = run_timed(rmv);
+    }
+    char *rms[] = {"rm", "-rf", src, NULL};
+    run_timed(rms);
+
+    printf("{\"mode\":\"fs\",\"files\":%ld,\"dirs\":%ld,\"mktree_ns\":%llu,\"cp_ns\":[",
+           nfiles, ndirs, (unsigned long long)mk);
+    for (long r = 0; r < reps; r++) printf("%s%llu", r ? "," : "", (unsigned long long)cp[r]);
+    printf("],\"rm_ns\":[");
+    for (long r = 0; r < reps; r++) printf("%s%llu", r ? "," : "", (unsigned long long)rm[r]);
+    printf("]}\n");
+    fflush(stdout);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && !strcmp(argv[1], "lat")) return cmd_lat(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "fs")) return cmd_fs(argc, argv);
+    fprintf(stderr, "usage: benchloop lat|fs ...\n");
+    return 2;
+}
