@@ -141,25 +141,49 @@ def decode_open(n: Notification, spec: SyscallSpec, st: DecodeState) -> Decoded:
         m = mode & ~st.umask_of(n.tid)
         return Decoded(_act(A.FILE_CREATE, n, spec, d.path, (d.path,), flags, tmpfile=True),
                        OpenFile(d.fd, b".", -1, open_flags, m, cloexec))
+    # Fast path: pin the parent directory and look at the last name without following it.
+    # A regular file (or a name to create) is then opened by the supervisor with
+    # O_NOFOLLOW relative to the pinned parent: exactly the object that was decided on.
+    p = r.parent(dirfd, path)
+    if p.trailing_slash or p.name in (b".", b".."):
+        p.close()
+        return _open_object(n, spec, r, dirfd, path, flags, open_flags, writes, cloexec)
+    try:
+        lst = os.stat(p.name, dir_fd=p.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        lst = None
+    except OSError as e:
+        p.close()
+        raise DecodeError(e.errno, "stat last component") from None
+    if lst is None:
+        if not flags & O_CREAT:
+            p.close()
+            raise DecodeError(errno.ENOENT, "no such file")
+        return _create(n, spec, st, p, flags, open_flags | O_NOFOLLOW, mode, cloexec)
     if flags & O_CREAT and flags & O_EXCL:
-        p = r.parent(dirfd, path)
-        return _create(n, spec, st, p, flags, open_flags, mode, cloexec)
+        p.close()
+        raise DecodeError(errno.EEXIST, "exists")
+    if stat.S_ISLNK(lst.st_mode):
+        p.close()
+        if flags & O_NOFOLLOW:
+            raise DecodeError(errno.ELOOP, "O_NOFOLLOW on a symlink")
+        return _open_object(n, spec, r, dirfd, path, flags, open_flags, writes, cloexec, st, mode)
+    kind = A.FILE_WRITE if writes else A.FILE_READ
+    eff = OpenFile(p.fd, p.name, -1, (open_flags | O_NOFOLLOW) & ~(O_CREAT | O_EXCL), 0, cloexec,
+                   blocking=stat.S_ISFIFO(lst.st_mode) or stat.S_ISCHR(lst.st_mode))
+    return Decoded(_act(kind, n, spec, p.path, (p.path,), flags), eff)
+
+
+def _open_object(n, spec, r: Resolver, dirfd, path, flags, open_flags, writes, cloexec,
+                 st=None, mode=0) -> Decoded:
+    """Slow path: follow symlinks (in the target's root) to the final object, pin it, and
+    reopen exactly that inode through /proc/self/fd."""
     try:
         obj = r.object(dirfd, path, follow=not flags & O_NOFOLLOW)
     except DecodeError as e:
         if e.errno != errno.ENOENT or not flags & O_CREAT:
             raise
-        p = r.parent(dirfd, path)
-        try:
-            lst = os.stat(p.name, dir_fd=p.fd, follow_symlinks=False)
-        except OSError:
-            lst = None
-        if lst is not None:
-            p.close()
-            if stat.S_ISLNK(lst.st_mode):
-                raise DecodeError(errno.EACCES, "creating through a dangling symlink is not mediated") from None
-            raise DecodeError(errno.EAGAIN, "object appeared during resolution") from None
-        return _create(n, spec, st, p, flags, open_flags | O_EXCL, mode, cloexec)
+        raise DecodeError(errno.EACCES, "creating through a dangling symlink is not mediated") from None
     if flags & O_NOFOLLOW and stat.S_ISLNK(obj.st.st_mode):
         obj.close()
         raise DecodeError(errno.ELOOP, "O_NOFOLLOW on a symlink")

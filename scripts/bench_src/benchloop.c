@@ -18,9 +18,12 @@
  *       Prints one JSON object: p50/p90/p99/max/mean in ns per iteration.
  *
  *   benchloop fs DIR NFILES REPS
- *       Builds DIR/src (NFILES files of 128 bytes in subdirectories of 50), then REPS
+ *       Creates DIR if missing, builds DIR/src (NFILES files of 128 bytes in subdirectories of 50), then REPS
  *       times: `cp -r DIR/src DIR/dst` and `rm -rf DIR/dst`, each timed around
  *       fork+exec+wait. Prints JSON with the per-rep wall times in ns.
+ *
+ * A PATH or DIR starting with "@TMPDIR" has that prefix replaced by $TMPDIR as the
+ * target sees it (the sandbox gives every session its own private TMPDIR).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -47,6 +50,19 @@ static void die(const char *what)
 {
     fprintf(stderr, "benchloop: %s: %s\n", what, strerror(errno));
     exit(2);
+}
+
+static const char *expand(const char *arg)
+{
+    static char out[2][4096];
+    static int k;
+    const char *pfx = "@TMPDIR";
+    if (strncmp(arg, pfx, strlen(pfx)) != 0) return arg;
+    const char *t = getenv("TMPDIR");
+    if (!t || !*t) t = "/tmp";
+    char *o = out[k++ & 1];
+    snprintf(o, 4096, "%s%s", t, arg + strlen(pfx));
+    return o;
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -96,7 +112,7 @@ static int cmd_lat(int argc, char **argv)
         fprintf(stderr, "usage: benchloop lat MODE PATH N BATCH WARMUP\n");
         return 2;
     }
-    const char *mname = argv[2], *path = argv[3];
+    const char *mname = argv[2], *path = expand(argv[3]);
     long n = atol(argv[4]), batch = atol(argv[5]), warm = atol(argv[6]);
     int mode;
     if (!strcmp(mname, "open-write")) mode = 0;
@@ -160,15 +176,17 @@ static int cmd_fs(int argc, char **argv)
         fprintf(stderr, "usage: benchloop fs DIR NFILES REPS\n");
         return 2;
     }
-    const char *dir = argv[2];
+    const char *dir = expand(argv[2]);
     long nfiles = atol(argv[3]), reps = atol(argv[4]);
     if (nfiles < 1 || reps < 1 || reps > 64) { fprintf(stderr, "benchloop: bad numbers\n"); return 2; }
-    char src[4096], dst[4096], p[4096];
+    char src[4096], dst[4096], p[4200];
     snprintf(src, sizeof src, "%s/src", dir);
     snprintf(dst, sizeof dst, "%s/dst", dir);
     char buf[128];
     memset(buf, 'x', sizeof buf);
 
+    int made_dir = mkdir(dir, 0700) == 0;
+    if (!made_dir && errno != EEXIST) die("mkdir DIR");
     uint64_t t0 = now_ns();
     if (mkdir(src, 0755) < 0 && errno != EEXIST) die("mkdir src");
     long per_dir = 50, ndirs = (nfiles + per_dir - 1) / per_dir;
@@ -194,6 +212,7 @@ static int cmd_fs(int argc, char **argv)
     }
     char *rms[] = {"rm", "-rf", src, NULL};
     run_timed(rms);
+    if (made_dir) rmdir(dir);
 
     printf("{\"mode\":\"fs\",\"files\":%ld,\"dirs\":%ld,\"mktree_ns\":%llu,\"cp_ns\":[",
            nfiles, ndirs, (unsigned long long)mk);
