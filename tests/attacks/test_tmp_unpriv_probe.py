@@ -1,0 +1,572 @@
+"""TOCTOU and path-resolution escapes (threat catalog A: TOC-01; B: PATH-01..04).
+
+Every test runs a real attack program (tests/attacks/c/toctou_paths.c) twice:
+
+* natively (`box.native`): the attack must damage its canary, which proves the attack is
+  real and that the test would notice a bypass;
+* under the real supervisor (`box.run`): the canary outside the workspace must be intact
+  (sha256 / existence), the journal must hold a deny receipt naming the object the
+  kernel would really have touched, and no receipt may have allowed an operation on it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+C_SOURCE = Path(__file__).with_name("c") / "toctou_paths.c"
+STRESS = os.environ.get("AARM_STRESS") == "1"
+RACE_ITERS = 2000
+STRESS_ITERS = 100_000
+NATIVE_RACE_SECONDS = 3.0
+
+# Race iteration counts: 2000 normally; 10^5 in the stress variant (AARM_STRESS=1).
+RACE_PARAMS = [
+    pytest.param(RACE_ITERS, id="2000"),
+    pytest.param(STRESS_ITERS, id="stress-100000", marks=[
+        pytest.mark.stress,
+        pytest.mark.skipif(not STRESS, reason="set AARM_STRESS=1 for the 10^5-iteration races")]),
+]
+
+
+def _race_budget(iters: int) -> tuple[float, float]:
+    """(seconds the program may loop, subprocess timeout) for a sandboxed race."""
+    return (30.0, 90.0) if iters <= RACE_ITERS else (900.0, 1200.0)
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+@pytest.fixture(scope="session")
+def prog(compile_c) -> str:
+    return compile_c("toctou_paths", C_SOURCE.read_text())
+
+
+def sha256(p: Path) -> str:
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+class Canary:
+    """A file whose existence and content must survive the sandboxed attack."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.content = self.path.read_bytes()
+        self.digest = sha256(self.path)
+
+    def intact(self) -> bool:
+        return self.path.is_file() and not self.path.is_symlink() and sha256(self.path) == self.digest
+
+    def state(self) -> str:
+        if not self.path.exists():
+            return "missing"
+        return f"content={self.path.read_bytes()[:60]!r}"
+
+
+def own(box, p: Path) -> Path:
+    """Give a file made by the test to the box's user (unprivileged variants)."""
+    if box.uid is not None:
+        os.lchown(p, box.uid, box.uid)
+    return p
+
+
+def mkfile(box, p: Path, content: str = "workspace file\n") -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(content)
+    return own(box, p)
+
+
+def mkdir(box, p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return own(box, p)
+
+
+def mksymlink(box, p: Path, target: Path | str) -> Path:
+    if p.is_symlink() or p.exists():
+        p.unlink()
+    os.symlink(str(target), p)
+    return own(box, p)
+
+
+def cleanup(*paths: Path) -> None:
+    """Remove what a native run left behind (so the sandboxed run starts clean)."""
+    for p in paths:
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+
+
+def victim(box, name: str = "victim") -> Canary:
+    return Canary(box.canary(name, f"canary {name}: must survive the attack\n"))
+
+
+def outside_snapshot(box) -> dict[str, str]:
+    out = {}
+    for root, dirs, files in os.walk(box.outside):
+        for f in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            p = Path(root, f)
+            rel = str(p.relative_to(box.outside))
+            out[rel] = "link:" + os.readlink(p) if p.is_symlink() else (
+                sha256(p) if p.is_file() else "other")
+    return out
+
+
+def steps(stdout: str) -> dict[str, tuple[int, str]]:
+    """step=<name> rc=<n> errno=<E> lines -> {name: (rc, errno)} (last one wins)."""
+    out = {}
+    for m in re.finditer(r"^step=(\S+) rc=(-?\d+) errno=(\S+)$", stdout, re.M):
+        out[m.group(1)] = (int(m.group(2)), m.group(3))
+    return out
+
+
+def race_summary(stdout: str) -> dict[str, int]:
+    m = re.search(r"^race (.*)$", stdout, re.M)
+    assert m, f"no race summary in output:\n{stdout}"
+    return {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+
+
+def touches(rec: dict, path: Path | str) -> bool:
+    a = rec["action"]
+    p = str(path)
+    return p in (a.get("target"), a.get("destination"), a.get("source"))
+
+
+def explain(res) -> str:
+    rec = [f"{r['decision']['result']} {r['action']['type']} {r['action']['target']}"
+           f" dst={r['action'].get('destination')} src={r['action'].get('source')}"
+           for r in res.receipts()][-15:]
+    errs = [r for r in res.records if r.get("type") == "error"][-5:]
+    return (f"rc={res.returncode}\nstdout:\n{res.stdout[-1500:]}\nstderr:\n{res.stderr[-1500:]}\n"
+            f"receipts (last 15):\n" + "\n".join(rec) + f"\nerrors: {errs}")
+
+
+def assert_no_internal_errors(res) -> None:
+    bad = [r for r in res.records if r.get("type") == "error" and "supervisor error" in r.get("reason", "")]
+    assert not bad, f"supervisor internal errors: {bad[:3]}"
+
+
+def assert_blocked(res, canary: Canary, target: Path | str, action_type: str | None = None) -> None:
+    """The canary is intact, a deny receipt names `target`, nothing touching it was allowed."""
+    assert canary.intact(), f"canary {canary.path} damaged: {canary.state()}\n{explain(res)}"
+    denies = [r for r in res.denied(action_type) if touches(r, target)]
+    assert denies, f"no deny receipt naming {target} ({action_type})\n{explain(res)}"
+    allowed = [r for r in res.receipts(result="allow") if touches(r, target)]
+    assert not allowed, f"allowed operations on {target}: {allowed[:3]}"
+    assert_no_internal_errors(res)
+
+
+def write_profile(box, name: str, text: str) -> str:
+    p = box.root / f"{name}.yaml"
+    p.write_text(text)
+    os.chmod(p, 0o644)
+    return str(p)
+
+
+def race_profile(box, extra_rules: str = "") -> str:
+    """The default profile without its mass-deletion brake: the races delete workspace/ok
+    thousands of times, and after 100 deletions `mass-delete` would deny the *allowed* half
+    of the race too, which would no longer test TOCTOU at all."""
+    return write_profile(box, "race", f"""\
+id: toctou-race
+extends: default
+description: default, mass-delete threshold raised for the race tests
+rules:
+  - id: mass-delete
+    actions: [file.delete]
+    paths: [workspace]
+    count_over: 100000000
+    decision: step_up
+{extra_rules}""")
+
+
+# ======================================================================================
+# 1. TOC-01: a second thread (or a MAP_SHARED process) swaps unlinkat's path buffer
+@pytest.mark.parametrize("iters", RACE_PARAMS)
+@pytest.mark.parametrize("flipper", ["thread", "fork"])
+def test_thread_swapping_unlink_path_cannot_delete_outside_file(any_user_box, prog, flipper, iters):
+    box = any_user_box
+    ok = box.workspace / "ok"
+    v = victim(box)
+
+    nat = box.native([prog, "race-unlink", str(ok), str(v.path), str(iters),
+                      str(NATIVE_RACE_SECONDS), flipper])
+    s = race_summary(nat.stdout)
+    assert s["victim_hit"] == 1 and not v.path.exists(), f"native race did not delete the victim: {nat.stdout}"
+
+    v = victim(box)
+    seconds, timeout = _race_budget(iters)
+    res = box.run([prog, "race-unlink", str(ok), str(v.path), str(iters), str(seconds), flipper],
+                  profile=race_profile(box), timeout=timeout)
+    assert res.returncode == 0, explain(res)
+    s = race_summary(res.stdout)
+    assert s["iterations"] == iters and s["victim_hit"] == 0, explain(res)
+    assert s["done"] > 0, f"the allowed half of the race never ran: {s}"
+    assert s["denied"] > 0, f"the supervisor never saw the swapped path: {s}"
+    assert_blocked(res, v, v.path, "file.delete")
+
+
+# 2a. TOC-01: the same for open(O_WRONLY|O_TRUNC)
+@pytest.mark.parametrize("iters", RACE_PARAMS)
+@pytest.mark.parametrize("flipper", ["thread", "fork"])
+def test_thread_swapping_open_path_cannot_truncate_outside_file(any_user_box, prog, flipper, iters):
+    box = any_user_box
+    ok = mkfile(box, box.workspace / "ok")
+    v = victim(box)
+
+    nat = box.native([prog, "race-open", str(ok), str(v.path), str(iters),
+                      str(NATIVE_RACE_SECONDS), flipper])
+    assert race_summary(nat.stdout)["victim_hit"] == 1 and not v.intact(), nat.stdout
+
+    v = victim(box)
+    seconds, timeout = _race_budget(iters)
+    res = box.run([prog, "race-open", str(ok), str(v.path), str(iters), str(seconds), flipper],
+                  timeout=timeout)
+    assert res.returncode == 0, explain(res)
+    s = race_summary(res.stdout)
+    assert s["iterations"] == iters and s["victim_hit"] == 0, explain(res)
+    assert s["done"] > 0 and s["denied"] > 0, s
+    assert ok.read_text().startswith("PWNED"), "the allowed open never wrote the workspace file"
+    assert_blocked(res, v, v.path, "file.write")
+
+
+# 2b. TOC-01: the connect() sockaddr flips between an allowed and a denied unix socket
+class _Listener:
+    """A unix stream server outside the sandbox that counts the connections it accepts."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        os.chmod(path, 0o777)
+        self.sock.listen(1024)
+        self.accepted = 0
+        self._stop = False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            if self._stop:
+                c.close()
+                return
+            self.accepted += 1
+            c.close()
+
+    def close(self):
+        self._stop = True
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(self.path))
+            s.close()
+        except OSError:
+            pass
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("iters", RACE_PARAMS)
+def test_thread_swapping_sockaddr_cannot_connect_to_denied_socket(any_user_box, prog, iters):
+    box = any_user_box
+    ok_sock = box.workspace / "ok.sock"
+    denied_sock = box.outside / "denied.sock"
+    # The default profile allows every connect; this one denies the socket outside.
+    profile = write_profile(box, "deny-socket", f"""\
+id: deny-outside-socket
+extends: default
+rules:
+  - id: no-outside-socket
+    actions: [net.connect]
+    paths: ["{box.outside}/**"]
+    decision: deny
+    reason: the outside socket is off limits
+""")
+    nat_srv = _Listener(denied_sock)
+    try:
+        nat = box.native([prog, "race-connect", str(ok_sock), str(denied_sock), str(iters),
+                          str(NATIVE_RACE_SECONDS)])
+    finally:
+        nat_srv.close()
+    s = race_summary(nat.stdout)
+    assert s["reached_denied"] >= 1 and nat_srv.accepted >= 1, (nat.stdout, nat_srv.accepted)
+
+    denied_sock.unlink()
+    srv = _Listener(denied_sock)
+    seconds, timeout = _race_budget(iters)
+    try:
+        res = box.run([prog, "race-connect", str(ok_sock), str(denied_sock), str(iters), str(seconds)],
+                      profile=profile, timeout=timeout)
+    finally:
+        # close() makes one connection of its own to wake the accept loop (not counted).
+        srv.close()
+    assert res.returncode == 0, explain(res)
+    s = race_summary(res.stdout)
+    assert srv.accepted == 0, f"the denied server accepted {srv.accepted} connections\n{explain(res)}"
+    assert s["iterations"] == iters and s["reached_denied"] == 0, explain(res)
+    assert s["connected"] > 0 and s["ok_accepts"] > 0, f"the allowed half never connected: {s}"
+    target = f"unix:{denied_sock}"
+    denies = [r for r in res.denied("net.connect") if r["action"]["target"] == target]
+    assert denies, f"no deny receipt naming {target}\n{explain(res)}"
+    assert not [r for r in res.receipts("net.connect", "allow") if r["action"]["target"] == target]
+    assert_no_internal_errors(res)
+
+
+# ======================================================================================
+# 3. PATH-01: symlink swap races
+@pytest.mark.parametrize("iters", RACE_PARAMS)
+def test_symlink_swap_race_cannot_truncate_outside_file(any_user_box, prog, iters):
+    box = any_user_box
+    ok = mkfile(box, box.workspace / "ok")
+    v = victim(box)
+    mksymlink(box, box.workspace / "link", ok)
+    mksymlink(box, box.workspace / "link_alt", v.path)
+
+    nat = box.native([prog, "symlink-race-open", str(v.path), str(iters), str(NATIVE_RACE_SECONDS)])
+    assert race_summary(nat.stdout)["victim_hit"] == 1 and not v.intact(), nat.stdout
+
+    v = victim(box)
+    mksymlink(box, box.workspace / "link", ok)
+    mksymlink(box, box.workspace / "link_alt", v.path)
+    seconds, timeout = _race_budget(iters)
+    res = box.run([prog, "symlink-race-open", str(v.path), str(iters), str(seconds)], timeout=timeout)
+    assert res.returncode == 0, explain(res)
+    s = race_summary(res.stdout)
+    assert s["iterations"] == iters and s["victim_hit"] == 0, explain(res)
+    assert s["swaps"] > 0 and s["done"] > 0 and s["denied"] > 0, s
+    assert_blocked(res, v, v.path, "file.write")
+
+
+@pytest.mark.parametrize("iters", RACE_PARAMS)
+def test_directory_symlink_swap_race_cannot_delete_outside_file(any_user_box, prog, iters):
+    box = any_user_box
+    d = mkdir(box, box.workspace / "d")
+    v = victim(box)
+    box.canary("bystander", "another outside file\n")
+    mksymlink(box, box.workspace / "dirlink", d)
+    mksymlink(box, box.workspace / "dirlink_alt", box.outside)
+
+    nat = box.native([prog, "dirlink-race-unlink", str(v.path), str(iters), str(NATIVE_RACE_SECONDS)])
+    assert race_summary(nat.stdout)["victim_hit"] == 1 and not v.path.exists(), nat.stdout
+
+    v = victim(box)
+    mksymlink(box, box.workspace / "dirlink", d)
+    mksymlink(box, box.workspace / "dirlink_alt", box.outside)
+    before = outside_snapshot(box)
+    seconds, timeout = _race_budget(iters)
+    res = box.run([prog, "dirlink-race-unlink", str(v.path), str(iters), str(seconds)],
+                  profile=race_profile(box), timeout=timeout)
+    assert res.returncode == 0, explain(res)
+    s = race_summary(res.stdout)
+    assert s["iterations"] == iters and s["victim_hit"] == 0, explain(res)
+    assert s["swaps"] > 0 and s["done"] > 0 and s["denied"] > 0, s
+    assert outside_snapshot(box) == before, "files outside the workspace changed"
+    assert_blocked(res, v, v.path, "file.delete")
+
+
+# ======================================================================================
+# 4. PATH-02: a dirfd on a directory outside the workspace; AT_FDCWD as a 32-bit value
+DIRFD_OPS = {
+    # op: (action type of the deny, how native damage shows)
+    "unlinkat": ("file.delete", "gone"),
+    "openat-trunc": ("file.write", "changed"),
+    "renameat": ("file.rename", "gone"),
+    "renameat-into-workspace": ("file.rename", "gone"),
+    "renameat-over": ("file.rename", "changed"),
+    "fdcwd32-unlinkat": ("file.delete", "gone"),
+    "fdcwd32-openat-trunc": ("file.write", "changed"),
+    "junkfd-unlinkat": ("file.delete", "gone"),
+}
+
+
+@pytest.mark.parametrize("op", list(DIRFD_OPS))
+def test_dirfd_outside_workspace_cannot_modify_outside_file(any_user_box, prog, op):
+    box = any_user_box
+    action_type, damage = DIRFD_OPS[op]
+    mkfile(box, box.workspace / "evil", "evil replacement\n")
+    v = victim(box)
+    nat = box.native([prog, "dirfd", str(box.outside), op])
+    assert steps(nat.stdout).get(op, (None,))[0] is not None and steps(nat.stdout)[op][0] >= 0, nat.stdout
+    assert (not v.path.exists()) if damage == "gone" else (v.path.exists() and not v.intact()), nat.stdout
+
+    cleanup(box.outside / "renamed", box.workspace / "stolen")
+    mkfile(box, box.workspace / "evil", "evil replacement\n")
+    v = victim(box)
+    res = box.run([prog, "dirfd", str(box.outside), op])
+    assert steps(res.stdout).get(op) == (-1, "EACCES"), explain(res)
+    assert not (box.outside / "renamed").exists() and not (box.workspace / "stolen").exists()
+    assert_blocked(res, v, v.path, action_type)
+
+
+# 5. PATH-02: a thread with its own fs struct (unshare(CLONE_FS)) and its own cwd
+@pytest.mark.parametrize("op,action_type", [("unlink", "file.delete"), ("open-trunc", "file.write"),
+                                            ("rename", "file.rename")])
+def test_thread_with_private_cwd_cannot_modify_outside_file(any_user_box, prog, op, action_type):
+    box = any_user_box
+    v = victim(box)
+    nat = box.native([prog, "thread-cwd", str(box.outside), op])
+    assert steps(nat.stdout)[op][0] >= 0 and not v.intact(), nat.stdout
+
+    cleanup(box.outside / "renamed")
+    v = victim(box)
+    # A decoy with the same name where the leader's cwd is: resolving the thread's relative
+    # path against the leader's cwd (/proc/PID/cwd) would decide on this file instead.
+    decoy = Canary(mkfile(box, box.workspace / "victim", "decoy in the workspace\n"))
+    res = box.run([prog, "thread-cwd", str(box.outside), op])
+    assert steps(res.stdout).get("unshare-fs") == (0, "0"), explain(res)
+    assert steps(res.stdout).get(op) == (-1, "EACCES"), explain(res)
+    assert f"main-cwd={box.workspace}" in res.stdout
+    assert decoy.intact(), "the leader's cwd was used to resolve the thread's path"
+    assert not (box.outside / "renamed").exists()
+    assert_blocked(res, v, v.path, action_type)
+
+
+# ======================================================================================
+# 6. PATH-03: /proc/self/cwd/.. and friends
+PROC_PATHS = [
+    ("unlink", "/proc/self/cwd/../../outside/victim", "file.delete"),
+    ("open-trunc", "/proc/self/cwd/../../outside/victim", "file.write"),
+    ("truncate", "/proc/self/cwd/../../outside/victim", "file.truncate"),
+    ("unlink", "/proc/thread-self/cwd/../../outside/victim", "file.delete"),
+    ("unlink", "/proc/{pid}/cwd/../../outside/victim", "file.delete"),
+    ("open-trunc", "/proc/self/root{victim}", "file.write"),
+    ("rename-away", "/proc/self/cwd/../../outside/victim", "file.rename"),
+]
+
+
+@pytest.mark.parametrize("op,path,action_type", PROC_PATHS,
+                         ids=[f"{o}:{p}" for o, p, _ in PROC_PATHS])
+def test_proc_self_cwd_dotdot_cannot_reach_outside_file(any_user_box, prog, op, path, action_type):
+    box = any_user_box
+    sub = mkdir(box, box.workspace / "sub")
+    v = victim(box)
+    path = path.replace("{victim}", str(v.path))
+    nat = box.native([prog, "path-op", op, str(sub), path])
+    assert steps(nat.stdout)[op][0] >= 0 and not v.intact(), nat.stdout
+
+    cleanup(sub / "stolen")
+    v = victim(box)
+    res = box.run([prog, "path-op", op, str(sub), path])
+    assert steps(res.stdout).get(op) == (-1, "EACCES"), explain(res)
+    assert not (sub / "stolen").exists()
+    assert_blocked(res, v, v.path, action_type)
+
+
+FD_PREFIXES = ["/proc/self/fd/", "/dev/fd/", "/proc/thread-self/fd/", "/proc/{pid}/fd/",
+               "/proc/{pid}/task/{tid}/fd/"]
+
+
+@pytest.mark.parametrize("mode", ["wronly-trunc", "rdwr"])
+@pytest.mark.parametrize("how", ["rdonly", "opath"])
+@pytest.mark.parametrize("prefix", FD_PREFIXES)
+def test_reopening_readonly_fd_through_magic_link_cannot_write_outside_file(any_user_box, prog, prefix, how, mode):
+    box = any_user_box
+    if mode == "rdwr" and prefix not in ("/proc/self/fd/", "/dev/fd/"):
+        pytest.skip("O_RDWR is covered on two prefixes; the resolution is the same")
+    v = victim(box)
+    nat = box.native([prog, "fd-reopen", str(v.path), how, prefix, mode])
+    assert steps(nat.stdout)["reopen"][0] >= 0 and not v.intact(), nat.stdout
+
+    v = victim(box)
+    res = box.run([prog, "fd-reopen", str(v.path), how, prefix, mode])
+    assert steps(res.stdout).get("open-victim", (-1,))[0] >= 0, explain(res)
+    assert steps(res.stdout).get("reopen") == (-1, "EACCES"), explain(res)
+    assert_blocked(res, v, v.path, "file.write")
+
+
+# ======================================================================================
+# 7. PATH-04: hardlinks, renames and symlinks into or over protected files
+@pytest.mark.parametrize("how", ["link", "linkat-proc", "linkat-empty"])
+def test_hardlink_of_outside_file_cannot_be_written_through(any_user_box, prog, how):
+    box = any_user_box
+    alias = box.workspace / "alias"
+    v = victim(box)
+    nat = box.native([prog, "link-write", str(v.path), str(alias), how])
+    st = steps(nat.stdout)
+    assert st.get("write", (-1,))[0] > 0 and not v.intact(), nat.stdout
+    alias.unlink()
+
+    v = victim(box)
+    res = box.run([prog, "link-write", str(v.path), str(alias), how])
+    st = steps(res.stdout)
+    link_step = "link" if how == "link" else "linkat"
+    assert st.get(link_step) == (-1, "EACCES"), explain(res)
+    assert st.get("open-alias") == (-1, "ENOENT"), explain(res)
+    assert not alias.exists() and v.path.stat().st_nlink == 1
+    assert_blocked(res, v, v.path, "file.link")
+
+
+@pytest.mark.parametrize("call", ["rename", "renameat2"])
+def test_rename_workspace_file_over_outside_file_is_denied(any_user_box, prog, call):
+    box = any_user_box
+    evil = mkfile(box, box.workspace / "evil", "evil replacement\n")
+    v = victim(box)
+    argv = [prog, "rename", str(evil), str(v.path)] + (["0"] if call == "renameat2" else [])
+    nat = box.native(argv)
+    assert v.path.read_text() == "evil replacement\n", nat.stdout
+
+    evil = mkfile(box, box.workspace / "evil", "evil replacement\n")
+    v = victim(box)
+    res = box.run(argv)
+    assert steps(res.stdout).get(call) == (-1, "EACCES"), explain(res)
+    assert evil.read_text() == "evil replacement\n"
+    assert_blocked(res, v, v.path, "file.rename")
+
+
+def test_rename_exchange_with_outside_file_is_denied(any_user_box, prog):
+    box = any_user_box
+    mine = mkfile(box, box.workspace / "mine", "workspace content\n")
+    v = victim(box)
+    argv = [prog, "rename", str(mine), str(v.path), "2"]       # RENAME_EXCHANGE
+    nat = box.native(argv)
+    assert steps(nat.stdout)["renameat2"][0] == 0 and v.path.read_text() == "workspace content\n", nat.stdout
+
+    mine = mkfile(box, box.workspace / "mine", "workspace content\n")
+    v = victim(box)
+    res = box.run(argv)
+    assert steps(res.stdout).get("renameat2") == (-1, "EACCES"), explain(res)
+    assert mine.read_text() == "workspace content\n"
+    assert_blocked(res, v, v.path, "file.rename")
+
+
+def test_symlink_in_workspace_pointing_outside_cannot_be_written_through(any_user_box, prog):
+    box = any_user_box
+    sl = box.workspace / "sl"
+    v = victim(box)
+    nat = box.native([prog, "symlink-write", str(v.path), str(sl), "trunc"])
+    assert steps(nat.stdout).get("write", (-1,))[0] > 0 and not v.intact(), nat.stdout
+    sl.unlink()
+
+    v = victim(box)
+    res = box.run([prog, "symlink-write", str(v.path), str(sl), "trunc"])
+    st = steps(res.stdout)
+    assert st.get("symlink") == (0, "0"), "creating a symlink inside the workspace is allowed"
+    assert st.get("open-link") == (-1, "EACCES"), explain(res)
+    assert_blocked(res, v, v.path, "file.write")
+
+
+def test_dangling_symlink_in_workspace_cannot_create_outside_file(any_user_box, prog):
+    box = any_user_box
+    sl = box.workspace / "dl"
+    newfile = box.outside / "planted"
+    nat = box.native([prog, "symlink-write", str(newfile), str(sl), "creat"])
+    assert steps(nat.stdout).get("write", (-1,))[0] > 0 and newfile.exists(), nat.stdout
+    newfile.unlink()
+    sl.unlink()
+
+    res = box.run([prog, "symlink-write", str(newfile), str(sl), "creat"])
+    st = steps(res.stdout)
+    assert st.get("symlink") == (0, "0")
+    assert st.get("open-link", (0,))[0] == -1, explain(res)
+    assert not newfile.exists(), "a file was created outside the workspace"
+    assert not [r for r in res.receipts(result="allow") if touches(r, newfile)]
+    # Refused before any decision: either a deny receipt or a journaled refusal.
+    refused = [r for r in res.denied() if touches(r, newfile)] or [
+        r for r in res.records if r.get("type") == "error" and r.get("syscall") in ("open", "openat")]
+    assert refused, explain(res)
+    assert_no_internal_errors(res)

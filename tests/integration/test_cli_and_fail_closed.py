@@ -1,0 +1,111 @@
+"""The CLI contract, the journal's first format, and the fail-closed paths."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import sandbox_cmd
+
+
+def test_receipts_carry_the_documented_fields(box):
+    r = box.run(["sh", "-c", "echo hi > a.txt; echo no > /etc/aarm-test-denied; true"])
+    types = [rec["type"] for rec in r.records]
+    assert types[0] == "session.start" and types[-1] == "session.end"
+    seqs = [rec["seq"] for rec in r.records]
+    assert seqs == list(range(1, len(seqs) + 1))
+    for rec in r.records:
+        assert {"seq", "type", "ts", "session_id"} <= set(rec)
+    created = [x for x in r.receipts("file.create") if x["action"]["target"] == str(box.workspace / "a.txt")]
+    assert created and created[0]["decision"]["result"] == "allow"
+    denied = r.denied("file.create")
+    assert denied[0]["action"]["target"] == "/etc/aarm-test-denied"
+    assert denied[0]["decision"]["rule"] == "outside-workspace" and denied[0]["decision"]["reason"]
+    assert r.records[-1]["exit_status"] == 0
+
+
+def test_denials_are_explained_on_stderr(box):
+    r = box.run(["sh", "-c", "rm -f /etc/hostname"])
+    assert "aarm-sandbox: denied file.delete /etc/hostname" in r.stderr
+    assert "journal:" in r.stderr
+
+
+def test_exit_status_is_the_commands_and_128_plus_signal(box):
+    assert box.run(["sh", "-c", "exit 7"]).returncode == 7
+    assert box.run(["sh", "-c", "kill -KILL $$"]).returncode == 128 + 9
+    assert box.run(["/nonexistent/program"]).returncode == 127
+
+
+def test_invalid_configuration_exits_125_with_reason(box):
+    p = subprocess.run(sandbox_cmd() + ["run", "--workspace", "/nonexistent", "--", "true"],
+                       capture_output=True, text=True)
+    assert p.returncode == 125 and "not a directory" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run(sandbox_cmd() + ["run"], capture_output=True, text=True)
+    assert p.returncode == 125 and "no command given" in p.stderr
+
+
+def test_journal_write_failure_denies_every_later_action(box):
+    journal_dev_full = "/dev/full"
+    cmd = sandbox_cmd() + ["run", "--workspace", str(box.workspace), "--journal", journal_dev_full,
+                           "--", "sh", "-c", "sleep 0.5; touch after-failure; echo rc=$?"]
+    p = subprocess.run(cmd, cwd=box.workspace, capture_output=True, text=True, timeout=60)
+    assert "journal write to /dev/full failed" in p.stderr
+    assert not (box.workspace / "after-failure").exists()
+    assert "rc=1" in p.stdout
+
+
+def test_unreadable_path_argument_fails_without_acting(box, compile_c):
+    victim = box.canary("victim")
+    prog = compile_c("efault_unlink", r'''
+#include <stdio.h>
+#include <errno.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sys/mman.h>
+int main(void) {
+    char *p = mmap(0, 4096, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0);
+    munmap(p, 4096);
+    long r = syscall(SYS_unlink, p);
+    printf("%ld %d\n", r, errno);
+    return 0;
+}''')
+    r = box.run([prog])
+    assert r.stdout.split() == ["-1", str(14)]          # EFAULT, like the kernel
+    assert victim.exists()
+
+
+def test_observe_mode_allows_and_records_what_would_have_been_denied(box):
+    target = box.outside / "observed.txt"
+    r = box.run(["sh", "-c", f"echo x > {target}"], extra=["--observe"])
+    assert target.read_text() == "x\n"
+    rec = [x for x in r.receipts("file.create") if x["action"]["target"] == str(target)][0]
+    assert rec["decision"]["result"] == "allow" and rec["decision"]["would"] == "deny"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to show root's capabilities are gone")
+def test_root_in_the_sandbox_has_no_capabilities_over_the_host(box):
+    secret = box.outside / "other-users-secret"
+    secret.write_text("s3cret\n")
+    os.chown(secret, 12345, 12345)
+    os.chmod(secret, 0o600)
+    mine = box.workspace / "mine"
+    mine.write_text("x")
+    script = f"cat {secret}; chown 12345 {mine}; echo caps=$(grep CapEff /proc/self/status | cut -f2)"
+    native = box.native(["sh", "-c", script])
+    assert "s3cret" in native.stdout                      # root natively: DAC override, CAP_CHOWN
+    os.chown(mine, 0, 0)
+    r = box.run(["sh", "-c", script])
+    assert "s3cret" not in r.stdout and "Permission denied" in r.stderr
+    assert "Operation not permitted" in r.stderr and os.stat(mine).st_uid == 0
+    assert "caps=0000000000000000" in r.stdout
+
+
+def test_doctor_reports_every_feature_and_passes_here():
+    p = subprocess.run(sandbox_cmd() + ["doctor", "--json"], capture_output=True, text=True)
+    import json
+    rows = json.loads(p.stdout)
+    names = {r["feature"] for r in rows}
+    assert {"seccomp user notification + WAIT_KILLABLE_RECV", "SECCOMP_IOCTL_NOTIF_ADDFD",
+            "SYNC_WAKE_UP", "user namespaces", "pidfd_getfd", "libseccomp"} <= names
+    assert p.returncode == 0, p.stderr

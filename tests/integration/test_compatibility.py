@@ -1,0 +1,921 @@
+"""Compatibility: everyday tools behave under the `default` profile exactly as without the
+sandbox (same exit status, same output, same files), and nothing they do is denied.
+
+Every test runs real programs under the real supervisor and, where practical, the very
+same command natively (box.native) in a sibling directory, then compares the two.
+The cheap tests run both as root and as an unprivileged user (`any_user_box`); those need
+AARM_SANDBOX_BIN pointing at an installation the unprivileged user can run
+(scripts/setup -> /opt/aarm-sandbox-venv/bin/aarm-sandbox).
+"""
+from __future__ import annotations
+
+import base64
+import difflib
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+@pytest.fixture
+def ubox(any_user_box):
+    """any_user_box, skipping the unprivileged variant when the sandbox it would run is
+    one the unprivileged user cannot execute (the source tree under /root)."""
+    b = any_user_box
+    if b.uid is not None and not os.environ.get("AARM_SANDBOX_BIN"):
+        pytest.skip("unprivileged variant needs AARM_SANDBOX_BIN (run scripts/setup)")
+    return b
+
+
+def python_for(box) -> str:
+    """A python the box's user can run (pyenv's under /root is root-only)."""
+    return sys.executable if box.uid is None else "/usr/bin/python3"
+
+
+def mkdirs(box, *paths: Path) -> None:
+    for p in paths:
+        p.mkdir(parents=True, exist_ok=True)
+        if box.uid is not None:
+            os.chown(p, box.uid, box.uid)
+
+
+def chown_tree(box, top: Path) -> None:
+    if box.uid is None:
+        return
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+            os.lchown(name, box.uid, box.uid)
+
+
+def no_denials(r) -> None:
+    """No deny receipts and no supervisor-internal errors in the journal."""
+    denied = r.denied()
+    assert not denied, f"unexpected denials: {denied}\nstderr: {r.stderr}"
+    internal = [x for x in r.records if x.get("type") == "error"
+                and "supervisor error" in str(x.get("reason", ""))]
+    assert not internal, f"supervisor internal errors: {internal}"
+    assert "aarm-sandbox: internal error" not in r.stderr, r.stderr
+
+
+def sandbox_lines(stderr: str) -> str:
+    """stderr without the sandbox's own lines (warnings, the denial summary)."""
+    return "".join(l for l in stderr.splitlines(keepends=True) if not l.startswith("aarm-sandbox:"))
+
+
+def both(box, argv, *, native_cwd: Path, sandbox_cwd: Path, env=None, timeout=60, input=None):
+    """Run argv natively in native_cwd and sandboxed in sandbox_cwd. Returns (native, sandboxed)."""
+    env = dict(env or {})
+    if box.uid is not None:
+        env.setdefault("HOME", str(box.root / "home"))
+    if input is None:
+        n = box.native(argv, cwd=native_cwd, env=env, timeout=timeout)
+    else:
+        cmd = list(argv)
+        if box.uid is not None:
+            cmd = ["setpriv", f"--reuid={box.uid}", f"--regid={box.uid}", "--clear-groups"] + cmd
+        n = subprocess.run(cmd, cwd=native_cwd, env={**os.environ, **env}, capture_output=True,
+                           text=True, timeout=timeout, input=input)
+    s = box.run(argv, cwd=sandbox_cwd, env=env, timeout=timeout, input=input)
+    return n, s
+
+
+def assert_same(n, s, *, subst: dict[str, str] | None = None) -> None:
+    """Same exit status, stdout and stderr (paths in `subst` normalised)."""
+    def norm(t: str) -> str:
+        for a, b in (subst or {}).items():
+            t = t.replace(a, b)
+        return t
+    problems = []
+    if s.returncode != n.returncode:
+        problems.append(f"exit status: native {n.returncode}, sandboxed {s.returncode}")
+    for what, a, b in (("stdout", n.stdout, s.stdout), ("stderr", n.stderr, sandbox_lines(s.stderr))):
+        a, b = norm(a), norm(b)
+        if a != b:
+            diff = difflib.unified_diff(a.splitlines(keepends=True), b.splitlines(keepends=True),
+                                        f"native {what}", f"sandboxed {what}")
+            problems.append("".join(diff))
+    if problems:
+        pytest.fail("sandboxed run differs from the native one:\n" + "\n".join(problems)
+                    + f"\n--- full sandbox stderr ---\n{s.stderr}", pytrace=False)
+
+
+def snapshot(top: Path, *, times: bool = True, owners: bool = True) -> dict:
+    """Everything observable about a tree: type, mode, size, content hash, symlink target,
+    mtimes, hard-link groups."""
+    out = {}
+    inodes: dict[tuple, str] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames) + ([] if dirpath != str(top) else []):
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, top)
+            st = os.lstat(p)
+            rec = {"mode": oct(st.st_mode)}
+            if owners:
+                rec["owner"] = (st.st_uid, st.st_gid)
+            if stat.S_ISLNK(st.st_mode):
+                rec["target"] = os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                rec["sha"] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+                rec["nlink"] = st.st_nlink
+                key = (st.st_dev, st.st_ino)
+                rec["link_group"] = inodes.setdefault(key, rel)
+            if times:
+                rec["mtime_ns"] = st.st_mtime_ns
+            out[rel] = rec
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# 1. git
+
+
+def _git_env(box) -> dict:
+    return {"GIT_AUTHOR_NAME": "A U Thor", "GIT_AUTHOR_EMAIL": "author@example.com",
+            "GIT_COMMITTER_NAME": "C O Mitter", "GIT_COMMITTER_EMAIL": "committer@example.com",
+            "GIT_AUTHOR_DATE": "2020-01-02T03:04:05Z", "GIT_COMMITTER_DATE": "2020-01-02T03:04:05Z",
+            "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(box.root / "home"), "LC_ALL": "C",
+            "GIT_TERMINAL_PROMPT": "0", "TZ": "UTC"}
+
+
+GIT_WORK = r"""
+set -e
+cd repo
+printf 'hello\n' > a.txt
+mkdir -p sub/deeper
+printf '#!/bin/sh\necho run\n' > sub/tool.sh
+chmod +x sub/tool.sh
+printf 'x\n' > sub/deeper/b.txt
+ln -s a.txt link
+git add -A
+git status --porcelain=v1 --branch
+git commit -q -m first
+echo more >> a.txt
+git status --short
+git commit -q -a -m second
+git rm -q sub/deeper/b.txt
+git mv a.txt c.txt
+git commit -q -m third
+git tag -a v1 -m 'tag one'
+git branch feature
+git checkout -q feature
+echo feat > feat.txt
+git add feat.txt
+git commit -q -m feat
+git checkout -q main
+git merge -q --no-ff -m merge feature
+git log --graph --stat --format='%H %an <%ae> %cn %s'
+git status --porcelain=v1 --branch
+git describe --tags --always
+git fsck --no-progress --strict
+ls .git/hooks | sort
+"""
+
+
+def test_git_init_commit_log_status(ubox):
+    box = ubox
+    env = _git_env(box)
+    mkdirs(box, box.root / "home", box.workspace / "n", box.workspace / "s")
+    n_dir, s_dir = box.workspace / "n", box.workspace / "s"
+
+    # git init on its own (a separate session): not held, no step-up, templates copied.
+    n, s = both(box, ["git", "init", "-b", "main", "repo"], native_cwd=n_dir, sandbox_cwd=s_dir,
+                env=env)
+    assert_same(n, s, subst={str(n_dir): "<D>", str(s_dir): "<D>"})
+    assert s.returncode == 0
+    no_denials(s)
+    assert not [r for r in s.receipts() if r["decision"].get("would")], \
+        "git init must not need a step-up"
+    samples = sorted(p.name for p in (s_dir / "repo/.git/hooks").iterdir())
+    assert samples and all(x.endswith(".sample") for x in samples)
+    assert samples == sorted(p.name for p in (n_dir / "repo/.git/hooks").iterdir())
+
+    # Work in the repository in a second session (hooks dir with samples present).
+    n, s = both(box, ["sh", "-c", GIT_WORK], native_cwd=n_dir, sandbox_cwd=s_dir, env=env)
+    assert n.returncode == 0, n.stderr
+    assert_same(n, s)
+    no_denials(s)
+
+    # The repositories are the same: same objects, refs, index, and working tree.
+    def repo_state(d: Path) -> str:
+        out = subprocess.run(
+            ["sh", "-c", "git rev-parse HEAD main feature v1 && git ls-files -s --debug | "
+             "grep -v -e ctime -e mtime -e dev: -e uid: && git cat-file --batch-all-objects "
+             "--batch-check && git for-each-ref"],
+            cwd=d / "repo", env={**os.environ, **env}, capture_output=True, text=True, check=True)
+        return out.stdout
+    assert repo_state(s_dir) == repo_state(n_dir)
+    assert snapshot(s_dir / "repo", times=False) .keys() == snapshot(n_dir / "repo", times=False).keys()
+    wt = lambda d: {k: v for k, v in snapshot(d / "repo", times=False).items()
+                    if not k.startswith(".git")}
+    assert wt(s_dir) == wt(n_dir)
+
+
+# --------------------------------------------------------------------------------------
+# 2. pip install of a local wheel into a venv
+
+
+def _build_wheel(path: Path, name: str = "tinypkg", version: str = "1.0") -> None:
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n\ndef hello():\n    return 'hello from {name}'\n",
+        f"{name}/data.txt": "payload\n",
+        f"{name}-{version}.dist-info/METADATA":
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: tiny test package\n",
+        f"{name}-{version}.dist-info/WHEEL":
+            "Wheel-Version: 1.0\nGenerator: handmade\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{name}-{version}.dist-info/entry_points.txt":
+            f"[console_scripts]\n{name}-hello = {name}:hello\n",
+        f"{name}-{version}.dist-info/top_level.txt": f"{name}\n",
+    }
+    record_lines = []
+    for fn, content in files.items():
+        data = content.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record_lines.append(f"{fn},sha256={digest},{len(data)}")
+    record_lines.append(f"{name}-{version}.dist-info/RECORD,,")
+    files[f"{name}-{version}.dist-info/RECORD"] = "\n".join(record_lines) + "\n"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for fn, content in files.items():
+            z.writestr(fn, content)
+
+
+def test_pip_install_local_wheel_into_venv(box):
+    ws = box.workspace
+    whl = ws / "tinypkg-1.0-py3-none-any.whl"
+    _build_wheel(whl)
+    py = python_for(box)
+    script = f"""
+set -e
+{py} -m venv venv
+venv/bin/pip install --no-index --no-deps --disable-pip-version-check -q {whl}
+venv/bin/python -c 'import tinypkg, os; print(tinypkg.hello(), tinypkg.VERSION); print(open(os.path.join(os.path.dirname(tinypkg.__file__), "data.txt")).read(), end="")'
+venv/bin/tinypkg-hello >/dev/null
+venv/bin/pip show tinypkg | grep -E '^(Name|Version):'
+venv/bin/pip uninstall -y -q tinypkg
+venv/bin/python -c 'import tinypkg' 2>/dev/null && echo still-there || echo uninstalled
+"""
+    r = box.run(["sh", "-c", script], timeout=120)
+    no_denials(r)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ("hello from tinypkg 1.0\npayload\nName: tinypkg\nVersion: 1.0\n"
+                        "uninstalled\n"), r.stdout
+    assert (ws / "venv/bin/python").exists()
+    assert not list((ws / "venv/lib").glob("python3*/site-packages/tinypkg"))
+
+
+# --------------------------------------------------------------------------------------
+# 3. compiling and running C (gcc, make)
+
+HELLO_C = r"""
+#include <stdio.h>
+#include <math.h>
+#include "util.h"
+int main(int argc, char **argv) {
+    printf("hello %d %.3f %s\n", twice(21), sqrt(2.0), argc > 1 ? argv[1] : "-");
+    return 7;
+}
+"""
+UTIL_C = "#include \"util.h\"\nint twice(int x) { return 2 * x; }\n"
+UTIL_H = "int twice(int x);\n"
+MAKEFILE = """\
+CFLAGS = -O2 -Wall
+prog: main.o util.o
+\t$(CC) -o $@ main.o util.o -lm
+%.o: %.c util.h
+\t$(CC) $(CFLAGS) -c -o $@ $<
+clean:
+\trm -f prog *.o
+.PHONY: clean
+"""
+
+
+def _c_project(d: Path) -> None:
+    d.mkdir(parents=True)
+    (d / "main.c").write_text(HELLO_C)
+    (d / "util.c").write_text(UTIL_C)
+    (d / "util.h").write_text(UTIL_H)
+    (d / "Makefile").write_text(MAKEFILE)
+
+
+def test_gcc_and_make(box):
+    n_dir, s_dir = box.workspace / "n", box.workspace / "s"
+    _c_project(n_dir)
+    _c_project(s_dir)
+    script = ("set -e; gcc -O2 -save-temps=obj -o direct main.c util.c -lm; ./direct arg || echo rc=$?;"
+              " ls *.i *.s | sort;"
+              " make -s && ./prog x || echo rc=$?; make -s; make -s clean; ls | sort;"
+              " make -j4 -s prog && ./prog y || echo rc=$?")
+    n, s = both(box, ["sh", "-c", script], native_cwd=n_dir, sandbox_cwd=s_dir)
+    assert n.returncode == 0, n.stderr
+    assert_same(n, s)
+    assert "hello 42 1.414 arg\nrc=7\n" in s.stdout
+    no_denials(s)
+    # the same compiler on the same input produced the same binaries
+    for f in ("direct", "prog", "main.o"):
+        assert (s_dir / f).read_bytes() == (n_dir / f).read_bytes(), f
+    # gcc's temporaries went to the session's TMPDIR, which is gone afterwards
+    tmp = [r["action"]["target"] for r in s.receipts("file.create")
+           if "/aarm-" in r["action"]["target"] and not r["action"]["target"].startswith(str(s_dir))]
+    assert tmp, "gcc should have created its temporaries in the sandbox TMPDIR"
+    assert not any(os.path.exists(t) for t in tmp)
+
+
+# --------------------------------------------------------------------------------------
+# 4. tar round trip
+
+
+def _make_tree(box, top: Path) -> None:
+    (top / "dir/sub").mkdir(parents=True)
+    (top / "empty-dir").mkdir()
+    (top / "dir/plain.txt").write_text("plain\n")
+    (top / "dir/exec.sh").write_text("#!/bin/sh\necho hi\n")
+    (top / "dir/private").write_text("secret-ish\n")
+    (top / "dir/readonly").write_text("ro\n")
+    (top / "dir/sub/big.bin").write_bytes(os.urandom(300_000))
+    (top / "dir/sub/empty").write_bytes(b"")
+    (top / "dir/sp ace ü.txt").write_text("unicode name\n")
+    os.link(top / "dir/plain.txt", top / "dir/hard1")
+    os.link(top / "dir/plain.txt", top / "dir/sub/hard2")
+    os.symlink("plain.txt", top / "dir/rel-link")
+    os.symlink("../dir/sub", top / "dir/dir-link")
+    os.symlink("does-not-exist", top / "dir/dangling")
+    os.symlink("/etc/hostname", top / "dir/abs-link")
+    os.chmod(top / "dir/exec.sh", 0o755)
+    os.chmod(top / "dir/private", 0o600)
+    os.chmod(top / "dir/readonly", 0o444)
+    os.chmod(top / "dir/sub", 0o750)
+    os.chmod(top / "empty-dir", 0o700)
+    chown_tree(box, top)
+    t = 1_500_000_000
+    for i, (dirpath, dirnames, filenames) in enumerate(sorted(os.walk(top, topdown=False))):
+        for j, name in enumerate(sorted(dirnames + filenames)):
+            os.utime(os.path.join(dirpath, name), ns=((t + i * 1000 + j) * 10**9 + 123456789,) * 2,
+                     follow_symlinks=False)
+    os.utime(top, (t, t))
+
+
+def test_tar_round_trip(ubox):
+    box = ubox
+    ws = box.workspace
+    _make_tree(box, ws / "src")
+    mkdirs(box, ws / "n", ws / "s")
+    script = ("set -e; tar --format=gnu -cf {d}/a.tar src; mkdir {d}/out;"
+              " tar -xpf {d}/a.tar -C {d}/out; tar -df {d}/a.tar -C {d}/out && echo same;"
+              " tar -tvf {d}/a.tar --numeric-owner | awk '{{print $1, $3, $NF}}'")
+    n = box.native(["sh", "-c", script.format(d="n")])
+    s = box.run(["sh", "-c", script.format(d="s")])
+    assert n.returncode == 0, n.stderr
+    assert_same(n, s)
+    no_denials(s)
+    assert "same\n" in s.stdout
+    src = snapshot(ws / "src")
+    # tar restores mtimes to the second? No: GNU format keeps whole seconds only.
+    strip_ns = lambda snap: {k: {**v, "mtime_ns": v["mtime_ns"] // 10**9} for k, v in snap.items()}
+    n_out, s_out = snapshot(ws / "n/out/src"), snapshot(ws / "s/out/src")
+    assert s_out == n_out
+    assert strip_ns(s_out) == strip_ns(src)
+    assert (ws / "s/a.tar").read_bytes() == (ws / "n/a.tar").read_bytes()
+
+
+# --------------------------------------------------------------------------------------
+# 5. concurrency: threads and forks writing files
+
+THREADS_C = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#define NT 8
+#define NF 200
+static const char *dir, *scratch;
+static void *worker(void *arg) {
+    long t = (long)arg;
+    char tmp[4096], fin[4096], scr[4096], buf[256];
+    for (int i = 0; i < NF; i++) {
+        snprintf(tmp, sizeof tmp, "%s/t%ld_%d.tmp", dir, t, i);
+        snprintf(fin, sizeof fin, "%s/t%ld_%d", dir, t, i);
+        snprintf(scr, sizeof scr, "%s/scratch_%ld_%d", scratch, t, i);
+        int n = snprintf(buf, sizeof buf, "thread %ld file %d %s\n", t, i, "xxxxxxxxxxxxxxxx");
+        int fd = open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
+        if (fd < 0) { fprintf(stderr, "open %s: %s\n", tmp, strerror(errno)); return (void *)1; }
+        if (write(fd, buf, n) != n) { perror("write"); return (void *)1; }
+        if (close(fd)) { perror("close"); return (void *)1; }
+        if (rename(tmp, fin)) { fprintf(stderr, "rename %s: %s\n", tmp, strerror(errno)); return (void *)1; }
+        /* scratch churn: create, write, rename over, unlink */
+        fd = open(scr, O_CREAT | O_TRUNC | O_RDWR, 0600);
+        if (fd < 0) { fprintf(stderr, "open %s: %s\n", scr, strerror(errno)); return (void *)1; }
+        if (write(fd, buf, n) != n || ftruncate(fd, 5) || close(fd)) { perror("scratch"); return (void *)1; }
+        char scr2[4200];
+        snprintf(scr2, sizeof scr2, "%s.2", scr);
+        if (rename(scr, scr2) || unlink(scr2)) { fprintf(stderr, "scratch %s: %s\n", scr, strerror(errno)); return (void *)1; }
+        if (i % 25 == 24 && unlink(fin)) { fprintf(stderr, "unlink %s: %s\n", fin, strerror(errno)); return (void *)1; }
+    }
+    return NULL;
+}
+int main(int argc, char **argv) {
+    dir = argv[1]; scratch = argv[2];
+    pthread_t th[NT];
+    for (long t = 0; t < NT; t++)
+        if (pthread_create(&th[t], NULL, worker, (void *)t)) { perror("pthread_create"); return 2; }
+    int bad = 0;
+    for (int t = 0; t < NT; t++) { void *r; pthread_join(th[t], &r); if (r) bad++; }
+    printf("threads done, %d failed\n", bad);
+    return bad ? 1 : 0;
+}
+"""
+
+FORKS_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#define N 200
+int main(int argc, char **argv) {
+    pid_t pids[N];
+    for (int i = 0; i < N; i++) {
+        pids[i] = fork();
+        if (pids[i] < 0) { perror("fork"); return 2; }
+        if (pids[i] == 0) {
+            char p[4096], buf[128];
+            snprintf(p, sizeof p, "%s/c%d", argv[1], i);
+            int n = snprintf(buf, sizeof buf, "child %d pid-independent content\n", i);
+            int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fd < 0 || write(fd, buf, n) != n || close(fd)) _exit(255);
+            _exit(i % 200);
+        }
+    }
+    int bad = 0;
+    for (int i = 0; i < N; i++) {
+        int st;
+        if (waitpid(pids[i], &st, 0) != pids[i] || !WIFEXITED(st) || WEXITSTATUS(st) != i % 200) bad++;
+    }
+    printf("forks done, %d bad\n", bad);
+    return bad ? 1 : 0;
+}
+"""
+
+
+def test_threaded_writers(box, compile_c):
+    prog = compile_c("compat_threads", THREADS_C)
+    ws = box.workspace
+    mkdirs(box, ws / "n", ws / "s", box.root / "nscratch")
+    n = box.native([prog, "n", str(box.root / "nscratch")], timeout=60)
+    assert n.returncode == 0, n.stderr
+    s = box.run(["sh", "-c", f'exec {prog} s "$TMPDIR"'], timeout=60)
+    assert_same(n, s)
+    no_denials(s)
+    files = sorted(os.listdir(ws / "s"))
+    assert files == sorted(os.listdir(ws / "n"))
+    assert len(files) == 8 * 200 - 8 * 8
+    for name in files:
+        t, i = name[1:].split("_")
+        assert (ws / "s" / name).read_text() == f"thread {t} file {i} xxxxxxxxxxxxxxxx\n"
+
+
+def test_forking_writers(box, compile_c):
+    prog = compile_c("compat_forks", FORKS_C)
+    ws = box.workspace
+    mkdirs(box, ws / "c", ws / "sh")
+    r = box.run([prog, "c"], timeout=60)
+    assert (r.returncode, r.stdout) == (0, "forks done, 0 bad\n"), r.stderr
+    no_denials(r)
+    for i in range(200):
+        assert (ws / "c" / f"c{i}").read_text() == f"child {i} pid-independent content\n"
+    # the same with a shell: 200 background subshells, each redirecting into its own file
+    script = ('i=0; while [ $i -lt 200 ]; do (printf "shell child %s\\n" $i > sh/f$i) & '
+              'i=$((i+1)); done; wait; ls sh | wc -l')
+    r = box.run(["sh", "-c", script], timeout=60)
+    assert (r.returncode, r.stdout.strip()) == (0, "200"), r.stderr
+    no_denials(r)
+    for i in range(200):
+        assert (ws / "sh" / f"f{i}").read_text() == f"shell child {i}\n"
+
+
+# --------------------------------------------------------------------------------------
+# 6. Python: stdlib imports, sqlite, multiprocessing, tempfile, subprocess
+
+PY_SCRIPT = r"""
+import json, os, sqlite3, subprocess, sys, tempfile, multiprocessing as mp
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    data = {"a": [1, 2, 3], "b": {"c": None}}
+    with open("data.json", "w") as f:
+        json.dump(data, f, sort_keys=True)
+    with open("data.json") as f:
+        print(json.load(f) == data)
+
+    db = sqlite3.connect("test.db")
+    db.execute("create table t (k integer primary key, v text)")
+    with db:
+        db.executemany("insert into t (v) values (?)", [(f"row{i}",) for i in range(500)])
+    with db:
+        db.execute("update t set v = v || '!' where k % 2 = 0")
+    print(db.execute("select count(*), sum(length(v)) from t").fetchone())
+    db.execute("pragma journal_mode=wal").fetchone()
+    with db:
+        db.execute("delete from t where k > 400")
+    print(db.execute("select count(*) from t").fetchone())
+    db.close()
+
+    with mp.Pool(4) as pool:
+        print(sum(pool.map(square, range(100))))
+    lock = mp.Lock()            # a POSIX semaphore in /dev/shm
+    with lock:
+        print("locked")
+    q = mp.Queue()
+    p = mp.Process(target=q.put, args=("from child",))
+    p.start(); print(q.get()); p.join(); print("exit", p.exitcode)
+
+    tmpdir = os.environ.get("TMPDIR") or tempfile.gettempdir()
+    print(tempfile.gettempdir() == os.path.realpath(tmpdir))
+    with tempfile.NamedTemporaryFile("w+", suffix=".txt") as tf:
+        tf.write("temp data"); tf.flush(); tf.seek(0); print(tf.read())
+    with tempfile.TemporaryDirectory() as td:
+        open(os.path.join(td, "x"), "w").write("y")
+        print(sorted(os.listdir(td)))
+    out = subprocess.run([sys.executable, "-c", "import sys; print('child', sys.argv[1]); sys.exit(4)", "arg"],
+                         capture_output=True, text=True)
+    print(out.returncode, out.stdout.strip())
+    print(subprocess.check_output("echo piped | tr a-z A-Z", shell=True, text=True).strip())
+"""
+
+
+def test_python_stdlib(box):
+    ws = box.workspace
+    mkdirs(box, ws / "n", ws / "s")
+    for d in ("n", "s"):
+        (ws / d / "prog.py").write_text(PY_SCRIPT)
+    py = python_for(box)
+    n, s = both(box, [py, "prog.py"], native_cwd=ws / "n", sandbox_cwd=ws / "s", timeout=60)
+    assert n.returncode == 0, n.stderr
+    assert_same(n, s)
+    no_denials(s)
+    assert s.stdout.startswith("True\n(500, ")
+    check = "select count(*), group_concat(v) from t"
+    assert sqlite3_query(ws / "s/test.db", check) == sqlite3_query(ws / "n/test.db", check)
+
+
+def sqlite3_query(db: Path, q: str):
+    import sqlite3
+    c = sqlite3.connect(db)
+    try:
+        return c.execute(q).fetchall()
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------------------
+# 7. loopback networking
+
+NET_PY = r"""
+import os, socket, threading
+
+# TCP echo server in a thread, client in the main thread
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0))
+srv.listen(8)
+port = srv.getsockname()[1]
+def tcp_serve():
+    for _ in range(3):
+        c, _a = srv.accept()
+        with c:
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            c.sendall(data.upper())
+th = threading.Thread(target=tcp_serve); th.start()
+for i in range(3):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        c.sendall(b"x" * 100000 + f"hello {i}\n".encode())
+        buf = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        print("tcp", len(buf), buf[-8:])
+th.join()
+srv.close()
+
+# unix stream socket in the workspace
+path = "unix.sock"
+us = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+us.bind(path)
+us.listen(1)
+print("unix bound", us.getsockname())
+def unix_serve():
+    c, _a = us.accept()
+    with c:
+        c.sendall(b"unix:" + c.recv(100))
+th = threading.Thread(target=unix_serve); th.start()
+uc = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+uc.connect(path)
+print("unix peer", uc.getpeername())
+uc.sendall(b"ping")
+print(uc.recv(100))
+uc.close(); th.join(); us.close()
+print("socket file", os.path.exists(path))
+os.unlink(path)
+
+# unix datagram: a bound client gets a reply at the address recvfrom reported
+ds = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ds.bind("dgram-server.sock")
+dc = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); dc.bind("dgram-client.sock")
+dc.sendto(b"dgram hello", "dgram-server.sock")
+msg, frm = ds.recvfrom(100)
+print("dgram", msg, frm)
+ds.sendto(b"dgram reply", frm)
+dc.settimeout(5)
+print("dgram reply", dc.recvfrom(100))
+
+# UDP with sendto / recvfrom, both directions
+a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.bind(("127.0.0.1", 0))
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.bind(("127.0.0.1", 0))
+b.settimeout(5); a.settimeout(5)
+n = a.sendto(b"udp ping", b.getsockname())
+msg, frm = b.recvfrom(100)
+print("udp", n, msg, frm == a.getsockname())
+b.sendto(b"udp pong", frm)
+print("udp", a.recvfrom(100)[0])
+b.connect(a.getsockname()); b.send(b"connected send")
+print("udp", a.recv(100))
+a.sendmsg([b"msg ", b"parts"], [], 0, b.getsockname())
+print("udp", b.recv(100))
+"""
+
+SENDMSG_C = r"""
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+int main(void) {
+    int rx = socket(AF_INET, SOCK_DGRAM, 0), tx = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = 0 };
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    if (bind(rx, (void *)&a, sizeof a)) { perror("bind"); return 1; }
+    socklen_t al = sizeof a;
+    getsockname(rx, (void *)&a, &al);
+    char p1[] = "scatter-", p2[] = "gather";
+    struct iovec iov[2] = { { p1, strlen(p1) }, { p2, strlen(p2) } };
+    struct msghdr m = { .msg_name = &a, .msg_namelen = sizeof a, .msg_iov = iov, .msg_iovlen = 2 };
+    ssize_t n = sendmsg(tx, &m, 0);
+    if (n < 0) { perror("sendmsg"); return 1; }
+    char buf[100] = {0};
+    struct sockaddr_in from; socklen_t fl = sizeof from;
+    ssize_t r = recvfrom(rx, buf, sizeof buf - 1, 0, (void *)&from, &fl);
+    printf("sent %zd got %zd '%s' from %s\n", n, r, buf, inet_ntoa(from.sin_addr));
+    /* sendmmsg: two datagrams */
+    struct mmsghdr mm[2];
+    memset(mm, 0, sizeof mm);
+    struct iovec i1 = { p1, strlen(p1) }, i2 = { p2, strlen(p2) };
+    mm[0].msg_hdr = (struct msghdr){ .msg_name = &a, .msg_namelen = sizeof a, .msg_iov = &i1, .msg_iovlen = 1 };
+    mm[1].msg_hdr = (struct msghdr){ .msg_name = &a, .msg_namelen = sizeof a, .msg_iov = &i2, .msg_iovlen = 1 };
+    int k = sendmmsg(tx, mm, 2, 0);
+    printf("sendmmsg %d len0=%u len1=%u\n", k, mm[0].msg_len, mm[1].msg_len);
+    for (int j = 0; j < k; j++) {
+        memset(buf, 0, sizeof buf);
+        r = recv(rx, buf, sizeof buf - 1, 0);
+        printf("got '%s'\n", buf);
+    }
+    return 0;
+}
+"""
+
+
+def test_loopback_networking(box, compile_c):
+    ws = box.workspace
+    mkdirs(box, ws / "n", ws / "s")
+    (ws / "net.py").write_text(NET_PY)
+    py = python_for(box)
+    n, s = both(box, [py, "../net.py"], native_cwd=ws / "n", sandbox_cwd=ws / "s", timeout=60)
+    assert n.returncode == 0, n.stderr
+    assert_same(n, s)
+    no_denials(s)
+    prog = compile_c("compat_sendmsg", SENDMSG_C)
+    n, s = both(box, [prog], native_cwd=ws / "n", sandbox_cwd=ws / "s", timeout=30)
+    assert n.returncode == 0, n.stderr
+    assert_same(n, s)
+    no_denials(s)
+
+
+# --------------------------------------------------------------------------------------
+# 8. exit statuses and stdin
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["sh", "-c", "exit 3"], 3),
+    (["sh", "-c", "exit 0"], 0),
+    (["sh", "-c", "exit 255"], 255),
+    (["sh", "-c", "kill -TERM $$"], 143),
+    (["sh", "-c", "kill -KILL $$"], 137),
+    (["sh", "-c", "(exit 5); echo $?"], 0),
+    (["false"], 1),
+])
+def test_exit_status(ubox, argv, code):
+    n, s = both(ubox, argv, native_cwd=ubox.workspace, sandbox_cwd=ubox.workspace)
+    # natively a signal death shows as -signum; the sandbox reports it the way a shell does
+    native_code = 128 - n.returncode if n.returncode < 0 else n.returncode
+    assert native_code == code
+    assert s.returncode == code
+    assert s.stdout == n.stdout
+    no_denials(s)
+
+
+def test_stdin_piped_through(ubox):
+    box = ubox
+    r = box.run(["cat"], input="x")
+    assert (r.returncode, r.stdout) == (0, "x")
+    data = "".join(f"line {i}\n" for i in range(20000))
+    r = box.run(["sh", "-c", "wc -l; echo done"], input=data)
+    assert (r.returncode, r.stdout.split()) == (0, ["20000", "done"])
+    r = box.run(["sh", "-c", "cat > in.txt"], input=data)
+    assert r.returncode == 0
+    assert (box.workspace / "in.txt").read_text() == data
+    no_denials(r)
+
+
+# --------------------------------------------------------------------------------------
+# 9. errno fidelity for allowed operations that fail
+
+ERRNO_SETUP = """
+mkdir existing nonempty; touch nonempty/f file; ln -s nowhere dangling; ln -s file link
+"""
+
+ERRNO_CASES = [
+    "mkdir existing",
+    "mkdir existing/",
+    "mkdir missing/child",
+    "mkdir file/child",
+    "mkdir -p file/child",
+    "rm missing",
+    "rm -f missing; echo rm-f=$?",
+    "unlink missing",
+    "rm existing",
+    "rmdir nonempty",
+    "rmdir file",
+    "rmdir missing",
+    "rmdir .",
+    "mv file missing/dir/",
+    "mv missing elsewhere",
+    "mv existing existing/inside",
+    "mv file nonempty",
+    "mv existing nonempty",
+    "ln file nonempty/f",
+    "ln -s x file",
+    "ln missing newlink",
+    "ln existing dirlink",
+    "touch missing/x",
+    "touch file/x",
+    "cp file missing/",
+    ": > existing",
+    ": > missing/x",
+    ": > file/",
+    "set -C; : > file",
+    "chmod 644 missing",
+    "truncate -s 0 missing/x",
+    "truncate -s 0 existing",
+    "mkfifo file",
+    "mknod missing/n p",
+    "ln -s file nonempty/f",
+    "touch -h -d @0 dangling; echo touch-h=$?",
+    "cat dangling",
+    "mv existing/ file",
+    "touch " + "n" * 256,
+    "mkdir " + "n" * 256,
+]
+
+EXCL_PY = ("import os, sys\nfor p in sys.argv[1:]:\n    try:\n"
+           "        os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)\n"
+           "    except OSError as e:\n        print(p, e.errno, e.strerror)\n")
+
+
+def test_errno_fidelity(ubox):
+    box = ubox
+    ws = box.workspace
+    mkdirs(box, ws / "n", ws / "s")
+    for d in ("n", "s"):
+        box.native(["sh", "-c", ERRNO_SETUP], cwd=ws / d)
+    script = "\n".join(f"( {c} ); echo \"[{i}] rc=$?\"" for i, c in enumerate(ERRNO_CASES))
+    n, s = both(box, ["sh", "-c", script + "\nexec 2>&1; ls -l --time-style=+ | sort"],
+                native_cwd=ws / "n", sandbox_cwd=ws / "s")
+    assert n.returncode == 0
+    assert_same(n, s)
+    no_denials(s)
+    assert snapshot(ws / "s", times=False) == snapshot(ws / "n", times=False)
+
+    py = python_for(box)
+    (ws / "excl.py").write_text(EXCL_PY)
+    n, s = both(box, [py, "../excl.py", "file", "existing", "link", "dangling", "missing/x",
+                      "file/x", "new"], native_cwd=ws / "n", sandbox_cwd=ws / "s")
+    assert n.stdout.count("\n") == 6
+    assert_same(n, s)
+    no_denials(s)
+
+
+# --------------------------------------------------------------------------------------
+# 10. redirections, FIFOs, umask
+
+REDIR = r"""
+echo to-null > /dev/null
+echo to-stdout > /dev/stdout
+echo to-stderr > /dev/stderr
+echo via-tee | tee /dev/stderr
+echo append >> /dev/stdout
+echo to-fd-path > /proc/self/fd/1
+exec 3> out.txt
+echo via-fd3 > /dev/fd/3
+echo again-fd3 >&3
+exec 3>&-
+sh -c 'echo to-dev-stdout-into-file > /dev/stdout' > file-out.txt
+sh -c 'echo appended >> /dev/stdout' >> file-out.txt
+cat out.txt file-out.txt
+head -c 5 /dev/zero | od -An -tx1
+echo full > /dev/full || echo "full rc=$?"
+"""
+
+
+def test_redirections(ubox):
+    box = ubox
+    mkdirs(box, box.workspace / "n", box.workspace / "s")
+    n, s = both(box, ["sh", "-c", REDIR], native_cwd=box.workspace / "n",
+                sandbox_cwd=box.workspace / "s")
+    assert n.returncode == 0, n.stderr
+    assert_same(n, s)
+    no_denials(s)
+
+
+FIFO = r"""
+mkfifo p1
+cat p1 > out1 &
+echo through-fifo > p1
+wait
+cat out1
+# the writer opens first this time
+mkfifo p2
+( echo writer-first > p2 ) &
+sleep 0.2
+cat p2
+wait
+# several readers blocked on their FIFOs at once, then their writers
+i=0; while [ $i -lt 12 ]; do mkfifo q$i; (cat q$i > r$i) & i=$((i+1)); done
+sleep 0.3
+i=0; while [ $i -lt 12 ]; do echo "fifo $i" > q$i; i=$((i+1)); done
+wait
+cat r*
+"""
+
+
+def test_fifo(box):
+    mkdirs(box, box.workspace / "n", box.workspace / "s")
+    n, s = both(box, ["sh", "-c", FIFO], native_cwd=box.workspace / "n",
+                sandbox_cwd=box.workspace / "s", timeout=30)
+    assert n.returncode == 0, n.stderr
+    assert_same(n, s)
+    no_denials(s)
+
+
+UMASK = r"""
+umask 077; touch f077; mkdir d077; : > r077
+umask 027; touch f027; mkdir d027
+umask 002; touch f002; mkdir d002; mkfifo p002
+umask 000; touch f000; mkdir d000; ln -s f000 l000
+umask 022; touch f022; mkdir d022
+umask 077; sh -c 'touch child077'
+"""
+
+
+def test_umask(ubox):
+    box = ubox
+    mkdirs(box, box.workspace / "n", box.workspace / "s")
+    n, s = both(box, ["sh", "-c", UMASK], native_cwd=box.workspace / "n",
+                sandbox_cwd=box.workspace / "s")
+    assert n.returncode == 0, n.stderr
+    assert_same(n, s)
+    no_denials(s)
+    modes = lambda d: {p.name: oct(p.lstat().st_mode) for p in d.iterdir()}
+    sm, nm = modes(box.workspace / "s"), modes(box.workspace / "n")
+    assert sm["f077"] == oct(0o100600)
+    assert sm == nm
