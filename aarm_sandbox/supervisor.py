@@ -43,6 +43,7 @@ class Supervisor:
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aarm-effect")
         self.verify_exec = engine.policy.has_exec_restrictions
         self.denials: list[tuple[str, str, str]] = []
+        self.tmpdir = engine.policy.placeholders.tmpdir
 
     # ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -152,10 +153,14 @@ class Supervisor:
         if t in _CREATES:
             self.ctx.record_created(action.paths[-1])
         elif t == A.FILE_RENAME:
-            self.ctx.created_paths.discard(action.paths[0])
-            self.ctx.record_created(action.paths[1])
+            src, dst = action.paths[0], action.paths[1]
+            self.ctx.record_removed(src)
+            self.ctx.record_created(dst)
+            tmp = self.tmpdir
+            if tmp and _inside(dst, tmp) and not _inside(src, tmp):
+                self.ctx.moved_into_tmp.append(src)
         elif t == A.FILE_DELETE:
-            self.ctx.created_paths.discard(action.paths[0])
+            self.ctx.record_removed(action.paths[0])
 
     def _verify_exec(self, tid: int, dev_ino: tuple[int, int]) -> None:
         """Exec cannot be emulated, so check what was actually loaded and kill on mismatch
@@ -221,6 +226,10 @@ class Supervisor:
             if self.verbose:
                 traceback.print_exc()
             print(f"aarm-sandbox: internal error on {name}, denied: {e!r}", file=sys.stderr)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _tgid_of(tid: int) -> int:

@@ -184,6 +184,7 @@ struct init_ctx {
     const char *path_env;     /* PATH value from envp (or default) */
     char warn[MSG_MAX];       /* accumulated warnings, starts with 'O' */
     struct sbuf wb;
+    int go_pipe[2];           /* init -> command: process group and terminal are set up */
 };
 
 static volatile sig_atomic_t g_cmd_pid;
@@ -192,7 +193,8 @@ static void forward_signal(int sig)
 {
     int saved = errno;
     pid_t p = (pid_t)g_cmd_pid;
-    if (p > 0)
+    /* Like a terminal would: to the command's whole process group. */
+    if (p > 0 && kill(-p, sig) < 0)
         kill(p, sig);
     errno = saved;
 }
@@ -507,6 +509,19 @@ static void command_main(struct init_ctx *c, pid_t init_pid)
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     if (getppid() != init_pid)
         _exit(125);
+    /* Own process group: kill(0, sig) inside must never reach the supervisor or the
+     * shell that started it. The init makes it the terminal's foreground group (when the
+     * supervisor was), then lets us go on. */
+    setpgid(0, 0);
+    {
+        char go;
+        ssize_t r;
+        close(c->go_pipe[1]);
+        do {
+            r = read(c->go_pipe[0], &go, 1);
+        } while (r < 0 && errno == EINTR);
+        close(c->go_pipe[0]);
+    }
     reset_signals();
     close(c->sock);
     int e = exec_search(c->cfg->argv, c->cfg->envp, c->path_env);
@@ -665,9 +680,22 @@ static void init_main(struct init_ctx *c)
     for (size_t i = 0; i < sizeof(fwd) / sizeof(fwd[0]); i++)
         sigaction(fwd[i], &sa, NULL);
 
+    if (pipe2(c->go_pipe, O_CLOEXEC) < 0) {
+        c->go_pipe[0] = c->go_pipe[1] = -1;
+    }
     long cmd = raw_fork();
     if (cmd == 0)
         command_main(c, self);
+    if (cmd > 0) {
+        setpgid((pid_t)cmd, (pid_t)cmd);
+        if (isatty(0) && tcgetpgrp(0) == getpgrp())
+            tcsetpgrp(0, (pid_t)cmd);
+        if (c->go_pipe[1] >= 0) {
+            close(c->go_pipe[0]);
+            write_all(c->go_pipe[1], "g", 1);
+            close(c->go_pipe[1]);
+        }
+    }
     if (cmd < 0) {
         int e = errno;
         char buf[256];

@@ -328,7 +328,8 @@ def main() -> int:
     out.append(f"## aarm-sandbox benchmark{' (--quick)' if quick else ''}\n")
     out.append(f"- machine: nproc={mi['nproc']}, kernel {mi['kernel']}, {mi['cpu']}")
     out.append(f"- python {mi['python']} ({mi['python_exe']}), {mi['strace']}, aarm-sandbox rev {mi['aarm_rev']}, uid {mi['uid']}")
-    out.append(f"- command: `{sh([sys.argv[0]] + sys.argv[1:])}` (cwd {os.getcwd()}); wall {elapsed:.0f} s")
+    out.append(f"- command: `{sh([os.environ.get('AARM_BENCH_ARGV0', sys.argv[0])] + sys.argv[1:])}` "
+               f"(cwd {os.getcwd()}); wall {elapsed:.0f} s")
     out.append(f"- load average (1/5/15 min) at start: {load_begin}, at end: {load_end}"
                + (" — the machine was busy with other work: expect noisier numbers"
                   if _busy(load_begin, load_end, mi["nproc"]) else ""))
@@ -387,7 +388,8 @@ def main() -> int:
     print(text)
 
     if args.json:
-        doc = {"machine": mi, "command": [sys.argv[0]] + sys.argv[1:], "elapsed_s": elapsed,
+        doc = {"machine": mi, "command": [os.environ.get("AARM_BENCH_ARGV0", sys.argv[0])] + sys.argv[1:],
+               "elapsed_s": elapsed, "loadavg": {"start": load_begin, "end": load_end},
                "params": {"iterations": n_dec, "rounds": rounds, "fs_files": fs_files,
                           "getpid_iterations": n_getpid, "read_iterations": n_read,
                           "quick": quick},

@@ -45,6 +45,26 @@ def exit_code(wait_status: int) -> int:
     return EXIT_SANDBOX_ERROR
 
 
+def _is_terminal_foreground() -> bool:
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def _take_back_terminal(was_foreground: bool) -> None:
+    """The sandbox's command had the terminal's foreground; give it back to our group."""
+    if not was_foreground:
+        return
+    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(0, os.getpgrp())
+    except OSError:
+        pass
+    finally:
+        signal.signal(signal.SIGTTOU, old)
+
+
 def build_policy(args, workspace: str, tmpdir: str) -> tuple[CompiledPolicy, object]:
     loaded = load_profile(args.profile or "default")
     prof = loaded.profile
@@ -74,13 +94,20 @@ def run(args) -> int:
     session_tmp = Path(os.environ.get("AARM_TMP_ROOT", "/tmp")) / f"aarm-{session_id}"
     session_tmp.mkdir(mode=0o700, parents=True, exist_ok=False)
     tmpdir = str(session_tmp.resolve())
+    keep_tmp: list[str] = []
     try:
-        return _run_session(args, workspace, session_id, tmpdir)
+        return _run_session(args, workspace, session_id, tmpdir, keep_tmp)
     finally:
-        shutil.rmtree(session_tmp, ignore_errors=True)
+        if keep_tmp:
+            # Removing it would delete what the agent moved there: never let session
+            # cleanup become a deletion the agent can aim.
+            print(f"aarm-sandbox: kept {tmpdir}: the session moved {len(keep_tmp)} path(s) into it "
+                  f"from outside (first: {keep_tmp[0]})", file=sys.stderr)
+        else:
+            shutil.rmtree(session_tmp, ignore_errors=True)
 
 
-def _run_session(args, workspace: str, session_id: str, tmpdir: str) -> int:
+def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: list[str]) -> int:
     policy, loaded = build_policy(args, workspace, tmpdir)
     settings = policy.profile.settings
     engine = PolicyEngine(policy, observe=args.observe)
@@ -135,6 +162,7 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str) -> int:
     from aarm_sandbox.intercept.unotify import UnotifyBackend
     from aarm_sandbox.supervisor import Supervisor
 
+    was_foreground = _is_terminal_foreground()
     done = threading.Event()
     backend = UnotifyBackend(sandbox.listener, sandbox_gone=done.is_set)
     journal.append({"type": "session.start", "command": list(args.command), "intent": args.intent,
@@ -176,6 +204,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    keep_tmp.extend(ctx.moved_into_tmp)
+    _take_back_terminal(was_foreground)
     code = exit_code(status_box[0]) if status_box else EXIT_SANDBOX_ERROR
     journal.append({"type": "session.end", "exit_status": code,
                     "actions": dict(ctx.action_counts), "decisions": dict(ctx.decision_counts),

@@ -19,6 +19,8 @@ class SessionContext:
     started: float = field(default_factory=time.time)
     intent: str | None = None
     created_paths: set[str] = field(default_factory=set)
+    removed_paths: set[str] = field(default_factory=set)   # pre-existing, deleted/moved away
+    moved_into_tmp: list[str] = field(default_factory=list)
     rule_counts: Counter = field(default_factory=Counter)
     action_counts: Counter = field(default_factory=Counter)
     decision_counts: Counter = field(default_factory=Counter)
@@ -26,14 +28,24 @@ class SessionContext:
     sensitive: re.Pattern | None = None
 
     def existed_at_start(self, path: str) -> bool:
-        """The path exists now and this session did not create it."""
+        """The path was there before the session: this session did not create it, and it
+        either exists now or this session removed it (so delete-then-recreate and
+        rename-away-then-replace are still seen as touching the original)."""
         if path in self.created_paths:
             return False
+        if path in self.removed_paths:
+            return True
         try:
             os.lstat(path)
         except OSError:
             return False
         return True
+
+    def record_removed(self, path: str) -> None:
+        if path in self.created_paths:
+            self.created_paths.discard(path)
+        else:
+            self.removed_paths.add(path)
 
     def classes_of(self, paths: tuple[str, ...]) -> list[str]:
         if self.sensitive is not None and any(self.sensitive.match(p) for p in paths):

@@ -70,6 +70,14 @@ SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
 FS_IOC_SETFLAGS = 0x40086602
+FS_IOC32_SETFLAGS = 0x40046602
+FS_IOC_SETVERSION = 0x40087602
+FS_IOC32_SETVERSION = 0x40047602
+FS_IOC_FSSETXATTR = 0x401C5820
+# ioctls that change an inode's metadata through *any* fd, even one opened read-only:
+# the open-time decision cannot cover them, so they never reach the kernel.
+INODE_CHANGING_IOCTLS = (FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_SETVERSION,
+                         FS_IOC32_SETVERSION, FS_IOC_FSSETXATTR)
 PERSONALITY_QUERY = 0xFFFFFFFF
 
 # Highest syscall number this table knows; numbers above it up to UNKNOWN_LIMIT get ENOSYS
@@ -205,8 +213,7 @@ SYSCALLS: tuple[SyscallSpec, ...] = (
     _spec("ioctl", 16, _errno(errno.EPERM, (
         (ArgCond(1, "masked_eq", TIOCSTI),),
         (ArgCond(1, "masked_eq", TIOCLINUX),),
-        (ArgCond(1, "masked_eq", FS_IOC_SETFLAGS),),
-    ))),
+    ) + tuple((ArgCond(1, "masked_eq", c),) for c in INODE_CHANGING_IOCTLS))),
 )
 
 BY_NR: dict[int, SyscallSpec] = {s.nr: s for s in SYSCALLS}

@@ -48,6 +48,26 @@ def probe(compile_c) -> str:
     return compile_c("side_doors", C_SOURCE.read_text())
 
 
+_RUNS_AS: dict[int, str] = {}
+
+
+@pytest.fixture
+def user_box(any_user_box):
+    """any_user_box, but an unprivileged run needs a sandbox installation that user can
+    execute (scripts/setup + AARM_SANDBOX_BIN): say so instead of failing obscurely."""
+    uid = any_user_box.uid
+    if uid is not None:
+        if uid not in _RUNS_AS:
+            r = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+                               + sandbox_cmd() + ["profiles", "list"], capture_output=True, text=True,
+                               cwd="/", env={**os.environ, "HOME": str(any_user_box.root / "home")})
+            _RUNS_AS[uid] = "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["?"])[-1]
+        if _RUNS_AS[uid]:
+            pytest.skip(f"the sandbox command {sandbox_cmd()} does not run as uid {uid} "
+                        f"({_RUNS_AS[uid]}): run scripts/setup and set AARM_SANDBOX_BIN")
+    return any_user_box
+
+
 # --------------------------------------------------------------------------------- helpers
 def _xattrs(p: Path) -> tuple:
     try:
@@ -63,13 +83,39 @@ def _xattrs(p: Path) -> tuple:
     return tuple(out)
 
 
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_GETVERSION = 0x80087601
+
+
+def _inode_attrs(p: Path, st: os.stat_result) -> tuple:
+    """(chattr flags, inode generation) where the filesystem has them."""
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return ()
+    out = []
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return ()
+    try:
+        for req in (FS_IOC_GETFLAGS, FS_IOC_GETVERSION):
+            buf = bytearray(8)
+            try:
+                fcntl.ioctl(fd, req, buf)
+                out.append(int.from_bytes(buf[:4], "little"))
+            except OSError:
+                out.append(None)
+    finally:
+        os.close(fd)
+    return tuple(out)
+
+
 def _entry(p: Path) -> tuple:
     st = p.lstat()
     digest = None
     if stat.S_ISREG(st.st_mode):
         digest = hashlib.sha256(p.read_bytes()).hexdigest()
     return (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_nlink, st.st_ino,
-            st.st_mtime_ns, st.st_ctime_ns, digest, _xattrs(p))
+            st.st_mtime_ns, st.st_ctime_ns, digest, _xattrs(p), _inode_attrs(p, st))
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -168,15 +214,38 @@ def nspid_of(pid: int) -> list[int]:
     return []
 
 
+def as_user(box, argv: list[str]) -> list[str]:
+    """argv run as the box's user (as box.run/box.native do)."""
+    if box.uid is None:
+        return list(argv)
+    return ["setpriv", f"--reuid={box.uid}", f"--regid={box.uid}", "--clear-groups"] + argv
+
+
 def raw_cmd(box, argv: list[str], journal: Path, profile: str = "default") -> list[str]:
-    return sandbox_cmd() + ["run", "--profile", profile, "--workspace", str(box.workspace),
-                            "--journal", str(journal), "--"] + argv
+    """The command line box.run uses, for tests that need their own Popen."""
+    return as_user(box, sandbox_cmd() + ["run", "--profile", profile, "--workspace",
+                                         str(box.workspace), "--journal", str(journal), "--"]
+                   + argv)
+
+
+def user_env(box) -> dict:
+    env = dict(os.environ)
+    if box.uid is not None:
+        env["HOME"] = str(box.root / "home")
+    return env
 
 
 def read_journal(p: Path) -> list[dict]:
+    """Records of a journal that may still be being written (a torn last line is skipped)."""
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
 
 
 # ====================================================================== 1. alternate syscalls
@@ -188,6 +257,9 @@ class Attack:
     types: tuple[str, ...]         # action types a deny receipt may carry
     kind: str = "file"             # "file" | "dir"
     syscall: str | None = None     # syscall name the receipt must name (legacy numbers)
+    # Who must stop it: "supervisor" (deny receipt, EACCES), "filter" (EPERM from the BPF
+    # filter, the supervisor never sees it) or "either".
+    blocked_by: str = "supervisor"
 
 
 V, WS = "{victim}", "{ws}"
@@ -234,8 +306,26 @@ ATTACKS = [
     Attack("utimensat", "utimensat", (V,), ("file.utime",), syscall="utimensat"),
     Attack("futimens", "futimens", (V,), ("file.utime",), syscall="utimensat"),
     Attack("setxattr", "setxattr", (V,), ("file.xattr",), syscall="setxattr"),
+    # inode attribute ioctls on an O_RDONLY fd (chattr +d: no write access needed)
+    Attack("ioctl-fs-ioc-setflags", "ioctl_setflags", (V,), (), blocked_by="filter"),
+    Attack("ioctl-fs-ioc-fssetxattr", "ioctl_fssetxattr", (V,), ("file.xattr", "file.chmod"),
+           blocked_by="either"),
+    Attack("ioctl-fs-ioc-setversion", "ioctl_setversion", (V,), ("file.xattr", "file.chmod"),
+           blocked_by="either"),
 ]
 ATTACK_BY_ID = {a.id: a for a in ATTACKS}
+KNOWN_BUGS = {
+    "ioctl-fs-ioc-fssetxattr": "BUG: ioctl(FS_IOC_FSSETXATTR) on an O_RDONLY fd sets chattr "
+                               "flags (nodump, noatime) on files outside the workspace; only "
+                               "FS_IOC_SETFLAGS is filtered",
+    "ioctl-fs-ioc-setversion": "BUG: ioctl(FS_IOC_SETVERSION) on an O_RDONLY fd rewrites the "
+                               "inode generation (and ctime) of files outside the workspace",
+}
+
+
+def _attack_params(attacks):
+    return [pytest.param(a, id=a.id, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[a.id])]
+                         if a.id in KNOWN_BUGS else []) for a in attacks]
 
 
 def _argv(probe: str, a: Attack, victim: Path, ws: Path) -> list[str]:
@@ -262,19 +352,22 @@ def run_attack_sandboxed(box, probe: str, a: Attack):
     assert "ATTACK-OK" not in res.stdout, f"{a.id} got through: {res.stdout}{res.stderr}"
     assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
     assert snapshot(box.outside) == before, f"{a.id} changed the outside tree"
-    hits = deny_receipts_about(res, str(victim), a.types)
-    assert hits, f"no deny receipt for {a.id} on {victim}: {res.records}"
-    assert f"errno={errno.EACCES} " in res.stdout, res.stdout
+    hits = deny_receipts_about(res, str(victim), a.types) if a.types else []
+    if a.blocked_by == "supervisor" or (a.blocked_by == "either" and hits):
+        assert hits, f"no deny receipt for {a.id} on {victim}: {res.records}"
+        assert f"errno={errno.EACCES} " in res.stdout, res.stdout
+    else:
+        assert f"errno={errno.EPERM} " in res.stdout, res.stdout
     no_receipt_executed_on(res, str(victim))
     return res, hits
 
 
-@pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
-def test_destroy_or_modify_outside_canary_is_denied_and_canary_unchanged(any_user_box, probe, attack):
-    res, hits = run_attack_sandboxed(any_user_box, probe, attack)
-    if attack.syscall:
+@pytest.mark.parametrize("attack", _attack_params(ATTACKS))
+def test_destroy_or_modify_outside_canary_is_denied_and_canary_unchanged(user_box, probe, attack):
+    run_attack_native(user_box, probe, attack)          # first: the attack is real
+    res, hits = run_attack_sandboxed(user_box, probe, attack)
+    if attack.syscall and attack.blocked_by == "supervisor":
         assert any(h["action"]["syscall"] == attack.syscall for h in hits), hits
-    run_attack_native(any_user_box, probe, attack)
 
 
 def test_ftruncate_on_readonly_fd_is_decided_on_the_file_and_denied(box, probe):
@@ -299,8 +392,8 @@ def test_ftruncate_on_readonly_fd_is_decided_on_the_file_and_denied(box, probe):
 # ====================================================================== 2. ABI
 @pytest.mark.parametrize("mode", ["int80_unlink", "int80_open_trunc"])
 def test_int80_syscall_from_64bit_process_is_killed_by_sigsys_and_file_survives(
-        any_user_box, probe, mode):
-    box = any_user_box
+        user_box, probe, mode):
+    box = user_box
     victim = box.canary("victim", CANARY)
     before = snapshot(box.outside)
     res = box.run([probe, mode, str(victim)])
@@ -325,8 +418,8 @@ def test_int80_syscall_from_64bit_process_is_killed_by_sigsys_and_file_survives(
 
 
 @pytest.mark.parametrize("nr", [87, 2, 263], ids=["x32-unlink", "x32-open", "x32-unlinkat"])
-def test_x32_syscall_numbers_are_killed_by_sigsys(any_user_box, probe, nr):
-    box = any_user_box
+def test_x32_syscall_numbers_are_killed_by_sigsys(user_box, probe, nr):
+    box = user_box
     victim = box.canary("victim", CANARY)
     before = snapshot(box.outside)
     res = box.run([probe, "x32", str(nr), str(victim)])
@@ -340,10 +433,11 @@ def test_x32_syscall_numbers_are_killed_by_sigsys(any_user_box, probe, nr):
     nt = native_tree(box)
     nv = make_victim(nt.outside, "file", box.uid)
     r = box.native([probe, "x32", str(nr), str(nv)])
-    assert r.returncode in (0, 1), r
-    assert "ATTACK-OK" in r.stdout or f"errno={errno.ENOSYS} " in r.stdout or nr != 87, r.stdout
-    if "ATTACK-OK" in r.stdout and nr == 87:
-        assert not nv.exists()
+    assert r.returncode in (0, 1), (r.returncode, r.stdout, r.stderr)
+    if "ATTACK-OK" in r.stdout:
+        assert not nv.exists() or nv.stat().st_size == 0, "x32 call ran but changed nothing"
+    else:
+        assert f"FAILED x32 syscall errno={errno.ENOSYS} " in r.stdout, r.stdout
 
 
 LEGACY = ["unlink", "rename-over", "creat", "link-into-workspace-then-write", "open-wronly-trunc"]
@@ -360,8 +454,8 @@ def test_raw_legacy_syscall_on_victim_is_decoded_and_denied(box, probe, attack_i
 
 
 # ====================================================================== 3. io_uring
-def test_io_uring_setup_is_enosys_and_a_native_ring_unlinks_the_canary(any_user_box, probe):
-    box = any_user_box
+def test_io_uring_setup_is_enosys_and_a_native_ring_unlinks_the_canary(user_box, probe):
+    box = user_box
     victim = box.canary("victim", CANARY)
     before = snapshot(box.outside)
     res = box.run([probe, "io_uring_unlink", str(victim)])
@@ -420,7 +514,8 @@ def _kv(out: str, key: str) -> str:
     return m.group(1)
 
 
-def test_sandbox_sees_only_stdio_no_seccomp_listener_and_a_masked_journal(box, probe):
+def test_sandbox_sees_only_stdio_no_seccomp_listener_and_a_masked_journal(user_box, probe):
+    box = user_box
     jdir = box.root / "journal"
     res = box.run([probe, "fd_probe", str(jdir)])
     assert res.returncode == 0, res.stdout + res.stderr
@@ -468,10 +563,12 @@ def test_ptrace_process_vm_and_pidfd_getfd_on_a_sibling_are_eperm(box, probe):
         assert f"{call}=ok" in r.stdout, (call, r.stdout)
 
 
-def test_kill_minus_one_inside_kills_only_sandboxed_processes_supervisor_survives(box, probe):
+def test_kill_minus_one_inside_kills_only_sandboxed_processes_supervisor_survives(
+        user_box, probe):
+    box = user_box
     victim = box.canary("victim", CANARY)
     before = snapshot(box.outside)
-    bystander = subprocess.Popen(["sleep", "60"])     # same uid, outside the sandbox
+    bystander = subprocess.Popen(as_user(box, ["sleep", "60"]))   # same uid, outside
     try:
         res = box.run([probe, "kill_all", str(victim)], timeout=60)
         assert bystander.poll() is None, "kill(-1) from the sandbox reached a host process"
@@ -491,7 +588,7 @@ def test_kill_minus_one_inside_kills_only_sandboxed_processes_supervisor_survive
         assert res.records[-1]["exit_status"] == 0
 
         # Natively, the same program can kill a same-uid process it can see.
-        victim_proc = subprocess.Popen(["sleep", "60"])
+        victim_proc = subprocess.Popen(as_user(box, ["sleep", "60"]))
         try:
             r = box.native([probe, "kill_pid", str(victim_proc.pid)])
             assert "kill=ok" in r.stdout, r.stdout
@@ -502,6 +599,50 @@ def test_kill_minus_one_inside_kills_only_sandboxed_processes_supervisor_survive
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def _with_bystander(argv: list[str], cwd: Path, env: dict | None = None) -> tuple[str, int, str]:
+    """Run argv in a new session whose process group also holds a `sleep` that is NOT in
+    the sandbox; return (stdout, exit status, bystander's state: "alive" or "killed")."""
+    sh = ["sh", "-c", 'sleep 60 & echo "BYSTANDER=$!"; exec "$@"', "sh"] + argv
+    p = subprocess.Popen(sh, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    bystander = int(_kv(out, "BYSTANDER"))
+    try:
+        with open(f"/proc/{bystander}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        state = "gone"
+    alive = state not in ("Z", "X", "gone")
+    if alive:
+        os.kill(bystander, signal.SIGKILL)
+    return out, p.returncode, "alive" if alive else "killed"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: the sandbox keeps the caller's process group, so "
+                   "kill(0, sig) inside signals the supervisor and host processes in that group")
+def test_kill_zero_inside_signals_only_the_sandbox_not_the_supervisors_process_group(box, probe):
+    """kill(0, SIGALRM) means "my process group". The sandbox must not share one with the
+    supervisor (or with whatever started it), or it kills them from inside its pid ns."""
+    # natively: the signal reaches the bystander in the same process group
+    out, rc, bystander = _with_bystander([probe, "kill_pgrp", str(int(signal.SIGALRM))],
+                                         box.workspace)
+    assert "kill(0)=ok" in out and bystander == "killed", out
+
+    journal = box.root / "journal" / "pgrp.jsonl"
+    out, rc, bystander = _with_bystander(
+        raw_cmd(box, [probe, "kill_pgrp", str(int(signal.SIGALRM))], journal), box.workspace)
+    recs = read_journal(journal)
+    assert "PGRP=" in out, out                  # the probe ran
+    assert rc == 0, f"supervisor ended with {rc} (-{int(signal.SIGALRM)} = killed by SIGALRM): {out}"
+    assert bystander == "alive", "a host process outside the sandbox was killed from inside"
+    assert recs and recs[-1]["type"] == "session.end"
 
 
 # ====================================================================== 7. signal storms
@@ -554,7 +695,8 @@ def test_sigalrm_storm_during_notified_calls_loses_no_canary_and_keeps_workspace
 
 
 # ====================================================================== 8. supervisor death
-def test_killing_the_supervisor_kills_the_sandbox_and_changes_nothing_outside(box, probe):
+def test_killing_the_supervisor_kills_the_sandbox_and_changes_nothing_outside(user_box, probe):
+    box = user_box
     nout = 4
     for i in range(nout):
         box.canary(f"c{i}", CANARY)
@@ -563,8 +705,9 @@ def test_killing_the_supervisor_kills_the_sandbox_and_changes_nothing_outside(bo
     journal = box.root / "journal" / f"{uuid.uuid4().hex}.jsonl"
     log = open(box.root / "supervisor.log", "wb")
     p = subprocess.Popen(raw_cmd(box, [probe, "loop", str(box.workspace), str(box.outside),
-                                       str(nout)], journal),
-                         cwd=box.workspace, stdout=log, stderr=log, start_new_session=True)
+                                       str(nout), str(stolen)], journal),
+                         cwd=box.workspace, stdout=log, stderr=log, start_new_session=True,
+                         env=user_env(box))
     try:
         # Wait until the loop is running: files appear in the workspace and denials are
         # journaled.
@@ -616,8 +759,9 @@ def test_killing_the_supervisor_kills_the_sandbox_and_changes_nothing_outside(bo
     # Natively the same loop destroys the canaries within moments.
     nt = native_tree(box)
     for i in range(nout):
-        (nt.outside / f"c{i}").write_text(CANARY)
-    q = subprocess.Popen([probe, "loop", str(nt.ws), str(nt.outside), str(nout)],
+        make_victim(nt.outside, "file", box.uid).rename(nt.outside / f"c{i}")
+    q = subprocess.Popen(as_user(box, [probe, "loop", str(nt.ws), str(nt.outside), str(nout),
+                                       str(nt.outside.parent / "stolen")]),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     try:

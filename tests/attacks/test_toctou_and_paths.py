@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,11 @@ C_SOURCE = Path(__file__).with_name("c") / "toctou_paths.c"
 STRESS = os.environ.get("AARM_STRESS") == "1"
 RACE_ITERS = 2000
 STRESS_ITERS = 100_000
+# Natively the races loop until the victim is hit, bounded by time: a starved flipper (the
+# machine may be busy) can leave the buffer in one state for a while, so a fixed count is
+# not a reliable demonstration.
 NATIVE_RACE_SECONDS = 3.0
+NATIVE_RACE_ITERS = 10**8
 
 # Race iteration counts: 2000 normally; 10^5 in the stress variant (AARM_STRESS=1).
 RACE_PARAMS = [
@@ -106,11 +111,15 @@ def victim(box, name: str = "victim") -> Canary:
 def outside_snapshot(box) -> dict[str, str]:
     out = {}
     for root, dirs, files in os.walk(box.outside):
-        for f in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+        for f in files + dirs:
             p = Path(root, f)
             rel = str(p.relative_to(box.outside))
-            out[rel] = "link:" + os.readlink(p) if p.is_symlink() else (
-                sha256(p) if p.is_file() else "other")
+            if p.is_symlink():
+                out[rel] = "link:" + os.readlink(p)
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = sha256(p) if p.is_file() else "special"
     return out
 
 
@@ -191,7 +200,7 @@ def test_thread_swapping_unlink_path_cannot_delete_outside_file(any_user_box, pr
     ok = box.workspace / "ok"
     v = victim(box)
 
-    nat = box.native([prog, "race-unlink", str(ok), str(v.path), str(iters),
+    nat = box.native([prog, "race-unlink", str(ok), str(v.path), str(NATIVE_RACE_ITERS),
                       str(NATIVE_RACE_SECONDS), flipper])
     s = race_summary(nat.stdout)
     assert s["victim_hit"] == 1 and not v.path.exists(), f"native race did not delete the victim: {nat.stdout}"
@@ -215,7 +224,7 @@ def test_thread_swapping_open_path_cannot_truncate_outside_file(box, prog, flipp
     ok = mkfile(box, box.workspace / "ok")
     v = victim(box)
 
-    nat = box.native([prog, "race-open", str(ok), str(v.path), str(iters),
+    nat = box.native([prog, "race-open", str(ok), str(v.path), str(NATIVE_RACE_ITERS),
                       str(NATIVE_RACE_SECONDS), flipper])
     assert race_summary(nat.stdout)["victim_hit"] == 1 and not v.intact(), nat.stdout
 
@@ -241,31 +250,34 @@ class _Listener:
         self.sock.bind(str(path))
         os.chmod(path, 0o777)
         self.sock.listen(1024)
+        self.sock.settimeout(0.05)
         self.accepted = 0
         self._stop = False
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
     def _loop(self):
-        while not self._stop:
+        while True:
             try:
                 c, _ = self.sock.accept()
+            except socket.timeout:
+                if self._stop:
+                    return
+                continue
             except OSError:
-                return
-            if self._stop:
-                c.close()
                 return
             self.accepted += 1
             c.close()
 
+    def wait_for(self, n: int, timeout: float = 3.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.accepted < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.accepted >= n
+
     def close(self):
+        """Stop once the backlog is empty (queued connections are still counted)."""
         self._stop = True
-        try:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(str(self.path))
-            s.close()
-        except OSError:
-            pass
         self.thread.join(5)
         self.sock.close()
 
@@ -274,20 +286,10 @@ class _Listener:
 def test_thread_swapping_sockaddr_cannot_connect_to_denied_socket(box, prog, iters):
     ok_sock = box.workspace / "ok.sock"
     denied_sock = box.outside / "denied.sock"
-    # The default profile allows every connect; this one denies the socket outside.
-    profile = write_profile(box, "deny-socket", f"""\
-id: deny-outside-socket
-extends: default
-rules:
-  - id: no-outside-socket
-    actions: [net.connect]
-    paths: ["{box.outside}/**"]
-    decision: deny
-    reason: the outside socket is off limits
-""")
+    profile = _deny_socket_profile(box)
     nat_srv = _Listener(denied_sock)
     try:
-        nat = box.native([prog, "race-connect", str(ok_sock), str(denied_sock), str(iters),
+        nat = box.native([prog, "race-connect", str(ok_sock), str(denied_sock), str(NATIVE_RACE_ITERS),
                           str(NATIVE_RACE_SECONDS)])
     finally:
         nat_srv.close()
@@ -301,7 +303,6 @@ rules:
         res = box.run([prog, "race-connect", str(ok_sock), str(denied_sock), str(iters), str(seconds)],
                       profile=profile, timeout=timeout)
     finally:
-        # close() makes one connection of its own to wake the accept loop (not counted).
         srv.close()
     assert res.returncode == 0, explain(res)
     s = race_summary(res.stdout)
@@ -315,6 +316,46 @@ rules:
     assert_no_internal_errors(res)
 
 
+def _deny_socket_profile(box) -> str:
+    # The default profile allows every connect; this one denies sockets outside.
+    return write_profile(box, "deny-socket", f"""\
+id: deny-outside-socket
+extends: default
+rules:
+  - id: no-outside-socket
+    actions: [net.connect]
+    paths: ["{box.outside}/**"]
+    decision: deny
+    reason: the outside socket is off limits
+""")
+
+
+@pytest.mark.parametrize("path", ["sock-link", "dirlink/denied.sock",
+                                  "/proc/self/cwd/../outside/denied.sock",
+                                  "/proc/thread-self/root{outside}/denied.sock"])
+def test_symlinked_or_proc_path_to_denied_socket_cannot_connect(box, prog, path):
+    denied_sock = box.outside / "denied.sock"
+    mksymlink(box, box.workspace / "sock-link", denied_sock)
+    mksymlink(box, box.workspace / "dirlink", box.outside)
+    path = path.replace("{outside}", str(box.outside))
+    srv = _Listener(denied_sock)
+    try:
+        nat = box.native([prog, "path-op", "connect", str(box.workspace), path])
+        assert steps(nat.stdout)["connect"] == (0, "0"), nat.stdout
+        assert srv.wait_for(1), "the native connect never reached the server"
+        native_count = srv.accepted
+        res = box.run([prog, "path-op", "connect", str(box.workspace), path],
+                      profile=_deny_socket_profile(box))
+    finally:
+        srv.close()
+    assert native_count >= 1
+    assert srv.accepted == native_count, f"the denied server got a connection\n{explain(res)}"
+    assert steps(res.stdout).get("connect") == (-1, "EPERM"), explain(res)
+    target = f"unix:{denied_sock}"
+    assert [r for r in res.denied("net.connect") if r["action"]["target"] == target], explain(res)
+    assert_no_internal_errors(res)
+
+
 # ======================================================================================
 # 3. PATH-01: symlink swap races
 @pytest.mark.parametrize("iters", RACE_PARAMS)
@@ -324,7 +365,7 @@ def test_symlink_swap_race_cannot_truncate_outside_file(box, prog, iters):
     mksymlink(box, box.workspace / "link", ok)
     mksymlink(box, box.workspace / "link_alt", v.path)
 
-    nat = box.native([prog, "symlink-race-open", str(v.path), str(iters), str(NATIVE_RACE_SECONDS)])
+    nat = box.native([prog, "symlink-race-open", str(v.path), str(NATIVE_RACE_ITERS), str(NATIVE_RACE_SECONDS)])
     assert race_summary(nat.stdout)["victim_hit"] == 1 and not v.intact(), nat.stdout
 
     v = victim(box)
@@ -340,22 +381,40 @@ def test_symlink_swap_race_cannot_truncate_outside_file(box, prog, iters):
 
 
 @pytest.mark.parametrize("iters", RACE_PARAMS)
-def test_directory_symlink_swap_race_cannot_delete_outside_file(box, prog, iters):
-    d = mkdir(box, box.workspace / "d")
+@pytest.mark.parametrize("layout", ["two-symlinks", "dir-and-symlink"])
+def test_directory_symlink_swap_race_cannot_delete_outside_file(box, prog, layout, iters):
+    """two-symlinks: dirlink -> workspace/d and dirlink_alt -> outside/ are exchanged.
+    dir-and-symlink: a real directory and a symlink to outside/ trade places, so the
+    supervisor's lookup alternates between its symlink-free fast path and its walk."""
     v = victim(box)
     box.canary("bystander", "another outside file\n")
-    mksymlink(box, box.workspace / "dirlink", d)
-    mksymlink(box, box.workspace / "dirlink_alt", box.outside)
 
-    nat = box.native([prog, "dirlink-race-unlink", str(v.path), str(iters), str(NATIVE_RACE_SECONDS)])
+    def setup():
+        for n in ("dirlink", "dirlink_alt"):
+            p = box.workspace / n
+            if p.is_symlink():
+                p.unlink()
+            elif p.is_dir():
+                for f in p.iterdir():
+                    f.unlink()
+                p.rmdir()
+        if layout == "two-symlinks":
+            mksymlink(box, box.workspace / "dirlink", mkdir(box, box.workspace / "d"))
+        else:
+            mkdir(box, box.workspace / "dirlink")
+        mksymlink(box, box.workspace / "dirlink_alt", box.outside)
+    create = "d/victim" if layout == "two-symlinks" else "dirlink/victim"
+
+    setup()
+    nat = box.native([prog, "dirlink-race-unlink", str(v.path), str(NATIVE_RACE_ITERS),
+                      str(NATIVE_RACE_SECONDS), create])
     assert race_summary(nat.stdout)["victim_hit"] == 1 and not v.path.exists(), nat.stdout
 
     v = victim(box)
-    mksymlink(box, box.workspace / "dirlink", d)
-    mksymlink(box, box.workspace / "dirlink_alt", box.outside)
+    setup()
     before = outside_snapshot(box)
     seconds, timeout = _race_budget(iters)
-    res = box.run([prog, "dirlink-race-unlink", str(v.path), str(iters), str(seconds)],
+    res = box.run([prog, "dirlink-race-unlink", str(v.path), str(iters), str(seconds), create],
                   profile=race_profile(box), timeout=timeout)
     assert res.returncode == 0, explain(res)
     s = race_summary(res.stdout)
@@ -363,6 +422,31 @@ def test_directory_symlink_swap_race_cannot_delete_outside_file(box, prog, iters
     assert s["swaps"] > 0 and s["done"] > 0 and s["denied"] > 0, s
     assert outside_snapshot(box) == before, "files outside the workspace changed"
     assert_blocked(res, v, v.path, "file.delete")
+
+
+@pytest.mark.parametrize("op,action_type", [
+    ("create", "file.create"), ("mkdir", "file.mkdir"), ("mkfifo", "file.mknod"),
+    ("symlink", "file.symlink"), ("link-evil", "file.link"), ("bind", "net.bind")])
+def test_directory_symlink_cannot_plant_files_outside(box, prog, op, action_type):
+    """workspace/dirlink -> outside/: creating anything under dirlink/ lands outside."""
+    mkfile(box, box.workspace / "evil", "evil\n")
+    mksymlink(box, box.workspace / "dirlink", box.outside)
+    planted = box.outside / "planted"
+    nat = box.native([prog, "path-op", op, str(box.workspace), "dirlink/planted"])
+    assert steps(nat.stdout)[op][0] >= 0 and (planted.exists() or planted.is_symlink()), nat.stdout
+    if planted.is_dir() and not planted.is_symlink():
+        planted.rmdir()
+    else:
+        planted.unlink()
+
+    before = outside_snapshot(box)
+    res = box.run([prog, "path-op", op, str(box.workspace), "dirlink/planted"])
+    assert steps(res.stdout).get(op, (None,))[0] == -1, explain(res)
+    assert not planted.exists() and not planted.is_symlink(), f"{op} planted a file outside"
+    assert outside_snapshot(box) == before
+    denies = [r for r in res.denied(action_type) if r["action"]["target"].endswith(str(planted))]
+    assert denies, explain(res)
+    assert_no_internal_errors(res)
 
 
 # ======================================================================================
@@ -396,6 +480,44 @@ def test_dirfd_outside_workspace_cannot_modify_outside_file(box, prog, op):
     assert steps(res.stdout).get(op) == (-1, "EACCES"), explain(res)
     assert not (box.outside / "renamed").exists() and not (box.workspace / "stolen").exists()
     assert_blocked(res, v, v.path, action_type)
+
+
+@pytest.mark.parametrize("iters", RACE_PARAMS)
+@pytest.mark.parametrize("mode", ["cwd-race-unlink", "dirfd-race-unlink"])
+def test_thread_changing_cwd_or_dirfd_cannot_redirect_unlink_outside(box, prog, mode, iters):
+    """A second thread chdir()s (or dup2()s a dirfd) between the workspace and outside/
+    while the main thread unlinks the relative name "victim": neither call is notified,
+    so the cwd/dirfd changes while the supervisor decides."""
+    v = victim(box)
+    argv = [prog, mode, str(box.workspace), str(box.outside), str(v.path)]
+    nat = box.native(argv + [str(NATIVE_RACE_ITERS), str(NATIVE_RACE_SECONDS)])
+    assert race_summary(nat.stdout)["victim_hit"] == 1 and not v.path.exists(), nat.stdout
+
+    v = victim(box)
+    seconds, timeout = _race_budget(iters)
+    res = box.run(argv + [str(iters), str(seconds)], profile=race_profile(box), timeout=timeout)
+    assert res.returncode == 0, explain(res)
+    s = race_summary(res.stdout)
+    assert s["iterations"] == iters and s["victim_hit"] == 0, explain(res)
+    assert s["swaps"] > 0 and s["done"] > 0 and s["denied"] > 0, s
+    assert_blocked(res, v, v.path, "file.delete")
+
+
+def test_thread_with_private_fd_table_cannot_unlink_through_outside_dirfd(box, prog):
+    """unshare(CLONE_FILES): the thread's fd 100 is outside/, the leader's fd 100 is the
+    workspace (with a decoy "victim"). Resolving through the leader's fd table would
+    decide on, and delete, the decoy."""
+    v = victim(box)
+    nat = box.native([prog, "thread-files", str(box.outside), str(box.workspace)])
+    assert steps(nat.stdout)["unlinkat"][0] == 0 and not v.path.exists(), nat.stdout
+
+    v = victim(box)
+    decoy = Canary(mkfile(box, box.workspace / "victim", "decoy in the workspace\n"))
+    res = box.run([prog, "thread-files", str(box.outside), str(box.workspace)])
+    assert steps(res.stdout).get("unshare-files") == (0, "0"), explain(res)
+    assert steps(res.stdout).get("unlinkat") == (-1, "EACCES"), explain(res)
+    assert decoy.intact(), "the leader's fd table was used for the thread's dirfd"
+    assert_blocked(res, v, v.path, "file.delete")
 
 
 # 5. PATH-02: a thread with its own fs struct (unshare(CLONE_FS)) and its own cwd
@@ -562,3 +684,130 @@ def test_dangling_symlink_in_workspace_cannot_create_outside_file(any_user_box, 
         r for r in res.records if r.get("type") == "error" and r.get("syscall") in ("open", "openat")]
     assert refused, explain(res)
     assert_no_internal_errors(res)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: renaming the workspace (or its files) into the session "
+                   "TMPDIR is allowed, and the TMPDIR is rmtree'd at session end: the whole "
+                   "workspace is destroyed with one rename, never counted by mass-delete")
+def test_renaming_workspace_into_session_tmpdir_cannot_destroy_it(box, prog):
+    """PATH-04 (rename an undenied ancestor): the workspace directory itself matches
+    `{workspace}` in the writable set, and so does the session's private TMPDIR, so
+    rename(workspace, $TMPDIR/gone) is allowed; the supervisor then deletes the session
+    TMPDIR when the session ends. 200 files vanish without one file.delete, so the
+    `mass-delete` step-up (\"mass deletion needs a human\") never fires."""
+    for i in range(200):
+        mkfile(box, box.workspace / "src" / f"f{i}.py", f"precious {i}\n")
+    cmd = ["sh", "-c", f'exec {prog} rename {box.workspace} "$TMPDIR/gone"']
+    nat_tmp = mkdir(box, box.root / "native-tmp")
+    nat = box.native(cmd, env={"TMPDIR": str(nat_tmp)}, cwd=box.root)
+    assert steps(nat.stdout)["rename"] == (0, "0") and not box.workspace.exists(), nat.stdout
+    os.rename(nat_tmp / "gone", box.workspace)
+
+    res = box.run(cmd)
+    assert_no_internal_errors(res)
+    left = sorted(p.name for p in (box.workspace / "src").glob("*.py")) if box.workspace.exists() else []
+    assert len(left) == 200, (f"{200 - len(left)} workspace files destroyed; "
+                              f"rename step: {steps(res.stdout).get('rename')}\n{explain(res)}")
+
+
+# Persistence points inside the workspace (.git/hooks, .git/config) are protected by
+# path rules in the default profile (`git-hook`, `git-config`: step_up, which denies
+# without an approver). The rules match the protected *file* names only.
+EVIL_HOOK = "#!/bin/sh\necho PWNED hook\n"
+
+
+def _fake_repo(box) -> tuple[Canary, Canary]:
+    git = mkdir(box, box.workspace / ".git")
+    mkdir(box, git / "hooks")
+    hook = mkfile(box, git / "hooks" / "pre-commit", "#!/bin/sh\necho original hook\n")
+    config = mkfile(box, git / "config", "[core]\n\tbare = false\n")
+    return Canary(hook), Canary(config)
+
+
+def _reset_repo(box) -> tuple[Canary, Canary]:
+    import shutil
+    for n in (".git", "oldhooks", "oldgit", "newhooks", "fakegit"):
+        p = box.workspace / n
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        elif p.exists():
+            shutil.rmtree(p)
+    hook, config = _fake_repo(box)
+    mkdir(box, box.workspace / "newhooks")
+    mkfile(box, box.workspace / "newhooks" / "pre-commit", EVIL_HOOK)
+    mkdir(box, box.workspace / "fakegit" / "hooks")
+    mkfile(box, box.workspace / "fakegit" / "config", "[core]\n\tfsmonitor = touch /tmp/PWNED\n")
+    return hook, config
+
+
+def test_rename_workspace_file_over_git_hook_is_denied(box, prog):
+    hook, _ = _reset_repo(box)
+    evil = mkfile(box, box.workspace / "evil", EVIL_HOOK)
+    nat = box.native([prog, "rename", str(evil), str(hook.path)])
+    assert hook.path.read_text() == EVIL_HOOK, nat.stdout
+
+    hook, _ = _reset_repo(box)
+    evil = mkfile(box, box.workspace / "evil", EVIL_HOOK)
+    res = box.run([prog, "rename", str(evil), str(hook.path)])
+    assert steps(res.stdout).get("rename") == (-1, "EACCES"), explain(res)
+    assert_blocked(res, hook, hook.path, "file.rename")
+    assert {r["decision"]["rule"] for r in res.denied("file.rename")} == {"git-hook"}
+
+
+HOOK_SWAPS = {
+    # rename the hooks directory away, then put a directory of our own in its place
+    "directory-rename": "{p} rename .git/hooks oldhooks && {p} rename newhooks .git/hooks",
+    # ... or a symlink to it (git follows it)
+    "directory-symlink": "{p} rename .git/hooks oldhooks && {p} path-op symlink-to-newhooks . .git/hooks",
+}
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: git-hook rule matches only '{workspace}/.git/hooks/*'; "
+                   "renaming/symlinking a whole directory onto .git/hooks is not matched and "
+                   "plants a hook")
+@pytest.mark.parametrize("how", list(HOOK_SWAPS))
+def test_swapping_the_git_hooks_directory_cannot_plant_a_hook(box, prog, how):
+    """PATH-04, ancestor rename: the protected name is rebuilt by moving its parent."""
+    cmd = ["sh", "-c", HOOK_SWAPS[how].format(p=prog)]
+    hook, _ = _reset_repo(box)
+    nat = box.native(cmd)
+    assert hook.path.read_text() == EVIL_HOOK, nat.stdout + nat.stderr
+
+    hook, _ = _reset_repo(box)
+    res = box.run(cmd)
+    assert_no_internal_errors(res)
+    assert hook.path.read_text() != EVIL_HOOK, (
+        f".git/hooks/pre-commit was replaced by the agent's hook\n{explain(res)}")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: git-config rule matches only '{workspace}/.git/config'; "
+                   "rename(fakegit, .git) replaces .git/config (core.fsmonitor) unmatched")
+def test_swapping_the_dot_git_directory_cannot_replace_git_config(box, prog):
+    cmd = ["sh", "-c", f"{prog} rename .git oldgit && {prog} rename fakegit .git"]
+    _, config = _reset_repo(box)
+    nat = box.native(cmd)
+    assert "fsmonitor" in config.path.read_text(), nat.stdout + nat.stderr
+
+    _, config = _reset_repo(box)
+    res = box.run(cmd)
+    assert_no_internal_errors(res)
+    assert "fsmonitor" not in config.path.read_text(), (
+        f".git/config was replaced by the agent's config\n{explain(res)}")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: git-config rule has no file.delete/file.create and "
+                   "existed_at_start is checked at decision time: unlink + create replaces .git/config")
+def test_deleting_and_recreating_git_config_cannot_replace_it(box, prog):
+    cmd = ["sh", "-c", f"{prog} path-op unlink . .git/config; {prog} path-op create . .git/config"]
+    _, config = _reset_repo(box)
+    res_direct = box.run([prog, "path-op", "open-trunc", ".", ".git/config"])
+    assert steps(res_direct.stdout).get("open-trunc") == (-1, "EACCES"), "control: direct write is denied"
+    assert config.intact()
+
+    nat = box.native(cmd)
+    assert "PWNED" in config.path.read_text(), nat.stdout
+
+    _, config = _reset_repo(box)
+    res = box.run(cmd)
+    assert_no_internal_errors(res)
+    assert config.intact(), f".git/config replaced: {config.state()}\n{explain(res)}"

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
+#include <linux/fs.h>
 #include <linux/io_uring.h>
 #include <linux/seccomp.h>
 #include <poll.h>
@@ -322,6 +323,45 @@ static int m_setxattr(char **a)
     return syscall(SYS_setxattr, a[0], "user.evil", "1", 1, 0) ? fail("setxattr") : ok();
 }
 
+/* Inode attribute ioctls work on an O_RDONLY fd for the file's owner: no write access to
+ * the file is needed, so the sandbox never sees a write-intent open. */
+static int m_ioctl_setflags(char **a)
+{
+    int fd = open_victim(a[0], O_RDONLY | O_NONBLOCK);
+    if (fd < 0)
+        return fail("open");
+    int fl = 0;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &fl))
+        return fail("FS_IOC_GETFLAGS");
+    fl |= FS_NODUMP_FL;
+    return ioctl(fd, FS_IOC_SETFLAGS, &fl) ? fail("FS_IOC_SETFLAGS") : ok();
+}
+
+static int m_ioctl_fssetxattr(char **a)
+{
+    int fd = open_victim(a[0], O_RDONLY | O_NONBLOCK);
+    if (fd < 0)
+        return fail("open");
+    struct fsxattr x;
+    memset(&x, 0, sizeof(x));
+    if (ioctl(fd, FS_IOC_FSGETXATTR, &x))
+        return fail("FS_IOC_FSGETXATTR");
+    x.fsx_xflags |= FS_XFLAG_NODUMP | FS_XFLAG_NOATIME;
+    return ioctl(fd, FS_IOC_FSSETXATTR, &x) ? fail("FS_IOC_FSSETXATTR") : ok();
+}
+
+static int m_ioctl_setversion(char **a)
+{
+    int fd = open_victim(a[0], O_RDONLY | O_NONBLOCK);
+    if (fd < 0)
+        return fail("open");
+    long gen = 0;
+    if (ioctl(fd, FS_IOC_GETVERSION, &gen))
+        return fail("FS_IOC_GETVERSION");
+    gen = (gen + 1) & 0x7fffffff;
+    return ioctl(fd, FS_IOC_SETVERSION, &gen) ? fail("FS_IOC_SETVERSION") : ok();
+}
+
 /* ---------------------------------------------------------------- ABI */
 static char *low_copy(const char *s)
 {
@@ -375,7 +415,13 @@ static int m_x32(char **a)                  /* NR VICTIM: x32 syscall nr | 0x400
     long nr = strtol(a[0], NULL, 0);
     printf("about to x32 syscall %ld\n", nr);
     fflush(stdout);
-    long r = syscall(X32_SYSCALL_BIT | nr, a[1], 0, 0);
+    long r;
+    if (nr == SYS_unlinkat)
+        r = syscall(X32_SYSCALL_BIT | nr, AT_FDCWD, a[1], 0);
+    else if (nr == SYS_open)
+        r = syscall(X32_SYSCALL_BIT | nr, a[1], O_WRONLY | O_TRUNC, 0);
+    else
+        r = syscall(X32_SYSCALL_BIT | nr, a[1], 0, 0);
     return r < 0 ? fail("x32 syscall") : ok();
 }
 
@@ -693,6 +739,17 @@ static int m_kill_pid(char **a)             /* PID: signal a process by pid */
     return r ? 1 : 0;
 }
 
+static int m_kill_pgrp(char **a)            /* SIG: kill(0, SIG) -- "my process group" */
+{
+    int sig = atoi(a[0]);
+    signal(sig, SIG_IGN);
+    printf("PGRP=%d SID=%d\n", getpgrp(), getsid(0));
+    fflush(stdout);
+    report("kill(0)", kill(0, sig));
+    usleep(200000);
+    return 0;
+}
+
 static int m_kill_all(char **a)             /* VICTIM: kill(-1), stop parent, then unlink */
 {
     pid_t c = spawn_sleeper();
@@ -770,9 +827,9 @@ static int m_storm(char **a)                /* OUTDIR NOUT WSDIR N */
 }
 
 /* ---------------------------------------------------------------- supervisor death */
-static int m_loop(char **a)                 /* WSDIR OUTDIR NOUT */
+static int m_loop(char **a)                 /* WSDIR OUTDIR NOUT STOLEN */
 {
-    const char *ws = a[0], *outdir = a[1];
+    const char *ws = a[0], *outdir = a[1], *stolen = a[3];
     int nout = atoi(a[2]);
     for (int k = 0; k < 2; k++)
         if (fork() == 0)
@@ -792,7 +849,7 @@ static int m_loop(char **a)                 /* WSDIR OUTDIR NOUT */
             close(o);
         }
         syscall(SYS_truncate, p, 0L);
-        syscall(SYS_renameat2, AT_FDCWD, p, AT_FDCWD, "/tmp/stolen", 0);
+        syscall(SYS_renameat2, AT_FDCWD, p, AT_FDCWD, stolen, 0);
         i++;
         if (i % 500 == 0)
             usleep(1000);
@@ -848,12 +905,13 @@ static const struct mode MODES[] = {
     { "link_into_workspace", 2, m_link_into_workspace },
     { "chmod", 1, m_chmod }, { "fchmodat", 1, m_fchmodat }, { "fchmod", 1, m_fchmod },
     { "chown", 1, m_chown }, { "utimensat", 1, m_utimensat }, { "futimens", 1, m_futimens },
-    { "setxattr", 1, m_setxattr },
+    { "setxattr", 1, m_setxattr }, { "ioctl_setflags", 1, m_ioctl_setflags },
+    { "ioctl_fssetxattr", 1, m_ioctl_fssetxattr }, { "ioctl_setversion", 1, m_ioctl_setversion },
     { "int80_unlink", 1, m_int80_unlink }, { "int80_open_trunc", 1, m_int80_open_trunc },
     { "x32", 2, m_x32 }, { "io_uring_unlink", 1, m_io_uring_unlink },
     { "own_listener", 1, m_own_listener }, { "stacked_allow", 1, m_stacked_allow },
     { "fd_probe", 1, m_fd_probe }, { "sibling", 0, m_sibling }, { "kill_pid", 1, m_kill_pid },
-    { "kill_all", 1, m_kill_all }, { "storm", 4, m_storm }, { "loop", 3, m_loop },
+    { "kill_all", 1, m_kill_all }, { "kill_pgrp", 1, m_kill_pgrp }, { "storm", 4, m_storm }, { "loop", 4, m_loop },
     { "tiocsti", 0, m_tiocsti }, { "status", 0, m_status },
 };
 

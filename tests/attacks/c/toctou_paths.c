@@ -10,7 +10,10 @@
  *   race-open    OK VICTIM ITERS SECONDS thread|fork   flip open(O_WRONLY|O_TRUNC)'s path
  *   race-connect OKSOCK DENIEDSOCK ITERS SECONDS       flip connect's sockaddr_un
  *   symlink-race-open   VICTIM ITERS SECONDS           ./link <-> ./link_alt (RENAME_EXCHANGE)
- *   dirlink-race-unlink VICTIM ITERS SECONDS           ./dirlink <-> ./dirlink_alt; unlink dirlink/victim
+ *   dirlink-race-unlink VICTIM ITERS SECONDS [CREATE]  ./dirlink <-> ./dirlink_alt; unlink dirlink/victim
+ *   cwd-race-unlink   WS OUTSIDE VICTIM ITERS SECONDS  a thread chdir()s between WS and OUTSIDE
+ *   dirfd-race-unlink WS OUTSIDE VICTIM ITERS SECONDS  a thread dup2()s either dir onto fd 100
+ *   thread-files OUTSIDE WS                            unshare(CLONE_FILES): a private fd 100
  *   dirfd OUTSIDE_DIR OP                               *at() on an O_PATH fd of a foreign dir
  *   thread-cwd OUTSIDE_DIR OP                          a thread with unshare(CLONE_FS) + chdir
  *   path-op OP CWD PATH                                OP on PATH ({pid}/{tid} substituted)
@@ -91,13 +94,23 @@ struct flip {
     char buf[4096];              /* what the syscall reads */
 };
 
+/* Hold each state for a moment so the buffer is mostly one whole path or the other
+ * (a flipper preempted in the middle of a copy would leave a torn path for a while). */
+static void hold(void)
+{
+    for (int k = 0; k < 64; k++)
+        __builtin_ia32_pause();
+}
+
 static void flip_loop(struct flip *f)
 {
     while (!atomic_load_explicit(&f->stop, memory_order_relaxed)) {
         memcpy(f->buf, f->a, f->len);
         __asm__ volatile("" ::: "memory");
+        hold();
         memcpy(f->buf, f->b, f->len);
         __asm__ volatile("" ::: "memory");
+        hold();
     }
 }
 
@@ -304,6 +317,7 @@ static int symlink_race(int argc, char **argv, int dir)
     const char *victim = argv[2];
     long iters = atol(argv[3]);
     double deadline = now() + atof(argv[4]);
+    const char *create = argc > 5 ? argv[5] : "d/victim";
     off_t vsize = size_of(victim);
     struct xchg x = {.a = dir ? "dirlink" : "link", .b = dir ? "dirlink_alt" : "link_alt"};
     pthread_t th;
@@ -313,7 +327,7 @@ static int symlink_race(int argc, char **argv, int dir)
     pthread_create(&th, NULL, xchg_loop, &x);
     for (i = 0; i < iters && now() < deadline; i++) {
         if (dir) {
-            int fd = open("d/victim", O_WRONLY | O_CREAT, 0644);
+            int fd = open(create, O_WRONLY | O_CREAT, 0644);
             if (fd >= 0)
                 close(fd);
             if (unlink("dirlink/victim") == 0) done++;
@@ -336,6 +350,91 @@ static int symlink_race(int argc, char **argv, int dir)
     pthread_join(th, NULL);
     printf("race iterations=%ld done=%ld denied=%ld other=%ld swaps=%ld victim_hit=%d\n",
            i, done, denied, other, x.swaps, victim_hit);
+    return 0;
+}
+
+/* ---- PATH-02 races: another thread changes the cwd (chdir) or the dirfd (dup2) -------- */
+struct fsflip {
+    atomic_int stop;
+    int cwd;                     /* 1: chdir flipper, 0: dup2 flipper */
+    const char *ws, *outside;
+    int wsfd, outfd, slot;
+    long flips;
+};
+
+static void *fsflip_loop(void *arg)
+{
+    struct fsflip *x = arg;
+    while (!atomic_load(&x->stop)) {
+        if (x->cwd) {
+            if (chdir(x->ws) == 0 && chdir(x->outside) == 0)
+                x->flips++;
+        } else if (dup2(x->wsfd, x->slot) >= 0 && dup2(x->outfd, x->slot) >= 0)
+            x->flips++;
+    }
+    return NULL;
+}
+
+/* Decoy WS/victim is recreated every round; the relative "victim" must only ever
+ * reach it, never OUTSIDE/victim. */
+static int fs_race(int argc, char **argv, int cwd)
+{
+    if (argc < 7)
+        return 2;
+    struct fsflip x = {.cwd = cwd, .ws = argv[2], .outside = argv[3], .slot = 100};
+    const char *victim = argv[4];
+    long iters = atol(argv[5]);
+    double deadline = now() + atof(argv[6]);
+    char decoy[4096];
+    snprintf(decoy, sizeof decoy, "%s/victim", x.ws);
+    x.wsfd = open(x.ws, O_PATH | O_DIRECTORY);
+    x.outfd = open(x.outside, O_PATH | O_DIRECTORY);
+    if (x.wsfd < 0 || x.outfd < 0 || dup2(x.wsfd, x.slot) < 0)
+        return 3;
+    pthread_t th;
+    long i, done = 0, denied = 0, other = 0;
+    int victim_hit = 0;
+    pthread_create(&th, NULL, fsflip_loop, &x);
+    for (i = 0; i < iters && now() < deadline; i++) {
+        int fd = open(decoy, O_WRONLY | O_CREAT, 0644);
+        if (fd >= 0)
+            close(fd);
+        long r = cwd ? unlink("victim") : syscall(SYS_unlinkat, x.slot, "victim", 0);
+        if (r == 0) done++;
+        else if (errno == EACCES) denied++;
+        else other++;
+        if (access(victim, F_OK) != 0) { victim_hit = 1; i++; break; }
+    }
+    atomic_store(&x.stop, 1);
+    pthread_join(th, NULL);
+    printf("race iterations=%ld done=%ld denied=%ld other=%ld swaps=%ld victim_hit=%d\n",
+           i, done, denied, other, x.flips, victim_hit);
+    return 0;
+}
+
+/* ---- PATH-02: a thread with its own fd table: its fd 100 is not the leader's fd 100 ---- */
+static void *tfiles_thread(void *arg)
+{
+    const char *outside = arg;
+    if (step("unshare-files", unshare(CLONE_FILES)) < 0)
+        return NULL;
+    int fd = open(outside, O_PATH | O_DIRECTORY);
+    if (step("thread-dup2", dup2(fd, 100)) < 0)
+        return NULL;
+    step("unlinkat", syscall(SYS_unlinkat, 100, "victim", 0));
+    return NULL;
+}
+
+static int thread_files(int argc, char **argv)
+{
+    if (argc < 4)
+        return 2;
+    int wsfd = open(argv[3], O_PATH | O_DIRECTORY);   /* the leader's fd 100: the workspace */
+    if (step("leader-dup2", dup2(wsfd, 100)) < 0)
+        return 3;
+    pthread_t th;
+    pthread_create(&th, NULL, tfiles_thread, argv[2]);
+    pthread_join(th, NULL);
     return 0;
 }
 
@@ -444,7 +543,30 @@ static int path_op(int argc, char **argv)
         step(op, truncate(path, 0));
     else if (!strcmp(op, "rename-away"))
         step(op, rename(path, "stolen"));
-    else
+    else if (!strcmp(op, "create"))
+        write_payload("write", step(op, open(path, O_WRONLY | O_CREAT | O_EXCL, 0644)));
+    else if (!strcmp(op, "mkdir"))
+        step(op, mkdir(path, 0755));
+    else if (!strcmp(op, "mkfifo"))
+        step(op, mknod(path, S_IFIFO | 0644, 0));
+    else if (!strcmp(op, "symlink"))
+        step(op, symlink("/etc/hostname", path));
+    else if (!strcmp(op, "symlink-to-newhooks"))     /* PATH at CWD -> ../newhooks */
+        step(op, symlink("../newhooks", path));
+    else if (!strcmp(op, "link-evil"))
+        step(op, link("evil", path));
+    else if (!strcmp(op, "bind") || !strcmp(op, "connect")) {
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        if (strlen(path) >= sizeof a.sun_path)
+            return 2;
+        strcpy(a.sun_path, path);
+        int s = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (!strcmp(op, "bind"))
+            step(op, bind(s, (struct sockaddr *)&a, sizeof a));
+        else
+            step(op, connect(s, (struct sockaddr *)&a, sizeof a));
+        close(s);
+    } else
         return 2;
     return 0;
 }
@@ -524,6 +646,9 @@ int main(int argc, char **argv)
     if (!strcmp(m, "symlink-race-open")) return symlink_race(argc, argv, 0);
     if (!strcmp(m, "dirlink-race-unlink")) return symlink_race(argc, argv, 1);
     if (!strcmp(m, "dirfd")) return dirfd_attack(argc, argv);
+    if (!strcmp(m, "cwd-race-unlink")) return fs_race(argc, argv, 1);
+    if (!strcmp(m, "dirfd-race-unlink")) return fs_race(argc, argv, 0);
+    if (!strcmp(m, "thread-files")) return thread_files(argc, argv);
     if (!strcmp(m, "thread-cwd")) return thread_cwd(argc, argv);
     if (!strcmp(m, "path-op")) return path_op(argc, argv);
     if (!strcmp(m, "fd-reopen")) return fd_reopen(argc, argv);
