@@ -1,7 +1,7 @@
 """The decision loop: intercept -> decode -> action -> policy + context -> enforce -> journal.
 
 One thread receives and decides; operations that may block (FIFO opens, connect, sends)
-are performed by a small worker pool that answers the notification itself, so one slow
+are performed on daemon threads that answer the notification themselves, so one slow
 peer never stalls other decisions. Every failure on the way denies (fail closed) and is
 journaled.
 """
@@ -12,7 +12,6 @@ import os
 import sys
 import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 
 from aarm_sandbox.actions import action as A
 from aarm_sandbox.context.session import SessionContext
@@ -27,6 +26,7 @@ from aarm_sandbox.policy.engine import PolicyEngine
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 
+MAX_BLOCKING_OPS = 1024
 _CREATES = {A.FILE_CREATE, A.FILE_MKDIR, A.FILE_SYMLINK, A.FILE_MKNOD, A.FILE_LINK}
 
 
@@ -40,7 +40,10 @@ class Supervisor:
         self.explain = explain
         self.verbose = verbose
         self.dstate = DecodeState()
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aarm-effect")
+        # Operations that may block indefinitely (a FIFO with no peer, a connect) each get
+        # a daemon thread: a stuck one must never keep the supervisor from exiting, and a
+        # fixed pool could be pinned by a few FIFOs. Bounded, over the bound they fail.
+        self.blocking_slots = threading.BoundedSemaphore(MAX_BLOCKING_OPS)
         self.verify_exec = engine.policy.has_exec_restrictions
         self.denials: list[tuple[str, str, str]] = []
         self.tmpdir = engine.policy.placeholders.tmpdir
@@ -54,7 +57,6 @@ class Supervisor:
             if n is None:
                 break
             handle(n)
-        self.pool.shutdown(wait=True)
 
     def handle(self, n: Notification) -> None:
         entry = DISPATCH.get(n.nr)
@@ -91,7 +93,15 @@ class Supervisor:
                 return
             if decision.result is Result.ALLOW:
                 if effect.blocking:
-                    self.pool.submit(self._enforce_async, n, effect, action, decision)
+                    if not self.blocking_slots.acquire(blocking=False):
+                        effect.close()
+                        self.backend.answer_error(n, errno.EAGAIN)
+                        self._receipt(action, Decision(Result.DENY, "resource-limit",
+                                      f"more than {MAX_BLOCKING_OPS} blocking operations pending",
+                                      errno.EAGAIN), -errno.EAGAIN)
+                        return
+                    threading.Thread(target=self._enforce_async, args=(n, effect, action, decision),
+                                     name="aarm-blocking", daemon=True).start()
                     return
                 outcome = self._enforce(n, effect, action)
             else:
@@ -146,6 +156,8 @@ class Supervisor:
             self.backend.answer_error(n, errno.EIO)
             outcome = -errno.EIO
             print(f"aarm-sandbox: internal error performing {action.type}: {e!r}", file=sys.stderr)
+        finally:
+            self.blocking_slots.release()
         self._receipt(action, decision, outcome)
 
     def _track(self, action) -> None:

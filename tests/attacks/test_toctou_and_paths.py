@@ -51,6 +51,31 @@ def prog(compile_c) -> str:
     return compile_c("toctou_paths", C_SOURCE.read_text())
 
 
+@pytest.fixture(scope="session")
+def _unpriv_runner_ok() -> str | None:
+    """None if the sandbox command runs as the unprivileged user, else why not."""
+    import subprocess
+    import sys
+    if os.environ.get("AARM_SANDBOX_BIN"):
+        return None
+    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            sys.executable, "-c", "import pydantic, aarm_sandbox._native"],
+                           capture_output=True, text=True, cwd="/")
+    if probe.returncode == 0:
+        return None
+    return ("the unprivileged user cannot import the sandbox from this interpreter: run "
+            "scripts/setup and set AARM_SANDBOX_BIN=/opt/aarm-sandbox-venv/bin/aarm-sandbox")
+
+
+@pytest.fixture
+def user_box(any_user_box, _unpriv_runner_ok):
+    """any_user_box (root and uid 65534), skipping the unprivileged half when only the
+    source tree is available (setpriv'd python cannot import root's site-packages)."""
+    if any_user_box.uid is not None and _unpriv_runner_ok:
+        pytest.skip(_unpriv_runner_ok)
+    return any_user_box
+
+
 def sha256(p: Path) -> str:
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()
 
@@ -174,11 +199,11 @@ def write_profile(box, name: str, text: str) -> str:
     return str(p)
 
 
-def race_profile(box, extra_rules: str = "") -> str:
+def race_profile(box) -> str:
     """The default profile without its mass-deletion brake: the races delete workspace/ok
     thousands of times, and after 100 deletions `mass-delete` would deny the *allowed* half
     of the race too, which would no longer test TOCTOU at all."""
-    return write_profile(box, "race", f"""\
+    return write_profile(box, "race", """\
 id: toctou-race
 extends: default
 description: default, mass-delete threshold raised for the race tests
@@ -188,15 +213,29 @@ rules:
     paths: [workspace]
     count_over: 100000000
     decision: step_up
-{extra_rules}""")
+""")
+
+
+def _deny_socket_profile(box) -> str:
+    # The default profile allows every connect; this one denies sockets outside.
+    return write_profile(box, "deny-socket", f"""\
+id: deny-outside-socket
+extends: default
+rules:
+  - id: no-outside-socket
+    actions: [net.connect]
+    paths: ["{box.outside}/**"]
+    decision: deny
+    reason: the outside socket is off limits
+""")
 
 
 # ======================================================================================
 # 1. TOC-01: a second thread (or a MAP_SHARED process) swaps unlinkat's path buffer
 @pytest.mark.parametrize("iters", RACE_PARAMS)
 @pytest.mark.parametrize("flipper", ["thread", "fork"])
-def test_thread_swapping_unlink_path_cannot_delete_outside_file(any_user_box, prog, flipper, iters):
-    box = any_user_box
+def test_thread_swapping_unlink_path_cannot_delete_outside_file(user_box, prog, flipper, iters):
+    box = user_box
     ok = box.workspace / "ok"
     v = victim(box)
 
@@ -314,20 +353,6 @@ def test_thread_swapping_sockaddr_cannot_connect_to_denied_socket(box, prog, ite
     assert denies, f"no deny receipt naming {target}\n{explain(res)}"
     assert not [r for r in res.receipts("net.connect", "allow") if r["action"]["target"] == target]
     assert_no_internal_errors(res)
-
-
-def _deny_socket_profile(box) -> str:
-    # The default profile allows every connect; this one denies sockets outside.
-    return write_profile(box, "deny-socket", f"""\
-id: deny-outside-socket
-extends: default
-rules:
-  - id: no-outside-socket
-    actions: [net.connect]
-    paths: ["{box.outside}/**"]
-    decision: deny
-    reason: the outside socket is off limits
-""")
 
 
 @pytest.mark.parametrize("path", ["sock-link", "dirlink/denied.sock",
@@ -470,7 +495,7 @@ def test_dirfd_outside_workspace_cannot_modify_outside_file(box, prog, op):
     mkfile(box, box.workspace / "evil", "evil replacement\n")
     v = victim(box)
     nat = box.native([prog, "dirfd", str(box.outside), op])
-    assert steps(nat.stdout).get(op, (None,))[0] is not None and steps(nat.stdout)[op][0] >= 0, nat.stdout
+    assert steps(nat.stdout).get(op, (-1,))[0] >= 0, nat.stdout
     assert (not v.path.exists()) if damage == "gone" else (v.path.exists() and not v.intact()), nat.stdout
 
     cleanup(box.outside / "renamed", box.workspace / "stolen")
@@ -576,12 +601,15 @@ FD_PREFIXES = ["/proc/self/fd/", "/dev/fd/", "/proc/thread-self/fd/", "/proc/{pi
                "/proc/{pid}/task/{tid}/fd/"]
 
 
-@pytest.mark.parametrize("mode", ["wronly-trunc", "rdwr"])
-@pytest.mark.parametrize("how", ["rdonly", "opath"])
-@pytest.mark.parametrize("prefix", FD_PREFIXES)
+# every prefix with O_WRONLY|O_TRUNC; O_RDWR on two of them (the resolution is the same)
+FD_CASES = [(p, h, "wronly-trunc") for p in FD_PREFIXES for h in ("rdonly", "opath")] + \
+           [(p, h, "rdwr") for p in FD_PREFIXES[:2] for h in ("rdonly", "opath")]
+
+
+@pytest.mark.parametrize("prefix,how,mode", FD_CASES, ids=[f"{m}:{h}:{p}" for p, h, m in FD_CASES])
 def test_reopening_readonly_fd_through_magic_link_cannot_write_outside_file(box, prog, prefix, how, mode):
-    if mode == "rdwr" and prefix not in ("/proc/self/fd/", "/dev/fd/"):
-        pytest.skip("O_RDWR is covered on two prefixes; the resolution is the same")
+    """open(victim, O_RDONLY or O_PATH) is not a change and is not even notified; the
+    reopen through the magic link asks for write access to the same inode."""
     v = victim(box)
     nat = box.native([prog, "fd-reopen", str(v.path), how, prefix, mode])
     assert steps(nat.stdout)["reopen"][0] >= 0 and not v.intact(), nat.stdout
@@ -596,8 +624,8 @@ def test_reopening_readonly_fd_through_magic_link_cannot_write_outside_file(box,
 # ======================================================================================
 # 7. PATH-04: hardlinks, renames and symlinks into or over protected files
 @pytest.mark.parametrize("how", ["link", "linkat-proc", "linkat-empty"])
-def test_hardlink_of_outside_file_cannot_be_written_through(any_user_box, prog, how):
-    box = any_user_box
+def test_hardlink_of_outside_file_cannot_be_written_through(user_box, prog, how):
+    box = user_box
     alias = box.workspace / "alias"
     v = victim(box)
     nat = box.native([prog, "link-write", str(v.path), str(alias), how])
@@ -616,8 +644,8 @@ def test_hardlink_of_outside_file_cannot_be_written_through(any_user_box, prog, 
 
 
 @pytest.mark.parametrize("call", ["rename", "renameat2"])
-def test_rename_workspace_file_over_outside_file_is_denied(any_user_box, prog, call):
-    box = any_user_box
+def test_rename_workspace_file_over_outside_file_is_denied(user_box, prog, call):
+    box = user_box
     evil = mkfile(box, box.workspace / "evil", "evil replacement\n")
     v = victim(box)
     argv = [prog, "rename", str(evil), str(v.path)] + (["0"] if call == "renameat2" else [])
@@ -632,8 +660,8 @@ def test_rename_workspace_file_over_outside_file_is_denied(any_user_box, prog, c
     assert_blocked(res, v, v.path, "file.rename")
 
 
-def test_rename_exchange_with_outside_file_is_denied(any_user_box, prog):
-    box = any_user_box
+def test_rename_exchange_with_outside_file_is_denied(user_box, prog):
+    box = user_box
     mine = mkfile(box, box.workspace / "mine", "workspace content\n")
     v = victim(box)
     argv = [prog, "rename", str(mine), str(v.path), "2"]       # RENAME_EXCHANGE
@@ -648,8 +676,8 @@ def test_rename_exchange_with_outside_file_is_denied(any_user_box, prog):
     assert_blocked(res, v, v.path, "file.rename")
 
 
-def test_symlink_in_workspace_pointing_outside_cannot_be_written_through(any_user_box, prog):
-    box = any_user_box
+def test_symlink_in_workspace_pointing_outside_cannot_be_written_through(user_box, prog):
+    box = user_box
     sl = box.workspace / "sl"
     v = victim(box)
     nat = box.native([prog, "symlink-write", str(v.path), str(sl), "trunc"])
@@ -664,8 +692,8 @@ def test_symlink_in_workspace_pointing_outside_cannot_be_written_through(any_use
     assert_blocked(res, v, v.path, "file.write")
 
 
-def test_dangling_symlink_in_workspace_cannot_create_outside_file(any_user_box, prog):
-    box = any_user_box
+def test_dangling_symlink_in_workspace_cannot_create_outside_file(user_box, prog):
+    box = user_box
     sl = box.workspace / "dl"
     newfile = box.outside / "planted"
     nat = box.native([prog, "symlink-write", str(newfile), str(sl), "creat"])
@@ -686,15 +714,11 @@ def test_dangling_symlink_in_workspace_cannot_create_outside_file(any_user_box, 
     assert_no_internal_errors(res)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: renaming the workspace (or its files) into the session "
-                   "TMPDIR is allowed, and the TMPDIR is rmtree'd at session end: the whole "
-                   "workspace is destroyed with one rename, never counted by mass-delete")
 def test_renaming_workspace_into_session_tmpdir_cannot_destroy_it(box, prog):
-    """PATH-04 (rename an undenied ancestor): the workspace directory itself matches
-    `{workspace}` in the writable set, and so does the session's private TMPDIR, so
-    rename(workspace, $TMPDIR/gone) is allowed; the supervisor then deletes the session
-    TMPDIR when the session ends. 200 files vanish without one file.delete, so the
-    `mass-delete` step-up (\"mass deletion needs a human\") never fires."""
+    """PATH-04 (rename an undenied ancestor): the workspace directory itself and the
+    session's private TMPDIR are both writable, and the TMPDIR is removed when the session
+    ends, so rename(workspace, $TMPDIR/gone) would destroy the whole project with one
+    allowed rename (and not one file.delete for the `mass-delete` brake to count)."""
     for i in range(200):
         mkfile(box, box.workspace / "src" / f"f{i}.py", f"precious {i}\n")
     cmd = ["sh", "-c", f'exec {prog} rename {box.workspace} "$TMPDIR/gone"']
@@ -708,35 +732,35 @@ def test_renaming_workspace_into_session_tmpdir_cannot_destroy_it(box, prog):
     left = sorted(p.name for p in (box.workspace / "src").glob("*.py")) if box.workspace.exists() else []
     assert len(left) == 200, (f"{200 - len(left)} workspace files destroyed; "
                               f"rename step: {steps(res.stdout).get('rename')}\n{explain(res)}")
+    assert steps(res.stdout).get("rename", (0,))[0] == -1, explain(res)
+    assert [r for r in res.denied("file.rename") if r["action"]["target"] == str(box.workspace)], explain(res)
 
 
-# Persistence points inside the workspace (.git/hooks, .git/config) are protected by
-# path rules in the default profile (`git-hook`, `git-config`: step_up, which denies
-# without an approver). The rules match the protected *file* names only.
+# Persistence points inside the workspace (.git/hooks, .git/config) are protected by path
+# rules in the default profile (`git-hook`, `git-config`: step_up, which denies without an
+# approver). These attacks rebuild the protected names instead of writing them.
 EVIL_HOOK = "#!/bin/sh\necho PWNED hook\n"
-
-
-def _fake_repo(box) -> tuple[Canary, Canary]:
-    git = mkdir(box, box.workspace / ".git")
-    mkdir(box, git / "hooks")
-    hook = mkfile(box, git / "hooks" / "pre-commit", "#!/bin/sh\necho original hook\n")
-    config = mkfile(box, git / "config", "[core]\n\tbare = false\n")
-    return Canary(hook), Canary(config)
+EVIL_CONFIG = '[core]\n\tfsmonitor = "touch /tmp/PWNED-by-fsmonitor; false"\n'
 
 
 def _reset_repo(box) -> tuple[Canary, Canary]:
+    """workspace/.git with a hook and a config (as before the session), plus the agent's
+    prepared replacements newhooks/ and fakegit/."""
     import shutil
-    for n in (".git", "oldhooks", "oldgit", "newhooks", "fakegit"):
+    for n in (".git", "oldhooks", "oldgit", "newhooks", "fakegit", "evilgit"):
         p = box.workspace / n
         if p.is_symlink() or p.is_file():
             p.unlink()
         elif p.exists():
             shutil.rmtree(p)
-    hook, config = _fake_repo(box)
+    git = mkdir(box, box.workspace / ".git")
+    mkdir(box, git / "hooks")
+    hook = Canary(mkfile(box, git / "hooks" / "pre-commit", "#!/bin/sh\necho original hook\n"))
+    config = Canary(mkfile(box, git / "config", "[core]\n\tbare = false\n"))
     mkdir(box, box.workspace / "newhooks")
     mkfile(box, box.workspace / "newhooks" / "pre-commit", EVIL_HOOK)
     mkdir(box, box.workspace / "fakegit" / "hooks")
-    mkfile(box, box.workspace / "fakegit" / "config", "[core]\n\tfsmonitor = touch /tmp/PWNED\n")
+    mkfile(box, box.workspace / "fakegit" / "config", EVIL_CONFIG)
     return hook, config
 
 
@@ -756,15 +780,12 @@ def test_rename_workspace_file_over_git_hook_is_denied(box, prog):
 
 HOOK_SWAPS = {
     # rename the hooks directory away, then put a directory of our own in its place
-    "directory-rename": "{p} rename .git/hooks oldhooks && {p} rename newhooks .git/hooks",
+    "directory-rename": "{p} rename .git/hooks oldhooks; {p} rename newhooks .git/hooks",
     # ... or a symlink to it (git follows it)
-    "directory-symlink": "{p} rename .git/hooks oldhooks && {p} path-op symlink-to-newhooks . .git/hooks",
+    "directory-symlink": "{p} rename .git/hooks oldhooks; {p} path-op symlink-to-newhooks . .git/hooks",
 }
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: git-hook rule matches only '{workspace}/.git/hooks/*'; "
-                   "renaming/symlinking a whole directory onto .git/hooks is not matched and "
-                   "plants a hook")
 @pytest.mark.parametrize("how", list(HOOK_SWAPS))
 def test_swapping_the_git_hooks_directory_cannot_plant_a_hook(box, prog, how):
     """PATH-04, ancestor rename: the protected name is rebuilt by moving its parent."""
@@ -776,27 +797,24 @@ def test_swapping_the_git_hooks_directory_cannot_plant_a_hook(box, prog, how):
     hook, _ = _reset_repo(box)
     res = box.run(cmd)
     assert_no_internal_errors(res)
-    assert hook.path.read_text() != EVIL_HOOK, (
-        f".git/hooks/pre-commit was replaced by the agent's hook\n{explain(res)}")
+    assert hook.intact(), f".git/hooks/pre-commit replaced: {hook.state()}\n{explain(res)}"
+    hooks_dir = str(box.workspace / ".git" / "hooks")
+    assert [r for r in res.denied() if touches(r, hooks_dir)], explain(res)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: git-config rule matches only '{workspace}/.git/config'; "
-                   "rename(fakegit, .git) replaces .git/config (core.fsmonitor) unmatched")
 def test_swapping_the_dot_git_directory_cannot_replace_git_config(box, prog):
-    cmd = ["sh", "-c", f"{prog} rename .git oldgit && {prog} rename fakegit .git"]
+    cmd = ["sh", "-c", f"{prog} rename .git oldgit; {prog} rename fakegit .git"]
     _, config = _reset_repo(box)
     nat = box.native(cmd)
-    assert "fsmonitor" in config.path.read_text(), nat.stdout + nat.stderr
+    assert config.path.read_text() == EVIL_CONFIG, nat.stdout + nat.stderr
 
     _, config = _reset_repo(box)
     res = box.run(cmd)
     assert_no_internal_errors(res)
-    assert "fsmonitor" not in config.path.read_text(), (
-        f".git/config was replaced by the agent's config\n{explain(res)}")
+    assert config.intact(), f".git/config replaced: {config.state()}\n{explain(res)}"
+    assert [r for r in res.denied("file.rename") if touches(r, box.workspace / ".git")], explain(res)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: git-config rule has no file.delete/file.create and "
-                   "existed_at_start is checked at decision time: unlink + create replaces .git/config")
 def test_deleting_and_recreating_git_config_cannot_replace_it(box, prog):
     cmd = ["sh", "-c", f"{prog} path-op unlink . .git/config; {prog} path-op create . .git/config"]
     _, config = _reset_repo(box)
@@ -811,3 +829,48 @@ def test_deleting_and_recreating_git_config_cannot_replace_it(box, prog):
     res = box.run(cmd)
     assert_no_internal_errors(res)
     assert config.intact(), f".git/config replaced: {config.state()}\n{explain(res)}"
+    assert_blocked(res, config, config.path, "file.delete")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: creating .git/commondir is not matched by the "
+                   "git-config rule; git then reads config (core.fsmonitor) and hooks from the "
+                   "directory it names")
+def test_git_commondir_cannot_redirect_git_config(box, prog):
+    """git reads $GIT_DIR/commondir and takes config, hooks, refs and objects from the
+    directory it names ("../evilgit"): a new 3-line file re-points the repository's
+    config at one the agent wrote. Verified by hand: `git status` on the host then runs
+    evilgit/config's core.fsmonitor."""
+    commondir = box.workspace / ".git" / "commondir"
+    cmd = ["sh", "-c", "cp -r fakegit evilgit && echo ../evilgit > .git/commondir"]
+    _reset_repo(box)
+    box.native(cmd)
+    assert commondir.read_text() == "../evilgit\n"
+
+    _reset_repo(box)
+    res = box.run(cmd)
+    assert_no_internal_errors(res)
+    assert not commondir.exists(), (f"the agent re-pointed .git at its own config "
+                                    f"(.git/commondir -> ../evilgit)\n{explain(res)}")
+    assert [r for r in res.denied() if touches(r, commondir)], explain(res)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: git-config/git-hook patterns miss submodule git dirs "
+                   "(.git/modules/<name>/config, .../hooks/*); host `git status` recurses into "
+                   "submodules and runs their core.fsmonitor")
+def test_submodule_git_config_cannot_be_rewritten(box, prog):
+    """A superproject keeps each submodule's git dir in .git/modules/<name>/. Its config
+    is as dangerous as .git/config: `git status` in the superproject runs `git status` in
+    each submodule, which runs that config's core.fsmonitor (verified by hand)."""
+    _reset_repo(box)
+    mkdir(box, box.workspace / ".git" / "modules" / "sub" / "hooks")
+    sub_config = Canary(mkfile(box, box.workspace / ".git" / "modules" / "sub" / "config",
+                               "[core]\n\tbare = false\n\tworktree = ../../../sub\n"))
+    cmd = [prog, "path-op", "open-trunc", str(box.workspace), ".git/modules/sub/config"]
+    nat = box.native(cmd)
+    assert steps(nat.stdout)["open-trunc"][0] >= 0 and not sub_config.intact(), nat.stdout
+
+    sub_config = Canary(mkfile(box, sub_config.path, "[core]\n\tbare = false\n"))
+    res = box.run(cmd)
+    assert_no_internal_errors(res)
+    assert sub_config.intact(), f"submodule config rewritten: {sub_config.state()}\n{explain(res)}"
+    assert_blocked(res, sub_config, sub_config.path, "file.write")

@@ -208,17 +208,31 @@ def test_git_init_commit_log_status(ubox):
 
     # The repositories are the same: same objects, refs, index, and working tree.
     def repo_state(d: Path) -> str:
-        out = subprocess.run(
-            ["sh", "-c", "git rev-parse HEAD main feature v1 && git ls-files -s --debug | "
-             "grep -v -e ctime -e mtime -e dev: -e uid: && git cat-file --batch-all-objects "
-             "--batch-check && git for-each-ref"],
-            cwd=d / "repo", env={**os.environ, **env}, capture_output=True, text=True, check=True)
+        out = box.native(
+            ["sh", "-c", "git rev-parse HEAD main feature v1 && git ls-files -s && "
+             "git cat-file --batch-all-objects --batch-check && git for-each-ref"],
+            cwd=d / "repo", env=env)
+        assert out.returncode == 0, out.stderr
         return out.stdout
     assert repo_state(s_dir) == repo_state(n_dir)
-    assert snapshot(s_dir / "repo", times=False) .keys() == snapshot(n_dir / "repo", times=False).keys()
     wt = lambda d: {k: v for k, v in snapshot(d / "repo", times=False).items()
-                    if not k.startswith(".git")}
+                    if not k.startswith(".git/")}
     assert wt(s_dir) == wt(n_dir)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: mass-delete counts unlinks that fail with ENOENT "
+                   "and files the session itself created: git's lock cleanup + gc of a repo "
+                   "made in-session is denied")
+def test_git_gc_after_a_day_of_commits(box):
+    env = _git_env(box)
+    mkdirs(box, box.root / "home")
+    script = GIT_WORK.replace("cd repo", "git init -q -b main repo\ncd repo") + "git gc -q\ngit count-objects -v\n"
+    mkdirs(box, box.workspace / "n", box.workspace / "s")
+    n, s = both(box, ["sh", "-c", script], native_cwd=box.workspace / "n",
+                sandbox_cwd=box.workspace / "s", env=env)
+    assert n.returncode == 0, n.stderr
+    no_denials(s)
+    assert_same(n, s)
 
 
 # --------------------------------------------------------------------------------------
@@ -227,14 +241,15 @@ def test_git_init_commit_log_status(ubox):
 
 def _build_wheel(path: Path, name: str = "tinypkg", version: str = "1.0") -> None:
     files = {
-        f"{name}/__init__.py": f"VERSION = {version!r}\n\ndef hello():\n    return 'hello from {name}'\n",
+        f"{name}/__init__.py": (f"VERSION = {version!r}\n\ndef hello():\n    return 'hello from {name}'\n\n"
+                                 "def main():\n    print('console script:', hello())\n"),
         f"{name}/data.txt": "payload\n",
         f"{name}-{version}.dist-info/METADATA":
             f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: tiny test package\n",
         f"{name}-{version}.dist-info/WHEEL":
             "Wheel-Version: 1.0\nGenerator: handmade\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         f"{name}-{version}.dist-info/entry_points.txt":
-            f"[console_scripts]\n{name}-hello = {name}:hello\n",
+            f"[console_scripts]\n{name}-hello = {name}:main\n",
         f"{name}-{version}.dist-info/top_level.txt": f"{name}\n",
     }
     record_lines = []
@@ -249,28 +264,44 @@ def _build_wheel(path: Path, name: str = "tinypkg", version: str = "1.0") -> Non
             z.writestr(fn, content)
 
 
-def test_pip_install_local_wheel_into_venv(box):
+PIP_SCRIPT = """
+set -e
+{py} -m venv venv
+{pip} install --no-index --no-deps --disable-pip-version-check -q {whl}
+venv/bin/python -c 'import tinypkg, os; print(tinypkg.hello(), tinypkg.VERSION); print(open(os.path.join(os.path.dirname(tinypkg.__file__), "data.txt")).read(), end="")'
+venv/bin/tinypkg-hello
+{pip} show tinypkg | grep -E '^(Name|Version):'
+{pip} uninstall -y -q tinypkg
+venv/bin/python -c 'import tinypkg' 2>/dev/null && echo still-there || echo uninstalled
+"""
+PIP_EXPECTED = ("hello from tinypkg 1.0\npayload\nconsole script: hello from tinypkg\n"
+                "Name: tinypkg\nVersion: 1.0\nuninstalled\n")
+
+
+def _pip_session(box, pip: str):
     ws = box.workspace
     whl = ws / "tinypkg-1.0-py3-none-any.whl"
     _build_wheel(whl)
-    py = python_for(box)
-    script = f"""
-set -e
-{py} -m venv venv
-venv/bin/pip install --no-index --no-deps --disable-pip-version-check -q {whl}
-venv/bin/python -c 'import tinypkg, os; print(tinypkg.hello(), tinypkg.VERSION); print(open(os.path.join(os.path.dirname(tinypkg.__file__), "data.txt")).read(), end="")'
-venv/bin/tinypkg-hello >/dev/null
-venv/bin/pip show tinypkg | grep -E '^(Name|Version):'
-venv/bin/pip uninstall -y -q tinypkg
-venv/bin/python -c 'import tinypkg' 2>/dev/null && echo still-there || echo uninstalled
-"""
+    script = PIP_SCRIPT.format(py=python_for(box), pip=pip, whl=whl)
     r = box.run(["sh", "-c", script], timeout=120)
     no_denials(r)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == ("hello from tinypkg 1.0\npayload\nName: tinypkg\nVersion: 1.0\n"
-                        "uninstalled\n"), r.stdout
+    assert r.stdout == PIP_EXPECTED
     assert (ws / "venv/bin/python").exists()
     assert not list((ws / "venv/lib").glob("python3*/site-packages/tinypkg"))
+    return r
+
+
+def test_pip_module_installs_local_wheel_into_venv(box):
+    """`venv/bin/python -m pip install` of a local wheel: offline, into the workspace."""
+    _pip_session(box, "venv/bin/python -m pip")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: exec verification kills any #! script (venv/bin/pip) "
+                   "still running 0.5 s after exec: /proc/PID/exe is the interpreter, never the script")
+def test_pip_script_installs_local_wheel_into_venv(box):
+    """The same through the venv's `pip` console script, as users type it."""
+    _pip_session(box, "venv/bin/pip")
 
 
 # --------------------------------------------------------------------------------------
@@ -584,7 +615,7 @@ def sqlite3_query(db: Path, q: str):
 # --------------------------------------------------------------------------------------
 # 7. loopback networking
 
-NET_PY = r"""
+NET_INET_PY = r"""
 import os, socket, threading
 
 # TCP echo server in a thread, client in the main thread
@@ -618,6 +649,50 @@ for i in range(3):
 th.join()
 srv.close()
 
+# UDP with sendto / recvfrom, both directions
+a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.bind(("127.0.0.1", 0))
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.bind(("127.0.0.1", 0))
+b.settimeout(5); a.settimeout(5)
+n = a.sendto(b"udp ping", b.getsockname())
+msg, frm = b.recvfrom(100)
+print("udp", n, msg, frm == a.getsockname())
+b.sendto(b"udp pong", frm)
+print("udp", a.recvfrom(100)[0])
+b.connect(a.getsockname()); b.send(b"connected send")
+print("udp", a.recv(100))
+a.sendmsg([b"msg ", b"parts"], [], 0, b.getsockname())
+print("udp", b.recv(100))
+
+# IPv6 loopback, if the host has it
+try:
+    v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    v6.bind(("::1", 0))
+    v6.sendto(b"v6", v6.getsockname())
+    print("udp6", v6.recvfrom(10)[0])
+except OSError as e:
+    print("udp6 unavailable", e.errno)
+
+# unix sockets, data only (addresses: test_unix_sockets_in_workspace)
+import stat
+us = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); us.bind("echo.sock"); us.listen(1)
+def userve():
+    c, _a = us.accept(); c.sendall(b"unix:" + c.recv(100)); c.close()
+th = threading.Thread(target=userve); th.start()
+uc = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); uc.connect("echo.sock")
+uc.sendall(b"ping"); print(uc.recv(100)); uc.close(); th.join(); us.close()
+print("is socket", stat.S_ISSOCK(os.lstat("echo.sock").st_mode)); os.unlink("echo.sock")
+ds = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ds.bind("dg.sock")
+dc = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); dc.sendto(b"to path", "dg.sock")
+print(ds.recvfrom(100))
+ab = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ab.bind("\0compat-abstract-%d" % os.getpid())
+dc.sendto(b"to abstract", ab.getsockname()); print(ab.recvfrom(100)[0])
+x, y = socket.socketpair(); socket.send_fds(x, [b"fd over stream"], [1])
+print(socket.recv_fds(y, 100, 1)[0])
+"""
+
+NET_UNIX_PY = r"""
+import os, socket, threading
+
 # unix stream socket in the workspace
 path = "unix.sock"
 us = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -647,23 +722,13 @@ print("dgram", msg, frm)
 ds.sendto(b"dgram reply", frm)
 dc.settimeout(5)
 print("dgram reply", dc.recvfrom(100))
+dc.connect("dgram-server.sock")
+print("dgram peer", dc.getpeername())
 
-# UDP with sendto / recvfrom, both directions
-a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); a.bind(("127.0.0.1", 0))
-b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.bind(("127.0.0.1", 0))
-b.settimeout(5); a.settimeout(5)
-n = a.sendto(b"udp ping", b.getsockname())
-msg, frm = b.recvfrom(100)
-print("udp", n, msg, frm == a.getsockname())
-b.sendto(b"udp pong", frm)
-print("udp", a.recvfrom(100)[0])
-b.connect(a.getsockname()); b.send(b"connected send")
-print("udp", a.recv(100))
-a.sendmsg([b"msg ", b"parts"], [], 0, b.getsockname())
-print("udp", b.recv(100))
 """
 
 SENDMSG_C = r"""
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -705,10 +770,12 @@ int main(void) {
 """
 
 
-def test_loopback_networking(box, compile_c):
+def test_loopback_tcp_udp(box, compile_c):
+    """TCP client/server threads, UDP sendto/recvfrom/connect/sendmsg over 127.0.0.1, and a
+    C program using sendmsg/sendmmsg with scatter-gather on UDP."""
     ws = box.workspace
     mkdirs(box, ws / "n", ws / "s")
-    (ws / "net.py").write_text(NET_PY)
+    (ws / "net.py").write_text(NET_INET_PY)
     py = python_for(box)
     n, s = both(box, [py, "../net.py"], native_cwd=ws / "n", sandbox_cwd=ws / "s", timeout=60)
     assert n.returncode == 0, n.stderr
@@ -717,6 +784,33 @@ def test_loopback_networking(box, compile_c):
     prog = compile_c("compat_sendmsg", SENDMSG_C)
     n, s = both(box, [prog], native_cwd=ws / "n", sandbox_cwd=ws / "s", timeout=30)
     assert n.returncode == 0, n.stderr
+    assert_same(n, s)
+    no_denials(s)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: unix sockets are bound as /proc/self/fd/N/NAME: "
+                   "getsockname/getpeername/recvfrom report that path, and a reply to it fails ENOENT")
+def test_unix_sockets_in_workspace(box):
+    """A unix stream server + client and a unix datagram exchange, sockets in the workspace."""
+    ws = box.workspace
+    mkdirs(box, ws / "n", ws / "s")
+    (ws / "unix.py").write_text(NET_UNIX_PY)
+    py = python_for(box)
+    n, s = both(box, [py, "../unix.py"], native_cwd=ws / "n", sandbox_cwd=ws / "s", timeout=30)
+    assert n.returncode == 0, n.stderr
+    assert_same(n, s)
+    no_denials(s)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: sendmsg with ancillary data on a non-stream socket "
+                   "is refused with EPERM, even on an unnamed AF_UNIX socketpair (SCM_RIGHTS)")
+def test_fd_passing_over_unix_datagram_socketpair(box):
+    code = ("import socket\na, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+            "socket.send_fds(a, [b'fd'], [1])\nmsg, fds, _f, _a = socket.recv_fds(b, 10, 1)\n"
+            "print(msg, len(fds))\n")
+    n, s = both(box, [python_for(box), "-c", code], native_cwd=box.workspace,
+                sandbox_cwd=box.workspace)
+    assert n.stdout == "b'fd' 1\n"
     assert_same(n, s)
     no_denials(s)
 
@@ -767,42 +861,51 @@ mkdir existing nonempty; touch nonempty/f file; ln -s nowhere dangling; ln -s fi
 ERRNO_CASES = [
     "mkdir existing",
     "mkdir existing/",
+    "mkdir dangling",
+    "mkdir -m 700 existing",
     "mkdir missing/child",
     "mkdir file/child",
     "mkdir -p file/child",
+    "mkdir .",
     "rm missing",
     "rm -f missing; echo rm-f=$?",
     "unlink missing",
+    "unlink existing",
     "rm existing",
+    "rm -r nonempty/missing",
     "rmdir nonempty",
     "rmdir file",
+    "rmdir link",
     "rmdir missing",
+    "rmdir nonempty/f",
     "rmdir .",
     "mv file missing/dir/",
     "mv missing elsewhere",
     "mv existing existing/inside",
-    "mv file nonempty",
-    "mv existing nonempty",
+    "mv file file",
+    "mv -T file nonempty",
+    "mv -T existing nonempty",
+    "mv existing/ file",
     "ln file nonempty/f",
     "ln -s x file",
     "ln missing newlink",
     "ln existing dirlink",
+    "ln -s file nonempty/f",
     "touch missing/x",
     "touch file/x",
+    "touch -d @0 missing/x",
+    "touch -h -d @0 dangling; echo touch-h=$?",
     "cp file missing/",
+    "cp file existing/sub/",
     ": > existing",
     ": > missing/x",
-    ": > file/",
     "set -C; : > file",
     "chmod 644 missing",
     "truncate -s 0 missing/x",
     "truncate -s 0 existing",
     "mkfifo file",
     "mknod missing/n p",
-    "ln -s file nonempty/f",
-    "touch -h -d @0 dangling; echo touch-h=$?",
     "cat dangling",
-    "mv existing/ file",
     "touch " + "n" * 256,
     "mkdir " + "n" * 256,
 ]
@@ -833,6 +936,70 @@ def test_errno_fidelity(ubox):
     assert n.stdout.count("\n") == 6
     assert_same(n, s)
     no_denials(s)
+
+
+TRAILING_SLASH_PY = r"""
+import os
+for p in ["file/", "missing/", "existing/", "existing/new/"]:
+    for name, fl in [("O_WRONLY|O_CREAT", os.O_WRONLY | os.O_CREAT),
+                     ("O_CREAT|O_EXCL", os.O_WRONLY | os.O_CREAT | os.O_EXCL),
+                     ("O_WRONLY", os.O_WRONLY), ("O_RDWR|O_CREAT|O_TRUNC", os.O_RDWR | os.O_CREAT | os.O_TRUNC)]:
+        try:
+            os.close(os.open(p, fl, 0o644)); print(p, name, "ok")
+        except OSError as e:
+            print(p, name, e.strerror)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: open(O_CREAT) of 'name/' answers ENOTDIR (existing "
+                   "file) or EACCES 'dangling symlink' (missing name) where the kernel says EISDIR")
+def test_errno_create_with_trailing_slash(box):
+    ws = box.workspace
+    mkdirs(box, ws / "n", ws / "s")
+    for d in ("n", "s"):
+        box.native(["sh", "-c", ERRNO_SETUP], cwd=ws / d)
+    n, s = both(box, [python_for(box), "-c", TRAILING_SLASH_PY], native_cwd=ws / "n",
+                sandbox_cwd=ws / "s")
+    assert n.returncode == 0, n.stderr
+    assert_same(n, s)
+    no_denials(s)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: writing through a dangling symlink inside the workspace "
+                   "(creates the target natively) fails EACCES: 'not mediated'")
+def test_create_through_dangling_symlink_in_workspace(box):
+    ws = box.workspace
+    mkdirs(box, ws / "n", ws / "s")
+    script = ("ln -s target.txt link; echo through-link > link; echo rc=$?; cat target.txt;"
+              " mkdir sub; ln -s ../made-by-link sub/up; : > sub/up; ls")
+    n, s = both(box, ["sh", "-c", script], native_cwd=ws / "n", sandbox_cwd=ws / "s")
+    assert "rc=0\nthrough-link\n" in n.stdout
+    assert_same(n, s)
+    no_denials(s)
+    assert (ws / "s/target.txt").read_text() == "through-link\n"
+
+
+def test_root_permission_semantics_in_workspace(ubox, request):
+    """Read-only files and directories in the workspace: root overrides them natively."""
+    box = ubox
+    if box.uid is None:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "BUG: sandboxed root loses CAP_DAC_OVERRIDE/CAP_FOWNER: writing a 0444 file or "
+            "creating/removing in a 0555 dir in the workspace fails EACCES (native root succeeds)")))
+    ws = box.workspace
+    mkdirs(box, ws / "n", ws / "s")
+    setup = "echo a > ro; chmod 444 ro; mkdir rod; touch rod/f; chmod 555 rod"
+    for d in ("n", "s"):
+        box.native(["sh", "-c", setup], cwd=ws / d)
+    script = ("echo b >> ro; echo rc=$?; touch rod/new; echo rc=$?; rm -f rod/f; echo rc=$?;"
+              " mv rod/new rod/renamed; echo rc=$?; cat ro; ls rod")
+    n, s = both(box, ["sh", "-c", script], native_cwd=ws / "n", sandbox_cwd=ws / "s")
+    try:
+        assert_same(n, s)
+        no_denials(s)
+    finally:
+        for d in ("n", "s"):
+            os.chmod(ws / d / "rod", 0o755)
 
 
 # --------------------------------------------------------------------------------------
@@ -907,7 +1074,18 @@ umask 077; sh -c 'touch child077'
 """
 
 
-def test_umask(ubox):
+def test_umask_077(ubox):
+    box = ubox
+    r = box.run(["sh", "-c", "umask 077; touch f; mkdir d; : > g; stat -c '%a %n' f d g"])
+    assert (r.returncode, r.stdout) == (0, "600 f\n700 d\n600 g\n"), r.stderr
+    no_denials(r)
+    n = box.native(["sh", "-c", "umask 077; touch f2; stat -c '%a' f2"])
+    assert n.stdout == "600\n"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: files/dirs/FIFOs the supervisor creates also get the "
+                   "SUPERVISOR's umask (022) applied: umask 002/000 give 0644/0755, not 0664/0775/0666/0777")
+def test_umask_matches_native(ubox):
     box = ubox
     mkdirs(box, box.workspace / "n", box.workspace / "s")
     n, s = both(box, ["sh", "-c", UMASK], native_cwd=box.workspace / "n",
@@ -916,6 +1094,113 @@ def test_umask(ubox):
     assert_same(n, s)
     no_denials(s)
     modes = lambda d: {p.name: oct(p.lstat().st_mode) for p in d.iterdir()}
-    sm, nm = modes(box.workspace / "s"), modes(box.workspace / "n")
-    assert sm["f077"] == oct(0o100600)
-    assert sm == nm
+    assert modes(box.workspace / "s") == modes(box.workspace / "n")
+
+
+# --------------------------------------------------------------------------------------
+# 11. exec of scripts, and failed execs
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: _verify_exec kills a #! script (and a no-#! script run "
+                   "via ENOEXEC fallback) 0.5 s after exec: it checks /proc/PID/exe (the interpreter) "
+                   "for '#!' instead of the decided file")
+def test_long_running_scripts_are_not_killed(box):
+    ws = box.workspace
+    (ws / "slow.sh").write_text("#!/bin/sh\nsleep 1\necho script-done\n")
+    (ws / "noshebang.sh").write_text("sleep 1\necho plain-done\n")
+    os.chmod(ws / "slow.sh", 0o755)
+    os.chmod(ws / "noshebang.sh", 0o755)
+    script = "./slow.sh; echo rc=$?; ./noshebang.sh; echo rc=$?"
+    n, s = both(box, ["sh", "-c", script], native_cwd=ws, sandbox_cwd=ws)
+    assert n.stdout == "script-done\nrc=0\nplain-done\nrc=0\n"
+    assert_same(n, s)
+    no_denials(s)
+
+
+FAILED_EXEC_PY = r"""
+import os, time
+for p in ("./not-executable", "./no-such-file", "./dir"):
+    try:
+        os.execv(p, [p])
+    except OSError as e:
+        print(p, e.strerror)
+time.sleep(1)
+print("survived")
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a process whose execve failed (EACCES) is SIGKILLed "
+                   "0.5 s later by exec verification (its /proc/PID/exe never becomes the decided file)")
+def test_failed_exec_does_not_kill_the_caller(box):
+    ws = box.workspace
+    (ws / "not-executable").write_text("echo hi\n")
+    (ws / "dir").mkdir()
+    n, s = both(box, [python_for(box), "-c", FAILED_EXEC_PY], native_cwd=ws, sandbox_cwd=ws)
+    assert n.stdout.endswith("survived\n")
+    assert_same(n, s)
+    no_denials(s)
+
+
+# --------------------------------------------------------------------------------------
+# 12. blocking opens (FIFOs, devices) and the supervisor's worker pool
+
+
+def _run_or_hang(box, argv, timeout):
+    try:
+        return box.run(argv, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"sandboxed run hung (> {timeout} s); natively it takes well under a second")
+
+
+MANY_FIFO_WRITERS = r"""
+n=33
+i=0; while [ $i -lt $n ]; do mkfifo q$i; (echo "fifo $i" > q$i) & i=$((i+1)); done
+sleep 0.5
+i=0; while [ $i -lt $n ]; do cat q$i > /dev/null; i=$((i+1)); done
+wait
+echo all-read
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: FIFO/char-device write-opens block a worker of an "
+                   "8-thread pool: 8+ writers waiting for readers starve every later blocking op "
+                   "(here the readers' `> /dev/null`) -> deadlock")
+def test_many_blocked_fifo_writers_do_not_starve_the_sandbox(box):
+    mkdirs(box, box.workspace / "n", box.workspace / "s")
+    n = box.native(["sh", "-c", MANY_FIFO_WRITERS], cwd=box.workspace / "n", timeout=30)
+    assert (n.returncode, n.stdout) == (0, "all-read\n")
+    s = _run_or_hang(box, ["sh", "-c", f"cd s && {MANY_FIFO_WRITERS}"], timeout=10)
+    assert (s.returncode, s.stdout) == (0, "all-read\n")
+    no_denials(s)
+
+
+KILLED_FIFO_WRITER = "mkfifo p; (echo x > p) & sleep 0.3; kill $!; wait; echo done"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a FIFO writer killed while its open is pending leaves "
+                   "a supervisor worker blocked in open() forever; aarm-sandbox never exits")
+def test_killed_fifo_writer_does_not_hang_the_session(box):
+    mkdirs(box, box.workspace / "n", box.workspace / "s")
+    n = box.native(["sh", "-c", KILLED_FIFO_WRITER], cwd=box.workspace / "n", timeout=30)
+    assert (n.returncode, n.stdout) == (0, "done\n")
+    s = _run_or_hang(box, ["sh", "-c", f"cd s && {KILLED_FIFO_WRITER}"], timeout=10)
+    assert (s.returncode, s.stdout) == (0, "done\n")
+    no_denials(s)
+
+
+# --------------------------------------------------------------------------------------
+# 13. deletions that delete nothing
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: mass-delete counts unlinkat() calls that fail with "
+                   "ENOENT: `rm -f` of 150 absent files (an already-clean `make clean`) uses up the "
+                   "100-deletion budget and the next real delete is denied")
+def test_failed_unlinks_are_not_counted_as_deletions(box):
+    script = ("rm -f $(seq -f 'obj%g.o' 150); echo clean=$?; touch real.o; rm real.o; echo rm=$?;"
+              " ls")
+    mkdirs(box, box.workspace / "n", box.workspace / "s")
+    n, s = both(box, ["sh", "-c", script], native_cwd=box.workspace / "n",
+                sandbox_cwd=box.workspace / "s")
+    assert n.stdout == "clean=0\nrm=0\n"
+    no_denials(s)
+    assert_same(n, s)

@@ -362,6 +362,22 @@ static int m_ioctl_setversion(char **a)
     return ioctl(fd, FS_IOC_SETVERSION, &gen) ? fail("FS_IOC_SETVERSION") : ok();
 }
 
+/* ext4's own number for the same operation ('f', 4), which ext4 accepts beside
+ * FS_IOC_SETVERSION ('v', 2). */
+#define EXT4_IOC_GETVERSION_ _IOR('f', 3, long)
+#define EXT4_IOC_SETVERSION_ _IOW('f', 4, long)
+static int m_ioctl_ext4_setversion(char **a)
+{
+    int fd = open_victim(a[0], O_RDONLY | O_NONBLOCK);
+    if (fd < 0)
+        return fail("open");
+    long gen = 0;
+    if (ioctl(fd, EXT4_IOC_GETVERSION_, &gen))
+        return fail("EXT4_IOC_GETVERSION");
+    gen = (gen + 1) & 0x7fffffff;
+    return ioctl(fd, EXT4_IOC_SETVERSION_, &gen) ? fail("EXT4_IOC_SETVERSION") : ok();
+}
+
 /* ---------------------------------------------------------------- ABI */
 static char *low_copy(const char *s)
 {
@@ -907,6 +923,7 @@ static const struct mode MODES[] = {
     { "chown", 1, m_chown }, { "utimensat", 1, m_utimensat }, { "futimens", 1, m_futimens },
     { "setxattr", 1, m_setxattr }, { "ioctl_setflags", 1, m_ioctl_setflags },
     { "ioctl_fssetxattr", 1, m_ioctl_fssetxattr }, { "ioctl_setversion", 1, m_ioctl_setversion },
+    { "ioctl_ext4_setversion", 1, m_ioctl_ext4_setversion },
     { "int80_unlink", 1, m_int80_unlink }, { "int80_open_trunc", 1, m_int80_open_trunc },
     { "x32", 2, m_x32 }, { "io_uring_unlink", 1, m_io_uring_unlink },
     { "own_listener", 1, m_own_listener }, { "stacked_allow", 1, m_stacked_allow },
