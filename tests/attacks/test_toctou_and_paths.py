@@ -832,9 +832,6 @@ def test_deleting_and_recreating_git_config_cannot_replace_it(box, prog):
     assert_blocked(res, config, config.path, "file.delete")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: creating .git/commondir is not matched by the "
-                   "git-config rule; git then reads config (core.fsmonitor) and hooks from the "
-                   "directory it names")
 def test_git_commondir_cannot_redirect_git_config(box, prog):
     """git reads $GIT_DIR/commondir and takes config, hooks, refs and objects from the
     directory it names ("../evilgit"): a new 3-line file re-points the repository's
@@ -854,9 +851,6 @@ def test_git_commondir_cannot_redirect_git_config(box, prog):
     assert [r for r in res.denied() if touches(r, commondir)], explain(res)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: git-config/git-hook patterns miss submodule git dirs "
-                   "(.git/modules/<name>/config, .../hooks/*); host `git status` recurses into "
-                   "submodules and runs their core.fsmonitor")
 def test_submodule_git_config_cannot_be_rewritten(box, prog):
     """A superproject keeps each submodule's git dir in .git/modules/<name>/. Its config
     is as dangerous as .git/config: `git status` in the superproject runs `git status` in
