@@ -8,6 +8,7 @@ journaled.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import sys
 import threading
@@ -15,7 +16,7 @@ import traceback
 
 from aarm_sandbox.actions import action as A
 from aarm_sandbox.context.session import SessionContext
-from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, Notification
+from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, Notification, set_session_root
 from aarm_sandbox.decode.memory import DecodeError
 from aarm_sandbox.enforce.effects import Continue, Effect, OpenFile
 from aarm_sandbox.decode.handlers import ExecContinue
@@ -40,6 +41,7 @@ class Supervisor:
         self.explain = explain
         self.verbose = verbose
         self.dstate = DecodeState()
+        self.session_root = -1
         # Operations that may block indefinitely (a FIFO with no peer, a connect) each get
         # a daemon thread: a stuck one must never keep the supervisor from exiting, and a
         # fixed pool could be pinned by a few FIFOs. Bounded, over the bound they fail.
@@ -50,6 +52,10 @@ class Supervisor:
 
     # ------------------------------------------------------------------------------------
     def run(self) -> None:
+        # The long-lived objects are made; keep the collector off them, and keep the GIL
+        # switch interval short so the journal thread never parks a decision for 5 ms.
+        gc.freeze()
+        sys.setswitchinterval(0.0002)
         recv = self.backend.receive
         handle = self.handle
         while True:
@@ -58,7 +64,18 @@ class Supervisor:
                 break
             handle(n)
 
+    def _pin_root(self, tid: int) -> None:
+        """Pin the sandbox's root once, from the first task that asks for a decision (the
+        sandbox init is non-dumpable, its children are not); every task shares it."""
+        try:
+            self.session_root = os.open(f"/proc/{tid}/root", os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return
+        set_session_root(self.session_root)
+
     def handle(self, n: Notification) -> None:
+        if self.session_root < 0:
+            self._pin_root(n.tid)
         entry = DISPATCH.get(n.nr)
         if entry is None or n.arch != AUDIT_ARCH_X86_64:
             self.backend.answer_error(n, errno.ENOSYS)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 EXIT_SANDBOX_ERROR = 125
@@ -68,10 +69,15 @@ def main(argv: list[str] | None = None) -> int:
                       "release: the sandbox has no route out, so the destinations stay unreachable",
                       file=sys.stderr)
             try:
-                return run(args)
+                code = run(args)
             except UsageError as e:
                 print(f"aarm-sandbox: {e}", file=sys.stderr)
                 return EXIT_SANDBOX_ERROR
+            # Everything is written and closed: skip interpreter teardown (tens of ms of
+            # module finalisation that only delays the user's shell).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         if args.cmd == "profiles":
             return _profiles(args)
         if args.cmd == "journal":
@@ -82,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             return doctor(as_json=args.json)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error worth a traceback.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     except _profile_error() as e:
         print(f"aarm-sandbox: {e}", file=sys.stderr)
         return EXIT_SANDBOX_ERROR
@@ -104,11 +117,16 @@ def _profiles(args) -> int:
         import yaml
         loaded = load_profile(args.name)
         print(f"# {loaded.source} sha256:{loaded.sha256}")
-        print(yaml.safe_dump(loaded.profile.model_dump(by_alias=True, exclude_none=True),
-                             sort_keys=False))
+        from aarm_sandbox.policy.loader import view_to_dict
+        data = view_to_dict(loaded.profile)
+        for r in data["rules"]:
+            r["except"] = r.pop("except_paths")
+            for k in [k for k, v in r.items() if v is None or v == []]:
+                del r[k]
+        print(yaml.safe_dump(data, sort_keys=False))
         return 0
     if args.pcmd == "check":
-        loaded = load_profile(args.file)
+        loaded = load_profile(args.file, use_cache=False)
         print(f"{args.file}: ok (profile {loaded.profile.id}, {len(loaded.profile.rules)} rules)")
         return 0
     if args.pcmd == "schema":

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 from pathlib import Path
 
 from aarm_sandbox.context.session import SessionContext
@@ -75,7 +76,7 @@ def build_policy(args, workspace: str, tmpdir: str) -> tuple[CompiledPolicy, obj
             ap = os.path.realpath(os.path.expanduser(p))
             extra += [ap, ap + "/**"]
         sets["writable"] = list(sets.get("writable", [])) + extra
-        prof = prof.model_copy(update={"path_sets": sets})
+        prof = SimpleNamespace(**{**vars(prof), "path_sets": sets})
     ph = Placeholders(workspace=workspace, tmpdir=tmpdir, home=os.path.expanduser("~"))
     return CompiledPolicy(prof, ph), loaded
 
@@ -152,6 +153,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     # Single-threaded until here: caps are per thread, and the launcher needed them to map
     # uid 0 into the sandbox's user namespace.
     drop_effective_capabilities()
+    # Files the supervisor creates for the sandbox already carry the target's umask.
+    os.umask(0)
     journal.start()
     for w in sandbox.warnings:
         print(f"aarm-sandbox: warning: {w}", file=sys.stderr)

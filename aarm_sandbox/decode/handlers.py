@@ -50,8 +50,9 @@ class Notification:
 class DecodeState:
     """Per-session caches the decoders share (kept tiny; everything else is re-read)."""
 
-    def __init__(self) -> None:
+    def __init__(self, session_root: int = -1) -> None:
         self.umask: dict[int, int] = {}
+        self.session_root = session_root
 
     def umask_of(self, tid: int) -> int:
         m = self.umask.get(tid)
@@ -79,8 +80,17 @@ Handler = Callable[[Notification, SyscallSpec, DecodeState], Decoded]
 
 
 # ---------------------------------------------------------------------------------------
+_session_root = -1
+
+
 def _resolver(n: Notification) -> Resolver:
-    return Resolver(n.tid, n.tid)
+    return Resolver(n.tid, _session_root)
+
+
+def set_session_root(fd: int) -> None:
+    """Called once by the supervisor with an O_PATH fd of the sandbox's root."""
+    global _session_root
+    _session_root = fd
 
 
 def _act(type_: str, n: Notification, spec: SyscallSpec, target: str, paths: tuple, flags: int = 0,
@@ -190,7 +200,21 @@ def _open_object(n, spec, r: Resolver, dirfd, path, flags, open_flags, writes, c
     kind = A.FILE_WRITE if writes else A.FILE_READ
     eff = OpenFile(-1, b"", obj.fd, open_flags & ~(O_CREAT | O_EXCL), 0, cloexec,
                    blocking=stat.S_ISFIFO(obj.st.st_mode) or stat.S_ISCHR(obj.st.st_mode))
+    if r.via_fd_flags is not None and _within_fd_access(flags, r.via_fd_flags):
+        # `> /dev/stdout` with stdout a log file: the process already holds this file open
+        # with this access; reopening it through /proc/self/fd grants nothing new, so it
+        # is judged as the fd, not as a new write to the path.
+        return Decoded(_act(kind, n, spec, obj.path, (), flags, reopened_fd=True), eff)
     return Decoded(_act(kind, n, spec, obj.path, (obj.path,), flags), eff)
+
+
+def _within_fd_access(requested: int, held: int) -> bool:
+    req, have = requested & O_ACCMODE, held & O_ACCMODE
+    if have == os.O_RDWR:
+        return req in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR)
+    if have == os.O_WRONLY:
+        return req == os.O_WRONLY
+    return req == os.O_RDONLY and not requested & O_TRUNC
 
 
 def _create(n, spec, st, p: ParentRef, flags, open_flags, mode, cloexec) -> Decoded:

@@ -89,17 +89,28 @@ class ObjectRef:
 
 
 class Resolver:
-    """Path resolution for one notification's calling thread."""
+    """Path resolution for one notification's calling thread.
 
-    __slots__ = ("tid", "tgid")
+    `session_root` is an O_PATH fd of the sandbox's root directory, shared by every task:
+    chroot, pivot_root, mount, setns and unshare(CLONE_NEWNS) never reach the kernel (the
+    filter denies them), so no sandboxed task can have another root. Without it (-1) the
+    calling thread's /proc/TID/root is opened each time."""
 
-    def __init__(self, tid: int, tgid: int):
+    __slots__ = ("tid", "session_root", "via_fd_flags")
+
+    def __init__(self, tid: int, session_root: int = -1):
         self.tid = tid
-        self.tgid = tgid
+        self.session_root = session_root
+        # Set when the last component was a /proc/PID/fd/N magic link: the open flags of
+        # that existing fd (a reopen cannot gain access the fd does not already carry).
+        self.via_fd_flags: int | None = None
 
     # ----- base directories ------------------------------------------------------------
     def base_fd(self, dirfd_arg: int, path: bytes) -> int:
+        """A new fd the caller owns and closes."""
         if path.startswith(b"/"):
+            if self.session_root >= 0:
+                return os.dup(self.session_root)
             return self._open_proc(f"/proc/{self.tid}/root")
         dirfd = as_int32(dirfd_arg)
         if dirfd == AT_FDCWD:
@@ -109,6 +120,8 @@ class Resolver:
         return self._open_proc(f"/proc/{self.tid}/fd/{dirfd}", bad_errno=errno.EBADF)
 
     def root_fd(self) -> int:
+        if self.session_root >= 0:
+            return os.dup(self.session_root)
         return self._open_proc(f"/proc/{self.tid}/root")
 
     @staticmethod
@@ -129,6 +142,18 @@ class Resolver:
             return ParentRef(base, b".", fd_path(base), False)
         head, _sep, name = stripped.rpartition(b"/")
         absolute = path.startswith(b"/")
+        if absolute and self.session_root >= 0 and _clean(stripped):
+            # Absolute, no "." / ".." / "//": if the lookup succeeds without meeting a
+            # symlink, the text already is the canonical path of what was reached.
+            if head:
+                fd = lib.aarm_openat2(self.session_root, head, _OPATH_FLAGS | os.O_DIRECTORY, 0,
+                                      RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_IN_ROOT)
+            else:
+                fd = os.dup(self.session_root)
+            if fd >= 0:
+                return ParentRef(fd, name, os.fsdecode(stripped), trailing)
+            if -fd != errno.ELOOP:
+                raise DecodeError(-fd, f"resolve {head!r}")
         base = self.base_fd(dirfd_arg, path)
         if head == b"" and not absolute:
             dfd = base
@@ -245,6 +270,7 @@ class Resolver:
                         except OSError as e:
                             os.close(cur)
                             raise DecodeError(e.errno, f"magic link {comp!r}") from None
+                        self.via_fd_flags = _fd_flags(cur, comp) if last else None
                         os.close(cur)
                         cur = magic
                         continue
@@ -286,6 +312,31 @@ class Resolver:
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.readlinkat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t)
 _libc.readlinkat.restype = ctypes.c_ssize_t
+
+
+def _fd_flags(fd_dir: int, name: bytes) -> int | None:
+    """Open flags of fd `name` whose /proc/PID/fd directory is `fd_dir` (None if not such a
+    directory or unreadable)."""
+    if not name.isdigit():
+        return None
+    try:
+        fd = os.open(b"../fdinfo/" + name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd_dir)
+    except OSError:
+        return None
+    try:
+        for line in os.read(fd, 4096).splitlines():
+            if line.startswith(b"flags:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def _clean(path: bytes) -> bool:
+    return b"//" not in path and b"/./" not in path and b"/../" not in path \
+        and not path.endswith((b"/.", b"/.."))
 
 
 def _readlinkat_empty(fd: int) -> bytes:

@@ -17,6 +17,9 @@ from collections import deque
 from typing import Protocol
 
 
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
 class RecordSink(Protocol):
     def write(self, records: list[dict]) -> None: ...
     def close(self) -> None: ...
@@ -30,8 +33,7 @@ class JsonlFileSink:
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def write(self, records: list[dict]) -> None:
-        data = "".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False, sort_keys=True,
-                                  default=str) + "\n" for r in records)
+        data = "".join(_dumps(r) + "\n" for r in records)
         raw = data.encode("utf-8", "surrogateescape")
         view = memoryview(raw)
         while view:
@@ -55,6 +57,7 @@ class Journal:
         self.queue: deque[dict] = deque()
         self.seq = 0
         self.failed: str | None = None
+        self.on_failure = None      # callback (e.g. switch the native fast path off)
         self._wake = threading.Event()
         self._stop = False
         self._interval = flush_interval
@@ -84,22 +87,26 @@ class Journal:
                 return
 
     def _drain(self) -> None:
-        batch: list[dict] = []
+        # Small batches: encoding holds the GIL, and the decision thread must get it back
+        # quickly (group commit without a long pause on the hot path).
         q = self.queue
-        while q:
-            rec = q.popleft()
-            self.seq += 1
-            rec["seq"] = self.seq
-            rec["session_id"] = self.session_id
-            batch.append(rec)
-        if not batch or self.failed:
-            return
-        try:
-            for s in self.sinks:
-                s.write(batch)
-        except Exception as e:  # noqa: BLE001 - any failure means fail closed
-            self.failed = f"journal write to {self.path} failed: {e}"
-            print(f"aarm-sandbox: {self.failed}; denying all further actions", file=sys.stderr)
+        while q and not self.failed:
+            batch: list[dict] = []
+            while q and len(batch) < 64:
+                rec = q.popleft()
+                self.seq += 1
+                rec["seq"] = self.seq
+                rec["session_id"] = self.session_id
+                batch.append(rec)
+            try:
+                for s in self.sinks:
+                    s.write(batch)
+            except Exception as e:  # noqa: BLE001 - any failure means fail closed
+                self.failed = f"journal write to {self.path} failed: {e}"
+                if self.on_failure is not None:
+                    self.on_failure()
+                print(f"aarm-sandbox: {self.failed}; denying all further actions", file=sys.stderr)
+            time.sleep(0)
 
     def flush(self) -> None:
         """Write everything queued so far (called before performing a destructive action

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from aarm_sandbox.actions.action import ALL_TYPES
 from aarm_sandbox.policy.decision import Result
-from aarm_sandbox.policy.schema import Profile, Rule
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,14 @@ def glob_to_regex(glob: str) -> str:
     return "".join(out)
 
 
+def literal_prefix(glob: str) -> str:
+    """The text a path must start with to match `glob` (everything before a wildcard)."""
+    for i, c in enumerate(glob):
+        if c in "*?[":
+            return glob[:i]
+    return glob
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     id: str
@@ -62,6 +69,9 @@ class CompiledRule:
     existed_at_start: bool | None
     count_over: int | None
     index: int
+    inside_prefixes: tuple[str, ...] | None = None   # literal prefixes: a cheap pre-test
+    outside_cover: tuple[str, ...] = ()              # dirs whose whole subtree is "inside"
+    needs_paths: bool = True
 
 
 def default_errno(action_type: str) -> int:
@@ -69,7 +79,7 @@ def default_errno(action_type: str) -> int:
 
 
 class CompiledPolicy:
-    def __init__(self, profile: Profile, ph: Placeholders):
+    def __init__(self, profile, ph: Placeholders):
         self.profile = profile
         self.placeholders = ph
         self.sets = {name: [ph.expand(p) for p in pats] for name, pats in profile.path_sets.items()}
@@ -108,10 +118,16 @@ class CompiledPolicy:
             return None
         return re.compile("(?:" + "|".join(glob_to_regex(p) for p in pats) + r")\Z", re.S)
 
-    def _compile_rule(self, index: int, r: Rule) -> CompiledRule:
+    def _compile_rule(self, index: int, r) -> CompiledRule:
         err = getattr(errno_mod, r.errno) if r.errno else 0
+        inside_pats = self.expand_patterns(r.paths)
+        outside_pats = self.expand_patterns(r.outside)
         return CompiledRule(
             id=r.id, result=Result(r.decision), reason=r.reason or r.id, errno=err,
             inside=self._regex(r.paths), outside=self._regex(r.outside),
             exclude=self._regex(r.except_paths), existed_at_start=r.existed_at_start,
-            count_over=r.count_over, index=index)
+            count_over=r.count_over, index=index,
+            inside_prefixes=tuple(literal_prefix(p) for p in inside_pats) if inside_pats else None,
+            outside_cover=tuple(p[:-3] for p in outside_pats
+                                if p.endswith("/**") and not any(c in p[:-3] for c in "*?[")),
+            needs_paths=bool(r.paths or r.outside or r.existed_at_start is not None))

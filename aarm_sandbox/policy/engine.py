@@ -21,11 +21,13 @@ class PolicyEngine:
         self.policy = policy
         self.observe = observe
         self.step_up_denies = policy.profile.settings.step_up == "deny"
+        self._final: dict[tuple[int, str], Decision] = {}   # (rule index | -1, type) -> decision
 
     def decide(self, action: Action, ctx: SessionContext) -> Decision:
+        t = action.type
         best: CompiledRule | None = None
-        for rule in self.policy.rules_by_type[action.type]:
-            if not _matches(rule, action, ctx):
+        for rule in self.policy.rules_by_type[t]:
+            if rule.needs_paths and not _matches(rule, action, ctx):
                 continue
             if rule.count_over is not None:
                 seen = ctx.rule_counts[rule.id]
@@ -34,13 +36,20 @@ class PolicyEngine:
                     continue
             if best is None or RANK[rule.result] < RANK[best.result]:
                 best = rule
+        key = (best.index if best is not None else -1, t)
+        d = self._final.get(key)
+        if d is None:
+            d = self._final[key] = self._finalise(best, t)
+        return d
+
+    def _finalise(self, best: CompiledRule | None, t: str) -> Decision:
+        """The decision a (rule, action type) pair yields; computed once, then reused."""
         if best is None:
-            result = self.policy.default_by_type[action.type]
-            decision = Decision(result, "default", f"profile {self.policy.profile.id} default for {action.type}",
-                                default_errno(action.type) if result is not Result.ALLOW else 0)
+            result = self.policy.default_by_type[t]
+            decision = Decision(result, "default", f"profile {self.policy.profile.id} default for {t}",
+                                default_errno(t) if result is not Result.ALLOW else 0)
         else:
-            decision = Decision(best.result, best.id, best.reason,
-                                best.errno or default_errno(action.type))
+            decision = Decision(best.result, best.id, best.reason, best.errno or default_errno(t))
         if decision.result in (Result.STEP_UP, Result.DEFER):
             why = "profile turns step_up into deny" if self.step_up_denies else NO_APPROVER
             decision = Decision(Result.DENY, decision.rule,
@@ -53,13 +62,19 @@ class PolicyEngine:
 
 
 def _matches(rule: CompiledRule, action: Action, ctx: SessionContext) -> bool:
-    if rule.inside is None and rule.outside is None and rule.existed_at_start is None:
-        return True
     paths = action.paths
-    if rule.exclude is not None:
-        paths = tuple(p for p in paths if not rule.exclude.match(p))
     if not paths:
         return False
+    pre = rule.inside_prefixes
+    if pre is not None and not any(p.startswith(pre) for p in paths):
+        return False
+    cover = rule.outside_cover
+    if cover and all(p.startswith(cover) and _under_any(p, cover) for p in paths):
+        return False
+    if rule.exclude is not None:
+        paths = tuple(p for p in paths if not rule.exclude.match(p))
+        if not paths:
+            return False
     if rule.inside is not None:
         paths = tuple(p for p in paths if rule.inside.match(p))
         if not paths:
@@ -71,3 +86,11 @@ def _matches(rule: CompiledRule, action: Action, ctx: SessionContext) -> bool:
     if rule.existed_at_start is not None:
         return any(ctx.existed_at_start(p) == rule.existed_at_start for p in paths)
     return True
+
+
+def _under_any(path: str, dirs: tuple[str, ...]) -> bool:
+    """path equals one of `dirs` or lies below it (not merely shares a string prefix)."""
+    for d in dirs:
+        if path.startswith(d) and (len(path) == len(d) or path[len(d)] == "/"):
+            return True
+    return False

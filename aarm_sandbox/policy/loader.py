@@ -6,13 +6,13 @@ and exit status 125, never a traceback.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
-from pydantic import ValidationError
-
-from aarm_sandbox.policy.schema import Profile, Rule, Settings
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "profiles_builtin"
 
@@ -23,9 +23,26 @@ class ProfileError(Exception):
 
 @dataclass(frozen=True)
 class LoadedProfile:
-    profile: Profile
+    profile: SimpleNamespace   # validated profile as plain attributes (see to_view)
     source: str          # file path
     sha256: str          # of the file bytes as loaded (the leaf file)
+
+
+def to_view(data: dict) -> SimpleNamespace:
+    """A validated profile (model_dump) as plain attribute objects: what the compiler and
+    engine read. Building it from the cache needs no pydantic at all."""
+    return SimpleNamespace(
+        id=data["id"], version=data["version"], description=data["description"],
+        extends=data["extends"], settings=SimpleNamespace(**data["settings"]),
+        path_sets=dict(data["path_sets"]), defaults=dict(data["defaults"]),
+        rules=[SimpleNamespace(**r) for r in data["rules"]])
+
+
+def view_to_dict(view: SimpleNamespace) -> dict:
+    d = dict(vars(view))
+    d["settings"] = dict(vars(view.settings))
+    d["rules"] = [dict(vars(r)) for r in view.rules]
+    return d
 
 
 def builtin_dir() -> Path:
@@ -82,6 +99,7 @@ def _parse_with_lines(text: str, source: str) -> tuple[object, dict[tuple, int]]
 
 
 def _allowed_fields(loc: tuple) -> str:
+    from aarm_sandbox.policy.schema import Profile, Rule, Settings
     model = Profile
     for part in loc[:-1]:
         if isinstance(part, int):
@@ -97,7 +115,7 @@ def _allowed_fields(loc: tuple) -> str:
     return ", ".join(names)
 
 
-def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int]) -> str:
+def _format_errors(err, source: str, lines: dict[tuple, int]) -> str:
     out = []
     for e in err.errors():
         loc = tuple(e["loc"])
@@ -116,35 +134,93 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, int]) -
     return "\n".join(out)
 
 
-def _load_one(path: Path) -> tuple[Profile, str, dict]:
+def _read(path: Path) -> tuple[bytes, dict, dict[tuple, int] | None]:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ProfileError(f"{path}: not UTF-8 text") from None
-    data, lines = _parse_with_lines(text, str(path))
+    try:
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        data, _ = _parse_with_lines(text, str(path))     # raises with the line
     if not isinstance(data, dict):
         raise ProfileError(f"{path}:1: a profile is a mapping with at least `id:`")
+    return raw, data, None
+
+
+def _validate(path: Path, data: dict):
+    from pydantic import ValidationError
+
+    from aarm_sandbox.policy.schema import Profile
     try:
-        prof = Profile.model_validate(data)
+        return Profile.model_validate(data)
     except ValidationError as e:
+        _, lines = _parse_with_lines(path.read_text("utf-8"), str(path))
         raise ProfileError(_format_errors(e, str(path), lines)) from None
-    return prof, hashlib.sha256(raw).hexdigest(), data
 
 
-def load_profile(name_or_file: str, _seen: tuple[str, ...] = ()) -> LoadedProfile:
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "aarm-sandbox" / "profiles"
+
+
+def load_profile(name_or_file: str, use_cache: bool = True) -> LoadedProfile:
+    """Load, resolve `extends`, validate. A profile chain already validated (same bytes,
+    same code version) is read from a per-user cache, so `run` starts without pydantic."""
+    chain: list[tuple[Path, bytes, dict]] = []
+    seen: set[str] = set()
     path = locate(name_or_file)
-    prof, digest, data = _load_one(path)
-    if prof.extends:
-        if prof.extends in _seen or prof.extends == prof.id:
-            raise ProfileError(f"{path}: `extends` cycle through {prof.extends!r}")
-        base = load_profile(prof.extends, _seen + (prof.id,)).profile
-        prof = _merge(base, prof, data)
-    return LoadedProfile(prof, str(path), digest)
+    while True:
+        raw, data, _ = _read(path)
+        chain.append((path, raw, data))
+        ext = data.get("extends")
+        if not ext:
+            break
+        pid = data.get("id")
+        if ext in seen or ext == pid:
+            raise ProfileError(f"{path}: `extends` cycle through {ext!r}")
+        seen.add(str(pid))
+        path = locate(ext)
+    leaf_path, leaf_raw, _ = chain[0]
+    key = hashlib.sha256(_CODE_VERSION.encode() + b"".join(
+        hashlib.sha256(raw).digest() for _, raw, _ in chain)).hexdigest()
+    cached = _cache_dir() / f"{key}.json"
+    try:
+        if not use_cache:
+            raise OSError("cache bypassed")
+        view = to_view(json.loads(cached.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        view = _validate_chain(chain)
+        _store(cached, view)
+    return LoadedProfile(view, str(leaf_path), hashlib.sha256(leaf_raw).hexdigest())
 
 
-def _merge(base: Profile, child: Profile, child_data: dict) -> Profile:
+def _validate_chain(chain) -> SimpleNamespace:
+    merged = None
+    for path, _raw, data in reversed(chain):
+        prof = _validate(path, data)
+        merged = prof if merged is None else _merge(merged, prof, data)
+    return to_view(merged.model_dump(by_alias=False))
+
+
+def _store(cached: Path, view: SimpleNamespace) -> None:
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(view_to_dict(view)))
+        os.replace(tmp, cached)
+    except OSError:
+        pass      # a cache that cannot be written only costs startup time
+
+
+# Bump when the schema or its defaults change, so cached validations are not reused.
+_CODE_VERSION = "profile-schema-1"
+
+
+def _merge(base, child, child_data: dict):
     """Child settings override base field by field; path sets merge; rules append (child later)."""
+    from aarm_sandbox.policy.schema import Profile
     settings = base.settings.model_copy(update={k: getattr(child.settings, k)
                                                 for k in (child_data.get("settings") or {})})
     path_sets = {**base.path_sets, **child.path_sets}

@@ -221,6 +221,27 @@ def as_user(box, argv: list[str]) -> list[str]:
     return ["setpriv", f"--reuid={box.uid}", f"--regid={box.uid}", "--clear-groups"] + argv
 
 
+def spawn_as_user(box, argv: list[str]) -> subprocess.Popen:
+    """Popen argv as the box's user and wait until the switch is done (setpriv execs in
+    place, so until then the pid still belongs to root)."""
+    p = subprocess.Popen(as_user(box, argv))
+    want = 0 if box.uid is None else box.uid
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                uid = next(int(line.split()[2]) for line in f if line.startswith("Uid:"))
+            with open(f"/proc/{p.pid}/comm") as f:
+                comm = f.read().strip()
+        except (OSError, StopIteration):
+            uid, comm = None, ""
+        if uid == want and comm != "setpriv":
+            return p
+        time.sleep(0.005)
+    p.kill()
+    raise AssertionError(f"{argv} did not start as uid {want}")
+
+
 def raw_cmd(box, argv: list[str], journal: Path, profile: str = "default") -> list[str]:
     """The command line box.run uses, for tests that need their own Popen."""
     return as_user(box, sandbox_cmd() + ["run", "--profile", profile, "--workspace",
@@ -566,7 +587,7 @@ def test_kill_minus_one_inside_kills_only_sandboxed_processes_supervisor_survive
     box = user_box
     victim = box.canary("victim", CANARY)
     before = snapshot(box.outside)
-    bystander = subprocess.Popen(as_user(box, ["sleep", "60"]))   # same uid, outside
+    bystander = spawn_as_user(box, ["sleep", "60"])     # same uid, outside the sandbox
     try:
         res = box.run([probe, "kill_all", str(victim)], timeout=60)
         assert bystander.poll() is None, "kill(-1) from the sandbox reached a host process"
@@ -586,7 +607,7 @@ def test_kill_minus_one_inside_kills_only_sandboxed_processes_supervisor_survive
         assert res.records[-1]["exit_status"] == 0
 
         # Natively, the same program can kill a same-uid process it can see.
-        victim_proc = subprocess.Popen(as_user(box, ["sleep", "60"]))
+        victim_proc = spawn_as_user(box, ["sleep", "60"])
         try:
             r = box.native([probe, "kill_pid", str(victim_proc.pid)])
             assert "kill=ok" in r.stdout, r.stdout
