@@ -178,7 +178,7 @@ def decode_open(n: Notification, spec: SyscallSpec, st: DecodeState) -> Decoded:
         if flags & O_NOFOLLOW:
             raise DecodeError(errno.ELOOP, "O_NOFOLLOW on a symlink")
         return _open_object(n, spec, r, dirfd, path, flags, open_flags, writes, cloexec, st, mode)
-    kind = A.FILE_WRITE if writes else A.FILE_READ
+    kind = A.FILE_WRITE if _writes_existing(flags) else A.FILE_READ
     eff = OpenFile(p.fd, p.name, -1, (open_flags | O_NOFOLLOW) & ~(O_CREAT | O_EXCL), 0, cloexec,
                    blocking=stat.S_ISFIFO(lst.st_mode) or stat.S_ISCHR(lst.st_mode))
     return Decoded(_act(kind, n, spec, p.path, (p.path,), flags), eff)
@@ -197,7 +197,7 @@ def _open_object(n, spec, r: Resolver, dirfd, path, flags, open_flags, writes, c
     if flags & O_NOFOLLOW and stat.S_ISLNK(obj.st.st_mode):
         obj.close()
         raise DecodeError(errno.ELOOP, "O_NOFOLLOW on a symlink")
-    kind = A.FILE_WRITE if writes else A.FILE_READ
+    kind = A.FILE_WRITE if _writes_existing(flags) else A.FILE_READ
     eff = OpenFile(-1, b"", obj.fd, open_flags & ~(O_CREAT | O_EXCL), 0, cloexec,
                    blocking=stat.S_ISFIFO(obj.st.st_mode) or stat.S_ISCHR(obj.st.st_mode))
     if r.via_fd_flags is not None and _within_fd_access(flags, r.via_fd_flags):
@@ -206,6 +206,12 @@ def _open_object(n, spec, r: Resolver, dirfd, path, flags, open_flags, writes, c
         # is judged as the fd, not as a new write to the path.
         return Decoded(_act(kind, n, spec, obj.path, (), flags, reopened_fd=True), eff)
     return Decoded(_act(kind, n, spec, obj.path, (obj.path,), flags), eff)
+
+
+def _writes_existing(flags: int) -> bool:
+    """Opening an *existing* file changes it only with write access or O_TRUNC
+    (O_CREAT alone, as flock(1) uses it, does nothing to a file that is there)."""
+    return (flags & O_ACCMODE) != os.O_RDONLY or bool(flags & O_TRUNC)
 
 
 def _within_fd_access(requested: int, held: int) -> bool:

@@ -335,11 +335,7 @@ ATTACKS = [
     Attack("ioctl-ext4-ioc-setversion", "ioctl_ext4_setversion", (V,), (), blocked_by="filter"),
 ]
 ATTACK_BY_ID = {a.id: a for a in ATTACKS}
-KNOWN_BUGS = {
-    "ioctl-ext4-ioc-setversion": "BUG: ext4's EXT4_IOC_SETVERSION (_IOW('f', 4, long) = "
-                                 "0x40086604) is not filtered: it rewrites the inode generation "
-                                 "(and ctime) of files outside the workspace via an O_RDONLY fd",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _attack_params(attacks):

@@ -1,0 +1,62 @@
+/*
+ * aarm_fastpath.h - native fast path for the hottest allowed file operations.
+ *
+ * See aarm_fastpath.c for the exact semantics.  Every function reports
+ * failures as a negative errno (or NULL + errno for aarm_fast_new).
+ */
+#ifndef AARM_FASTPATH_H
+#define AARM_FASTPATH_H
+
+#include <stdint.h>
+
+#include "aarm_native.h"
+
+/* A conservative "may match" test for one policy glob. */
+struct aarm_fast_glob {
+    const char *prefix;          /* literal text before the first wildcard */
+    uint32_t prefix_len;
+    int exact;                   /* 1: no wildcard: match iff path == prefix */
+    const char *const *segments; /* NUL-terminated literal pieces after the prefix, in order */
+    uint32_t nsegments;
+};
+
+struct aarm_fast_kind {
+    const struct aarm_fast_glob *allow;  uint32_t nallow;
+    const struct aarm_fast_glob *danger; uint32_t ndanger;
+    int enabled;
+};
+
+enum {
+    AARM_FAST_WRITE = 0,
+    AARM_FAST_CREATE = 1,
+    AARM_FAST_DELETE = 2,
+    AARM_FAST_MKDIR = 3,
+    AARM_FAST_NKINDS = 4
+};
+
+#define AARM_FAST_RECORD_PATH_MAX 4352
+
+struct aarm_fast_record {
+    uint64_t ts_ns;              /* CLOCK_REALTIME */
+    uint32_t tid;
+    int32_t nr;
+    int32_t kind;                /* AARM_FAST_* */
+    int64_t result;              /* fd number / 0 / -errno */
+    uint32_t flags;              /* open flags / unlinkat flags / 0 */
+    uint32_t path_len;
+    char path[AARM_FAST_RECORD_PATH_MAX]; /* canonical path, not NUL-terminated */
+};
+
+struct aarm_fast_ctx;
+
+struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
+                                    const struct aarm_fast_kind *kinds,
+                                    uint32_t ring_capacity);
+void aarm_fast_free(struct aarm_fast_ctx *ctx);
+void aarm_fast_set_enabled(struct aarm_fast_ctx *ctx, int enabled);
+int aarm_fast_next(struct aarm_fast_ctx *ctx, struct aarm_notif *out);
+int aarm_fast_drain(struct aarm_fast_ctx *ctx, struct aarm_fast_record *out, int max);
+uint64_t aarm_fast_dropped(struct aarm_fast_ctx *ctx);
+void aarm_fast_invalidate_umask(struct aarm_fast_ctx *ctx);
+
+#endif /* AARM_FASTPATH_H */
