@@ -100,7 +100,9 @@ class Runner:
         self.env = env
 
     def aarm_prefix(self, journal: str) -> list[str]:
-        return [sys.executable, "-m", "aarm_sandbox", "run", "--profile", "default",
+        exe = os.environ.get("AARM_SANDBOX_BIN")
+        head = [exe] if exe else [sys.executable, "-m", "aarm_sandbox"]
+        return head + ["run", "--profile", "default",
                 "--workspace", str(self.ws), "--journal", journal, "--"]
 
     def strace_prefix(self) -> list[str]:
