@@ -146,7 +146,7 @@ class Supervisor:
             if isinstance(effect, Continue):
                 self.backend.answer_continue(n)
                 if isinstance(effect, ExecContinue) and self.verify_exec:
-                    threading.Thread(target=self._verify_exec, args=(n.tid, effect.dev_ino),
+                    threading.Thread(target=self._verify_exec, args=(n.tid, effect),
                                      daemon=True).start()
                 return 0
             r = effect.perform()
@@ -191,33 +191,36 @@ class Supervisor:
         elif t == A.FILE_DELETE:
             self.ctx.record_removed(action.paths[0])
 
-    def _verify_exec(self, tid: int, dev_ino: tuple[int, int]) -> None:
-        """Exec cannot be emulated, so check what was actually loaded and kill on mismatch
-        (a path swapped between decision and exec). Scripts load their interpreter, so a
-        mismatch is only fatal when the decided file is not a '#!' script."""
+    def _verify_exec(self, tid: int, effect) -> None:
+        """Exec cannot be emulated, so check what the kernel actually loaded and kill the
+        process if it is not the file that was decided on (a path swapped between decision
+        and exec). If the image never changes, the exec failed and the old, already allowed
+        image runs on; a '#!' script legitimately loads its interpreter instead."""
         import time
         try:
             tgid = _tgid_of(tid)
         except OSError:
             return
-        deadline = time.monotonic() + 0.5
+        deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
             try:
                 st = os.stat(f"/proc/{tgid}/exe")
             except OSError:
+                return                       # gone
+            now = (st.st_dev, st.st_ino)
+            if now == effect.dev_ino:
                 return
-            if (st.st_dev, st.st_ino) == dev_ino:
+            if now != effect.before:
+                if effect.is_script:
+                    return
+                try:
+                    os.kill(tgid, 9)
+                finally:
+                    self.journal.append({"type": "enforcement", "tid": tid, "reason":
+                                         "exec loaded a different file than the one decided on; "
+                                         "process killed"})
                 return
             time.sleep(0.0005)
-        try:
-            with open(f"/proc/{tgid}/exe", "rb") as f:
-                if f.read(2) == b"#!":
-                    return
-        except OSError:
-            return
-        os.kill(tgid, 9)
-        self.journal.append({"type": "enforcement", "tid": tid, "reason":
-                             "exec loaded a different file than the one decided on; process killed"})
 
     # ------------------------------------------------------------------------------------
     def _receipt(self, action, decision: Decision, outcome: int) -> None:

@@ -450,12 +450,31 @@ class ExecContinue(Continue):
     """Exec cannot be emulated: continue it, remembering which inode was decided on so the
     supervisor can verify the loaded image when the profile restricts exec."""
 
-    def __init__(self, obj: ObjectRef):
+    def __init__(self, obj: ObjectRef, tid: int):
         self.dev_ino = (obj.st.st_dev, obj.st.st_ino)
         self.objfd = obj.fd
+        self.is_script = _starts_with_shebang(obj.fd)
+        try:
+            st = os.stat(f"/proc/{tid}/exe")
+            self.before = (st.st_dev, st.st_ino)    # the image the caller runs now
+        except OSError:
+            self.before = None
 
     def _fds(self):
         return (self.objfd,)
+
+
+def _starts_with_shebang(opath_fd: int) -> bool:
+    try:
+        fd = os.open(f"/proc/self/fd/{opath_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return os.read(fd, 2) == b"#!"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def decode_exec(n, spec, st) -> Decoded:
@@ -474,7 +493,7 @@ def decode_exec(n, spec, st) -> Decoded:
         raise
     act = _act(A.PROCESS_EXEC, n, spec, obj.path, (obj.path,), argv=argv,
                inode=f"{obj.st.st_dev}:{obj.st.st_ino}")
-    return Decoded(act, ExecContinue(obj))
+    return Decoded(act, ExecContinue(obj, n.tid))
 
 
 # ---- network ----------------------------------------------------------------------------
