@@ -3,6 +3,29 @@
  *
  * See aarm_fastpath.c for the exact semantics.  Every function reports
  * failures as a negative errno (or NULL + errno for aarm_fast_new).
+ *
+ * Contracts for the caller (the Python supervisor):
+ *  - Strings are bytes (os.fsencode); paths are canonical as readlink() of
+ *    /proc/self/fd/N reports them.
+ *  - allow globs: only exact ones and pure prefixes (nsegments == 0) ever
+ *    allow; a pure prefix means "every path starting with it", so build them
+ *    only from "X/<star><star>" globs (prefix "X/").  Allow globs with segments are
+ *    ignored (they never allow).
+ *  - danger globs: a conservative may-match (prefix, then segments in order,
+ *    searched after the prefix).  A last literal piece ending in '/' also
+ *    matches a path that ends right before that '/' (a trailing
+ *    "/<star><star>" matches the directory itself).
+ *  - kinds are deep-copied by aarm_fast_new; root_fd is dup'ed (the caller
+ *    may close its own); the listener is not owned.
+ *  - aarm_fast_next may run in one or more threads while another thread
+ *    drains, toggles enabled or invalidates the umask cache;
+ *    aarm_fast_free only once no thread is inside any aarm_fast_* call.
+ *  - Records come out of aarm_fast_drain in reservation order.  After
+ *    aarm_fast_set_enabled(ctx, 0) returns no new operation starts; one that
+ *    had already reserved its record slot completes and is recorded.
+ *  - The supervisor's own umask must be 0 (modes are computed here).
+ *  - The ring is allocated and pre-faulted at creation:
+ *    ring_capacity * sizeof(struct aarm_fast_record) (~4.3 KiB) bytes.
  */
 #ifndef AARM_FASTPATH_H
 #define AARM_FASTPATH_H

@@ -123,6 +123,42 @@ int aarm_set_dumpable(int on);
 #define AARM_UTIME_NOW ...
 #define AARM_UTIME_OMIT ...
 #define AARM_NOTIF_SIZE ...
+
+/* ---- native fast path (aarm_fastpath.c) ---- */
+struct aarm_fast_glob {
+    const char *prefix;
+    uint32_t prefix_len;
+    int exact;
+    const char *const *segments;
+    uint32_t nsegments;
+};
+struct aarm_fast_kind {
+    const struct aarm_fast_glob *allow;  uint32_t nallow;
+    const struct aarm_fast_glob *danger; uint32_t ndanger;
+    int enabled;
+};
+enum { AARM_FAST_WRITE = 0, AARM_FAST_CREATE = 1, AARM_FAST_DELETE = 2, AARM_FAST_MKDIR = 3,
+       AARM_FAST_NKINDS = 4 };
+struct aarm_fast_record {
+    uint64_t ts_ns;
+    uint32_t tid;
+    int32_t nr;
+    int32_t kind;
+    int64_t result;
+    uint32_t flags;
+    uint32_t path_len;
+    char path[4352];
+};
+struct aarm_fast_ctx;
+struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
+                                    const struct aarm_fast_kind *kinds,
+                                    uint32_t ring_capacity);
+void aarm_fast_free(struct aarm_fast_ctx *);
+void aarm_fast_set_enabled(struct aarm_fast_ctx *, int enabled);
+int aarm_fast_next(struct aarm_fast_ctx *, struct aarm_notif *out);
+int aarm_fast_drain(struct aarm_fast_ctx *, struct aarm_fast_record *out, int max);
+uint64_t aarm_fast_dropped(struct aarm_fast_ctx *);
+void aarm_fast_invalidate_umask(struct aarm_fast_ctx *);
 """
 
 SOURCE = r"""
@@ -130,6 +166,7 @@ SOURCE = r"""
 #define _GNU_SOURCE
 #endif
 #include "aarm_native.h"
+#include "aarm_fastpath.h"
 """
 
 _CFLAGS = ["-O2", "-Wall", "-fno-strict-aliasing"]
@@ -142,7 +179,8 @@ def make_ffi(relative: bool = True) -> FFI:
     ffi.set_source(
         "aarm_sandbox._native",
         SOURCE,
-        sources=[fix(os.path.join(_HERE, "aarm_native.c"))],
+        sources=[fix(os.path.join(_HERE, "aarm_native.c")),
+                 fix(os.path.join(_HERE, "aarm_fastpath.c"))],
         include_dirs=[fix(_HERE)],
         extra_compile_args=_CFLAGS,
     )

@@ -178,6 +178,10 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
                     "namespaces": [v for k, v in NS_NAMES.items() if sandbox.namespaces & k],
                     "masked": mask_dirs + mask_files})
     sup = Supervisor(backend, engine, ctx, journal, explain=args.explain, verbose=args.verbose)
+    if os.environ.get("AARM_FAST_PATH", "1") != "0":
+        from aarm_sandbox.intercept.fastpath import FastPath
+        sensitive = [os.path.abspath(os.path.expanduser(g)) for g in args.sensitive]
+        sup.fast_factory = lambda root_fd: FastPath(sandbox.listener, root_fd, policy, sensitive)
     loop = threading.Thread(target=sup.run, name="aarm-supervisor", daemon=True)
     loop.start()
 

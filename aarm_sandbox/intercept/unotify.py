@@ -21,6 +21,7 @@ class UnotifyBackend:
         self.fd = listener
         self._n = ffi.new("struct aarm_notif *")
         self._sandbox_gone = sandbox_gone
+        self.sandbox_gone = sandbox_gone
         self.sync_wakeup = lib.aarm_notif_set_flags(listener, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) == 0
 
     def receive(self) -> Notification | None:

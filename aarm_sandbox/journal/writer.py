@@ -76,6 +76,12 @@ class Journal:
         if len(self.queue) > 256:
             self._wake.set()
 
+    def append_stamped(self, record: dict) -> None:
+        """A record that already carries the time the decision was made (`ts`)."""
+        self.queue.append(record)
+        if len(self.queue) > 256:
+            self._wake.set()
+
     # --- writer thread ---------------------------------------------------------------
     def _run(self) -> None:
         while True:

@@ -17,7 +17,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 
@@ -60,7 +59,9 @@ def chown_tree(box, top: Path) -> None:
 def no_denials(r) -> None:
     """No deny receipts and no supervisor-internal errors in the journal."""
     denied = r.denied()
-    assert not denied, f"unexpected denials: {denied}\nstderr: {r.stderr}"
+    if denied:
+        first = [(d["action"]["type"], d["action"]["target"], d["decision"]["reason"]) for d in denied[:3]]
+        pytest.fail(f"{len(denied)} unexpected denial(s), first: {first}", pytrace=False)
     internal = [x for x in r.records if x.get("type") == "error"
                 and "supervisor error" in str(x.get("reason", ""))]
     assert not internal, f"supervisor internal errors: {internal}"
@@ -106,33 +107,32 @@ def assert_same(n, s, *, subst: dict[str, str] | None = None) -> None:
             problems.append("".join(diff))
     if problems:
         pytest.fail("sandboxed run differs from the native one:\n" + "\n".join(problems)
-                    + f"\n--- full sandbox stderr ---\n{s.stderr}", pytrace=False)
+                    + f"\n--- sandbox stderr (head) ---\n{s.stderr[:3000]}", pytrace=False)
 
 
 def snapshot(top: Path, *, times: bool = True, owners: bool = True) -> dict:
-    """Everything observable about a tree: type, mode, size, content hash, symlink target,
-    mtimes, hard-link groups."""
+    """Everything observable about a tree (the top directory included, as "."): type and
+    mode, owner, content hash, symlink target, mtime, hard-link groups."""
     out = {}
     inodes: dict[tuple, str] = {}
+    paths = [str(top)]
     for dirpath, dirnames, filenames in os.walk(top):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames) + ([] if dirpath != str(top) else []):
-            p = os.path.join(dirpath, name)
-            rel = os.path.relpath(p, top)
-            st = os.lstat(p)
-            rec = {"mode": oct(st.st_mode)}
-            if owners:
-                rec["owner"] = (st.st_uid, st.st_gid)
-            if stat.S_ISLNK(st.st_mode):
-                rec["target"] = os.readlink(p)
-            elif stat.S_ISREG(st.st_mode):
-                rec["sha"] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-                rec["nlink"] = st.st_nlink
-                key = (st.st_dev, st.st_ino)
-                rec["link_group"] = inodes.setdefault(key, rel)
-            if times:
-                rec["mtime_ns"] = st.st_mtime_ns
-            out[rel] = rec
+        paths += [os.path.join(dirpath, n) for n in dirnames + filenames]
+    for p in sorted(paths):
+        rel = os.path.relpath(p, top)
+        st = os.lstat(p)
+        rec = {"mode": oct(st.st_mode)}
+        if owners:
+            rec["owner"] = (st.st_uid, st.st_gid)
+        if stat.S_ISLNK(st.st_mode):
+            rec["target"] = os.readlink(p)
+        elif stat.S_ISREG(st.st_mode):
+            rec["sha"] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+            rec["nlink"] = st.st_nlink
+            rec["link_group"] = inodes.setdefault((st.st_dev, st.st_ino), rel)
+        if times:
+            rec["mtime_ns"] = st.st_mtime_ns
+        out[rel] = rec
     return out
 
 
@@ -242,7 +242,8 @@ def test_git_gc_after_a_day_of_commits(box):
 def _build_wheel(path: Path, name: str = "tinypkg", version: str = "1.0") -> None:
     files = {
         f"{name}/__init__.py": (f"VERSION = {version!r}\n\ndef hello():\n    return 'hello from {name}'\n\n"
-                                 "def main():\n    print('console script:', hello())\n"),
+                                 "def main():\n    import os, time\n    time.sleep(float(os.environ.get('TINYPKG_SLEEP', 0)))\n"
+                                 "    print('console script:', hello())\n"),
         f"{name}/data.txt": "payload\n",
         f"{name}-{version}.dist-info/METADATA":
             f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: tiny test package\n",
@@ -269,7 +270,7 @@ set -e
 {py} -m venv venv
 {pip} install --no-index --no-deps --disable-pip-version-check -q {whl}
 venv/bin/python -c 'import tinypkg, os; print(tinypkg.hello(), tinypkg.VERSION); print(open(os.path.join(os.path.dirname(tinypkg.__file__), "data.txt")).read(), end="")'
-venv/bin/tinypkg-hello
+TINYPKG_SLEEP={sleep} venv/bin/tinypkg-hello
 {pip} show tinypkg | grep -E '^(Name|Version):'
 {pip} uninstall -y -q tinypkg
 venv/bin/python -c 'import tinypkg' 2>/dev/null && echo still-there || echo uninstalled
@@ -278,11 +279,11 @@ PIP_EXPECTED = ("hello from tinypkg 1.0\npayload\nconsole script: hello from tin
                 "Name: tinypkg\nVersion: 1.0\nuninstalled\n")
 
 
-def _pip_session(box, pip: str):
+def _pip_session(box, pip: str, sleep: float = 0):
     ws = box.workspace
     whl = ws / "tinypkg-1.0-py3-none-any.whl"
     _build_wheel(whl)
-    script = PIP_SCRIPT.format(py=python_for(box), pip=pip, whl=whl)
+    script = PIP_SCRIPT.format(py=python_for(box), pip=pip, whl=whl, sleep=sleep)
     r = box.run(["sh", "-c", script], timeout=120)
     no_denials(r)
     assert r.returncode == 0, r.stderr
@@ -297,11 +298,10 @@ def test_pip_module_installs_local_wheel_into_venv(box):
     _pip_session(box, "venv/bin/python -m pip")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: exec verification kills any #! script (venv/bin/pip) "
-                   "still running 0.5 s after exec: /proc/PID/exe is the interpreter, never the script")
 def test_pip_script_installs_local_wheel_into_venv(box):
-    """The same through the venv's `pip` console script, as users type it."""
-    _pip_session(box, "venv/bin/pip")
+    """The same through the venv's `pip` console script, as users type it; the package's own
+    console script then runs for a second (a CLI doing some work)."""
+    _pip_session(box, "venv/bin/pip", sleep=1)
 
 
 # --------------------------------------------------------------------------------------
@@ -355,8 +355,9 @@ def test_gcc_and_make(box):
     for f in ("direct", "prog", "main.o"):
         assert (s_dir / f).read_bytes() == (n_dir / f).read_bytes(), f
     # gcc's temporaries went to the session's TMPDIR, which is gone afterwards
+    tmpdir = next(r["tmpdir"] for r in s.records if r.get("type") == "session.start")
     tmp = [r["action"]["target"] for r in s.receipts("file.create")
-           if "/aarm-" in r["action"]["target"] and not r["action"]["target"].startswith(str(s_dir))]
+           if r["action"]["target"].startswith(tmpdir + "/")]
     assert tmp, "gcc should have created its temporaries in the sandbox TMPDIR"
     assert not any(os.path.exists(t) for t in tmp)
 
@@ -410,12 +411,52 @@ def test_tar_round_trip(ubox):
     no_denials(s)
     assert "same\n" in s.stdout
     src = snapshot(ws / "src")
-    # tar restores mtimes to the second? No: GNU format keeps whole seconds only.
+    # the GNU format keeps whole seconds: compare the extracted tree with the source at that
+    # resolution, and the two extractions with each other exactly
     strip_ns = lambda snap: {k: {**v, "mtime_ns": v["mtime_ns"] // 10**9} for k, v in snap.items()}
     n_out, s_out = snapshot(ws / "n/out/src"), snapshot(ws / "s/out/src")
     assert s_out == n_out
     assert strip_ns(s_out) == strip_ns(src)
     assert (ws / "s/a.tar").read_bytes() == (ws / "n/a.tar").read_bytes()
+
+
+# --------------------------------------------------------------------------------------
+# 4b. everyday file utilities (sed -i, cp -a, install, mktemp, git clone, ...)
+
+UTILS = r"""
+set -u
+printf 'alpha\nbeta\n' > f.txt; chmod 640 f.txt
+sed -i 's/beta/gamma/' f.txt; echo "sed=$?"; stat -c '%a %s' f.txt; cat f.txt
+touch -d @1000000000 f.txt; touch -r f.txt ref; stat -c '%Y' ref
+mkdir -p tree/a/b; echo 1 > tree/a/one; ln -s one tree/a/lnk; chmod 700 tree/a/b
+touch -d @1200000000 tree/a/one tree/a/b; touch -h -d @1300000000 tree/a/lnk
+cp -a tree copy; echo "cpa=$?"; stat -c '%a %Y %N' copy/a/one copy/a/lnk copy/a/b
+cp -al tree hl; echo "cpal=$?"; stat -c '%h' hl/a/one
+install -d inst/bin && install -m 751 f.txt inst/bin/tool; stat -c '%a' inst/bin/tool
+chmod -R go-rwx tree; stat -c '%a' tree tree/a tree/a/one
+ln -sfn tree cur; ln -sfn copy cur; readlink cur
+echo v1 > bk; echo v2 > bk2; mv -b bk2 bk; cat bk bk~
+t=$(mktemp); echo "mktemp=$?"; case "$t" in "${TMPDIR:-/tmp}"/*) echo in-tmpdir;; *) echo "elsewhere";; esac; rm -f "$t"
+d=$(mktemp -d -p .); rmdir "$d"; echo "mktemp-d=$?"
+"$PY" -c "import shutil; shutil.copytree('tree', 'pycopy', symlinks=True); shutil.move('pycopy', 'pymoved'); shutil.rmtree('pymoved'); print('shutil ok')"
+mkdir many; i=0; while [ $i -lt 50 ]; do echo $i > many/$i; i=$((i+1)); done; rm -rf many; echo "rm-rf=$?"
+git init -q src-repo && (cd src-repo && echo x > x && git add x && git commit -qm x) && git clone -q src-repo clone-repo && echo "clone=$?" && git -C clone-repo log --format=%s
+tar czf t.tgz tree && mkdir un && tar xzf t.tgz -C un && echo "tgz=$?"
+truncate -s 1M sparse; stat -c '%s' sparse; dd if=/dev/zero of=dd.bin bs=1k count=4 status=none; stat -c '%s' dd.bin
+ls | sort
+"""
+
+
+def test_everyday_file_utilities(ubox):
+    box = ubox
+    ws = box.workspace
+    mkdirs(box, ws / "n", ws / "s")
+    env = {**_git_env(box), "PY": python_for(box)}
+    n, s = both(box, ["sh", "-c", UTILS], native_cwd=ws / "n", sandbox_cwd=ws / "s", env=env)
+    assert "clone=0\n" in n.stdout and "tgz=0\n" in n.stdout, n.stdout + n.stderr
+    assert_same(n, s)
+    no_denials(s)
+    assert snapshot(ws / "s", times=False).keys() == snapshot(ws / "n", times=False).keys()
 
 
 # --------------------------------------------------------------------------------------
@@ -507,9 +548,10 @@ def test_threaded_writers(box, compile_c):
     mkdirs(box, ws / "n", ws / "s", box.root / "nscratch")
     n = box.native([prog, "n", str(box.root / "nscratch")], timeout=60)
     assert n.returncode == 0, n.stderr
-    # run directly (scratch = $TMPDIR), not via `sh -c 'exec prog'`: see the exec-verification
-    # race in test_exec_chain_under_load (a fast re-exec + a notification flood gets the
-    # process SIGKILLed about 1 run in 4)
+    # Run directly (scratch = $TMPDIR), not as `sh -c 'exec prog s "$TMPDIR"'`: with that
+    # exec chain the supervisor's exec verification SIGKILLs the program in about 1 run of 4
+    # (its verify thread for `sh` misses the moment sh was the image;
+    # test_exec_chain_is_not_killed, stress).
     s = box.run([prog, "s"], timeout=60)
     assert_same(n, s)
     no_denials(s)
@@ -603,6 +645,11 @@ def test_python_stdlib(box):
     assert_same(n, s)
     no_denials(s)
     assert s.stdout.startswith("True\n(500, ")
+    # the temp files went to the session's TMPDIR and the semaphores to (private) /dev/shm
+    tmpdir = next(r["tmpdir"] for r in s.records if r.get("type") == "session.start")
+    created = [r["action"]["target"] for r in s.receipts("file.create")]
+    assert any(t.startswith(tmpdir + "/") for t in created), created
+    assert any(t.startswith("/dev/shm/") for t in created), created
     check = "select count(*), group_concat(v) from t"
     assert sqlite3_query(ws / "s/test.db", check) == sqlite3_query(ws / "n/test.db", check)
 
@@ -989,8 +1036,8 @@ for p in ["file/", "missing/", "existing/", "existing/new/"]:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: open(O_CREAT) of 'name/' answers ENOTDIR (existing "
-                   "file) or EACCES 'dangling symlink' (missing name) where the kernel says EISDIR")
+@pytest.mark.xfail(strict=True, reason="BUG: open(O_CREAT) of 'name/' gives ENOTDIR (name is a "
+                   "file) or EACCES 'dangling symlink' (name missing) where the kernel gives EISDIR")
 def test_errno_create_with_trailing_slash(box):
     ws = box.workspace
     mkdirs(box, ws / "n", ws / "s")
@@ -1140,9 +1187,6 @@ def test_umask_matches_native(ubox):
 # 11. exec of scripts, and failed execs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _verify_exec kills a #! script (and a no-#! script run "
-                   "via ENOEXEC fallback) 0.5 s after exec: it checks /proc/PID/exe (the interpreter) "
-                   "for '#!' instead of the decided file")
 def test_long_running_scripts_are_not_killed(box):
     ws = box.workspace
     (ws / "slow.sh").write_text("#!/bin/sh\nsleep 1\necho script-done\n")
@@ -1154,6 +1198,27 @@ def test_long_running_scripts_are_not_killed(box):
     assert n.stdout == "script-done\nrc=0\nplain-done\nrc=0\n"
     assert_same(n, s)
     no_denials(s)
+
+
+STRESS = os.environ.get("AARM_STRESS") == "1"
+
+
+@pytest.mark.stress
+@pytest.mark.skipif(not STRESS, reason="set AARM_STRESS=1 (scripts/stress): ~60 s of repeated sessions")
+@pytest.mark.xfail(strict=True, reason="BUG: exec verification races a fast exec chain: in "
+                   "`sh -c 'exec prog'` the check for sh's exec runs after prog is loaded, sees neither "
+                   "sh nor the old image, and SIGKILLs prog (about 1 session in 5 when prog floods)")
+def test_exec_chain_is_not_killed(box, compile_c):
+    prog = compile_c("compat_threads", THREADS_C)
+    killed = []
+    for i in range(30):
+        d = box.workspace / f"run{i}"
+        mkdirs(box, d)
+        r = box.run(["sh", "-c", f'exec {prog} run{i} "$TMPDIR"'], timeout=60)
+        if r.returncode != 0 or any(x.get("type") == "enforcement" for x in r.records):
+            killed.append((i, r.returncode))
+        shutil.rmtree(d)
+    assert not killed, f"sessions killed: {killed}"
 
 
 FAILED_EXEC_PY = r"""
@@ -1168,8 +1233,6 @@ print("survived")
 """
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a process whose execve failed (EACCES) is SIGKILLed "
-                   "0.5 s later by exec verification (its /proc/PID/exe never becomes the decided file)")
 def test_failed_exec_does_not_kill_the_caller(box):
     ws = box.workspace
     (ws / "not-executable").write_text("echo hi\n")

@@ -1,0 +1,177 @@
+"""Native fast path: the hottest *allowed* file operations decided and performed in C.
+
+The C loop (native/aarm_fastpath.c) handles write-opens, creates, unlinks and mkdirs whose
+canonical path provably gets the profile's default ALLOW: it must lie under a directory the
+profile's "outside" rules treat as inside (the writable set), and it must not possibly
+match any rule that applies to that action type (each rule glob is reduced to a literal
+prefix plus the literal pieces that any match must contain: a conservative "may match").
+Everything else, including every denial, goes to the Python pipeline unchanged. Each
+handled decision leaves a record that becomes a normal receipt in the journal.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+
+from aarm_sandbox._native import ffi, lib
+from aarm_sandbox.actions import action as A
+from aarm_sandbox.decode.handlers import Notification
+from aarm_sandbox.policy.compiler import CompiledPolicy, literal_prefix
+from aarm_sandbox.policy.decision import Result
+
+KINDS = ((lib.AARM_FAST_WRITE, A.FILE_WRITE), (lib.AARM_FAST_CREATE, A.FILE_CREATE),
+         (lib.AARM_FAST_DELETE, A.FILE_DELETE), (lib.AARM_FAST_MKDIR, A.FILE_MKDIR))
+KIND_TYPE = dict(KINDS)
+SYSCALL_NAMES = {2: "open", 257: "openat", 85: "creat", 87: "unlink", 263: "unlinkat",
+                 83: "mkdir", 258: "mkdirat"}
+_WILD = re.compile(r"\*\*|\*|\?|\[[^\]]*\]")
+
+
+def glob_parts(glob: str) -> tuple[str, bool, list[str]]:
+    """(literal prefix, exact, literal pieces after the prefix) of a policy glob."""
+    prefix = literal_prefix(glob)
+    if prefix == glob:
+        return glob, True, []
+    rest = glob[len(prefix):]
+    return prefix, False, [p for p in _WILD.split(rest) if p]
+
+
+def _expand_dir_globs(globs: list[str]) -> list[str]:
+    # "D/**" also matches D itself (compiler.glob_to_regex): keep that visible here.
+    out = []
+    for g in globs:
+        out.append(g)
+        if g.endswith("/**"):
+            out.append(g[:-3])
+    return out
+
+
+def fast_spec(policy: CompiledPolicy, extra_danger: list[str]) -> dict[int, tuple[list, list] | None]:
+    """For each fast kind: (allow globs, danger globs), or None when the kind must always
+    go to Python."""
+    spec: dict[int, tuple[list, list] | None] = {}
+    profile = policy.profile
+    for kind, type_ in KINDS:
+        if policy.default_by_type[type_] is not Result.ALLOW:
+            spec[kind] = None
+            continue
+        allow: list[str] | None = None
+        danger: list[str] = list(extra_danger)
+        ok = True
+        for rule in profile.rules:
+            if rule.id not in {r.id for r in policy.rules_by_type[type_]}:
+                continue
+            inside = policy.expand_patterns(rule.paths)
+            outside = policy.expand_patterns(rule.outside)
+            if inside:
+                danger.extend(_expand_dir_globs(inside))
+            elif outside and rule.existed_at_start is None and rule.count_over is None:
+                if allow is not None:
+                    ok = False  # several "outside" rules: keep it simple, no fast path
+                allow = [g for g in outside if g.endswith("/**") and not any(c in g[:-3] for c in "*?[")]
+            else:
+                ok = False      # a rule on every path of this type: no fast path
+        if not ok:
+            spec[kind] = None
+            continue
+        spec[kind] = (allow if allow is not None else ["/**"], danger)
+    return spec
+
+
+class _Keep:
+    """Keeps the cffi allocations alive as long as the C context may read them."""
+
+    def __init__(self):
+        self.objs: list = []
+
+    def cstr(self, s: str):
+        b = ffi.new("char[]", os.fsencode(s))
+        self.objs.append(b)
+        return b
+
+
+def _globs(keep: _Keep, globs: list[str]):
+    arr = ffi.new("struct aarm_fast_glob[]", max(1, len(globs)))
+    keep.objs.append(arr)
+    for i, g in enumerate(globs):
+        prefix, exact, segs = glob_parts(g)
+        arr[i].prefix = keep.cstr(prefix)
+        arr[i].prefix_len = len(os.fsencode(prefix))
+        arr[i].exact = int(exact)
+        seg_arr = ffi.new("char *[]", [keep.cstr(s) for s in segs] + [ffi.NULL])
+        keep.objs.append(seg_arr)
+        arr[i].segments = seg_arr
+        arr[i].nsegments = len(segs)
+    return arr
+
+
+class FastPath:
+    def __init__(self, listener: int, root_fd: int, policy: CompiledPolicy, extra_danger: list[str],
+                 ring_capacity: int = 1024):
+        self.spec = fast_spec(policy, extra_danger)
+        keep = _Keep()
+        kinds = ffi.new("struct aarm_fast_kind[]", lib.AARM_FAST_NKINDS)
+        for kind, _type in KINDS:
+            s = self.spec.get(kind)
+            if s is None:
+                kinds[kind].enabled = 0
+                continue
+            allow, danger = s
+            kinds[kind].enabled = 1
+            kinds[kind].allow = _globs(keep, allow)
+            kinds[kind].nallow = len(allow)
+            kinds[kind].danger = _globs(keep, danger)
+            kinds[kind].ndanger = len(danger)
+        self.ctx = lib.aarm_fast_new(listener, root_fd, kinds, ring_capacity)
+        if self.ctx == ffi.NULL:
+            raise OSError("cannot create the native fast path")
+        self._keep = keep            # aarm_fast_new deep-copies, but keep them anyway
+        self._notif = ffi.new("struct aarm_notif *")
+        self._records = ffi.new("struct aarm_fast_record[]", 256)
+        self._lock = threading.Lock()
+        self.reason = {t: f"profile {policy.profile.id} default for {t}" for _k, t in KINDS}
+
+    def next(self) -> Notification | int:
+        """The next notification the fast path did not handle, or -errno."""
+        n = self._notif
+        r = lib.aarm_fast_next(self.ctx, n)
+        if r < 0:
+            return r
+        d = n.data
+        a = d.args
+        return Notification(n.id, n.pid, d.nr, d.arch, (a[0], a[1], a[2], a[3], a[4], a[5]))
+
+    def disable(self) -> None:
+        lib.aarm_fast_set_enabled(self.ctx, 0)
+
+    def invalidate_umask(self) -> None:
+        lib.aarm_fast_invalidate_umask(self.ctx)
+
+    def drain(self, sink) -> int:
+        """Turn handled decisions into receipts via sink(type, path, syscall, tid, flags, result, ts)."""
+        total = 0
+        with self._lock:
+            while True:
+                n = lib.aarm_fast_drain(self.ctx, self._records, 256)
+                for i in range(n):
+                    rec = self._records[i]
+                    path = os.fsdecode(ffi.unpack(rec.path, rec.path_len))
+                    sink(KIND_TYPE[rec.kind], path, SYSCALL_NAMES.get(rec.nr, str(rec.nr)),
+                         rec.tid, rec.flags, rec.result, rec.ts_ns / 1e9)
+                total += n
+                if n < 256:
+                    return total
+
+    def close(self) -> None:
+        if self.ctx != ffi.NULL:
+            lib.aarm_fast_free(self.ctx)
+            self.ctx = ffi.NULL
+
+
+def drain_periodically(fast: FastPath, sink, stop: threading.Event, interval: float = 0.02) -> None:
+    while not stop.wait(interval):
+        fast.drain(sink)
+    fast.drain(sink)
+    time.sleep(0)

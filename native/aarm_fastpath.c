@@ -1,0 +1,902 @@
+/*
+ * aarm_fastpath.c - native fast path of the seccomp-notification supervisor.
+ *
+ * aarm_fast_next() receives notifications in a loop and completely handles
+ * the hottest *allowed* file operations itself (open/openat/creat for writing
+ * a regular file or creating one, unlink/unlinkat, mkdir/mkdirat), without
+ * returning to Python.  Everything else - and everything the fast path is not
+ * completely sure about - is returned to Python untouched, exactly as
+ * SECCOMP_IOCTL_NOTIF_RECV delivered it, so that the Python supervisor decides
+ * it as if the fast path did not exist.
+ *
+ * The semantics mirror the Python decoders (decode/handlers.py decode_open's
+ * parent fast path, decode_unlink, decode_mkdir, decode/paths.py
+ * Resolver.parent) restricted to the simplest shapes:
+ *
+ *   1. the path is read once (process_vm_readv, <= 4096 bytes incl. the NUL);
+ *      the decision and the operation only ever use that private copy;
+ *   2. empty paths, a trailing '/', any "." or ".." component -> Python;
+ *   3. absolute paths start at the session root (root_fd), relative ones at
+ *      /proc/TID/cwd (per thread, honours unshare(CLONE_FS)); a dirfd other
+ *      than AT_FDCWD -> Python;
+ *   4. the parent directory is pinned with openat2(RESOLVE_NO_SYMLINKS |
+ *      RESOLVE_NO_MAGICLINKS [| RESOLVE_IN_ROOT]); any error -> Python;
+ *   5. canonical path = the text for absolute paths without "//" (the parent
+ *      was reached with no symlink, "." or ".."), else
+ *      readlink(/proc/self/fd/PARENT) + "/" + name - as Resolver.parent;
+ *   6. the last component is lstat'ed (fstatat AT_SYMLINK_NOFOLLOW) in the
+ *      pinned parent: only regular files opened with write access or O_TRUNC
+ *      (write), absent names (create, mkdir) and non-directories (unlink) are
+ *      handled;
+ *   7. the canonical path must "may-match" an allow glob of the kind and no
+ *      danger glob;
+ *   8. SECCOMP_IOCTL_NOTIF_ID_VALID (after every /proc/TID access, so a
+ *      recycled TID cannot have been used);
+ *   9. the operation is performed on (pinned parent, name) - O_NOFOLLOW for
+ *      opens - and the notification answered (ADDFD|SEND for opens);
+ *  10. a journal record is queued in a ring whose slot was reserved *before*
+ *      the operation: when the ring is full the notification goes to Python,
+ *      so nothing is ever performed without a record.
+ *
+ * Extra caution beyond the Python decoder: opens add O_NONBLOCK (cleared
+ * again with F_SETFL before the fd is installed) so that a name swapped for
+ * a FIFO after the lstat cannot block the supervisor, and the opened file
+ * must still be a regular file; open failures that only the fast path's own
+ * changes can cause (EAGAIN/ENXIO from O_NONBLOCK, ELOOP from O_NOFOLLOW,
+ * ENOENT after dropping O_CREAT) hand the untouched notification to Python
+ * instead of answering (nothing has happened at that point).
+ *
+ * Conventions: negative errno returns, no errno as an error channel (except
+ * aarm_fast_new, which returns NULL and sets errno).  The functions are
+ * called through cffi with the GIL released.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/audit.h>
+#include <linux/openat2.h>
+#include <linux/seccomp.h>
+
+#include "aarm_fastpath.h"
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+
+/* x86_64 syscall numbers (the only architecture handled here). */
+#define NR_OPEN 2
+#define NR_MKDIR 83
+#define NR_CREAT 85
+#define NR_UNLINK 87
+#define NR_OPENAT 257
+#define NR_MKDIRAT 258
+#define NR_UNLINKAT 263
+
+#define FP_PATH_MAX 4096                 /* incl. the NUL, as the kernel's PATH_MAX */
+#define FP_O_TMPFILE_BIT 020000000       /* __O_TMPFILE */
+#define FP_RING_MAX (1u << 20)
+#define FP_MAX_GLOBS (1u << 16)
+#define FP_MAX_SEGMENTS 4096u
+#define FP_MAX_TEXT (1u << 16)
+
+/* umask cache: tid-keyed, direct-mapped, overwrite on collision.
+ * entry = tid << 32 | VALID | umask << GEN_BITS | generation */
+#define FP_UMASK_SLOTS 4096u
+#define FP_UMASK_GEN_BITS 19
+#define FP_UMASK_GEN_MASK ((1u << FP_UMASK_GEN_BITS) - 1)
+#define FP_UMASK_VALID (1ull << 31)
+
+enum { FP_PASS = 0, FP_DONE = 1 };
+enum { OP_OPEN, OP_UNLINK, OP_MKDIR };
+enum { SLOT_FREE = 0, SLOT_READY = 1, SLOT_CANCELLED = 2 };
+
+_Static_assert(AARM_FAST_NKINDS == 4, "four fast kinds");
+_Static_assert(AARM_FAST_RECORD_PATH_MAX >= FP_PATH_MAX + 1 + NAME_MAX,
+               "a record holds any canonical path the fast path can build");
+
+struct fp_glob {
+    char *prefix;
+    uint32_t prefix_len;
+    int exact;
+    char **segs;
+    uint32_t *seg_lens;
+    uint32_t nsegs;
+};
+
+struct fp_kind {
+    struct fp_glob *allow;
+    uint32_t nallow;
+    struct fp_glob *danger;
+    uint32_t ndanger;
+    int enabled;
+};
+
+struct aarm_fast_ctx {
+    int listener;               /* not owned */
+    int root_fd;                /* owned dup of the session root */
+    int proc_fd;                /* "/proc", O_PATH */
+    int selffd_fd;              /* "/proc/self/fd" (of this process), O_PATH */
+    struct fp_kind kinds[AARM_FAST_NKINDS];
+    atomic_int enabled;
+
+    /* Record ring.  Producers reserve a slot (tail++) under ring_lock,
+     * fill it without the lock and publish it with ready[slot] = READY;
+     * the drainer copies published slots out in order without the lock
+     * and advances head under it.  tail - head <= cap always. */
+    pthread_mutex_t ring_lock;
+    pthread_mutex_t drain_lock;
+    struct aarm_fast_record *ring;  /* mmap'ed, pre-faulted: no page fault on the hot path */
+    size_t ring_bytes;
+    atomic_uchar *ready;
+    uint32_t cap;
+    uint64_t head;
+    uint64_t tail;
+    atomic_uint_fast64_t dropped;
+
+    atomic_uint umask_gen;
+    _Atomic uint64_t umask_tab[FP_UMASK_SLOTS];
+};
+
+/* ------------------------------------------------------------------ */
+/* small helpers                                                       */
+
+static size_t put_u(char *buf, unsigned long v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = tmp[n - 1 - i];
+    return n;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
+
+static int sys_openat2(int dirfd, const char *path, uint64_t flags, uint64_t resolve)
+{
+    struct open_how how;
+    memset(&how, 0, sizeof(how));
+    how.flags = flags;
+    how.resolve = resolve;
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+}
+
+/* 1 if the path has a shape the fast path handles: non-empty, no trailing
+ * slash, no "." or ".." component anywhere. */
+static int path_is_simple(const char *p, size_t n)
+{
+    if (n == 0 || p[n - 1] == '/')
+        return 0;
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && p[i] == '/')
+            i++;
+        size_t s = i;
+        while (i < n && p[i] != '/')
+            i++;
+        size_t l = i - s;
+        if (l == 1 && p[s] == '.')
+            return 0;
+        if (l == 2 && p[s] == '.' && p[s + 1] == '.')
+            return 0;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* glob matching                                                       */
+
+static int may_match(const struct fp_glob *g, const char *p, size_t n, int danger)
+{
+    if (g->exact)
+        return n == g->prefix_len && memcmp(p, g->prefix, n) == 0;
+    size_t pl = g->prefix_len;
+    if (n < pl || memcmp(p, g->prefix, pl) != 0) {
+        /* danger only: a last literal piece ending in '/' may come from a
+         * trailing slash-double-star, which also matches the directory itself. */
+        return danger && g->nsegs == 0 && pl > 0 && g->prefix[pl - 1] == '/' &&
+               n == pl - 1 && memcmp(p, g->prefix, n) == 0;
+    }
+    size_t pos = pl;
+    for (uint32_t i = 0; i < g->nsegs; i++) {
+        const char *seg = g->segs[i];
+        size_t sl = g->seg_lens[i];
+        const char *hit = memmem(p + pos, n - pos, seg, sl);
+        if (!hit) {
+            return danger && i == g->nsegs - 1 && sl > 0 && seg[sl - 1] == '/' &&
+                   n - pos >= sl - 1 && memcmp(p + n - (sl - 1), seg, sl - 1) == 0;
+        }
+        pos = (size_t)(hit - p) + sl;
+    }
+    return 1;
+}
+
+/* Allowed iff the kind is on, the path may-matches an allow glob that is an
+ * exact path or a pure prefix (a glob with literal segments after its
+ * wildcard is an over-approximation and could allow more than the glob:
+ * it never allows here), and may-matches no danger glob.  Danger matching is
+ * conservative beyond the plain definition: when the last literal piece ends
+ * in '/', the path may also end right before that '/' (glob X/<star><star> matches X). */
+static int kind_allows(const struct fp_kind *k, const char *p, size_t n)
+{
+    if (!k->enabled)
+        return 0;
+    int ok = 0;
+    for (uint32_t i = 0; i < k->nallow && !ok; i++)
+        ok = k->allow[i].nsegs == 0 && may_match(&k->allow[i], p, n, 0);
+    if (!ok)
+        return 0;
+    for (uint32_t i = 0; i < k->ndanger; i++)
+        if (may_match(&k->danger[i], p, n, 1))
+            return 0;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* umask of the target thread                                          */
+
+static int read_umask(struct aarm_fast_ctx *c, uint32_t tid, unsigned *out)
+{
+    char name[40];
+    size_t k = put_u(name, tid);
+    memcpy(name + k, "/status", sizeof("/status"));
+    int fd = openat(c->proc_fd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    char buf[1024];
+    ssize_t r = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (r <= 0)
+        return -1;
+    buf[r] = '\0';
+    /* "Umask:\t0022\n" at the start of a line (the comm in "Name:" is
+     * escaped by the kernel, so it cannot forge a line). */
+    const char *p = buf;
+    while (strncmp(p, "Umask:", 6) != 0) {
+        p = strchr(p, '\n');
+        if (!p)
+            return -1;
+        p++;
+    }
+    p += 6;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    unsigned v = 0;
+    int digits = 0;
+    while (*p >= '0' && *p <= '7' && digits < 8) {
+        v = v * 8 + (unsigned)(*p - '0');
+        p++;
+        digits++;
+    }
+    if (digits == 0 || *p != '\n')
+        return -1;
+    *out = v & 0777;
+    return 0;
+}
+
+static int get_umask(struct aarm_fast_ctx *c, uint32_t tid, unsigned *out)
+{
+    _Atomic uint64_t *slot = &c->umask_tab[tid % FP_UMASK_SLOTS];
+    unsigned gen = atomic_load_explicit(&c->umask_gen, memory_order_acquire) & FP_UMASK_GEN_MASK;
+    uint64_t e = atomic_load_explicit(slot, memory_order_acquire);
+    if ((uint32_t)(e >> 32) == tid && (e & FP_UMASK_VALID) &&
+        (unsigned)(e & FP_UMASK_GEN_MASK) == gen) {
+        *out = (unsigned)(e >> FP_UMASK_GEN_BITS) & 07777;
+        return 0;
+    }
+    /* The generation is taken before reading: an invalidation that races
+     * with the read makes this entry stale at once. */
+    unsigned m;
+    if (read_umask(c, tid, &m) < 0)
+        return -1;
+    e = ((uint64_t)tid << 32) | FP_UMASK_VALID |
+        ((uint64_t)(m & 07777) << FP_UMASK_GEN_BITS) | gen;
+    atomic_store_explicit(slot, e, memory_order_release);
+    *out = m;
+    return 0;
+}
+
+void aarm_fast_invalidate_umask(struct aarm_fast_ctx *c)
+{
+    if (!c)
+        return;
+    atomic_fetch_add_explicit(&c->umask_gen, 1, memory_order_acq_rel);
+    for (unsigned i = 0; i < FP_UMASK_SLOTS; i++)
+        atomic_store_explicit(&c->umask_tab[i], 0, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+}
+
+/* ------------------------------------------------------------------ */
+/* record ring                                                         */
+
+static int ring_reserve(struct aarm_fast_ctx *c, uint64_t *slot)
+{
+    int ok = 0;
+    pthread_mutex_lock(&c->ring_lock);
+    if (atomic_load_explicit(&c->enabled, memory_order_relaxed) && c->cap &&
+        c->tail - c->head < c->cap) {
+        *slot = c->tail++;
+        ok = 1;
+    }
+    pthread_mutex_unlock(&c->ring_lock);
+    return ok;
+}
+
+static void ring_cancel(struct aarm_fast_ctx *c, uint64_t slot)
+{
+    atomic_store_explicit(&c->ready[slot % c->cap], SLOT_CANCELLED, memory_order_release);
+}
+
+static struct aarm_fast_record *ring_slot(struct aarm_fast_ctx *c, uint64_t slot)
+{
+    return &c->ring[slot % c->cap];
+}
+
+static void ring_publish(struct aarm_fast_ctx *c, uint64_t slot)
+{
+    atomic_store_explicit(&c->ready[slot % c->cap], SLOT_READY, memory_order_release);
+}
+
+int aarm_fast_drain(struct aarm_fast_ctx *c, struct aarm_fast_record *out, int max)
+{
+    if (!c || !out || max <= 0 || c->cap == 0)
+        return 0;
+    pthread_mutex_lock(&c->drain_lock);
+    pthread_mutex_lock(&c->ring_lock);
+    uint64_t i = c->head;
+    pthread_mutex_unlock(&c->ring_lock);
+    int got = 0;
+    for (uint32_t seen = 0; got < max && seen < c->cap; seen++) {
+        uint32_t idx = (uint32_t)(i % c->cap);
+        unsigned char st = atomic_load_explicit(&c->ready[idx], memory_order_acquire);
+        if (st == SLOT_FREE)
+            break;              /* not reserved, or still being filled: keep order */
+        if (st == SLOT_READY) {
+            const struct aarm_fast_record *r = &c->ring[idx];
+            uint32_t pl = r->path_len <= AARM_FAST_RECORD_PATH_MAX ? r->path_len
+                                                                   : AARM_FAST_RECORD_PATH_MAX;
+            memcpy(&out[got], r, offsetof(struct aarm_fast_record, path) + pl);
+            got++;
+        }
+        atomic_store_explicit(&c->ready[idx], SLOT_FREE, memory_order_relaxed);
+        i++;
+    }
+    pthread_mutex_lock(&c->ring_lock);   /* also orders the SLOT_FREE stores before reuse */
+    c->head = i;
+    pthread_mutex_unlock(&c->ring_lock);
+    pthread_mutex_unlock(&c->drain_lock);
+    return got;
+}
+
+uint64_t aarm_fast_dropped(struct aarm_fast_ctx *c)
+{
+    return c ? (uint64_t)atomic_load(&c->dropped) : 0;
+}
+
+void aarm_fast_set_enabled(struct aarm_fast_ctx *c, int enabled)
+{
+    if (!c)
+        return;
+    /* Under the ring lock: once this returns, no further slot is reserved
+     * (operations that already hold a slot complete and are recorded). */
+    pthread_mutex_lock(&c->ring_lock);
+    atomic_store_explicit(&c->enabled, enabled ? 1 : 0, memory_order_release);
+    pthread_mutex_unlock(&c->ring_lock);
+}
+
+/* ------------------------------------------------------------------ */
+/* the fast path proper                                                */
+
+static int32_t as_int32(uint64_t v)
+{
+    return (int32_t)(uint32_t)v;
+}
+
+static int answer(struct aarm_fast_ctx *c, uint64_t id, int64_t result)
+{
+    if (result < 0)
+        return aarm_notif_send(c->listener, id, 0, (int32_t)result, 0);
+    return aarm_notif_send(c->listener, id, result, 0, 0);
+}
+
+/* Handle one notification completely (FP_DONE) or not at all (FP_PASS). */
+static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
+{
+    if (!atomic_load_explicit(&c->enabled, memory_order_acquire))
+        return FP_PASS;
+    if (n->data.arch != AUDIT_ARCH_X86_64)
+        return FP_PASS;
+    uint32_t tid = n->pid;
+    if (tid == 0 || tid > INT_MAX)
+        return FP_PASS;
+
+    const uint64_t *a = n->data.args;
+    int op;
+    int32_t dirfd = AT_FDCWD;
+    uint64_t pptr;
+    uint32_t flags = 0, mode = 0;
+    switch (n->data.nr) {
+    case NR_OPEN:
+        op = OP_OPEN; pptr = a[0]; flags = (uint32_t)a[1]; mode = (uint32_t)a[2];
+        break;
+    case NR_OPENAT:
+        op = OP_OPEN; dirfd = as_int32(a[0]); pptr = a[1];
+        flags = (uint32_t)a[2]; mode = (uint32_t)a[3];
+        break;
+    case NR_CREAT:
+        op = OP_OPEN; pptr = a[0]; flags = O_CREAT | O_WRONLY | O_TRUNC; mode = (uint32_t)a[1];
+        break;
+    case NR_UNLINK:
+        op = OP_UNLINK; pptr = a[0];
+        break;
+    case NR_UNLINKAT:
+        op = OP_UNLINK; dirfd = as_int32(a[0]); pptr = a[1]; flags = (uint32_t)a[2];
+        if (flags != 0)                 /* AT_REMOVEDIR (rmdir) or invalid flags */
+            return FP_PASS;
+        break;
+    case NR_MKDIR:
+        op = OP_MKDIR; pptr = a[0]; mode = (uint32_t)a[1];
+        break;
+    case NR_MKDIRAT:
+        op = OP_MKDIR; dirfd = as_int32(a[0]); pptr = a[1]; mode = (uint32_t)a[2];
+        break;
+    default:
+        return FP_PASS;
+    }
+
+    /* Cheap rejections before any syscall. */
+    if (op == OP_OPEN) {
+        if (flags & (O_PATH | FP_O_TMPFILE_BIT | O_DIRECTORY))
+            return FP_PASS;
+        uint32_t acc = flags & O_ACCMODE;
+        if (acc == O_ACCMODE)
+            return FP_PASS;
+        if (acc == O_RDONLY && !(flags & (O_CREAT | O_TRUNC)))
+            return FP_PASS;             /* no write intent: a read */
+        if (!c->kinds[AARM_FAST_WRITE].enabled &&
+            !((flags & O_CREAT) && c->kinds[AARM_FAST_CREATE].enabled))
+            return FP_PASS;
+    } else if (op == OP_UNLINK) {
+        if (!c->kinds[AARM_FAST_DELETE].enabled)
+            return FP_PASS;
+    } else if (!c->kinds[AARM_FAST_MKDIR].enabled) {
+        return FP_PASS;
+    }
+    if (pptr == 0)
+        return FP_PASS;
+
+    /* 1. The path, read once. */
+    char path[FP_PATH_MAX];
+    int64_t plen = aarm_read_cstr((int)tid, pptr, path, FP_PATH_MAX);
+    if (plen <= 0 || plen >= FP_PATH_MAX)
+        return FP_PASS;
+    /* 2. Shape. */
+    if (!path_is_simple(path, (size_t)plen))
+        return FP_PASS;
+    int absolute = path[0] == '/';
+    if (!absolute && dirfd != AT_FDCWD)
+        return FP_PASS;
+    /* Absolute without "//" (and, as checked, without "." / ".."): once the
+     * parent is reached without meeting a symlink, the text is the canonical
+     * path (as in Resolver.parent with a session root). */
+    int text_canonical = absolute && !memmem(path, (size_t)plen, "//", 2);
+
+    int ret = FP_PASS;
+    int cwd = -1, pfd = -1, opened = -1;
+    int reserved = 0;
+    uint64_t slot = 0;
+    int parent;
+    const char *name;
+    size_t namelen, clen;
+    char canon[AARM_FAST_RECORD_PATH_MAX];
+    int kind, serr;
+    struct stat st;
+    unsigned um = 0;
+    int64_t result;
+
+    /* 3 + 4. Base and pinned parent directory. */
+    char *slash = memrchr(path, '/', (size_t)plen);
+    if (absolute) {
+        name = slash + 1;
+        int only_slashes = 1;
+        for (char *q = path; q < slash; q++)
+            if (*q != '/') {
+                only_slashes = 0;
+                break;
+            }
+        if (only_slashes) {
+            parent = c->root_fd;
+        } else {
+            *slash = '\0';
+            pfd = sys_openat2(c->root_fd, path, O_PATH | O_DIRECTORY | O_CLOEXEC,
+                              RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_IN_ROOT);
+            if (pfd < 0)
+                goto out;
+            parent = pfd;
+        }
+    } else {
+        char cname[40];
+        size_t k = put_u(cname, tid);
+        memcpy(cname + k, "/cwd", sizeof("/cwd"));
+        cwd = openat(c->proc_fd, cname, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (cwd < 0)
+            goto out;
+        if (!slash) {
+            name = path;
+            parent = cwd;
+        } else {
+            name = slash + 1;
+            *slash = '\0';
+            pfd = sys_openat2(cwd, path, O_PATH | O_DIRECTORY | O_CLOEXEC,
+                              RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
+            if (pfd < 0)
+                goto out;
+            parent = pfd;
+        }
+    }
+    namelen = (size_t)plen - (size_t)(name - path);
+
+    /* 5. Canonical path. */
+    if (text_canonical) {
+        memcpy(canon, path, (size_t)plen);
+        canon[slash - path] = '/';      /* restore what the parent lookup cut */
+        clen = (size_t)plen;
+    } else {
+        char fdname[24];
+        fdname[put_u(fdname, (unsigned long)parent)] = '\0';
+        ssize_t dl = readlinkat(c->selffd_fd, fdname, canon, FP_PATH_MAX);
+        if (dl <= 0 || dl >= FP_PATH_MAX || canon[0] != '/')
+            goto out;
+        if (dl >= 10 && memcmp(canon + dl - 10, " (deleted)", 10) == 0)
+            goto out;
+        while (dl > 1 && canon[dl - 1] == '/')
+            dl--;
+        clen = (size_t)dl;
+        if (clen > 1)
+            canon[clen++] = '/';
+        if (clen + namelen > sizeof(canon))
+            goto out;
+        memcpy(canon + clen, name, namelen);
+        clen += namelen;
+    }
+
+    /* 6. The last component, not followed. */
+    serr = fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : errno;
+    if (op == OP_OPEN) {
+        if (serr == 0) {
+            if ((flags & O_CREAT) && (flags & O_EXCL))
+                goto out;               /* EEXIST: Python answers it */
+            if (!S_ISREG(st.st_mode))
+                goto out;               /* symlink, fifo, device, directory... */
+            if ((flags & O_ACCMODE) == O_RDONLY && !(flags & O_TRUNC))
+                goto out;               /* O_CREAT alone on an existing file: a read */
+            kind = AARM_FAST_WRITE;
+        } else if (serr == ENOENT && (flags & O_CREAT)) {
+            kind = AARM_FAST_CREATE;
+        } else {
+            goto out;
+        }
+    } else if (op == OP_UNLINK) {
+        if (serr != 0 || S_ISDIR(st.st_mode))
+            goto out;
+        kind = AARM_FAST_DELETE;
+    } else {
+        if (serr != ENOENT)
+            goto out;
+        kind = AARM_FAST_MKDIR;
+    }
+
+    /* 7. Decision. */
+    if (!kind_allows(&c->kinds[kind], canon, clen))
+        goto out;
+    if ((kind == AARM_FAST_CREATE || kind == AARM_FAST_MKDIR) && get_umask(c, tid, &um) < 0)
+        goto out;
+
+    /* 10 (first half). A record slot, before anything is performed. */
+    if (!ring_reserve(c, &slot))
+        goto out;
+    reserved = 1;
+
+    /* 8. Still pending?  (After every /proc/TID access.) */
+    {
+        int v = aarm_notif_id_valid(c->listener, n->id);
+        if (v == -ENOENT) {             /* gone: nothing happened, nothing to answer */
+            ret = FP_DONE;
+            goto out;
+        }
+        if (v < 0)
+            goto out;
+    }
+
+    /* 9. Perform and answer. */
+    if (kind == AARM_FAST_WRITE || kind == AARM_FAST_CREATE) {
+        /* O_NONBLOCK so that a name swapped for a FIFO between the lstat and
+         * the open can never block this thread; it is cleared again below. */
+        int oflags = (int)(flags | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
+        mode_t m = 0;
+        if (kind == AARM_FAST_WRITE)
+            oflags &= ~(O_CREAT | O_EXCL);
+        else
+            m = (mode_t)((mode & 07777) & ~um);
+        do {
+            opened = openat(parent, name, oflags, m);
+        } while (opened < 0 && errno == EINTR);
+        if (opened < 0) {
+            int e = errno;
+            /* Nothing happened.  Failures that only what we changed can
+             * cause (the name was swapped since the lstat) go to Python,
+             * which redoes the call with the caller's exact semantics. */
+            if ((!(flags & O_NONBLOCK) && (e == EAGAIN || e == ENXIO)) ||
+                (!(flags & O_NOFOLLOW) && e == ELOOP) ||
+                (kind == AARM_FAST_WRITE && (flags & O_CREAT) && e == ENOENT))
+                goto out;
+            result = -e;
+            answer(c, n->id, result);
+        } else {
+            struct stat fst;
+            /* Not a regular file any more (swapped since the lstat): nothing
+             * was created (O_CREAT only makes regular files), hand it over. */
+            if (fstat(opened, &fst) != 0 || !S_ISREG(fst.st_mode))
+                goto out;
+            int r = 0;
+            if (!(flags & O_NONBLOCK)) {
+                int fl = fcntl(opened, F_GETFL);
+                if (fl < 0 || fcntl(opened, F_SETFL, fl & ~O_NONBLOCK) < 0)
+                    r = -errno;         /* performed (maybe created): answer it */
+            }
+            if (r == 0) {
+                r = aarm_notif_addfd(c->listener, n->id, opened, 0,
+                                     (flags & O_CLOEXEC) ? O_CLOEXEC : 0,
+                                     SECCOMP_ADDFD_FLAG_SEND);
+                if (r < 0 && r != -ENOENT)
+                    aarm_notif_send(c->listener, n->id, 0, r, 0);
+            } else {
+                aarm_notif_send(c->listener, n->id, 0, r, 0);
+            }
+            close_fd(&opened);
+            result = r;
+        }
+    } else if (kind == AARM_FAST_DELETE) {
+        int r;
+        do {
+            r = unlinkat(parent, name, 0);
+        } while (r < 0 && errno == EINTR);
+        result = r < 0 ? -errno : 0;
+        answer(c, n->id, result);
+    } else {
+        int r;
+        do {
+            r = mkdirat(parent, name, (mode_t)((mode & 07777) & ~um));
+        } while (r < 0 && errno == EINTR);
+        result = r < 0 ? -errno : 0;
+        answer(c, n->id, result);
+    }
+
+    /* 10 (second half). The record. */
+    {
+        struct aarm_fast_record *rec = ring_slot(c, slot);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        rec->ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        rec->tid = tid;
+        rec->nr = n->data.nr;
+        rec->kind = kind;
+        rec->result = result;
+        rec->flags = op == OP_MKDIR ? 0 : flags;
+        rec->path_len = (uint32_t)clen;
+        memcpy(rec->path, canon, clen);
+        ring_publish(c, slot);
+        reserved = 0;
+    }
+    ret = FP_DONE;
+
+out:
+    if (reserved)
+        ring_cancel(c, slot);
+    close_fd(&opened);
+    close_fd(&pfd);
+    close_fd(&cwd);
+    return ret;
+}
+
+int aarm_fast_next(struct aarm_fast_ctx *c, struct aarm_notif *out)
+{
+    if (!c || !out)
+        return -EINVAL;
+    for (;;) {
+        memset(out, 0, sizeof(*out));
+        if (ioctl(c->listener, SECCOMP_IOCTL_NOTIF_RECV, out) != 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (fp_handle(c, out) == FP_PASS)
+            return 0;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* construction                                                        */
+
+static void free_globs(struct fp_glob *g, uint32_t n)
+{
+    if (!g)
+        return;
+    for (uint32_t i = 0; i < n; i++) {
+        free(g[i].prefix);
+        if (g[i].segs)
+            for (uint32_t j = 0; j < g[i].nsegs; j++)
+                free(g[i].segs[j]);
+        free(g[i].segs);
+        free(g[i].seg_lens);
+    }
+    free(g);
+}
+
+static int copy_globs(struct fp_glob **dst, const struct aarm_fast_glob *src, uint32_t n)
+{
+    *dst = NULL;
+    if (n == 0)
+        return 0;
+    if (!src || n > FP_MAX_GLOBS)
+        return -EINVAL;
+    struct fp_glob *g = calloc(n, sizeof(*g));
+    if (!g)
+        return -ENOMEM;
+    *dst = g;                           /* freed by the caller on error */
+    for (uint32_t i = 0; i < n; i++) {
+        const struct aarm_fast_glob *s = &src[i];
+        if ((s->prefix_len && !s->prefix) || s->prefix_len > FP_MAX_TEXT ||
+            (s->nsegments && !s->segments) || s->nsegments > FP_MAX_SEGMENTS)
+            return -EINVAL;
+        g[i].prefix = malloc(s->prefix_len + 1u);
+        if (!g[i].prefix)
+            return -ENOMEM;
+        if (s->prefix_len)
+            memcpy(g[i].prefix, s->prefix, s->prefix_len);
+        g[i].prefix[s->prefix_len] = '\0';
+        g[i].prefix_len = s->prefix_len;
+        g[i].exact = s->exact ? 1 : 0;
+        if (s->nsegments) {
+            g[i].segs = calloc(s->nsegments, sizeof(char *));
+            g[i].seg_lens = calloc(s->nsegments, sizeof(uint32_t));
+            if (!g[i].segs || !g[i].seg_lens)
+                return -ENOMEM;
+            g[i].nsegs = s->nsegments;
+            for (uint32_t j = 0; j < s->nsegments; j++) {
+                if (!s->segments[j])
+                    return -EINVAL;
+                size_t l = strnlen(s->segments[j], FP_MAX_TEXT + 1);
+                if (l > FP_MAX_TEXT)
+                    return -EINVAL;
+                g[i].segs[j] = malloc(l + 1);
+                if (!g[i].segs[j])
+                    return -ENOMEM;
+                memcpy(g[i].segs[j], s->segments[j], l + 1);
+                g[i].seg_lens[j] = (uint32_t)l;
+            }
+        }
+    }
+    return 0;
+}
+
+void aarm_fast_free(struct aarm_fast_ctx *c)
+{
+    if (!c)
+        return;
+    for (int k = 0; k < AARM_FAST_NKINDS; k++) {
+        free_globs(c->kinds[k].allow, c->kinds[k].nallow);
+        free_globs(c->kinds[k].danger, c->kinds[k].ndanger);
+    }
+    close_fd(&c->root_fd);
+    close_fd(&c->proc_fd);
+    close_fd(&c->selffd_fd);
+    pthread_mutex_destroy(&c->ring_lock);
+    pthread_mutex_destroy(&c->drain_lock);
+    if (c->ring)
+        munmap(c->ring, c->ring_bytes);
+    free((void *)c->ready);
+    free(c);
+}
+
+struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
+                                    const struct aarm_fast_kind *kinds,
+                                    uint32_t ring_capacity)
+{
+    if (listener < 0 || root_fd < 0 || !kinds || ring_capacity > FP_RING_MAX) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct aarm_fast_ctx *c = calloc(1, sizeof(*c));
+    if (!c) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    c->listener = listener;
+    c->root_fd = c->proc_fd = c->selffd_fd = -1;
+    pthread_mutex_init(&c->ring_lock, NULL);
+    pthread_mutex_init(&c->drain_lock, NULL);
+    atomic_init(&c->enabled, 0);
+    atomic_init(&c->dropped, 0);
+    atomic_init(&c->umask_gen, 0);
+    for (unsigned i = 0; i < FP_UMASK_SLOTS; i++)
+        atomic_init(&c->umask_tab[i], 0);
+
+    int e = 0;
+    struct stat st;
+    size_t slots;
+    c->root_fd = fcntl(root_fd, F_DUPFD_CLOEXEC, 0);
+    if (c->root_fd < 0) {
+        e = errno;
+        goto fail;
+    }
+    if (fstat(c->root_fd, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        e = ENOTDIR;
+        goto fail;
+    }
+    c->proc_fd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    c->selffd_fd = open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (c->proc_fd < 0 || c->selffd_fd < 0) {
+        e = errno;
+        goto fail;
+    }
+    for (int k = 0; k < AARM_FAST_NKINDS; k++) {
+        const struct aarm_fast_kind *s = &kinds[k];
+        int r = copy_globs(&c->kinds[k].allow, s->allow, s->nallow);
+        c->kinds[k].nallow = c->kinds[k].allow ? s->nallow : 0;
+        if (r < 0) {
+            e = -r;
+            goto fail;
+        }
+        r = copy_globs(&c->kinds[k].danger, s->danger, s->ndanger);
+        c->kinds[k].ndanger = c->kinds[k].danger ? s->ndanger : 0;
+        if (r < 0) {
+            e = -r;
+            goto fail;
+        }
+        c->kinds[k].enabled = s->enabled ? 1 : 0;
+    }
+    c->cap = ring_capacity;
+    slots = ring_capacity ? ring_capacity : 1;
+    c->ring_bytes = slots * sizeof(struct aarm_fast_record);
+    c->ring = mmap(NULL, c->ring_bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (c->ring == MAP_FAILED)
+        c->ring = NULL;
+    c->ready = calloc(slots, sizeof(atomic_uchar));
+    if (!c->ring || !c->ready) {
+        e = ENOMEM;
+        goto fail;
+    }
+    atomic_store(&c->enabled, 1);
+    return c;
+
+fail:
+    aarm_fast_free(c);
+    errno = e ? e : EINVAL;
+    return NULL;
+}

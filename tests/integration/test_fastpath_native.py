@@ -1,0 +1,971 @@
+"""Integration tests for the native fast path (native/aarm_fastpath.c).
+
+Real sandboxes (aarm_sandbox.launch.sandbox.launch + the real compiled filter), real
+programs, the real kernel. No Python policy: the "Python side" here is a toy that answers
+whatever the fast path hands over (CONTINUE inside the test directories, EACCES elsewhere,
+or EACCES for every file operation in the race tests), and records what it was given, so
+each test can tell exactly which operations the fast path performed itself (journal
+records drained from the ring) and which it handed to Python.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from aarm_sandbox._native import ffi, lib
+from aarm_sandbox.intercept.filter import compile_filter
+from aarm_sandbox.launch.sandbox import LaunchPlan, drop_effective_capabilities, launch
+
+TEST_ROOT = Path(os.environ.get("AARM_TEST_ROOT", "/tmp/aarm-tests"))
+
+NR_OPEN, NR_MKDIR, NR_RMDIR, NR_CREAT, NR_UNLINK, NR_UMASK = 2, 83, 84, 85, 87, 95
+NR_OPENAT, NR_MKDIRAT, NR_UNLINKAT, NR_EXECVE = 257, 258, 263, 59
+PATH_ARG = {NR_OPEN: 0, NR_MKDIR: 0, NR_RMDIR: 0, NR_CREAT: 0, NR_UNLINK: 0,
+            NR_OPENAT: 1, NR_MKDIRAT: 1, NR_UNLINKAT: 1, NR_EXECVE: 0,
+            82: 0, 264: 1, 316: 1, 86: 0, 265: 1, 88: 1, 266: 2, 133: 0, 259: 1}
+FILE_NRS = set(PATH_ARG) - {NR_EXECVE}
+WRITE, CREATE, DELETE, MKDIR = (lib.AARM_FAST_WRITE, lib.AARM_FAST_CREATE,
+                                lib.AARM_FAST_DELETE, lib.AARM_FAST_MKDIR)
+ALL_KINDS = (WRITE, CREATE, DELETE, MKDIR)
+O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC = 0o1, 0o2, 0o100, 0o200, 0o1000
+O_CLOEXEC, O_APPEND = 0o2000000, 0o2000
+CLONE_FS = 0x200
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# ---------------------------------------------------------------------------------------
+# the program run inside the sandbox: a tiny step interpreter
+
+PROG = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static long ret(long r) { return r < 0 ? -errno : r; }
+static long x_open(const char *p, long fl, long m) { return ret(syscall(SYS_open, p, fl, m)); }
+static long x_openat(int d, const char *p, long fl, long m) { return ret(syscall(SYS_openat, d, p, fl, m)); }
+static long num(const char *s) { return strtol(s, NULL, 0); }
+
+static void report_fd(const char *what, const char *p, long fd)
+{
+    if (fd < 0) { printf("%s %s err %ld\n", what, p, -fd); return; }
+    int fl = fcntl((int)fd, F_GETFD);
+    struct stat st;
+    fstat((int)fd, &st);
+    printf("%s %s fd %ld cloexec %d reg %d\n", what, p, fd, (fl & FD_CLOEXEC) ? 1 : 0,
+           S_ISREG(st.st_mode) ? 1 : 0);
+    close((int)fd);
+}
+
+static void report_rc(const char *what, const char *p, long r)
+{
+    printf("%s %s rc %ld\n", what, p, r < 0 ? r : 0);
+}
+
+/* open for writing, write, close; read back through a fresh read-only open */
+static void writeback(const char *what, const char *p, long flags, const char *text)
+{
+    long fd = x_openat(AT_FDCWD, p, flags, 0644);
+    if (fd < 0) { printf("%s %s err %ld\n", what, p, -fd); return; }
+    size_t n = strlen(text);
+    int ok = write((int)fd, text, n) == (ssize_t)n;
+    close((int)fd);
+    char buf[4096] = {0};
+    int r = open(p, O_RDONLY | O_CLOEXEC);
+    ok = ok && r >= 0 && read(r, buf, sizeof(buf) - 1) == (ssize_t)n && memcmp(buf, text, n) == 0;
+    if (r >= 0)
+        close(r);
+    printf("%s %s fd %ld ok %d\n", what, p, fd, ok);
+}
+
+struct tcwd { const char *dir, *name; long fd; long rc; };
+static void *thread_cwd(void *arg)
+{
+    struct tcwd *t = arg;
+    if (unshare(CLONE_FS) != 0 || chdir(t->dir) != 0) { t->rc = -errno; return NULL; }
+    t->fd = x_open(t->name, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (t->fd >= 0) { write((int)t->fd, "thread\n", 7); close((int)t->fd); }
+    return NULL;
+}
+
+static char race_buf[4096];
+static const char *race_a, *race_b;
+static volatile int race_stop;
+static void *flipper(void *arg)
+{
+    (void)arg;
+    size_t la = strlen(race_a) + 1, lb = strlen(race_b) + 1;
+    while (!race_stop) {
+        memcpy(race_buf, race_a, la);
+        memcpy(race_buf, race_b, lb);
+    }
+    return NULL;
+}
+
+static int cmp_long(const void *a, const void *b)
+{
+    long x = *(const long *)a, y = *(const long *)b;
+    return x < y ? -1 : x > y;
+}
+static long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+static void bench(const char *kind, const char *dir, long iters)
+{
+    long *t = calloc((size_t)iters, sizeof(long));
+    char p[4096];
+    for (long i = 0; i < iters; i++) {
+        long t0 = now_ns(), r = 0;
+        switch (kind[0]) {
+        case 'w':   /* openat(O_WRONLY|O_CREAT) + close of one existing file */
+            snprintf(p, sizeof(p), "%s/bench_w", dir);
+            r = x_openat(AT_FDCWD, p, O_WRONLY | O_CREAT, 0644);
+            if (r >= 0) close((int)r);
+            break;
+        case 'c':   /* create a new file + close */
+            snprintf(p, sizeof(p), "%s/c_%ld", dir, i);
+            r = x_openat(AT_FDCWD, p, O_WRONLY | O_CREAT | O_EXCL, 0644);
+            if (r >= 0) close((int)r);
+            break;
+        case 'u':
+            snprintf(p, sizeof(p), "%s/c_%ld", dir, i);
+            r = ret(syscall(SYS_unlink, p));
+            break;
+        case 'm':
+            snprintf(p, sizeof(p), "%s/m_%ld", dir, i);
+            r = ret(syscall(SYS_mkdir, p, 0755));
+            break;
+        }
+        t[i] = now_ns() - t0;
+        if (r < 0) { printf("bench %s error %ld at %ld\n", kind, -r, i); free(t); return; }
+    }
+    qsort(t, (size_t)iters, sizeof(long), cmp_long);
+    printf("bench %s n %ld p50 %ld p90 %ld min %ld\n", kind, iters, t[iters / 2],
+           t[iters * 9 / 10], t[0]);
+    free(t);
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    for (int i = 1; i < argc; i++) {
+        const char *c = argv[i];
+        if (!strcmp(c, "out")) {
+            long fd = x_open(argv[++i], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+            if (fd < 0) return 100;
+            dup2((int)fd, 1);
+            close((int)fd);
+        } else if (!strcmp(c, "umask")) {
+            umask((mode_t)num(argv[++i]));
+        } else if (!strcmp(c, "open")) {
+            const char *p = argv[++i]; long fl = num(argv[++i]), m = num(argv[++i]);
+            report_fd("open", p, x_open(p, fl, m));
+        } else if (!strcmp(c, "openat")) {
+            const char *p = argv[++i]; long fl = num(argv[++i]), m = num(argv[++i]);
+            report_fd("openat", p, x_openat(AT_FDCWD, p, fl, m));
+        } else if (!strcmp(c, "creat")) {
+            const char *p = argv[++i]; long m = num(argv[++i]);
+            report_fd("creat", p, ret(syscall(SYS_creat, p, m)));
+        } else if (!strcmp(c, "writeback")) {
+            const char *p = argv[++i];
+            writeback("writeback", p, O_WRONLY | O_CREAT | O_TRUNC, argv[++i]);
+        } else if (!strcmp(c, "unlink")) {
+            const char *p = argv[++i];
+            report_rc("unlink", p, ret(syscall(SYS_unlink, p)));
+        } else if (!strcmp(c, "unlinkat")) {
+            const char *p = argv[++i]; long fl = num(argv[++i]);
+            report_rc("unlinkat", p, ret(syscall(SYS_unlinkat, AT_FDCWD, p, fl)));
+        } else if (!strcmp(c, "rmdir")) {
+            const char *p = argv[++i];
+            report_rc("rmdir", p, ret(syscall(SYS_rmdir, p)));
+        } else if (!strcmp(c, "mkdir")) {
+            const char *p = argv[++i]; long m = num(argv[++i]);
+            report_rc("mkdir", p, ret(syscall(SYS_mkdir, p, m)));
+        } else if (!strcmp(c, "mkdirat")) {
+            const char *p = argv[++i]; long m = num(argv[++i]);
+            report_rc("mkdirat", p, ret(syscall(SYS_mkdirat, AT_FDCWD, p, m)));
+        } else if (!strcmp(c, "mode")) {
+            const char *p = argv[++i];
+            struct stat st;
+            if (lstat(p, &st) != 0) printf("mode %s err %d\n", p, errno);
+            else printf("mode %s %o\n", p, (unsigned)st.st_mode);
+        } else if (!strcmp(c, "cat")) {
+            const char *p = argv[++i];
+            char buf[256] = {0};
+            int fd = open(p, O_RDONLY | O_CLOEXEC);
+            ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+            if (fd >= 0) close(fd);
+            for (ssize_t k = 0; k < n; k++) if (buf[k] == '\n' || buf[k] == ' ') buf[k] = '_';
+            printf("cat %s %s\n", p, n >= 0 ? buf : "ERR");
+        } else if (!strcmp(c, "threadcwd")) {
+            struct tcwd t = { argv[i + 1], argv[i + 2], -1, 0 };
+            i += 2;
+            pthread_t th;
+            pthread_create(&th, NULL, thread_cwd, &t);
+            pthread_join(th, NULL);
+            printf("threadcwd %s fd %ld rc %ld\n", t.name, t.fd, t.rc);
+        } else if (!strcmp(c, "dirfd")) {
+            const char *d = argv[++i], *p = argv[++i];
+            int dfd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            report_fd("dirfd", p, x_openat(dfd, p, O_WRONLY | O_CREAT, 0644));
+            close(dfd);
+        } else if (!strcmp(c, "nofile")) {
+            struct rlimit rl;
+            getrlimit(RLIMIT_NOFILE, &rl);
+            rl.rlim_cur = (rlim_t)num(argv[++i]);
+            printf("nofile rc %d\n", setrlimit(RLIMIT_NOFILE, &rl));
+        } else if (!strcmp(c, "race")) {
+            race_a = argv[++i]; race_b = argv[++i];
+            long iters = num(argv[++i]), ok = 0, fail = 0;
+            strcpy(race_buf, race_a);
+            pthread_t th;
+            pthread_create(&th, NULL, flipper, NULL);
+            for (long k = 0; k < iters; k++) {
+                long fd = x_openat(AT_FDCWD, race_buf, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+                if (fd >= 0) { write((int)fd, "raced\n", 6); close((int)fd); ok++; } else fail++;
+            }
+            race_stop = 1;
+            pthread_join(th, NULL);
+            printf("race ok %ld fail %ld\n", ok, fail);
+        } else if (!strcmp(c, "openloop")) {
+            const char *p = argv[++i]; long iters = num(argv[++i]), ok = 0, fail = 0;
+            for (long k = 0; k < iters; k++) {
+                long fd = x_open(p, O_WRONLY | O_TRUNC, 0);
+                if (fd >= 0) { write((int)fd, "pwned\n", 6); close((int)fd); ok++; } else fail++;
+            }
+            printf("openloop ok %ld fail %ld\n", ok, fail);
+        } else if (!strcmp(c, "swapper")) {     /* runs natively, outside the sandbox */
+            /* swapper DIR SECONDS NAME...: keep exchanging each NAME with NAME.alt */
+            const char *d = argv[++i]; long secs = num(argv[++i]);
+            char **names = argv + i + 1;
+            int nn = argc - i - 1;
+            i = argc;
+            char alt[8][256];
+            for (int k = 0; k < nn && k < 8; k++)
+                snprintf(alt[k], sizeof(alt[0]), "%s.alt", names[k]);
+            int dfd = open(d, O_RDONLY | O_DIRECTORY);
+            long end = now_ns() + secs * 1000000000L, n = 0;
+            while (now_ns() < end) {
+                for (int k = 0; k < nn && k < 8; k++)
+                    syscall(SYS_renameat2, dfd, names[k], dfd, alt[k], 2 /* RENAME_EXCHANGE */);
+                n++;
+            }
+            printf("swapper %ld\n", n);
+        } else if (!strcmp(c, "bench")) {
+            const char *k = argv[++i], *d = argv[++i];
+            bench(k, d, num(argv[++i]));
+        } else {
+            printf("unknown step %s\n", c);
+            return 99;
+        }
+    }
+    printf("done\n");
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def prog(compile_c):
+    return compile_c("aarm_fastpath_prog", PROG)
+
+
+# ---------------------------------------------------------------------------------------
+# harness
+
+
+@dataclass(frozen=True)
+class G:
+    prefix: str
+    exact: bool = False
+    segments: tuple = ()
+
+
+@dataclass
+class Result:
+    status: int
+    lines: list
+    records: list
+    python_seen: list
+    dropped: int
+
+    def line(self, *prefix) -> list[str]:
+        for ln in self.lines:
+            t = ln.split()
+            if tuple(t[:len(prefix)]) == prefix:
+                return t
+        raise AssertionError(f"no output line {prefix}: {self.lines}")
+
+    def fd_of(self, *prefix) -> int:
+        t = self.line(*prefix)
+        assert t[2] == "fd", t
+        return int(t[3])
+
+    def rec(self, path: str) -> list[dict]:
+        return [r for r in self.records if r["path"] == path]
+
+    def python_paths(self) -> list[str]:
+        return [p for nr, p in self.python_seen if p is not None and nr in FILE_NRS]
+
+
+def git_danger(ws) -> list:
+    """What "{ws}/.git/**" and "{ws}/**/.git/**" become as may-match globs."""
+    return [G(f"{ws}/.git/"), G(f"{ws}/", segments=("/.git/",))]
+
+
+def _cstr(keep: list, s: str | bytes):
+    b = os.fsencode(s)
+    p = ffi.new("char[]", b)
+    keep.append(p)
+    return p, len(b)
+
+
+def make_kinds(allow, danger, enabled=ALL_KINDS):
+    keep: list = []
+
+    def globs(specs):
+        arr = ffi.new("struct aarm_fast_glob[]", max(1, len(specs)))
+        keep.append(arr)
+        for i, g in enumerate(specs):
+            p, ln = _cstr(keep, g.prefix)
+            arr[i].prefix = p
+            arr[i].prefix_len = ln
+            arr[i].exact = int(g.exact)
+            if g.segments:
+                segs = [_cstr(keep, s)[0] for s in g.segments]
+                sarr = ffi.new("char *[]", segs + [ffi.NULL])
+                keep.append(sarr)
+                arr[i].segments = sarr
+                arr[i].nsegments = len(segs)
+        return arr, len(specs)
+
+    kinds = ffi.new("struct aarm_fast_kind[4]")
+    keep.append(kinds)
+    for k in ALL_KINDS:
+        kinds[k].allow, kinds[k].nallow = globs(allow)
+        kinds[k].danger, kinds[k].ndanger = globs(danger)
+        kinds[k].enabled = int(k in enabled)
+    return kinds, keep
+
+
+def read_cstr(tid: int, addr: int) -> str | None:
+    buf = ffi.new("char[]", 4097)
+    n = lib.aarm_read_cstr(tid, addr, buf, 4096)
+    return os.fsdecode(ffi.unpack(buf, n)) if n >= 0 else None
+
+
+def drain(ctx) -> list[dict]:
+    out = ffi.new("struct aarm_fast_record[]", 256)
+    recs = []
+    while True:
+        n = lib.aarm_fast_drain(ctx, out, 256)
+        for i in range(n):
+            r = out[i]
+            recs.append({"tid": r.tid, "nr": r.nr, "kind": r.kind, "result": r.result,
+                         "flags": r.flags, "ts_ns": r.ts_ns,
+                         "path": os.fsdecode(ffi.unpack(r.path, r.path_len))})
+        if n < 256:
+            return recs
+
+
+class FastSandbox:
+    """One sandboxed program with the fast path in front of a toy Python side."""
+
+    def __init__(self, box, argv, *, allow=None, danger=None, enabled=ALL_KINDS, ring=4096,
+                 python_policy="inside", live_drain=True, fast_enabled=True, on_ctx=None):
+        self.box = box
+        self.argv = argv
+        self.allow = allow if allow is not None else [G(f"{box.ws}/")]
+        self.danger = danger if danger is not None else git_danger(box.ws)
+        self.enabled = enabled
+        self.ring = ring
+        self.policy = python_policy
+        self.live_drain = live_drain
+        self.fast_enabled = fast_enabled
+        self.on_ctx = on_ctx
+        self.python_seen: list = []
+        self.records: list = []
+        self.loop_error = 0
+        self.done = threading.Event()
+
+    # ---- the toy Python side ------------------------------------------------------------
+    def _inside(self, tid: int, path: str) -> bool:
+        if path == str(self.box.outfile):
+            return True
+        if not path.startswith("/"):
+            try:
+                path = os.path.join(os.readlink(f"/proc/{tid}/cwd"), path)
+            except OSError:
+                return False
+        path = os.path.normpath(path)
+        return any(path == str(d) or path.startswith(f"{d}/") for d in (self.box.ws, self.box.out))
+
+    def _python_side(self, n) -> None:
+        nr, tid = n.data.nr, n.pid
+        args = [n.data.args[i] for i in range(6)]
+        path = read_cstr(tid, args[PATH_ARG[nr]]) if nr in PATH_ARG else None
+        self.python_seen.append((nr, path))
+        if nr == NR_UMASK:
+            lib.aarm_fast_invalidate_umask(self.ctx)
+        deny = False
+        if nr in FILE_NRS:
+            if path == str(self.box.outfile):
+                deny = False
+            elif self.policy == "deny" or path is None:
+                deny = True
+            else:
+                deny = not self._inside(tid, path)
+        if deny:
+            lib.aarm_notif_send(self.listener, n.id, 0, -errno.EACCES, 0)
+        else:
+            lib.aarm_notif_send(self.listener, n.id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+
+    def _loop(self) -> None:
+        # Like the real supervisor: umask 0 and no effective capabilities. Both are
+        # per-thread here (own fs_struct, capset on this thread only), so the rest of the
+        # test process is unaffected.
+        if _libc.unshare(CLONE_FS) != 0:
+            self.loop_error = -ctypes.get_errno()
+            return
+        os.umask(0)
+        drop_effective_capabilities()
+        n = ffi.new("struct aarm_notif *")
+        while True:
+            r = lib.aarm_fast_next(self.ctx, n)
+            if r == -errno.ENOENT:
+                if self.done.is_set():
+                    return
+                continue
+            if r < 0:
+                self.loop_error = r
+                return
+            self._python_side(n)
+
+    def _drainer(self) -> None:
+        while not self.done.is_set():
+            self.records.extend(drain(self.ctx))
+            time.sleep(0.002)
+
+    # ---- run ---------------------------------------------------------------------------
+    def run(self, timeout: float = 120) -> Result:
+        argv = [self.argv[0], "out", str(self.box.outfile)] + list(self.argv[1:])
+        plan = LaunchPlan(argv=argv, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+                          cwd=str(self.box.ws), bpf=compile_filter())
+        sb = launch(plan)
+        self.listener = sb.listener
+        # as UnotifyBackend does: wake the supervisor on the notifying task's CPU
+        lib.aarm_notif_set_flags(sb.listener, lib.AARM_SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+        root = os.open(f"/proc/{sb.pid}/root", os.O_PATH | os.O_CLOEXEC)
+        kinds, keep = make_kinds(self.allow, self.danger, self.enabled)
+        self.ctx = lib.aarm_fast_new(sb.listener, root, kinds, self.ring)
+        os.close(root)              # the context keeps its own copy
+        del keep, kinds             # ... and deep-copied the kinds
+        assert self.ctx != ffi.NULL
+        if not self.fast_enabled:
+            lib.aarm_fast_set_enabled(self.ctx, 0)
+        if self.on_ctx:
+            self.on_ctx(self.ctx)
+        loop = threading.Thread(target=self._loop, daemon=True)
+        loop.start()
+        drainer = threading.Thread(target=self._drainer, daemon=True) if self.live_drain else None
+        if drainer:
+            drainer.start()
+        status: list = []
+        waiter = threading.Thread(target=lambda: status.append(sb.wait()), daemon=True)
+        waiter.start()
+        waiter.join(timeout)
+        if waiter.is_alive():
+            os.kill(sb.pid, signal.SIGKILL)
+            waiter.join(10)
+        self.done.set()
+        loop.join(10)
+        if drainer:
+            drainer.join(10)
+        assert not loop.is_alive(), "fast path loop did not end"
+        self.records.extend(drain(self.ctx))
+        dropped = lib.aarm_fast_dropped(self.ctx)
+        lib.aarm_fast_free(self.ctx)
+        os.close(sb.listener)
+        os.close(sb.status_fd)
+        assert self.loop_error == 0, os.strerror(-self.loop_error)
+        assert status, f"sandbox timed out: {self.box.outfile.read_text() if self.box.outfile.exists() else ''}"
+        lines = self.box.outfile.read_text().splitlines() if self.box.outfile.exists() else []
+        return Result(status[0], lines, self.records, self.python_seen, dropped)
+
+
+@dataclass
+class FBox:
+    root: Path
+    ws: Path
+    out: Path
+    outside: Path
+    outfile: Path = field(init=False)
+
+    def __post_init__(self):
+        self.outfile = self.out / "prog.out"
+
+
+@pytest.fixture
+def fbox():
+    TEST_ROOT.mkdir(parents=True, exist_ok=True)
+    root = TEST_ROOT / f"fp-{uuid.uuid4().hex[:12]}"
+    for d in ("workspace", "out", "outside", "native"):
+        (root / d).mkdir(parents=True)
+    b = FBox(root, (root / "workspace").resolve(), (root / "out").resolve(),
+             (root / "outside").resolve())
+    yield b
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def run_fast(fbox, prog, steps, **kw) -> Result:
+    r = FastSandbox(fbox, [prog] + [str(s) for s in steps], **kw).run()
+    assert os.WIFEXITED(r.status) and os.WEXITSTATUS(r.status) == 0, (r.status, r.lines)
+    assert r.lines and r.lines[-1] == "done", r.lines
+    assert r.dropped == 0
+    return r
+
+
+# ---------------------------------------------------------------------------------------
+# tests
+
+
+def test_writes_creates_unlinks_mkdirs_are_fast(fbox, prog):
+    ws = fbox.ws
+    (ws / "existing.txt").write_text("old content that is longer\n")
+    (ws / "gone1").write_text("x")
+    (ws / "gone2").write_text("x")
+    (ws / "sub").mkdir()
+    fds_before = set(os.listdir("/proc/self/fd"))
+    r = run_fast(fbox, prog, [
+        "writeback", ws / "new.txt", "hello fast path",
+        "writeback", ws / "existing.txt", "replaced",
+        "writeback", "rel.txt", "relative",                 # relative to the cwd (= ws)
+        "writeback", "sub/rel2.txt", "relative in sub",
+        "openat", ws / "cx.txt", O_WRONLY | O_CREAT | O_CLOEXEC, 0o644,
+        "open", ws / "app.txt", O_WRONLY | O_CREAT | O_APPEND, 0o600,
+        "creat", ws / "creat.txt", 0o644,
+        "unlink", ws / "gone1",
+        "unlinkat", ws / "gone2", 0,
+        "mkdir", ws / "d1", 0o755,
+        "mkdirat", "d2", 0o700,
+        "writeback", f"{ws}//sub//dbl.txt", "double slashes",  # canonical via readlink
+    ])
+    assert r.line("writeback", str(ws / "new.txt"))[4:] == ["ok", "1"]
+    assert r.line("writeback", str(ws / "existing.txt"))[4:] == ["ok", "1"]
+    assert r.line("writeback", "rel.txt")[4:] == ["ok", "1"]
+    assert r.line("writeback", "sub/rel2.txt")[4:] == ["ok", "1"]
+    assert (ws / "new.txt").read_text() == "hello fast path"
+    assert (ws / "existing.txt").read_text() == "replaced"
+    assert (ws / "rel.txt").read_text() == "relative"
+    assert (ws / "sub" / "rel2.txt").read_text() == "relative in sub"
+    assert not (ws / "gone1").exists() and not (ws / "gone2").exists()
+    assert (ws / "d1").is_dir() and (ws / "d2").is_dir()
+    assert r.line("unlink", str(ws / "gone1"))[2:] == ["rc", "0"]
+    assert r.line("mkdirat", "d2")[2:] == ["rc", "0"]
+
+    def one(path, kind, nr, flags, result=None):
+        recs = r.rec(str(path))
+        assert len(recs) == 1, (path, r.records)
+        rec = recs[0]
+        assert (rec["kind"], rec["nr"], rec["flags"]) == (kind, nr, flags), rec
+        if result is not None:
+            assert rec["result"] == result, rec
+        assert abs(rec["ts_ns"] / 1e9 - time.time()) < 120
+        return rec
+
+    wflags = O_WRONLY | O_CREAT | O_TRUNC
+    one(ws / "new.txt", CREATE, NR_OPENAT, wflags, r.fd_of("writeback", str(ws / "new.txt")))
+    one(ws / "existing.txt", WRITE, NR_OPENAT, wflags, r.fd_of("writeback", str(ws / "existing.txt")))
+    one(ws / "rel.txt", CREATE, NR_OPENAT, wflags, r.fd_of("writeback", "rel.txt"))
+    one(ws / "sub" / "rel2.txt", CREATE, NR_OPENAT, wflags, r.fd_of("writeback", "sub/rel2.txt"))
+    one(ws / "cx.txt", CREATE, NR_OPENAT, O_WRONLY | O_CREAT | O_CLOEXEC, r.fd_of("openat", str(ws / "cx.txt")))
+    one(ws / "app.txt", CREATE, NR_OPEN, O_WRONLY | O_CREAT | O_APPEND, r.fd_of("open", str(ws / "app.txt")))
+    one(ws / "creat.txt", CREATE, NR_CREAT, O_WRONLY | O_CREAT | O_TRUNC, r.fd_of("creat", str(ws / "creat.txt")))
+    one(ws / "gone1", DELETE, NR_UNLINK, 0, 0)
+    one(ws / "gone2", DELETE, NR_UNLINKAT, 0, 0)
+    one(ws / "d1", MKDIR, NR_MKDIR, 0, 0)
+    one(ws / "d2", MKDIR, NR_MKDIRAT, 0, 0)
+    one(ws / "sub" / "dbl.txt", CREATE, NR_OPENAT, wflags, r.fd_of("writeback", f"{ws}//sub//dbl.txt"))
+    assert (ws / "sub" / "dbl.txt").read_text() == "double slashes"
+    # installed fds: close-on-exec exactly when asked for, regular files
+    assert r.line("openat", str(ws / "cx.txt"))[4:] == ["cloexec", "1", "reg", "1"]
+    assert r.line("open", str(ws / "app.txt"))[4:] == ["cloexec", "0", "reg", "1"]
+    assert r.line("creat", str(ws / "creat.txt"))[4:] == ["cloexec", "0", "reg", "1"]
+    # nothing of the above reached Python (only the output file and the exec)
+    assert all(not p.startswith(str(ws)) and not p.startswith(("rel", "sub", "d2"))
+               for p in r.python_paths()), r.python_seen
+    assert {rec["tid"] for rec in r.records} and all(rec["tid"] > 0 for rec in r.records)
+    # the fast path leaks no descriptors in the supervisor
+    assert set(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def test_modes_match_native_under_umask_022_and_077(fbox, prog):
+    def steps(base):
+        out = []
+        for um in ("022", "077", "0"):
+            out += ["umask", "0" + um if um != "0" else "0",
+                    "creat", f"{base}/c{um}", 0o666,
+                    "open", f"{base}/o{um}", O_WRONLY | O_CREAT, 0o777,
+                    "openat", f"{base}/x{um}", O_RDWR | O_CREAT | O_EXCL, 0o4755,
+                    "mkdir", f"{base}/d{um}", 0o777,
+                    "mkdirat", f"{base}/s{um}", 0o1777]
+        return out
+
+    names = [f"{k}{um}" for um in ("022", "077", "0") for k in "coxds"]
+    r = run_fast(fbox, prog, steps(fbox.ws) + [x for n in names for x in ("mode", fbox.ws / n)])
+    native_dir = fbox.root / "native"
+    p = subprocess.run([prog] + [str(s) for s in steps(native_dir)]
+                       + [x for n in names for x in ("mode", str(native_dir / n))],
+                       capture_output=True, text=True, check=True)
+    native = {ln.split()[1].rsplit("/", 1)[1]: ln.split()[2] for ln in p.stdout.splitlines()
+              if ln.startswith("mode ")}
+    fast = {ln.split()[1].rsplit("/", 1)[1]: ln.split()[2] for ln in r.lines if ln.startswith("mode ")}
+    assert fast == native, (fast, native)
+    assert fast["c022"] == "100644" and fast["c077"] == "100600" and fast["d077"] == "40700"
+    # all of them were created by the fast path, the umask() calls went to Python
+    for n in names:
+        assert len(r.rec(str(fbox.ws / n))) == 1, n
+    assert sum(1 for nr, _ in r.python_seen if nr == NR_UMASK) == 3
+
+
+def test_handed_to_python(fbox, prog):
+    ws = fbox.ws
+    (ws / "exists.txt").write_text("keep")
+    (ws / "trunc.txt").write_text("to be truncated")
+    (ws / "target.txt").write_text("target")
+    os.symlink(ws / "target.txt", ws / "link.txt")
+    (ws / ".git").mkdir()
+    (ws / "adir").mkdir()
+    (ws / "adir" / "x").mkdir()
+    (ws / "rmme").mkdir()
+    (ws / "rmme2").mkdir()
+    (ws / "protected.txt").write_text("p")
+    (fbox.outside / "secret.txt").write_text("secret")
+    os.mkfifo(ws / "fifo")
+    danger = git_danger(ws) + [G(f"{ws}/protected.txt", exact=True),
+                               G(f"{ws}/", segments=("/cache", "/tmp"))]
+    r = run_fast(fbox, prog, [
+        "openat", ws / "exists.txt", O_WRONLY | O_CREAT | O_EXCL, 0o644,     # EEXIST
+        "open", ws / "link.txt", O_WRONLY, 0,                                 # symlink last
+        "openat", ws / ".git/config", O_WRONLY | O_CREAT, 0o644,              # danger
+        "mkdir", ws / "adir/x/.git", 0o755,                                   # danger (dir itself)
+        "unlink", ws / ".git",                                                # danger (dir itself)
+        "writeback", ws / "adir/.git/f", "no parent",                         # danger (segment)
+        "writeback", ws / "cache/a/tmpx", "never",                            # danger (2 segments)
+        "mkdir", ws / "sub.git", 0o755,                                       # fast
+        "writeback", ws / ".gitignore", "fine",                               # fast
+        "writeback", ws / "tmp", "fine",                                      # fast (order)
+        "openat", ws / "protected.txt", O_WRONLY, 0,                          # exact danger
+        "writeback", ws / "protected.txt2", "fine",                           # not exact: fast
+        "openat", fbox.outside / "secret.txt", O_WRONLY | O_TRUNC, 0,         # outside allow
+        "openat", ws, O_WRONLY, 0,                                            # the ws itself
+        "openat", "./dot.txt", O_WRONLY | O_CREAT, 0o644,                     # "." component
+        "openat", "adir/../dd.txt", O_WRONLY | O_CREAT, 0o644,                # ".." component
+        "mkdir", f"{ws}/trail/", 0o755,                                       # trailing slash
+        "openat", ws / "nodir/f.txt", O_WRONLY | O_CREAT, 0o644,              # parent missing
+        "openat", ws / "missing.txt", O_WRONLY, 0,                            # ENOENT, no O_CREAT
+        "openat", ws / "adir", O_WRONLY, 0,                                   # a directory
+        "openat", ws / "fifo", O_WRONLY | 0o4000, 0,                          # fifo (O_NONBLOCK)
+        "openat", ws / "exists.txt", 0o3, 0,                                  # O_ACCMODE 3
+        "openat", ws / "exists.txt", O_WRONLY | 0o200000, 0,                  # O_DIRECTORY
+        "openat", ws / "exists.txt", O_CREAT, 0o644,                          # O_RDONLY|O_CREAT on
+                                                                              # an existing file: a read
+        "openat", ws / "trunc.txt", O_TRUNC, 0,                               # O_RDONLY|O_TRUNC: write
+        "unlinkat", ws / "rmme", 0x200,                                       # AT_REMOVEDIR
+        "rmdir", ws / "rmme2",
+        "unlink", ws / "adir",                                                # directory
+        "unlink", ws / "nothere",                                             # ENOENT
+        "mkdir", ws / "adir", 0o755,                                          # EEXIST
+        "dirfd", ws / "adir", "viadirfd.txt",                                 # dirfd != AT_FDCWD
+        "openat", ws / "exists.txt", O_WRONLY, 0,                             # (write: fast)
+        "cat", fbox.outside / "secret.txt",
+    ], danger=danger)
+    py = r.python_paths()
+    handed = [ws / "exists.txt", ws / "link.txt", ws / ".git/config", ws / "adir/x/.git",
+              ws / ".git", ws / "adir/.git/f", ws / "cache/a/tmpx",
+              ws / "protected.txt", fbox.outside / "secret.txt", ws,
+              "./dot.txt", "adir/../dd.txt", f"{ws}/trail/", ws / "nodir/f.txt",
+              ws / "missing.txt", ws / "adir", ws / "fifo", ws / "rmme", ws / "rmme2",
+              ws / "nothere", "viadirfd.txt"]
+    for h in handed:
+        assert str(h) in py, (h, py)
+    assert py.count(str(ws / "exists.txt")) == 4        # EXCL, O_ACCMODE 3, O_DIRECTORY, read
+    fast_paths = sorted(rec["path"] for rec in r.records)
+    assert fast_paths == sorted(str(ws / n) for n in ("sub.git", ".gitignore", "tmp", "trunc.txt",
+                                                      "protected.txt2", "exists.txt")), fast_paths
+    assert (ws / "trunc.txt").read_text() == ""
+    # the toy Python side produced the kernel's own answers
+    assert r.line("openat", str(ws / "exists.txt"))[2:4] == ["err", str(errno.EEXIST)]
+    assert r.line("openat", str(fbox.outside / "secret.txt"))[2:] == ["err", str(errno.EACCES)]
+    assert r.line("cat", str(fbox.outside / "secret.txt"))[2] == "secret"
+    assert r.line("unlink", str(ws / "nothere"))[2:] == ["rc", str(-errno.ENOENT)]
+    assert r.line("writeback", str(ws / "adir/.git/f"))[2:] == ["err", str(errno.ENOENT)]
+    assert (ws / "target.txt").read_text() == "target"
+    assert (ws / "sub.git").is_dir() and not (ws / "rmme").exists() and not (ws / "rmme2").exists()
+
+
+def test_kind_switches_and_allow_forms(fbox, prog):
+    ws = fbox.ws
+    (ws / "e.txt").write_text("e")
+    (ws / "del.txt").write_text("d")
+    r = run_fast(fbox, prog, [
+        "writeback", ws / "e.txt", "write is on",
+        "writeback", ws / "n.txt", "create is off",
+        "unlink", ws / "del.txt",
+        "mkdir", ws / "m", 0o755,
+    ], enabled=(WRITE, MKDIR))
+    assert {rec["path"]: rec["kind"] for rec in r.records} == {str(ws / "e.txt"): WRITE,
+                                                                str(ws / "m"): MKDIR}
+    assert str(ws / "n.txt") in r.python_paths() and str(ws / "del.txt") in r.python_paths()
+
+    # An exact allow glob allows exactly that path; a glob with literal segments after its
+    # wildcard never allows (may-match over-approximates), only pure prefixes do.
+    r = run_fast(fbox, prog, [
+        "writeback", ws / "exact.txt", "a",
+        "writeback", ws / "exact.txt2", "b",
+        "writeback", ws / "seg" , "c",
+    ], allow=[G(f"{ws}/exact.txt", exact=True), G(f"{ws}/", segments=("seg",))], danger=[])
+    assert [rec["path"] for rec in r.records] == [str(ws / "exact.txt")]
+
+
+def test_thread_private_cwd(fbox, prog):
+    ws = fbox.ws
+    (ws / "tdir").mkdir()
+    r = run_fast(fbox, prog, ["threadcwd", ws / "tdir", "tfile", "writeback", "tfile", "main"])
+    assert (ws / "tdir" / "tfile").read_text() == "thread\n"
+    assert (ws / "tfile").read_text() == "main"
+    recs = {rec["path"]: rec for rec in r.records}
+    assert set(recs) == {str(ws / "tdir" / "tfile"), str(ws / "tfile")}
+    # different threads: different tids in the records
+    assert recs[str(ws / "tdir" / "tfile")]["tid"] != recs[str(ws / "tfile")]["tid"]
+    assert r.line("threadcwd", "tfile")[2] != "-1"
+
+
+def test_path_swapping_race_never_touches_victim(fbox, prog):
+    ws = fbox.ws
+    victim = fbox.outside / "victim"
+    victim.write_text("canary\n")
+    st0 = victim.stat()
+    r = run_fast(fbox, prog, ["race", ws / "ok", victim, 2000], python_policy="deny")
+    assert victim.read_text() == "canary\n"
+    st1 = victim.stat()
+    assert (st1.st_mtime_ns, st1.st_ctime_ns, st1.st_ino) == (st0.st_mtime_ns, st0.st_ctime_ns, st0.st_ino)
+    t = r.line("race")
+    ok, fail = int(t[2]), int(t[4])
+    assert ok + fail == 2000 and ok > 0
+    assert len(r.records) == ok            # every success was the fast path (Python denies)
+    assert all(rec["path"].startswith(f"{ws}/") for rec in r.records)
+    assert not any(str(fbox.outside) in rec["path"] for rec in r.records)
+    print(f"race: fast {ok}, handed to python and denied {fail}")
+
+
+def test_symlink_swap_race_outside_the_sandbox(fbox, prog):
+    """An unconfined process keeps exchanging ws/ln (regular file <-> symlink to the victim)
+    and ws/d (directory <-> symlink to outside/) while the sandbox opens them for writing."""
+    ws, out = fbox.ws, fbox.outside
+    victim = out / "victim"
+    victim.write_text("canary\n")
+    (out / "d").mkdir()
+    (out / "d" / "victim").write_text("canary\n")
+    (ws / "ln").write_text("regular\n")
+    os.symlink(victim, ws / "ln.alt")
+    (ws / "d").mkdir()
+    (ws / "d" / "victim").write_text("inside\n")
+    os.symlink(out / "d", ws / "d.alt")
+    swapper = subprocess.Popen([prog, "swapper", str(ws), "30", "ln", "d"], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        r = run_fast(fbox, prog, ["openloop", ws / "ln", 2000, "openloop", ws / "d/victim", 2000],
+                     python_policy="deny")
+    finally:
+        swapper.send_signal(signal.SIGKILL)
+        swapper.wait()
+    assert victim.read_text() == "canary\n"
+    assert (out / "d" / "victim").read_text() == "canary\n"
+    # The canonical path is that of the pinned (real) directory at decision time: when it was
+    # exchanged right after being pinned, that is ws/d.alt - still the workspace directory.
+    ok_paths = (str(ws / "ln"), str(ws / "d" / "victim"), str(ws / "d.alt" / "victim"))
+    bad = [rec for rec in r.records if rec["path"] not in ok_paths]
+    assert not bad, bad[:5]
+    fast = [rec for rec in r.records if rec["result"] >= 0]
+    assert fast, "the fast path never won the race"
+    print(f"symlink race: {len(r.records)} fast records, {len(fast)} successful opens; "
+          f"{r.lines[:2]}")
+
+
+def test_fifo_swap_never_blocks_the_fast_path(fbox, prog):
+    """ws/ff is exchanged with a FIFO (no reader) between the fast path's lstat and its
+    open: the open must neither block the supervisor nor hand over a FIFO."""
+    ws = fbox.ws
+    (ws / "ff").write_text("regular\n")
+    os.mkfifo(ws / "ff.alt")
+    swapper = subprocess.Popen([prog, "swapper", str(ws), "30", "ff"], stdout=subprocess.PIPE, text=True)
+    try:
+        r = FastSandbox(fbox, [prog, "openloop", str(ws / "ff"), "10000"], python_policy="deny").run(timeout=60)
+    finally:
+        swapper.send_signal(signal.SIGKILL)
+        swapper.wait()
+    assert os.WIFEXITED(r.status), "the sandbox hung: the fast path blocked on a FIFO"
+    assert r.lines[-1] == "done"
+    t = r.line("openloop")
+    assert int(t[2]) > 0 and int(t[2]) + int(t[4]) == 10000
+    # every fast success was a regular file; FIFO opens were handed over (and denied)
+    assert all(rec["path"] == str(ws / "ff") for rec in r.records)
+    assert len([rec for rec in r.records if rec["result"] >= 0]) == int(t[2])
+    print(f"fifo race: {t}, fast records {len(r.records)}, python {len(r.python_paths())}")
+
+
+def test_ring_full_hands_to_python(fbox, prog):
+    ws = fbox.ws
+    r = run_fast(fbox, prog, ["writeback", ws / "a", "1", "writeback", ws / "b", "2",
+                              "writeback", ws / "c", "3", "mkdir", ws / "m", 0o755],
+                 ring=1, live_drain=False)
+    assert [rec["path"] for rec in r.records] == [str(ws / "a")]
+    py = r.python_paths()
+    assert all(str(ws / n) in py for n in ("b", "c", "m"))
+    assert [(ws / n).read_text() for n in "abc"] == ["1", "2", "3"] and (ws / "m").is_dir()
+    assert r.dropped == 0
+
+
+def test_ring_capacity_zero_and_disabled(fbox, prog):
+    ws = fbox.ws
+    r = run_fast(fbox, prog, ["writeback", ws / "z", "0"], ring=0)
+    assert r.records == [] and str(ws / "z") in r.python_paths()
+
+    shutil.rmtree(fbox.out)
+    fbox.out.mkdir()
+    (ws / "e").write_text("x")
+    r = run_fast(fbox, prog, ["writeback", ws / "a", "1", "writeback", ws / "e", "2",
+                              "unlink", ws / "a", "mkdir", ws / "m", 0o755],
+                 fast_enabled=False)
+    assert r.records == []
+    assert sorted(p for p in r.python_paths() if p.startswith(str(ws))) == \
+        sorted([str(ws / "a"), str(ws / "e"), str(ws / "a"), str(ws / "m")])
+
+
+def test_enable_toggle_while_running(fbox, prog):
+    """set_enabled(0) while the loop runs (here: from the Python side, as the supervisor
+    does when the journal fails) takes effect for the very next notification."""
+    ws = fbox.ws
+    fs = FastSandbox(fbox, [prog, "writeback", str(ws / "b2"), "1", "umask", "022",
+                            "writeback", str(ws / "a2"), "2", "mkdir", str(ws / "m2"), "0755"])
+
+    def python_side(n, _orig=fs._python_side):
+        if n.data.nr == NR_UMASK:
+            lib.aarm_fast_set_enabled(fs.ctx, 0)
+        _orig(n)
+
+    fs._python_side = python_side
+    r = fs.run()
+    assert [rec["path"] for rec in r.records] == [str(ws / "b2")]
+    assert str(ws / "a2") in r.python_paths() and str(ws / "m2") in r.python_paths()
+    assert (ws / "a2").read_text() == "2" and (ws / "m2").is_dir()
+
+
+def test_addfd_failure_still_answers(fbox, prog):
+    """EMFILE from ADDFD (the target's fd table is full) is answered, never left pending."""
+    ws = fbox.ws
+    (ws / "e.txt").write_text("e")
+    r = run_fast(fbox, prog, ["nofile", 3, "openat", ws / "e.txt", O_WRONLY, 0,
+                              "nofile", 64, "openat", ws / "e.txt", O_WRONLY, 0])
+    assert r.line("nofile")[2] == "0"
+    recs = r.rec(str(ws / "e.txt"))
+    assert [rec["result"] for rec in recs][0] == -errno.EMFILE
+    assert recs[1]["result"] >= 0
+    assert [ln for ln in r.lines if ln.startswith("openat")][0].split()[2:] == ["err", str(errno.EMFILE)]
+
+
+def test_compiles_without_warnings():
+    here = Path(__file__).resolve().parents[2] / "native"
+    p = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
+                        "-I", str(here), str(here / "aarm_fastpath.c")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_context_validation():
+    kinds, keep = make_kinds([G("/x/")], [])
+    r, w = os.pipe()
+    try:
+        assert lib.aarm_fast_new(-1, r, kinds, 16) == ffi.NULL
+        assert lib.aarm_fast_new(w, r, kinds, 16) == ffi.NULL          # root is not a directory
+        assert lib.aarm_fast_new(w, r, ffi.NULL, 16) == ffi.NULL
+        d = os.open("/", os.O_PATH)
+        try:
+            assert lib.aarm_fast_new(w, d, kinds, (1 << 20) + 1) == ffi.NULL
+            ctx = lib.aarm_fast_new(w, d, kinds, 16)
+            assert ctx != ffi.NULL
+            out = ffi.new("struct aarm_fast_record[]", 4)
+            assert lib.aarm_fast_drain(ctx, out, 4) == 0
+            assert lib.aarm_fast_dropped(ctx) == 0
+            lib.aarm_fast_invalidate_umask(ctx)
+            lib.aarm_fast_set_enabled(ctx, 0)
+            lib.aarm_fast_set_enabled(ctx, 1)
+            lib.aarm_fast_free(ctx)
+            bad = ffi.new("struct aarm_fast_kind[4]")
+            bad[0].nallow = 3          # allow == NULL with nallow > 0
+            assert lib.aarm_fast_new(w, d, bad, 16) == ffi.NULL
+        finally:
+            os.close(d)
+    finally:
+        os.close(r)
+        os.close(w)
+    lib.aarm_fast_free(ffi.NULL)
+
+
+def test_microbenchmark(fbox, prog, capsys):
+    """Not asserted: per-iteration latency seen by the sandboxed program."""
+    ws = fbox.ws
+    (ws / "b").mkdir()
+    n = 20000
+    steps = ["bench", "w", ws / "b", n, "bench", "c", ws / "b", n // 4,
+             "bench", "u", ws / "b", n // 4, "bench", "m", ws / "b", n // 4]
+    r = run_fast(fbox, prog, steps)
+    fast = {ln.split()[1]: ln for ln in r.lines if ln.startswith("bench")}
+    # (a slow drainer could make the ring full: those go to Python, never lost)
+    assert len(r.records) >= 0.95 * (n + 3 * (n // 4))
+    shutil.rmtree(ws / "b")
+    (ws / "b").mkdir()
+    shutil.rmtree(fbox.out)
+    fbox.out.mkdir()
+    r2 = run_fast(fbox, prog, steps[:4] + ["bench", "c", ws / "b", n // 4], fast_enabled=False)
+    toy = {ln.split()[1]: ln for ln in r2.lines if ln.startswith("bench")}
+    native_dir = fbox.root / "native"
+    p = subprocess.run([prog, "bench", "w", str(native_dir), str(n), "bench", "c", str(native_dir),
+                        str(n // 4)], capture_output=True, text=True, check=True)
+    native = {ln.split()[1]: ln for ln in p.stdout.splitlines() if ln.startswith("bench")}
+    with capsys.disabled():
+        print("\n[fastpath microbenchmark, ns per iteration]")
+        for k, ln in fast.items():
+            print(f"  fast path      {ln}")
+        for k, ln in toy.items():
+            print(f"  toy python     {ln}   (fast path disabled; toy CONTINUE, no policy)")
+        for k, ln in native.items():
+            print(f"  native         {ln}")
