@@ -1190,3 +1190,42 @@ int aarm_set_dumpable(int on)
 {
     return prctl(PR_SET_DUMPABLE, on ? 1 : 0, 0, 0, 0) < 0 ? -errno : 0;
 }
+
+/* ------------------------------------------------------------------ */
+/* Thin wrappers for the emulation path (compiled here so that Python  */
+/* needs no runtime cdef parsing): each returns the result or -errno.  */
+
+int aarm_unlinkat(int dirfd, const char *name, int flags)
+{
+    return unlinkat(dirfd, name, flags) < 0 ? -errno : 0;
+}
+
+int aarm_fchownat(int dirfd, const char *name, unsigned int uid, unsigned int gid, int flags)
+{
+    return fchownat(dirfd, name, (uid_t)uid, (gid_t)gid, flags) < 0 ? -errno : 0;
+}
+
+int aarm_connect(int fd, const void *addr, unsigned int len)
+{
+    return connect(fd, (const struct sockaddr *)addr, (socklen_t)len) < 0 ? -errno : 0;
+}
+
+int aarm_bind(int fd, const void *addr, unsigned int len)
+{
+    return bind(fd, (const struct sockaddr *)addr, (socklen_t)len) < 0 ? -errno : 0;
+}
+
+int64_t aarm_sendto(int fd, const void *buf, size_t len, int flags, const void *addr,
+                    unsigned int addrlen)
+{
+    ssize_t r = sendto(fd, buf, len, flags, addrlen ? (const struct sockaddr *)addr : NULL,
+                       (socklen_t)addrlen);
+    return r < 0 ? -errno : (int64_t)r;
+}
+
+int aarm_sockopt_int(int fd, int level, int opt)
+{
+    int v = 0;
+    socklen_t l = sizeof(v);
+    return getsockopt(fd, level, opt, &v, &l) < 0 ? -errno : v;
+}

@@ -144,4 +144,12 @@ int aarm_utimensat(int dirfd, const char *path, const int64_t *times4,
                    int flags);
 int aarm_set_dumpable(int on);
 
+int aarm_unlinkat(int dirfd, const char *name, int flags);
+int aarm_fchownat(int dirfd, const char *name, unsigned int uid, unsigned int gid, int flags);
+int aarm_connect(int fd, const void *addr, unsigned int len);
+int aarm_bind(int fd, const void *addr, unsigned int len);
+int64_t aarm_sendto(int fd, const void *buf, size_t len, int flags, const void *addr,
+                    unsigned int addrlen);
+int aarm_sockopt_int(int fd, int level, int opt);
+
 #endif /* AARM_NATIVE_H */

@@ -315,14 +315,55 @@ def _rc_check(rc: int, what: str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def compile_filter(notify_reads: bool = False) -> bytes:
+def compile_filter(notify_reads: bool = False, use_cache: bool = True) -> bytes:
     """Return the x86_64 seccomp program (array of struct sock_filter) for the table.
 
     `notify_reads=True` notifies every open/openat (reads too); the default notifies only
-    opens with a write-intent flag.
+    opens with a write-intent flag. The exported program is cached per user, keyed by the
+    exact rule plan and the libseccomp library file, and self-checked again when loaded.
     """
     notify_reads = bool(notify_reads)
     plan = filter_plan(notify_reads)
+    cache = _cache_path(plan) if use_cache else None
+    if cache is not None:
+        try:
+            program = cache.read_bytes()
+            _self_check(program)
+            return program
+        except (OSError, FilterError):
+            pass
+    program = _compile(plan)
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(program)
+            os.replace(tmp, cache)
+        except OSError:
+            pass
+    return program
+
+
+def _cache_path(plan):
+    import hashlib
+    from pathlib import Path
+    lib_id = ""
+    for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib"):
+        p = os.path.join(d, "libseccomp.so.2")
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        lib_id = f"{os.path.realpath(p)}:{st.st_size}:{st.st_mtime_ns}"
+        break
+    if not lib_id:
+        return None
+    key = hashlib.sha256(f"filter-v1|{lib_id}|{plan!r}".encode()).hexdigest()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "aarm-sandbox" / "filters" / f"{key}.bpf"
+
+
+def _compile(plan) -> bytes:
     ffi, lib, _ = _load()
     ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
     if ctx == ffi.NULL:

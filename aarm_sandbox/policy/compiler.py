@@ -49,6 +49,21 @@ def glob_to_regex(glob: str) -> str:
     return "".join(out)
 
 
+class LazyRegex:
+    """Compiled on first match: startup should not pay for rules a session never meets."""
+    __slots__ = ("source", "_re")
+
+    def __init__(self, source: str):
+        self.source = source
+        self._re = None
+
+    def match(self, s: str):
+        r = self._re
+        if r is None:
+            r = self._re = re.compile(self.source, re.S)
+        return r.match(s)
+
+
 def literal_prefix(glob: str) -> str:
     """The text a path must start with to match `glob` (everything before a wildcard)."""
     for i, c in enumerate(glob):
@@ -63,9 +78,9 @@ class CompiledRule:
     result: Result
     reason: str
     errno: int
-    inside: re.Pattern | None
-    outside: re.Pattern | None
-    exclude: re.Pattern | None
+    inside: LazyRegex | None
+    outside: LazyRegex | None
+    exclude: LazyRegex | None
     existed_at_start: bool | None
     count_over: int | None
     index: int
@@ -112,11 +127,11 @@ class CompiledPolicy:
         """Concrete (glob-free) paths of the named sets, for kernel-level masks."""
         return [os.path.normpath(p) for p in self.expand_patterns(names) if not any(c in p for c in "*?[")]
 
-    def _regex(self, items: list[str]) -> re.Pattern | None:
+    def _regex(self, items: list[str]) -> "LazyRegex | None":
         pats = self.expand_patterns(items)
         if not pats:
             return None
-        return re.compile("(?:" + "|".join(glob_to_regex(p) for p in pats) + r")\Z", re.S)
+        return LazyRegex("(?:" + "|".join(glob_to_regex(p) for p in pats) + r")\Z")
 
     def _compile_rule(self, index: int, r) -> CompiledRule:
         err = getattr(errno_mod, r.errno) if r.errno else 0

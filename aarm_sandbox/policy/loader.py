@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-import yaml
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "profiles_builtin"
 
@@ -69,14 +68,11 @@ def locate(name_or_file: str) -> Path:
     return cand
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of every mapping key and sequence item."""
-
-
 def _parse_with_lines(text: str, source: str) -> tuple[object, dict[tuple, int]]:
+    import yaml
     lines: dict[tuple, int] = {}
     try:
-        node = yaml.compose(text, Loader=_LineLoader)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -135,6 +131,7 @@ def _format_errors(err, source: str, lines: dict[tuple, int]) -> str:
 
 
 def _read(path: Path) -> tuple[bytes, dict, dict[tuple, int] | None]:
+    import yaml
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -166,11 +163,19 @@ def _cache_dir() -> Path:
 
 
 def load_profile(name_or_file: str, use_cache: bool = True) -> LoadedProfile:
-    """Load, resolve `extends`, validate. A profile chain already validated (same bytes,
-    same code version) is read from a per-user cache, so `run` starts without pydantic."""
+    """Load, resolve `extends`, validate. A profile chain already validated (same bytes of
+    every file in the chain, same code version) comes from a per-user cache, so `run`
+    starts without parsing YAML or importing pydantic."""
+    path = locate(name_or_file)
+    leaf_raw = path.read_bytes()
+    leaf_sha = hashlib.sha256(leaf_raw).hexdigest()
+    cached = _cache_dir() / f"{hashlib.sha256((_CODE_VERSION + leaf_sha).encode()).hexdigest()}.json"
+    if use_cache:
+        view = _from_cache(cached)
+        if view is not None:
+            return LoadedProfile(view, str(path), leaf_sha)
     chain: list[tuple[Path, bytes, dict]] = []
     seen: set[str] = set()
-    path = locate(name_or_file)
     while True:
         raw, data, _ = _read(path)
         chain.append((path, raw, data))
@@ -182,18 +187,22 @@ def load_profile(name_or_file: str, use_cache: bool = True) -> LoadedProfile:
             raise ProfileError(f"{path}: `extends` cycle through {ext!r}")
         seen.add(str(pid))
         path = locate(ext)
-    leaf_path, leaf_raw, _ = chain[0]
-    key = hashlib.sha256(_CODE_VERSION.encode() + b"".join(
-        hashlib.sha256(raw).digest() for _, raw, _ in chain)).hexdigest()
-    cached = _cache_dir() / f"{key}.json"
+    view = _validate_chain(chain)
+    _store(cached, view, [(str(p.resolve()), hashlib.sha256(raw).hexdigest()) for p, raw, _ in chain])
+    return LoadedProfile(view, str(chain[0][0]), leaf_sha)
+
+
+def _from_cache(cached: Path) -> SimpleNamespace | None:
+    """The cached validated view, if every file of its chain still has the same bytes."""
     try:
-        if not use_cache:
-            raise OSError("cache bypassed")
-        view = to_view(json.loads(cached.read_text()))
+        entry = json.loads(cached.read_text())
+        for fpath, sha in entry["chain"]:
+            with open(fpath, "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() != sha:
+                    return None
+        return to_view(entry["profile"])
     except (OSError, ValueError, KeyError, TypeError):
-        view = _validate_chain(chain)
-        _store(cached, view)
-    return LoadedProfile(view, str(leaf_path), hashlib.sha256(leaf_raw).hexdigest())
+        return None
 
 
 def _validate_chain(chain) -> SimpleNamespace:
@@ -204,18 +213,18 @@ def _validate_chain(chain) -> SimpleNamespace:
     return to_view(merged.model_dump(by_alias=False))
 
 
-def _store(cached: Path, view: SimpleNamespace) -> None:
+def _store(cached: Path, view: SimpleNamespace, chain: list[tuple[str, str]]) -> None:
     try:
         cached.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(view_to_dict(view)))
+        tmp.write_text(json.dumps({"chain": chain, "profile": view_to_dict(view)}))
         os.replace(tmp, cached)
     except OSError:
         pass      # a cache that cannot be written only costs startup time
 
 
 # Bump when the schema or its defaults change, so cached validations are not reused.
-_CODE_VERSION = "profile-schema-1"
+_CODE_VERSION = "profile-schema-2"
 
 
 def _merge(base, child, child_data: dict):
