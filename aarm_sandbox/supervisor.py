@@ -53,6 +53,7 @@ class Supervisor:
         self.verify_exec = engine.policy.has_exec_restrictions
         self.denials: list[tuple[str, str, str]] = []
         self.tmpdir = engine.policy.placeholders.tmpdir
+        self.allowed_images: set[tuple[int, int]] = set()   # (dev, ino) of every allowed exec
 
     # ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -199,7 +200,10 @@ class Supervisor:
         if self.journal.failed:
             return Decision(Result.DENY, "journal", self.journal.failed, errno.EIO)
         try:
-            return self.engine.decide(action, self.ctx)
+            self.engine.counted = counted = []
+            d = self.engine.decide(action, self.ctx)
+            action.counted = counted
+            return d
         except Exception as e:  # noqa: BLE001
             return Decision(Result.DENY, "policy-error", f"policy evaluation failed: {e!r}",
                             errno.EACCES)
@@ -208,6 +212,8 @@ class Supervisor:
         try:
             if isinstance(effect, Continue):
                 self.backend.answer_continue(n)
+                if isinstance(effect, ExecContinue):
+                    self.allowed_images.add(effect.dev_ino)
                 if isinstance(effect, ExecContinue) and self.verify_exec:
                     threading.Thread(target=self._verify_exec, args=(n.tid, effect),
                                      daemon=True).start()
@@ -241,6 +247,13 @@ class Supervisor:
         self._receipt(action, decision, outcome)
 
     def _track(self, action) -> None:
+        """Context updates after an action really happened."""
+        counted = action.counted
+        if counted and not (action.type == A.FILE_DELETE and action.paths[0] in self.ctx.created_paths):
+            # count_over rules count executed matches; removing what this session itself
+            # created (build output, lock files) is not a deletion of anyone's data.
+            for rid in counted:
+                self.ctx.rule_counts[rid] += 1
         t = action.type
         if t in _CREATES:
             self.ctx.record_created(action.paths[-1])
@@ -271,7 +284,9 @@ class Supervisor:
             except OSError:
                 return                       # gone
             now = (st.st_dev, st.st_ino)
-            if now == effect.dev_ino:
+            if now == effect.dev_ino or now in self.allowed_images:
+                # (a later exec of the same process, e.g. `sh -c 'exec prog'`, may already
+                # have replaced the image: any image an exec decision allowed is fine)
                 return
             if now != effect.before:
                 if effect.is_script:

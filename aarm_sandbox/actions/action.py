@@ -42,6 +42,7 @@ class Action:
     flags: int = 0
     paths: tuple[str, ...] = ()    # every path the operation touches (rename: src and dst)
     detail: dict = field(default_factory=dict)   # argv for exec, destination for rename, ...
+    counted: list | None = None    # count_over rules this action matched (filled by the engine)
 
     def as_record(self) -> dict:
         rec = {"type": self.type, "target": self.target, "syscall": self.syscall,

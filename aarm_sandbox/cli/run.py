@@ -16,7 +16,7 @@ from pathlib import Path
 from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.intercept.filter import FilterError, compile_filter
 from aarm_sandbox.journal.writer import Journal
-from aarm_sandbox.launch.sandbox import (NS_NAMES, LaunchError, LaunchPlan,
+from aarm_sandbox.launch.sandbox import (CLONE_NEWNET, NS_NAMES, LaunchError, LaunchPlan,
                                          drop_effective_capabilities, launch)
 from aarm_sandbox.policy.compiler import CompiledPolicy, Placeholders, glob_to_regex
 from aarm_sandbox.policy.engine import PolicyEngine
@@ -177,6 +177,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
                     "backend": backend.name, "sync_wakeup": backend.sync_wakeup,
                     "namespaces": [v for k, v in NS_NAMES.items() if sandbox.namespaces & k],
                     "masked": mask_dirs + mask_files})
+    from aarm_sandbox.decode import handlers
+    handlers.NETWORK_CONTAINED = bool(sandbox.namespaces & CLONE_NEWNET)
     sup = Supervisor(backend, engine, ctx, journal, explain=args.explain, verbose=args.verbose)
     if os.environ.get("AARM_FAST_PATH", "1") != "0":
         from aarm_sandbox.intercept.fastpath import FastPath

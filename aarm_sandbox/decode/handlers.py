@@ -19,7 +19,7 @@ from aarm_sandbox.actions import action as A
 from aarm_sandbox.actions.action import Action
 from aarm_sandbox.decode.memory import DecodeError, read_argv, read_bytes, read_path
 from aarm_sandbox.decode.paths import (AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, ObjectRef,
-                                       ParentRef, Resolver, as_int32)
+                                       ParentRef, Resolver, as_int32, fd_path, join_path)
 from aarm_sandbox.decode.syscall_table import BY_NR, SyscallSpec
 from aarm_sandbox.enforce import libc
 from aarm_sandbox.enforce.effects import AtCall, Continue, Effect, ObjectCall, OpenFile, SocketCall
@@ -154,6 +154,8 @@ def decode_open(n: Notification, spec: SyscallSpec, st: DecodeState) -> Decoded:
     # Fast path: pin the parent directory and look at the last name without following it.
     # A regular file (or a name to create) is then opened by the supervisor with
     # O_NOFOLLOW relative to the pinned parent: exactly the object that was decided on.
+    if flags & O_CREAT and path.endswith(b"/"):
+        raise DecodeError(errno.EISDIR, "O_CREAT with a trailing slash")
     p = r.parent(dirfd, path)
     if p.trailing_slash or p.name in (b".", b".."):
         p.close()
@@ -193,7 +195,7 @@ def _open_object(n, spec, r: Resolver, dirfd, path, flags, open_flags, writes, c
     except DecodeError as e:
         if e.errno != errno.ENOENT or not flags & O_CREAT:
             raise
-        raise DecodeError(errno.EACCES, "creating through a dangling symlink is not mediated") from None
+        return _create_through_symlink(n, spec, st, r, dirfd, path, flags, open_flags, mode, cloexec)
     if flags & O_NOFOLLOW and stat.S_ISLNK(obj.st.st_mode):
         obj.close()
         raise DecodeError(errno.ELOOP, "O_NOFOLLOW on a symlink")
@@ -206,6 +208,46 @@ def _open_object(n, spec, r: Resolver, dirfd, path, flags, open_flags, writes, c
         # is judged as the fd, not as a new write to the path.
         return Decoded(_act(kind, n, spec, obj.path, (), flags, reopened_fd=True), eff)
     return Decoded(_act(kind, n, spec, obj.path, (obj.path,), flags), eff)
+
+
+def _create_through_symlink(n, spec, st, r: Resolver, dirfd, path, flags, open_flags, mode,
+                            cloexec) -> Decoded:
+    """O_CREAT on a dangling symlink creates its target (as the kernel does): pin the
+    directory the link points into, then create there exclusively and without following,
+    deciding on that final path. Chains of dangling links are not followed further."""
+    link = r.parent(dirfd, path)
+    try:
+        content = os.readlink(link.name, dir_fd=link.fd)
+    except OSError as e:
+        link.close()
+        raise DecodeError(e.errno, "readlink") from None
+    stripped = content.rstrip(b"/")
+    if not stripped or content.endswith(b"/"):
+        link.close()
+        raise DecodeError(errno.EISDIR if content.endswith(b"/") else errno.ENOENT, "symlink target")
+    head, _sep, name = stripped.rpartition(b"/")
+    absolute = content.startswith(b"/")
+    base = r.root_fd() if absolute else os.dup(link.fd)
+    link.close()
+    try:
+        dfd = base if (not head and not absolute) else r._lookup_dir(base, head or b"/", absolute)
+    finally:
+        if not ((not head and not absolute)):
+            os.close(base)
+    target = ParentRef(dfd, name, join_path(fd_path(dfd), name), False)
+    try:
+        lst = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        lst = None
+    except OSError as e:
+        target.close()
+        raise DecodeError(e.errno, "stat symlink target") from None
+    if lst is not None:
+        target.close()
+        if stat.S_ISLNK(lst.st_mode):
+            raise DecodeError(errno.EACCES, "creating through a chain of dangling symlinks is not mediated")
+        raise DecodeError(errno.EAGAIN, "symlink target appeared during resolution")
+    return _create(n, spec, st, target, flags, open_flags | O_EXCL | O_NOFOLLOW, mode, cloexec)
 
 
 def _writes_existing(flags: int) -> bool:
@@ -601,8 +643,43 @@ def _stream_safe(sock: int, flags: int) -> bool:
     return t in (SOCK_STREAM, SOCK_SEQPACKET) and not flags & MSG_FASTOPEN
 
 
-def _read_msghdr(n: Notification, ptr: int) -> tuple[bytes, bytes, int]:
-    """(name bytes, concatenated iov payload, controllen) of one struct msghdr."""
+def _inet_contained(sock: int) -> bool:
+    """inet datagrams from a sandbox whose network namespace has no route out reach only
+    the sandbox itself, whatever address the memory says; letting the kernel run the call
+    keeps sendmmsg's per-message msg_len exact. (Brokered egress will mediate these.)"""
+    return libc.sockopt_int(sock, libc.SO_DOMAIN) in (AF_INET, AF_INET6) and NETWORK_CONTAINED
+
+
+# True while the sandbox's network namespace has nothing but loopback (set by the launcher).
+NETWORK_CONTAINED = False
+
+
+def _read_rights(n: Notification, ctl_p: int, ctllen: int) -> list[int]:
+    """The target's fd numbers carried as SCM_RIGHTS in a control buffer. Any other
+    ancillary data on a datagram socket is refused (it would carry the supervisor's
+    credentials, or needs its own mediation)."""
+    if ctllen > 65536:
+        raise DecodeError(errno.ENOBUFS, "control data too large")
+    raw = read_bytes(n.tid, ctl_p, ctllen)
+    fds: list[int] = []
+    off = 0
+    while off + 16 <= len(raw):
+        clen, level, typ = struct.unpack_from("<Qii", raw, off)
+        if clen < 16 or off + clen > len(raw):
+            raise DecodeError(errno.EINVAL, "malformed cmsghdr")
+        if (level, typ) != (1, 1):          # SOL_SOCKET, SCM_RIGHTS
+            raise DecodeError(errno.EPERM, "ancillary data other than SCM_RIGHTS on datagram "
+                              "sockets is not mediated")
+        data = raw[off + 16:off + clen]
+        fds.extend(struct.unpack(f"<{len(data) // 4}i", data[:len(data) // 4 * 4]))
+        off += (clen + 7) & ~7
+    if len(fds) > 253:                      # SCM_MAX_FD
+        raise DecodeError(errno.EINVAL, "too many fds")
+    return fds
+
+
+def _read_msghdr(n: Notification, ptr: int) -> tuple[bytes, bytes, int, int]:
+    """(name bytes, concatenated iov payload, control ptr, controllen) of a struct msghdr."""
     raw = read_bytes(n.tid, ptr, 56)
     name_p, namelen, iov_p, iovlen, ctl_p, ctllen, _fl = struct.unpack("<QI4xQQQQi4x", raw)
     if iovlen > 1024:
@@ -617,14 +694,14 @@ def _read_msghdr(n: Notification, ptr: int) -> tuple[bytes, bytes, int]:
             if total > MAX_PAYLOAD:
                 raise DecodeError(errno.EMSGSIZE, "payload over the mediation limit")
             chunks.append(read_bytes(n.tid, base, ln, limit=MAX_PAYLOAD))
-    return name, b"".join(chunks), ctllen if ctl_p else 0
+    return name, b"".join(chunks), ctl_p, ctllen if ctl_p else 0
 
 
 def decode_sendmsg(n, spec, st) -> Decoded:
     a = n.args
     flags = as_int32(a[2] if spec.name == "sendmsg" else a[3])
     sock = _thread_fd(n.tid, as_int32(a[0]))
-    if _stream_safe(sock, flags):
+    if _stream_safe(sock, flags) or _inet_contained(sock):
         os.close(sock)
         return Decoded(None, Continue())
     try:
@@ -635,10 +712,16 @@ def decode_sendmsg(n, spec, st) -> Decoded:
             vlen = min(a[2] & 0xFFFFFFFF, 1024)
             hdrs = [a[1] + 64 * i for i in range(vlen)]
         targets, paths_all, pinned = [], [], []
+        passed: list[int] = []
         for h in hdrs:
-            name, payload, ctl = _read_msghdr(n, h)
+            name, payload, ctl_p, ctl = _read_msghdr(n, h)
             if ctl:
-                raise DecodeError(errno.EPERM, "ancillary data on datagram sockets is not mediated")
+                if spec.name != "sendmsg":
+                    raise DecodeError(errno.EPERM, "ancillary data in sendmmsg on datagram "
+                                      "sockets is not mediated")
+                # fds passed along: the receiver gets the same open files, via our copies
+                passed = [_thread_fd(n.tid, fd) for fd in _read_rights(n, ctl_p, ctl)]
+                pinned.extend(passed)
             if name:
                 target, addr, pin, paths = _dest_for_send(n, name)
                 if pin >= 0:
@@ -653,7 +736,9 @@ def decode_sendmsg(n, spec, st) -> Decoded:
         raise
     act = _act(A.NET_SEND, n, spec, targets[0] if targets else "", tuple(paths_all),
                bytes=sum(len(m[1]) for m in msgs), messages=len(msgs))
-    eff = SocketCall("sendto" if spec.name == "sendmsg" else "sendmmsg", sock,
+    if passed:
+        pinned = [p for p in pinned if p not in passed]
+    eff = SocketCall("sendto" if spec.name == "sendmsg" else "sendmmsg", sock, passed_fds=passed,
                      addr=msgs[0][0] if msgs else b"", payload=msgs[0][1] if msgs else b"",
                      flags=flags, pinned=pinned[0] if pinned else -1, messages=msgs,
                      more_pinned=tuple(pinned[1:]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from dataclasses import dataclass, field
 
 from aarm_sandbox._native import ffi, lib
@@ -173,6 +174,7 @@ class SocketCall(Effect):
     messages: list = field(default_factory=list)   # sendmmsg: [(addr, payload)]
     blocking: bool = True
     more_pinned: tuple = ()     # sendmmsg: pinned unix paths of the other messages
+    passed_fds: list = field(default_factory=list)  # our copies of fds sent as SCM_RIGHTS
 
     def perform(self) -> int:
         op = self.op
@@ -182,6 +184,8 @@ class SocketCall(Effect):
             if self.bind_name:
                 return _bind_in_dir(self.sockfd, self.pinned, self.bind_name)
             return libc.bind(self.sockfd, self.addr)
+        if op == "sendto" and self.passed_fds:
+            return _sendmsg_rights(self.sockfd, self.payload, self.flags, self.addr, self.passed_fds)
         if op == "sendto":
             return libc.sendto(self.sockfd, self.payload, self.flags, self.addr)
         if op == "sendmmsg":
@@ -195,18 +199,43 @@ class SocketCall(Effect):
         return -errno.ENOSYS
 
     def _fds(self):
-        return (self.sockfd, self.pinned) + tuple(self.more_pinned)
+        return (self.sockfd, self.pinned) + tuple(self.more_pinned) + tuple(self.passed_fds)
+
+
+def _sendmsg_rights(sockfd: int, payload: bytes, flags: int, addr: bytes, fds: list[int]) -> int:
+    import array
+    import socket
+    s = socket.socket(fileno=os.dup(sockfd))
+    try:
+        address = None
+        if addr:
+            raw = addr[2:]
+            address = raw if raw[:1] == b"\0" else raw.split(b"\0", 1)[0]
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        if address is None:
+            return s.sendmsg([payload], anc, flags)
+        return s.sendmsg([payload], anc, flags, address)
+    except OSError as e:
+        return -e.errno
+    finally:
+        s.close()
+
+
+_cwd_lock = threading.Lock()
 
 
 def _bind_in_dir(sockfd: int, dirfd: int, name: bytes) -> int:
-    path = f"/proc/self/fd/{dirfd}/".encode() + name
-    if len(path) < 108:
-        return libc.bind(sockfd, libc.sockaddr_un(path))
-    # Too long for sun_path with the prefix: bind relative to the pinned directory.
-    old = os.open(".", os.O_PATH | os.O_CLOEXEC)
-    try:
-        os.fchdir(dirfd)
-        return libc.bind(sockfd, libc.sockaddr_un(name))
-    finally:
-        os.fchdir(old)
-        os.close(old)
+    """Create the socket inode as `name` inside the pinned directory.
+
+    bind() resolves sun_path itself and stores it as the socket's name, so it is given
+    just the last component, relative to the pinned directory made the cwd for the call:
+    the socket lands exactly where it was decided, and getsockname()/recvfrom() show a
+    plain name (a relative bind looks exactly as natively)."""
+    with _cwd_lock:
+        old = os.open(".", os.O_PATH | os.O_CLOEXEC)
+        try:
+            os.fchdir(dirfd)
+            return libc.bind(sockfd, libc.sockaddr_un(name))
+        finally:
+            os.fchdir(old)
+            os.close(old)

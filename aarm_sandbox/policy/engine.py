@@ -22,6 +22,7 @@ class PolicyEngine:
         self.observe = observe
         self.step_up_denies = policy.profile.settings.step_up == "deny"
         self._final: dict[tuple[int, str], Decision] = {}   # (rule index | -1, type) -> decision
+        self.counted: list[str] | None = None    # set by the caller to learn counted rules
 
     def decide(self, action: Action, ctx: SessionContext) -> Decision:
         t = action.type
@@ -30,9 +31,11 @@ class PolicyEngine:
             if rule.needs_paths and not _matches(rule, action, ctx):
                 continue
             if rule.count_over is not None:
-                seen = ctx.rule_counts[rule.id]
-                ctx.rule_counts[rule.id] = seen + 1
-                if seen < rule.count_over:
+                # Counted only once the action really happened (Supervisor.count_executed).
+                counted = self.counted
+                if counted is not None:
+                    counted.append(rule.id)
+                if ctx.rule_counts[rule.id] < rule.count_over:
                     continue
             if best is None or RANK[rule.result] < RANK[best.result]:
                 best = rule

@@ -39,7 +39,8 @@ class Rule(_Strict):
     existed_at_start: bool | None = Field(
         default=None, description="true: the touched path existed before the session started")
     count_over: int | None = Field(default=None, ge=0,
-                                   description="match only after this many earlier matches this session")
+                                   description="match only after this many earlier executed matches this "
+                                               "session (deleting what the session created does not count)")
     decision: DecisionName
     reason: str = ""
     errno: str | None = Field(default=None, description="errno name for deny, e.g. EACCES")

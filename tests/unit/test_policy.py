@@ -98,16 +98,34 @@ def test_git_config_created_this_session_is_not_held(tmp_path):
     assert e.decide(act("file.write", str(cfg)), c).result is Result.ALLOW
 
 
+def _delete_executed(e, c, path):
+    """Decide a delete and, if allowed, count it as the supervisor does once it happened."""
+    e.counted = []
+    d = e.decide(act("file.delete", path), c)
+    if d.allowed:
+        for rid in e.counted:
+            c.rule_counts[rid] += 1
+    return d.result
+
+
 def test_mass_deletion_is_held_after_100():
     e, c = engine()
-    results = [e.decide(act("file.delete", f"{WS}/f{i}"), c).result for i in range(103)]
+    results = [_delete_executed(e, c, f"{WS}/f{i}") for i in range(103)]
     assert results[:100] == [Result.ALLOW] * 100
     assert results[100:] == [Result.DENY] * 3
 
 
+def test_denied_or_failed_deletions_do_not_count():
+    e, c = engine()
+    for i in range(500):          # decided but never executed (e.g. ENOENT): not counted
+        e.counted = []
+        e.decide(act("file.delete", f"{WS}/missing{i}"), c)
+    assert _delete_executed(e, c, f"{WS}/real") is Result.ALLOW
+
+
 def test_deletions_in_session_tmp_are_not_counted():
     e, c = engine()
-    assert all(e.decide(act("file.delete", f"{TMP}/f{i}"), c).allowed for i in range(300))
+    assert all(_delete_executed(e, c, f"{TMP}/f{i}") is Result.ALLOW for i in range(300))
 
 
 def test_ci_untrusted_denies_reads_outside_and_network():
