@@ -664,8 +664,10 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
                 goto out;
             int r = 0;
             if (!(flags & O_NONBLOCK)) {
-                int fl = fcntl(opened, F_GETFL);
-                if (fl < 0 || fcntl(opened, F_SETFL, fl & ~O_NONBLOCK) < 0)
+                /* F_SETFL takes only the status flags (O_APPEND, O_DIRECT, O_NOATIME,
+                 * O_ASYNC, O_NONBLOCK) and ignores the rest: the open flags minus
+                 * O_NONBLOCK are exactly the caller's, without an F_GETFL round trip. */
+                if (fcntl(opened, F_SETFL, oflags & ~(O_NONBLOCK | O_ASYNC)) < 0)
                     r = -errno;         /* performed (maybe created): answer it */
             }
             if (r == 0) {
