@@ -227,13 +227,16 @@ def _create_through_symlink(n, spec, st, r: Resolver, dirfd, path, flags, open_f
         raise DecodeError(errno.EISDIR if content.endswith(b"/") else errno.ENOENT, "symlink target")
     head, _sep, name = stripped.rpartition(b"/")
     absolute = content.startswith(b"/")
-    base = r.root_fd() if absolute else os.dup(link.fd)
-    link.close()
-    try:
-        dfd = base if (not head and not absolute) else r._lookup_dir(base, head or b"/", absolute)
-    finally:
-        if not ((not head and not absolute)):
+    if not head and not absolute:          # "target": next to the link itself
+        dfd = link.fd
+        link.fd = -1
+    else:
+        base = r.root_fd() if absolute else os.dup(link.fd)
+        try:
+            dfd = r._lookup_dir(base, head or b"/", absolute)
+        finally:
             os.close(base)
+    link.close()
     target = ParentRef(dfd, name, join_path(fd_path(dfd), name), False)
     try:
         lst = os.stat(name, dir_fd=dfd, follow_symlinks=False)
