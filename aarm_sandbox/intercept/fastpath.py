@@ -171,6 +171,8 @@ class FastPath:
 
 
 def drain_periodically(fast: FastPath, sink, stop: threading.Event, interval: float = 0.02) -> None:
+    from aarm_sandbox.journal.writer import _background_priority
+    _background_priority()
     while not stop.wait(interval):
         fast.drain(sink)
     fast.drain(sink)

@@ -20,6 +20,16 @@ from typing import Protocol
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
 
 
+def _background_priority() -> None:
+    """Journal encoding must never compete with the sandbox and the decision loop for a
+    CPU (2-core hosts): run this thread at the lowest priority. Records wait in memory;
+    nothing on the decision path waits for them."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError:
+        pass
+
+
 class RecordSink(Protocol):
     def write(self, records: list[dict]) -> None: ...
     def close(self) -> None: ...
@@ -84,6 +94,7 @@ class Journal:
 
     # --- writer thread ---------------------------------------------------------------
     def _run(self) -> None:
+        _background_priority()
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
