@@ -657,11 +657,10 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             result = -e;
             answer(c, n->id, result);
         } else {
-            struct stat fst;
-            /* Not a regular file any more (swapped since the lstat): nothing
-             * was created (O_CREAT only makes regular files), hand it over. */
-            if (fstat(opened, &fst) != 0 || !S_ISREG(fst.st_mode))
-                goto out;
+            /* If the name was swapped for another object since the lstat, what
+             * got opened is what the target's own open would have opened at this
+             * instant (same pinned directory, same name, O_NOFOLLOW; a FIFO opens
+             * only if a reader is there, thanks to O_NONBLOCK): install it. */
             int r = 0;
             if (!(flags & O_NONBLOCK)) {
                 /* F_SETFL takes only the status flags (O_APPEND, O_DIRECT, O_NOATIME,
