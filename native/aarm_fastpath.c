@@ -584,36 +584,46 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         clen += namelen;
     }
 
-    /* 6. The last component, not followed. */
-    serr = fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : errno;
+    /* 6+7. Kind and decision.  The common cases need no lstat of the last name: the
+     * operation itself (on the pinned parent, O_NOFOLLOW / O_EXCL) tells what was there,
+     * and every outcome is either what the kernel would have answered or a hand-over
+     * to Python before anything happened.  This applies when every kind the outcome could
+     * turn out to be is allowed for this path. */
+    int probe = 0;          /* 1: open decided for WRITE and CREATE alike, kind found below */
     if (op == OP_OPEN) {
-        if (serr == 0) {
-            if ((flags & O_CREAT) && (flags & O_EXCL))
-                goto out;               /* EEXIST: Python answers it */
-            if (!S_ISREG(st.st_mode))
-                goto out;               /* symlink, fifo, device, directory... */
-            if ((flags & O_ACCMODE) == O_RDONLY && !(flags & O_TRUNC))
-                goto out;               /* O_CREAT alone on an existing file: a read */
+        if ((flags & O_ACCMODE) == O_RDONLY && !(flags & O_TRUNC))
+            goto out;                   /* O_CREAT alone on an existing file: a read */
+        if (!(flags & O_EXCL) && kind_allows(&c->kinds[AARM_FAST_WRITE], canon, clen) &&
+            (!(flags & O_CREAT) || kind_allows(&c->kinds[AARM_FAST_CREATE], canon, clen))) {
+            probe = 1;
             kind = AARM_FAST_WRITE;
-        } else if (serr == ENOENT && (flags & O_CREAT)) {
-            kind = AARM_FAST_CREATE;
         } else {
-            goto out;
+            serr = fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : errno;
+            if (serr == 0) {
+                if ((flags & O_CREAT) && (flags & O_EXCL))
+                    goto out;           /* EEXIST: Python answers it */
+                if (!S_ISREG(st.st_mode))
+                    goto out;           /* symlink, fifo, device, directory... */
+                kind = AARM_FAST_WRITE;
+            } else if (serr == ENOENT && (flags & O_CREAT)) {
+                kind = AARM_FAST_CREATE;
+            } else {
+                goto out;
+            }
+            if (!kind_allows(&c->kinds[kind], canon, clen))
+                goto out;
         }
     } else if (op == OP_UNLINK) {
-        if (serr != 0 || S_ISDIR(st.st_mode))
+        kind = AARM_FAST_DELETE;        /* unlinkat answers EISDIR/ENOENT itself */
+        if (!kind_allows(&c->kinds[kind], canon, clen))
             goto out;
-        kind = AARM_FAST_DELETE;
     } else {
-        if (serr != ENOENT)
+        kind = AARM_FAST_MKDIR;         /* mkdirat answers EEXIST itself */
+        if (!kind_allows(&c->kinds[kind], canon, clen))
             goto out;
-        kind = AARM_FAST_MKDIR;
     }
-
-    /* 7. Decision. */
-    if (!kind_allows(&c->kinds[kind], canon, clen))
-        goto out;
-    if ((kind == AARM_FAST_CREATE || kind == AARM_FAST_MKDIR) && get_umask(c, tid, &um) < 0)
+    if (((kind == AARM_FAST_CREATE || kind == AARM_FAST_MKDIR) || (probe && (flags & O_CREAT))) &&
+        get_umask(c, tid, &um) < 0)
         goto out;
 
     /* 10 (first half). A record slot, before anything is performed. */
@@ -637,14 +647,23 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         /* O_NONBLOCK so that a name swapped for a FIFO between the lstat and
          * the open can never block this thread; it is cleared again below. */
         int oflags = (int)(flags | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
-        mode_t m = 0;
+        mode_t m = (mode_t)((mode & 07777) & ~um);
         if (kind == AARM_FAST_WRITE)
             oflags &= ~(O_CREAT | O_EXCL);
-        else
-            m = (mode_t)((mode & 07777) & ~um);
         do {
-            opened = openat(parent, name, oflags, m);
+            opened = openat(parent, name, oflags, kind == AARM_FAST_CREATE ? m : 0);
         } while (opened < 0 && errno == EINTR);
+        if (opened < 0 && probe && errno == ENOENT && (flags & O_CREAT)) {
+            /* Not there: create it, exclusively (a name appearing meanwhile -> Python).
+             * Without O_CREAT, ENOENT is simply the kernel's own answer. */
+            kind = AARM_FAST_CREATE;
+            oflags |= O_CREAT | O_EXCL;
+            do {
+                opened = openat(parent, name, oflags, m);
+            } while (opened < 0 && errno == EINTR);
+            if (opened < 0 && errno == EEXIST)
+                goto out;
+        }
         if (opened < 0) {
             int e = errno;
             /* Nothing happened.  Failures that only what we changed can
