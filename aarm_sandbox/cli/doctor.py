@@ -90,8 +90,12 @@ def collect() -> list[dict]:
     except Exception as e:  # noqa: BLE001
         add("libseccomp", False, str(e), True)
     yama = _read("/proc/sys/kernel/yama/ptrace_scope")
-    add("ptrace (fallback backend)", yama in (None, "0", "1"),
-        f"yama ptrace_scope={yama or 'absent'}")
+    add("ptrace", yama in (None, "0", "1"),
+        f"yama ptrace_scope={yama or 'absent'}; the ptrace fallback backend is not in this "
+        "release (without unotify, run refuses to start)")
+    add("native fast path", hasattr(lib, "aarm_fast_new"),
+        "hot allowed file operations decided in C (AARM_FAST_PATH=0 disables)"
+        if os.environ.get("AARM_FAST_PATH", "1") != "0" else "disabled by AARM_FAST_PATH=0")
     return rows
 
 
