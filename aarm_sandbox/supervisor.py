@@ -16,10 +16,9 @@ import traceback
 
 from aarm_sandbox.actions import action as A
 from aarm_sandbox.context.session import SessionContext
-from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, Notification, set_session_root
+from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, ExecContinue, Notification
 from aarm_sandbox.decode.memory import DecodeError
 from aarm_sandbox.enforce.effects import Continue, Effect, OpenFile
-from aarm_sandbox.decode.handlers import ExecContinue
 from aarm_sandbox.intercept.backend import InterceptBackend
 from aarm_sandbox.journal.writer import Journal
 from aarm_sandbox.policy.decision import Decision, Result
@@ -41,7 +40,6 @@ class Supervisor:
         self.explain = explain
         self.verbose = verbose
         self.dstate = DecodeState()
-        self.session_root = -1
         self.fast = None
         self.fast_factory = None        # callable(root_fd) -> FastPath, set by the launcher
         self.fast_reason = {t: f"profile {engine.policy.profile.id} default for {t}"
@@ -70,7 +68,7 @@ class Supervisor:
             if n is None:
                 return self._finish()
             handle(n)
-            if self.session_root >= 0 and self.fast_factory is not None:
+            if self.dstate.session_root >= 0 and self.fast_factory is not None:
                 self._start_fast_path()
         fast = self.fast
         gone = self.backend.sandbox_gone
@@ -88,7 +86,7 @@ class Supervisor:
 
     def _start_fast_path(self) -> None:
         try:
-            self.fast = self.fast_factory(self.session_root)
+            self.fast = self.fast_factory(self.dstate.session_root)
         except Exception as e:  # noqa: BLE001 - the Python path stays fully functional
             print(f"aarm-sandbox: warning: native fast path unavailable: {e}", file=sys.stderr)
             self.fast_factory = None
@@ -132,13 +130,12 @@ class Supervisor:
         """Pin the sandbox's root once, from the first task that asks for a decision (the
         sandbox init is non-dumpable, its children are not); every task shares it."""
         try:
-            self.session_root = os.open(f"/proc/{tid}/root", os.O_PATH | os.O_CLOEXEC)
+            self.dstate.session_root = os.open(f"/proc/{tid}/root", os.O_PATH | os.O_CLOEXEC)
         except OSError:
-            return
-        set_session_root(self.session_root)
+            pass
 
     def handle(self, n: Notification) -> None:
-        if self.session_root < 0:
+        if self.dstate.session_root < 0:
             self._pin_root(n.tid)
         entry = DISPATCH.get(n.nr)
         if entry is None or n.arch != AUDIT_ARCH_X86_64:
@@ -148,14 +145,14 @@ class Supervisor:
             return
         spec, handler = entry
         try:
-            decoded = handler(n, spec, self.dstate)
+            decoded = self._decode(n, spec, handler)
         except DecodeError as e:
             # Nothing happened; the target gets the error the kernel itself would give.
             self.backend.answer_error(n, e.errno)
             if self.verbose:
                 print(f"aarm-sandbox: {spec.name} by {n.tid}: {errno.errorcode.get(e.errno)}: {e}",
                       file=sys.stderr)
-            if e.errno not in (errno.ENOENT, errno.EAGAIN):
+            if e.errno != errno.ENOENT:        # (ENOENT: every PATH search would flood it)
                 self.journal.append({"type": "error", "syscall": spec.name, "tid": n.tid,
                                      "errno": errno.errorcode.get(e.errno, str(e.errno)),
                                      "reason": str(e)})
@@ -195,15 +192,23 @@ class Supervisor:
             effect.close()
             self._internal_error(n, spec.name, e)
 
+    def _decode(self, n: Notification, spec, handler):
+        """A name can change between two steps of a resolution (the target racing its own
+        files): EAGAIN means "resolve again", a few times, before it becomes the answer."""
+        for _ in range(3):
+            try:
+                return handler(n, spec, self.dstate)
+            except DecodeError as e:
+                if e.errno != errno.EAGAIN:
+                    raise
+        return handler(n, spec, self.dstate)
+
     # ------------------------------------------------------------------------------------
     def _decide(self, action) -> Decision:
         if self.journal.failed:
             return Decision(Result.DENY, "journal", self.journal.failed, errno.EIO)
         try:
-            self.engine.counted = counted = []
-            d = self.engine.decide(action, self.ctx)
-            action.counted = counted
-            return d
+            return self.engine.decide(action, self.ctx)
         except Exception as e:  # noqa: BLE001
             return Decision(Result.DENY, "policy-error", f"policy evaluation failed: {e!r}",
                             errno.EACCES)
@@ -214,9 +219,9 @@ class Supervisor:
                 self.backend.answer_continue(n)
                 if isinstance(effect, ExecContinue):
                     self.allowed_images.add(effect.dev_ino)
-                if isinstance(effect, ExecContinue) and self.verify_exec:
-                    threading.Thread(target=self._verify_exec, args=(n.tid, effect),
-                                     daemon=True).start()
+                    if self.verify_exec:
+                        threading.Thread(target=self._verify_exec, args=(n.tid, effect),
+                                         daemon=True).start()
                 return 0
             r = effect.perform()
             if r < 0:

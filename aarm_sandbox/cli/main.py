@@ -98,6 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     except _profile_error() as e:
         print(f"aarm-sandbox: {e}", file=sys.stderr)
         return EXIT_SANDBOX_ERROR
+    except ImportError as e:
+        if "_native" not in str(e):
+            raise
+        print("aarm-sandbox: the native module is not built (aarm_sandbox._native); reinstall "
+              "with `pip install .` on a machine with gcc, the Python headers and libffi",
+              file=sys.stderr)
+        return EXIT_SANDBOX_ERROR
+    except Exception as e:  # noqa: BLE001 - a user sees the cause, never a traceback
+        if os.environ.get("AARM_DEBUG"):
+            raise
+        print(f"aarm-sandbox: internal error: {e.__class__.__name__}: {e} "
+              "(the sandbox, if started, dies with this process; set AARM_DEBUG=1 for a "
+              "traceback and report it)", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR
     return 0
 
 

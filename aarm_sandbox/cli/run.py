@@ -16,7 +16,8 @@ from pathlib import Path
 from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.intercept.filter import FilterError, compile_filter
 from aarm_sandbox.journal.writer import Journal
-from aarm_sandbox.launch.sandbox import (CLONE_NEWNET, NS_NAMES, LaunchError, LaunchPlan,
+from aarm_sandbox.launch.sandbox import (CLONE_NEWNET, CLONE_NEWNS, NS_NAMES, LaunchError,
+                                         LaunchPlan, disabled_namespaces,
                                          drop_effective_capabilities, launch)
 from aarm_sandbox.policy.compiler import CompiledPolicy, Placeholders, glob_to_regex
 from aarm_sandbox.policy.engine import PolicyEngine
@@ -93,7 +94,14 @@ def run(args) -> int:
         raise UsageError("--session-id may only contain letters, digits, '.', '_' and '-'")
 
     session_tmp = Path(os.environ.get("AARM_TMP_ROOT", "/tmp")) / f"aarm-{session_id}"
-    session_tmp.mkdir(mode=0o700, parents=True, exist_ok=False)
+    try:
+        session_tmp.mkdir(mode=0o700, parents=True, exist_ok=False)
+    except FileExistsError:
+        raise UsageError(f"session {session_id} already has a temp dir {session_tmp}: "
+                         "choose another --session-id") from None
+    except OSError as e:
+        raise UsageError(f"cannot create the session temp dir {session_tmp}: {e.strerror} "
+                         "(set AARM_TMP_ROOT to a writable directory)") from None
     tmpdir = str(session_tmp.resolve())
     keep_tmp: list[str] = []
     try:
@@ -145,8 +153,20 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
                       mask_dirs=mask_dirs, mask_files=mask_files)
     plan.loopback = settings.network == "loopback"
     try:
+        plan.namespaces &= ~disabled_namespaces(os.environ.get("AARM_DISABLE_NAMESPACES", ""))
         sandbox = launch(plan)
-    except LaunchError as e:
+        if masks and not sandbox.namespaces & CLONE_NEWNS and not settings.intercept_reads:
+            # No mount namespace, so no masks: credential stores would be readable. Never
+            # fail open: start again with every open notified, so the credential rule
+            # decides reads too (slower, but closed). The command has not run yet: its
+            # execve waits for a supervisor that was never started.
+            sandbox.kill()
+            plan.bpf = compile_filter(notify_reads=True)
+            plan.namespaces = sandbox.namespaces
+            sandbox = launch(plan)
+            sandbox.warnings.append("no mount namespace: credential stores cannot be masked, "
+                                    "so every open is decided by the supervisor (slower)")
+    except (LaunchError, FilterError) as e:
         journal.append({"type": "session.error", "reason": str(e)})
         journal.close()
         raise UsageError(f"cannot start the sandbox: {e}") from None
@@ -158,9 +178,6 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     journal.start()
     for w in sandbox.warnings:
         print(f"aarm-sandbox: warning: {w}", file=sys.stderr)
-    if not sandbox.namespaces & (1 << 17) and masks:  # CLONE_NEWNS missing: masks inactive
-        print("aarm-sandbox: warning: no mount namespace, credential stores are not masked",
-              file=sys.stderr)
 
     from aarm_sandbox.intercept.unotify import UnotifyBackend
     from aarm_sandbox.supervisor import Supervisor
@@ -184,7 +201,20 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
         from aarm_sandbox.intercept.fastpath import FastPath
         sensitive = [os.path.abspath(os.path.expanduser(g)) for g in args.sensitive]
         sup.fast_factory = lambda root_fd: FastPath(sandbox.listener, root_fd, policy, sensitive)
-    loop = threading.Thread(target=sup.run, name="aarm-supervisor", daemon=True)
+    def supervise():
+        try:
+            sup.run()
+        except BaseException as e:  # noqa: BLE001
+            # Nobody answers notifications any more: end the sandbox rather than leave its
+            # processes blocked (fail closed, and never hang the caller).
+            print(f"aarm-sandbox: supervisor failed ({e!r}); stopping the sandbox",
+                  file=sys.stderr)
+            journal.append({"type": "session.error", "reason": f"supervisor failed: {e!r}"})
+            try:
+                os.kill(sandbox.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    loop = threading.Thread(target=supervise, name="aarm-supervisor", daemon=True)
     loop.start()
 
     status_box: list[int] = []

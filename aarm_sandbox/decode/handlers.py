@@ -50,9 +50,9 @@ class Notification:
 class DecodeState:
     """Per-session caches the decoders share (kept tiny; everything else is re-read)."""
 
-    def __init__(self, session_root: int = -1) -> None:
+    def __init__(self) -> None:
         self.umask: dict[int, int] = {}
-        self.session_root = session_root
+        self.session_root = -1          # O_PATH fd of the sandbox root, once pinned
 
     def umask_of(self, tid: int) -> int:
         m = self.umask.get(tid)
@@ -80,17 +80,8 @@ Handler = Callable[[Notification, SyscallSpec, DecodeState], Decoded]
 
 
 # ---------------------------------------------------------------------------------------
-_session_root = -1
-
-
-def _resolver(n: Notification) -> Resolver:
-    return Resolver(n.tid, _session_root)
-
-
-def set_session_root(fd: int) -> None:
-    """Called once by the supervisor with an O_PATH fd of the sandbox's root."""
-    global _session_root
-    _session_root = fd
+def _resolver(n: Notification, st: DecodeState) -> Resolver:
+    return Resolver(n.tid, st.session_root)
 
 
 def _act(type_: str, n: Notification, spec: SyscallSpec, target: str, paths: tuple, flags: int = 0,
@@ -137,9 +128,8 @@ def decode_open(n: Notification, spec: SyscallSpec, st: DecodeState) -> Decoded:
     flags &= 0xFFFFFFFF
     mode &= 0o7777
     path = read_path(n.tid, pptr)
-    r = _resolver(n)
+    r = _resolver(n, st)
     cloexec = bool(flags & O_CLOEXEC)
-    writes = (flags & O_ACCMODE) != os.O_RDONLY or flags & (O_TRUNC | O_CREAT | O_TMPFILE_BIT)
     open_flags = (flags | O_CLOEXEC | O_NOCTTY) & ~O_NOFOLLOW if not flags & O_PATH else flags
 
     if flags & O_PATH:
@@ -159,7 +149,7 @@ def decode_open(n: Notification, spec: SyscallSpec, st: DecodeState) -> Decoded:
     p = r.parent(dirfd, path)
     if p.trailing_slash or p.name in (b".", b".."):
         p.close()
-        return _open_object(n, spec, r, dirfd, path, flags, open_flags, writes, cloexec)
+        return _open_object(n, spec, st, r, dirfd, path, flags, open_flags, mode, cloexec)
     try:
         lst = os.stat(p.name, dir_fd=p.fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -179,15 +169,15 @@ def decode_open(n: Notification, spec: SyscallSpec, st: DecodeState) -> Decoded:
         p.close()
         if flags & O_NOFOLLOW:
             raise DecodeError(errno.ELOOP, "O_NOFOLLOW on a symlink")
-        return _open_object(n, spec, r, dirfd, path, flags, open_flags, writes, cloexec, st, mode)
+        return _open_object(n, spec, st, r, dirfd, path, flags, open_flags, mode, cloexec)
     kind = A.FILE_WRITE if _writes_existing(flags) else A.FILE_READ
     eff = OpenFile(p.fd, p.name, -1, (open_flags | O_NOFOLLOW) & ~(O_CREAT | O_EXCL), 0, cloexec,
                    blocking=stat.S_ISFIFO(lst.st_mode) or stat.S_ISCHR(lst.st_mode))
     return Decoded(_act(kind, n, spec, p.path, (p.path,), flags), eff)
 
 
-def _open_object(n, spec, r: Resolver, dirfd, path, flags, open_flags, writes, cloexec,
-                 st=None, mode=0) -> Decoded:
+def _open_object(n, spec, st, r: Resolver, dirfd, path, flags, open_flags, mode,
+                 cloexec) -> Decoded:
     """Slow path: follow symlinks (in the target's root) to the final object, pin it, and
     reopen exactly that inode through /proc/self/fd."""
     try:
@@ -233,7 +223,7 @@ def _create_through_symlink(n, spec, st, r: Resolver, dirfd, path, flags, open_f
     else:
         base = r.root_fd() if absolute else os.dup(link.fd)
         try:
-            dfd = r._lookup_dir(base, head or b"/", absolute)
+            dfd = r.lookup_dir(base, head or b"/", absolute)
         finally:
             os.close(base)
     link.close()
@@ -284,7 +274,7 @@ def decode_unlink(n, spec, st) -> Decoded:
         dirfd, pptr, flags = AT_FDCWD, a[0], AT_REMOVEDIR if spec.name == "rmdir" else 0
     if flags & ~AT_REMOVEDIR:
         raise DecodeError(errno.EINVAL, "unlinkat flags")
-    p = _resolver(n).parent(dirfd, read_path(n.tid, pptr))
+    p = _resolver(n, st).parent(dirfd, read_path(n.tid, pptr))
     act = _act(A.FILE_DELETE, n, spec, p.path, (p.path,), flags, directory=bool(flags & AT_REMOVEDIR))
     return Decoded(act, AtCall("unlink", p.fd, p.name_for_op, arg=flags))
 
@@ -296,7 +286,7 @@ def decode_rename(n, spec, st) -> Decoded:
     else:
         od, op, nd, np_ = a[0], a[1], a[2], a[3]
         flags = (a[4] & 0xFFFFFFFF) if spec.name == "renameat2" else 0
-    r = _resolver(n)
+    r = _resolver(n, st)
     src_path, dst_path = read_path(n.tid, op), read_path(n.tid, np_)
     src = r.parent(od, src_path)
     try:
@@ -316,7 +306,7 @@ def decode_link(n, spec, st) -> Decoded:
         od, op, nd, np_, flags = a[0], a[1], a[2], a[3], as_int32(a[4])
     if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
         raise DecodeError(errno.EINVAL, "linkat flags")
-    r = _resolver(n)
+    r = _resolver(n, st)
     old = read_path(n.tid, op) if op or not flags & AT_EMPTY_PATH else b""
     new = read_path(n.tid, np_)
     src = r.object(od, old, follow=bool(flags & AT_SYMLINK_FOLLOW), empty_ok=bool(flags & AT_EMPTY_PATH))
@@ -338,7 +328,7 @@ def decode_symlink(n, spec, st) -> Decoded:
     content = read_path(n.tid, tptr)
     if not content:
         raise DecodeError(errno.ENOENT, "empty symlink target")
-    p = _resolver(n).parent(nd, read_path(n.tid, np_))
+    p = _resolver(n, st).parent(nd, read_path(n.tid, np_))
     act = _act(A.FILE_SYMLINK, n, spec, p.path, (p.path,), content=os.fsdecode(content))
     return Decoded(act, AtCall("symlink", p.fd, p.name_for_op, extra=content))
 
@@ -346,7 +336,7 @@ def decode_symlink(n, spec, st) -> Decoded:
 def decode_mkdir(n, spec, st) -> Decoded:
     a = n.args
     dirfd, pptr, mode = (AT_FDCWD, a[0], a[1]) if spec.name == "mkdir" else (a[0], a[1], a[2])
-    p = _resolver(n).parent(dirfd, read_path(n.tid, pptr))
+    p = _resolver(n, st).parent(dirfd, read_path(n.tid, pptr))
     m = (mode & 0o7777) & ~st.umask_of(n.tid)
     return Decoded(_act(A.FILE_MKDIR, n, spec, p.path, (p.path,)), AtCall("mkdir", p.fd, p.name_for_op, arg=m))
 
@@ -356,7 +346,7 @@ def decode_mknod(n, spec, st) -> Decoded:
     dirfd, pptr, mode, dev = (AT_FDCWD, a[0], a[1], a[2]) if spec.name == "mknod" else (a[0], a[1], a[2], a[3])
     mode &= 0xFFFFFFFF
     ftype = stat.S_IFMT(mode) or stat.S_IFREG
-    p = _resolver(n).parent(dirfd, read_path(n.tid, pptr))
+    p = _resolver(n, st).parent(dirfd, read_path(n.tid, pptr))
     m = ftype | ((mode & 0o7777) & ~st.umask_of(n.tid))
     kind = A.FILE_CREATE if ftype == stat.S_IFREG else A.FILE_MKNOD
     return Decoded(_act(kind, n, spec, p.path, (p.path,), mode), AtCall("mknod", p.fd, p.name_for_op,
@@ -365,7 +355,7 @@ def decode_mknod(n, spec, st) -> Decoded:
 
 # ---- content / metadata -----------------------------------------------------------------
 def decode_truncate(n, spec, st) -> Decoded:
-    obj = _resolver(n).object(AT_FDCWD, read_path(n.tid, n.args[0]), follow=True)
+    obj = _resolver(n, st).object(AT_FDCWD, read_path(n.tid, n.args[0]), follow=True)
     length = _s64(n.args[1])
     return Decoded(_act(A.FILE_TRUNCATE, n, spec, obj.path, (obj.path,), length=length),
                    ObjectCall("truncate", obj.fd, arg=length))
@@ -385,7 +375,7 @@ def decode_chmod(n, spec, st) -> Decoded:
     else:
         dirfd, pptr, mode = a[0], a[1], a[2]
         flags = as_int32(a[3]) if spec.name == "fchmodat2" else 0
-    obj = _resolver(n).object(dirfd, read_path(n.tid, pptr) if pptr or not flags & AT_EMPTY_PATH else b"",
+    obj = _resolver(n, st).object(dirfd, read_path(n.tid, pptr) if pptr or not flags & AT_EMPTY_PATH else b"",
                               follow=not flags & AT_SYMLINK_NOFOLLOW, empty_ok=bool(flags & AT_EMPTY_PATH))
     if stat.S_ISLNK(obj.st.st_mode):
         obj.close()
@@ -410,7 +400,7 @@ def decode_chown(n, spec, st) -> Decoded:
         dirfd, pptr, uid, gid = AT_FDCWD, a[0], a[1], a[2]
         flags = AT_SYMLINK_NOFOLLOW if spec.name == "lchown" else 0
     path = read_path(n.tid, pptr) if pptr or not flags & AT_EMPTY_PATH else b""
-    obj = _resolver(n).object(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+    obj = _resolver(n, st).object(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
                               empty_ok=bool(flags & AT_EMPTY_PATH))
     uid, gid = as_int32(uid), as_int32(gid)
     return Decoded(_act(A.FILE_CHOWN, n, spec, obj.path, (obj.path,), uid=uid, gid=gid),
@@ -439,7 +429,7 @@ def _xattr_args(n) -> tuple[bytes, bytes, int]:
 def decode_xattr(n, spec, st) -> Decoded:
     name, value, flags = _xattr_args(n)
     follow = not spec.name.startswith("l")
-    obj = _resolver(n).object(AT_FDCWD, read_path(n.tid, n.args[0]), follow=follow)
+    obj = _resolver(n, st).object(AT_FDCWD, read_path(n.tid, n.args[0]), follow=follow)
     if stat.S_ISLNK(obj.st.st_mode):
         obj.close()
         raise DecodeError(errno.EPERM, "xattr on a symlink")
@@ -454,9 +444,6 @@ def decode_fxattr(n, spec, st) -> Decoded:
     op = "setxattr" if "set" in spec.name else "removexattr"
     return Decoded(_act(A.FILE_XATTR, n, spec, obj.path, (obj.path,), name=os.fsdecode(name)),
                    ObjectCall(op, obj.fd, arg=flags, name=name, value=value, is_fd_copy=True))
-
-
-UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 
 
 def decode_utime(n, spec, st) -> Decoded:
@@ -484,7 +471,7 @@ def decode_utime(n, spec, st) -> Decoded:
         obj = _fd_object(n.tid, as_int32(dirfd))        # futimens(fd, times)
     else:
         path = read_path(n.tid, pptr) if pptr or not flags & AT_EMPTY_PATH else b""
-        obj = _resolver(n).object(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+        obj = _resolver(n, st).object(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
                                   empty_ok=bool(flags & AT_EMPTY_PATH))
     return Decoded(_act(A.FILE_UTIME, n, spec, obj.path, (obj.path,)),
                    ObjectCall("utime", obj.fd, times=times))
@@ -529,7 +516,7 @@ def decode_exec(n, spec, st) -> Decoded:
     else:
         dirfd, pptr, argvp, flags = a[0], a[1], a[2], as_int32(a[4])
     path = read_path(n.tid, pptr) if pptr or not flags & AT_EMPTY_PATH else b""
-    obj = _resolver(n).object(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+    obj = _resolver(n, st).object(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
                               empty_ok=bool(flags & AT_EMPTY_PATH))
     try:
         argv = [os.fsdecode(x) for x in read_argv(n.tid, argvp)]
@@ -580,7 +567,7 @@ def decode_connect(n, spec, st) -> Decoded:
     if upath is not None:
         if not upath:
             raise DecodeError(errno.EINVAL, "empty unix path")
-        obj = _resolver(n).object(AT_FDCWD, upath, follow=True)
+        obj = _resolver(n, st).object(AT_FDCWD, upath, follow=True)
         pinned, target = obj.fd, "unix:" + obj.path
         addr = libc.sockaddr_un(f"/proc/self/fd/{obj.fd}".encode())
         paths = (obj.path,)
@@ -601,7 +588,7 @@ def decode_bind(n, spec, st) -> Decoded:
     sock = _thread_fd(n.tid, as_int32(a[0]))
     if upath is not None and upath:
         try:
-            p = _resolver(n).parent(AT_FDCWD, upath)
+            p = _resolver(n, st).parent(AT_FDCWD, upath)
         except BaseException:
             os.close(sock)
             raise
@@ -611,10 +598,10 @@ def decode_bind(n, spec, st) -> Decoded:
     return Decoded(act, SocketCall("bind", sock, addr=addr, blocking=False))
 
 
-def _dest_for_send(n: Notification, addr: bytes) -> tuple[str, bytes, int, tuple]:
+def _dest_for_send(n: Notification, st: DecodeState, addr: bytes) -> tuple[str, bytes, int, tuple]:
     fam, target, upath = describe_sockaddr(addr)
     if upath:
-        obj = _resolver(n).object(AT_FDCWD, upath, follow=True)
+        obj = _resolver(n, st).object(AT_FDCWD, upath, follow=True)
         return "unix:" + obj.path, libc.sockaddr_un(f"/proc/self/fd/{obj.fd}".encode()), obj.fd, (obj.path,)
     return target, addr, -1, ()
 
@@ -626,7 +613,7 @@ def decode_sendto(n, spec, st) -> Decoded:
         raise DecodeError(errno.EMSGSIZE, "payload over the mediation limit")
     addr = _read_sockaddr(n, a[4], a[5])
     payload = read_bytes(n.tid, a[1], length, limit=MAX_PAYLOAD)
-    target, addr, pinned, paths = _dest_for_send(n, addr)
+    target, addr, pinned, paths = _dest_for_send(n, st, addr)
     try:
         sock = _thread_fd(n.tid, as_int32(a[0]))
     except BaseException:
@@ -726,7 +713,7 @@ def decode_sendmsg(n, spec, st) -> Decoded:
                 passed = [_thread_fd(n.tid, fd) for fd in _read_rights(n, ctl_p, ctl)]
                 pinned.extend(passed)
             if name:
-                target, addr, pin, paths = _dest_for_send(n, name)
+                target, addr, pin, paths = _dest_for_send(n, st, name)
                 if pin >= 0:
                     pinned.append(pin)
             else:

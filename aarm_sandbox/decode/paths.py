@@ -78,10 +78,6 @@ class ObjectRef:
     path: str
     st: os.stat_result
 
-    @property
-    def proc_path(self) -> str:
-        return f"/proc/self/fd/{self.fd}"
-
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -142,53 +138,49 @@ class Resolver:
             return ParentRef(base, b".", fd_path(base), False)
         head, _sep, name = stripped.rpartition(b"/")
         absolute = path.startswith(b"/")
-        if absolute and self.session_root >= 0 and _clean(stripped):
-            # Absolute, no "." / ".." / "//": if the lookup succeeds without meeting a
-            # symlink, the text already is the canonical path of what was reached.
-            if head:
-                fd = lib.aarm_openat2(self.session_root, head, _OPATH_FLAGS | os.O_DIRECTORY, 0,
-                                      RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_IN_ROOT)
-            else:
-                fd = os.dup(self.session_root)
-            if fd >= 0:
-                return ParentRef(fd, name, os.fsdecode(stripped), trailing)
-            if -fd != errno.ELOOP:
-                raise DecodeError(-fd, f"resolve {head!r}")
         base = self.base_fd(dirfd_arg, path)
+        walked = False
         if head == b"" and not absolute:
             dfd = base
         else:
             try:
-                dfd = self._lookup_dir(base, head or b"/", absolute)
+                dfd, walked = self._lookup_dir(base, head or b"/", absolute)
             finally:
                 os.close(base)
         try:
+            if absolute and not walked and _clean(stripped):
+                # Absolute, no "." / ".." / "//", reached without meeting a symlink: the
+                # text already is the canonical path of what was reached (no readlink).
+                return ParentRef(dfd, name, os.fsdecode(stripped), trailing)
             return ParentRef(dfd, name, join_path(fd_path(dfd), name), trailing)
         except BaseException:
             os.close(dfd)
             raise
 
-    def _lookup_dir(self, base: int, rel: bytes, absolute: bool) -> int:
+    def lookup_dir(self, base: int, rel: bytes, absolute: bool) -> int:
+        """The directory `rel` names relative to `base` (absolute: `base` is the root)."""
+        return self._lookup_dir(base, rel, absolute)[0]
+
+    def _lookup_dir(self, base: int, rel: bytes, absolute: bool) -> tuple[int, bool]:
+        """(fd, walked): walked is True when symlinks had to be followed on the way."""
         resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | (RESOLVE_IN_ROOT if absolute else 0)
         fd = lib.aarm_openat2(base, rel, _OPATH_FLAGS | os.O_DIRECTORY, 0, resolve)
         if fd >= 0:
-            return fd
+            return fd, False
         if -fd != errno.ELOOP:
             raise DecodeError(-fd, f"resolve {rel!r}")
         fd = self._walk(base, rel, follow_last=True, absolute=absolute)
         if not stat.S_ISDIR(os.fstat(fd).st_mode):
             os.close(fd)
             raise DecodeError(errno.ENOTDIR, f"{rel!r} is not a directory")
-        return fd
+        return fd, True
 
     # ----- whole object (operations that follow, or explicitly do not follow, the last) --
     def object(self, dirfd_arg: int, path: bytes, follow: bool, empty_ok: bool = False) -> ObjectRef:
         if not path:
             if not empty_ok:
                 raise DecodeError(errno.ENOENT, "empty path")
-            dirfd = as_int32(dirfd_arg)
-            base = self.base_fd(dirfd_arg, b"") if dirfd != AT_FDCWD else self._open_proc(f"/proc/{self.tid}/cwd")
-            return self._object_ref(base)
+            return self._object_ref(self.base_fd(dirfd_arg, b""))
         absolute = path.startswith(b"/")
         base = self.base_fd(dirfd_arg, path)
         try:

@@ -20,7 +20,6 @@ from aarm_sandbox.enforce import libc
 class Effect:
     """Base: what to do once the policy allowed the action."""
     blocking = False          # True: may block (FIFO open, connect): run off the main loop
-    kind = "emulate"          # "emulate" | "continue" | "addfd"
 
     def perform(self) -> int:
         raise NotImplementedError
@@ -40,7 +39,6 @@ class Effect:
 class Continue(Effect):
     """Let the kernel run the syscall. Only for calls whose outcome no user memory decides
     (umask) or that cannot be emulated (exec, verified afterwards)."""
-    kind = "continue"
 
     def perform(self) -> int:
         return 0
@@ -57,7 +55,6 @@ class OpenFile(Effect):
     cloexec: bool
     opath_passthrough: bool = False  # O_PATH open: hand our O_PATH fd over as is
     blocking: bool = False
-    kind: str = "addfd"
     opened: int = -1
 
     def perform(self) -> int:

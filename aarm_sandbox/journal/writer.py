@@ -125,17 +125,6 @@ class Journal:
                 print(f"aarm-sandbox: {self.failed}; denying all further actions", file=sys.stderr)
             time.sleep(0)
 
-    def flush(self) -> None:
-        """Write everything queued so far (called before performing a destructive action
-        when durability matters, and at session end)."""
-        self._drain_lock_free()
-
-    def _drain_lock_free(self) -> None:
-        self._wake.set()
-        deadline = time.time() + 2
-        while self.queue and time.time() < deadline:
-            time.sleep(0.001)
-
     def close(self) -> None:
         self._stop = True
         self._wake.set()

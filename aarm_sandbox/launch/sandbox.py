@@ -53,6 +53,19 @@ class Sandbox:
     namespaces: int
     warnings: list[str]
 
+    def kill(self) -> None:
+        """Tear down a sandbox whose command must not run (before supervision starts)."""
+        try:       # first: its command (waiting in execve) dies with it, unanswered
+            os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        for fd in (self.listener, self.status_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def wait(self) -> int:
         """Block until the command ends; return its raw wait status."""
         out = ffi.new("int *")
@@ -65,6 +78,19 @@ class Sandbox:
             raise LaunchError(f"sandbox init ended without reporting the command's status "
                               f"({os.strerror(-r)})")
         return out[0]
+
+
+def disabled_namespaces(spec: str) -> int:
+    """CLONE_* flags named in AARM_DISABLE_NAMESPACES (e.g. "mount,user"): for hosts where
+    a namespace is known to misbehave, and to test the degraded modes."""
+    by_name = {v: k for k, v in NS_NAMES.items()}
+    flags = 0
+    for name in filter(None, (x.strip() for x in spec.split(","))):
+        if name not in by_name:
+            raise LaunchError(f"AARM_DISABLE_NAMESPACES: unknown namespace {name!r} "
+                              f"(known: {', '.join(by_name)})")
+        flags |= by_name[name]
+    return flags
 
 
 def _cstr_array(items: list[bytes], keep: list) -> object:

@@ -22,7 +22,6 @@ class PolicyEngine:
         self.observe = observe
         self.step_up_denies = policy.profile.settings.step_up == "deny"
         self._final: dict[tuple[int, str], Decision] = {}   # (rule index | -1, type) -> decision
-        self.counted: list[str] | None = None    # set by the caller to learn counted rules
 
     def decide(self, action: Action, ctx: SessionContext) -> Decision:
         t = action.type
@@ -31,10 +30,10 @@ class PolicyEngine:
             if rule.needs_paths and not _matches(rule, action, ctx):
                 continue
             if rule.count_over is not None:
-                # Counted only once the action really happened (Supervisor.count_executed).
-                counted = self.counted
-                if counted is not None:
-                    counted.append(rule.id)
+                # Counted by the caller only once the action really happened (Supervisor._track).
+                if action.counted is None:
+                    action.counted = []
+                action.counted.append(rule.id)
                 if ctx.rule_counts[rule.id] < rule.count_over:
                     continue
             if best is None or RANK[rule.result] < RANK[best.result]:

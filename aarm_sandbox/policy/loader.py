@@ -130,7 +130,7 @@ def _format_errors(err, source: str, lines: dict[tuple, int]) -> str:
     return "\n".join(out)
 
 
-def _read(path: Path) -> tuple[bytes, dict, dict[tuple, int] | None]:
+def _read(path: Path) -> tuple[bytes, dict]:
     import yaml
     raw = path.read_bytes()
     try:
@@ -143,7 +143,7 @@ def _read(path: Path) -> tuple[bytes, dict, dict[tuple, int] | None]:
         data, _ = _parse_with_lines(text, str(path))     # raises with the line
     if not isinstance(data, dict):
         raise ProfileError(f"{path}:1: a profile is a mapping with at least `id:`")
-    return raw, data, None
+    return raw, data
 
 
 def _validate(path: Path, data: dict):
@@ -177,7 +177,7 @@ def load_profile(name_or_file: str, use_cache: bool = True) -> LoadedProfile:
     chain: list[tuple[Path, bytes, dict]] = []
     seen: set[str] = set()
     while True:
-        raw, data, _ = _read(path)
+        raw, data = _read(path)
         chain.append((path, raw, data))
         ext = data.get("extends")
         if not ext:

@@ -110,3 +110,24 @@ def test_doctor_reports_every_feature_and_passes_here():
     assert {"seccomp user notification + WAIT_KILLABLE_RECV", "SECCOMP_IOCTL_NOTIF_ADDFD",
             "SYNC_WAKE_UP", "user namespaces", "pidfd_getfd", "libseccomp"} <= names
     assert p.returncode == 0, p.stderr
+
+
+def test_without_a_mount_namespace_credential_reads_are_decided_not_left_open(box):
+    """When the host refuses a mount namespace there are no masks; the supervisor must then
+    see every open so the credential rule still denies reads (fail closed, with a warning)."""
+    home = box.root / "home"
+    key = home / ".ssh" / "id_ed25519"
+    key.parent.mkdir(parents=True)
+    key.write_text("PRIVATE KEY\n")
+    env = {"HOME": str(home), "AARM_DISABLE_NAMESPACES": "mount"}
+    assert "PRIVATE KEY" in box.native(["cat", str(key)], env=env).stdout     # readable natively
+    r = box.run(["cat", str(key)], env=env)
+    assert "PRIVATE KEY" not in r.stdout and r.returncode != 0
+    assert "every open is decided by the supervisor" in r.stderr
+    assert [x for x in r.denied("file.read") if x["action"]["target"] == str(key)]
+    assert "mount" not in r.records[0]["namespaces"]
+
+
+def test_unknown_namespace_name_is_a_configuration_error(box):
+    r = box.run(["true"], env={"AARM_DISABLE_NAMESPACES": "mnt"})
+    assert r.returncode == 125 and "unknown namespace 'mnt'" in r.stderr and "Traceback" not in r.stderr

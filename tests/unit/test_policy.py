@@ -100,10 +100,10 @@ def test_git_config_created_this_session_is_not_held(tmp_path):
 
 def _delete_executed(e, c, path):
     """Decide a delete and, if allowed, count it as the supervisor does once it happened."""
-    e.counted = []
-    d = e.decide(act("file.delete", path), c)
+    a = act("file.delete", path)
+    d = e.decide(a, c)
     if d.allowed:
-        for rid in e.counted:
+        for rid in a.counted or ():
             c.rule_counts[rid] += 1
     return d.result
 
@@ -118,7 +118,6 @@ def test_mass_deletion_is_held_after_100():
 def test_denied_or_failed_deletions_do_not_count():
     e, c = engine()
     for i in range(500):          # decided but never executed (e.g. ENOENT): not counted
-        e.counted = []
         e.decide(act("file.delete", f"{WS}/missing{i}"), c)
     assert _delete_executed(e, c, f"{WS}/real") is Result.ALLOW
 
