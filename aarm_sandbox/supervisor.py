@@ -12,6 +12,7 @@ import gc
 import os
 import sys
 import threading
+import time
 import traceback
 
 from aarm_sandbox.actions import action as A
@@ -27,7 +28,10 @@ from aarm_sandbox.policy.engine import PolicyEngine
 AUDIT_ARCH_X86_64 = 0xC000003E
 
 MAX_BLOCKING_OPS = 1024
+EXE_TTL = 0.1
 _CREATES = {A.FILE_CREATE, A.FILE_MKDIR, A.FILE_SYMLINK, A.FILE_MKNOD, A.FILE_LINK}
+_DESTRUCTIVE = {A.FILE_DELETE, A.FILE_RENAME, A.FILE_TRUNCATE}
+_OPEN_SYSCALLS = {"open", "openat", "creat", "openat2"}
 
 
 class Supervisor:
@@ -52,6 +56,9 @@ class Supervisor:
         self.denials: list[tuple[str, str, str]] = []
         self.tmpdir = engine.policy.placeholders.tmpdir
         self.allowed_images: set[tuple[int, int]] = set()   # (dev, ino) of every allowed exec
+        # The journal, keys and state: denied outright when no mount namespace hides them.
+        self.protected: tuple[str, ...] = ()
+        self._exe_cache: dict[int, tuple[str, float]] = {}
 
     # ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -107,7 +114,7 @@ class Supervisor:
             self._drainer.join(5)
             self.fast.drain(self._fast_receipt)
 
-    def _fast_receipt(self, type_, path, syscall, tid, flags, result, ts) -> None:
+    def _fast_receipt(self, type_, path, syscall, tid, flags, result, ts_ns, notif, exe) -> None:
         """A decision the native fast path made (profile default ALLOW, proven rule-free)."""
         ctx = self.ctx
         ctx.action_counts[type_] += 1
@@ -117,11 +124,13 @@ class Supervisor:
                 ctx.record_created(path)
             elif type_ == A.FILE_DELETE:
                 ctx.record_removed(path)
-        rec = {"type": "receipt", "ts": ts,
-               "action": {"type": type_, "target": path, "syscall": syscall, "pid": tid, "tid": tid,
-                          **({"flags": flags} if flags else {})},
+        act = {"type": type_, "target": path, "syscall": syscall, "pid": tid, "tid": tid,
+               "exe": exe, "notif": str(notif)}
+        if flags:
+            act["flags"] = flags
+        rec = {"type": "receipt", "ts_ns": ts_ns, "action": act,
                "decision": {"result": "allow", "rule": "default", "reason": self.fast_reason[type_]},
-               "outcome": {"executed": result >= 0, "return": result}, "fast_path": True}
+               "outcome": _outcome(True, result), "fast_path": True}
         self.journal.append_stamped(rec)
         if self.explain:
             print(f"aarm-sandbox: allow   {type_} {path} [default] (native fast path)", file=sys.stderr)
@@ -165,6 +174,9 @@ class Supervisor:
             if action is None:
                 self._enforce(n, effect, None)
                 return
+            # The acting program, while the caller is blocked in its syscall (after the
+            # answer it may exit or exec at once).
+            action.exe = self._exe(n.tid)
             decision = self._decide(action)
             if not self.backend.still_pending(n):
                 effect.close()
@@ -207,6 +219,9 @@ class Supervisor:
     def _decide(self, action) -> Decision:
         if self.journal.failed:
             return Decision(Result.DENY, "journal", self.journal.failed, errno.EIO)
+        if self.protected and any(_inside(p, q) for p in action.paths for q in self.protected):
+            return Decision(Result.DENY, "protected", "the session's journal, signing keys and "
+                            "supervisor state are off limits to the sandbox", errno.EACCES)
         try:
             return self.engine.decide(action, self.ctx)
         except Exception as e:  # noqa: BLE001
@@ -218,12 +233,18 @@ class Supervisor:
             if isinstance(effect, Continue):
                 self.backend.answer_continue(n)
                 if isinstance(effect, ExecContinue):
+                    self._exe_cache.clear()
+                    if self.fast is not None:
+                        self.fast.invalidate_exe()
                     self.allowed_images.add(effect.dev_ino)
                     if self.verify_exec:
                         threading.Thread(target=self._verify_exec, args=(n.tid, effect),
                                          daemon=True).start()
                 return 0
-            r = effect.perform()
+            if action is not None and _destructive(action) and not self._intent(n, action):
+                r = -errno.EIO
+            else:
+                r = effect.perform()
             if r < 0:
                 self.backend.answer_error(n, -r)
                 return r
@@ -239,6 +260,25 @@ class Supervisor:
             return r
         finally:
             effect.close()
+
+    def _exe(self, tid: int) -> str | None:
+        """The acting program, read while the caller is blocked in its syscall, cached
+        like the native fast path does (100 ms per TID, dropped on every allowed exec):
+        a stale name would need the pid range to wrap within the TTL."""
+        now = time.monotonic()
+        hit = self._exe_cache.get(tid)
+        if hit is not None and now - hit[1] < EXE_TTL:
+            return hit[0]
+        exe = _exe_of(tid)
+        if exe is not None:
+            if len(self._exe_cache) > 4096:
+                self._exe_cache.clear()
+            self._exe_cache[tid] = (exe, now)
+        return exe
+
+    def _intent(self, n: Notification, action) -> bool:
+        to = action.paths[1] if action.type == A.FILE_RENAME and len(action.paths) > 1 else None
+        return self.journal.intent(n.id, action.type, action.syscall, n.tid, action.target, to)
 
     def _enforce_async(self, n, effect, action, decision) -> None:
         try:
@@ -277,7 +317,6 @@ class Supervisor:
         process if it is not the file that was decided on (a path swapped between decision
         and exec). If the image never changes, the exec failed and the old, already allowed
         image runs on; a '#!' script legitimately loads its interpreter instead."""
-        import time
         try:
             tgid = _tgid_of(tid)
         except OSError:
@@ -313,8 +352,7 @@ class Supervisor:
         rec = {"type": "receipt", "action": action.as_record(),
                "decision": {"result": decision.result.value, "rule": decision.rule,
                             "reason": decision.reason},
-               "outcome": {"executed": decision.result is Result.ALLOW and outcome >= 0,
-                           "return": outcome}}
+               "outcome": _outcome(decision.result is Result.ALLOW, outcome)}
         if decision.shadow is not None:
             rec["decision"]["would"] = decision.shadow.value
         classes = ctx.classes_of(action.paths) if ctx.sensitive is not None else None
@@ -341,6 +379,31 @@ class Supervisor:
             if self.verbose:
                 traceback.print_exc()
             print(f"aarm-sandbox: internal error on {name}, denied: {e!r}", file=sys.stderr)
+
+
+_ERRNO_NAMES = errno.errorcode
+
+
+def _outcome(allowed: bool, ret: int) -> dict:
+    if ret < 0:
+        return {"executed": False, "return": ret, "errno": _ERRNO_NAMES.get(-ret, str(-ret))}
+    return {"executed": allowed, "return": ret}
+
+
+def _destructive(action) -> bool:
+    """Actions a crash must never hide: they get an intent line before they happen."""
+    t = action.type
+    if t in _DESTRUCTIVE:
+        return True
+    return bool(action.flags & os.O_TRUNC) and t in (A.FILE_WRITE, A.FILE_CREATE) and \
+        action.syscall in _OPEN_SYSCALLS
+
+
+def _exe_of(tid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{tid}/exe")
+    except OSError:
+        return None
 
 
 def _inside(path: str, root: str) -> bool:

@@ -32,11 +32,17 @@
  *      danger glob;
  *   8. SECCOMP_IOCTL_NOTIF_ID_VALID (after every /proc/TID access, so a
  *      recycled TID cannot have been used);
- *   9. the operation is performed on (pinned parent, name) - O_NOFOLLOW for
+ *   9. for an unlink or an O_TRUNC open, an intent line is written to the
+ *      journal (when configured with aarm_fast_set_intent) so that a
+ *      supervisor killed between the operation and its receipt still leaves
+ *      a trace; a failed or short write hands the notification to Python;
+ *  10. the operation is performed on (pinned parent, name) - O_NOFOLLOW for
  *      opens - and the notification answered (ADDFD|SEND for opens);
- *  10. a journal record is queued in a ring whose slot was reserved *before*
+ *  11. a journal record is queued in a ring whose slot was reserved *before*
  *      the operation: when the ring is full the notification goes to Python,
- *      so nothing is ever performed without a record.
+ *      so nothing is ever performed without a record.  It carries the
+ *      notification id and the acting program (/proc/TID/exe, read before
+ *      the operation, cached: see exe_of).
  *
  * Extra caution beyond the Python decoder: opens add O_NONBLOCK (cleared
  * again with F_SETFL before the fd is installed) so that a name swapped for
@@ -94,6 +100,13 @@
 #define FP_MAX_SEGMENTS 4096u
 #define FP_MAX_TEXT (1u << 16)
 
+/* An intent line: prefix + at most FP_INTENT_FIXED bytes of fields + the
+ * base64 of the longest canonical path.  Built on the stack, one write(2). */
+#define FP_B64_LEN(n) ((((n) + 2) / 3) * 4)
+#define FP_INTENT_FIXED 256
+#define FP_INTENT_LINE_MAX \
+    (AARM_FAST_INTENT_PREFIX_MAX + FP_INTENT_FIXED + FP_B64_LEN(AARM_FAST_RECORD_PATH_MAX))
+
 /* umask cache: tid-keyed, direct-mapped, overwrite on collision.
  * entry = tid << 32 | VALID | umask << GEN_BITS | generation */
 #define FP_UMASK_SLOTS 4096u
@@ -126,6 +139,27 @@ struct fp_kind {
     int enabled;
 };
 
+/* One intent configuration.  Immutable once published; every one ever made
+ * stays allocated (and its fd open) until aarm_fast_free, so a loop thread
+ * that loaded it just before a swap can still use it safely. */
+struct fp_intent {
+    int fd;                     /* owned dup of the caller's journal fd */
+    uint32_t prefix_len;
+    struct fp_intent *next_alloc;
+    char prefix[AARM_FAST_INTENT_PREFIX_MAX];
+};
+
+#define FP_EXE_SLOTS 64
+#define FP_EXE_TTL_NS 100000000ull      /* 100 ms */
+
+struct fp_exe_slot {
+    uint32_t tid;
+    uint32_t len;                       /* 0: empty */
+    unsigned gen;
+    uint64_t at_ns;                     /* CLOCK_MONOTONIC when read */
+    char exe[AARM_FAST_RECORD_EXE_MAX];
+};
+
 struct aarm_fast_ctx {
     int listener;               /* not owned */
     int root_fd;                /* owned dup of the session root */
@@ -150,6 +184,17 @@ struct aarm_fast_ctx {
 
     atomic_uint umask_gen;
     _Atomic uint64_t umask_tab[FP_UMASK_SLOTS];
+
+    /* exe cache (exe_lock): see exe_of. */
+    pthread_mutex_t exe_lock;
+    struct fp_exe_slot *exe_tab;
+    unsigned exe_gen;
+
+    /* Intent lines: the current configuration (NULL: off), swapped by
+     * aarm_fast_set_intent; intent_all lists every one made (intent_lock). */
+    _Atomic(struct fp_intent *) intent;
+    pthread_mutex_t intent_lock;
+    struct fp_intent *intent_all;
 };
 
 /* ------------------------------------------------------------------ */
@@ -205,6 +250,36 @@ static int path_is_simple(const char *p, size_t n)
             return 0;
     }
     return 1;
+}
+
+/* Standard base64 (RFC 4648, with padding); returns the length written. */
+static size_t put_b64(char *out, const unsigned char *in, size_t n)
+{
+    static const char tab[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0, i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = tab[v >> 18];
+        out[o++] = tab[(v >> 12) & 63];
+        out[o++] = tab[(v >> 6) & 63];
+        out[o++] = tab[v & 63];
+    }
+    if (i < n) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
+        out[o++] = tab[v >> 18];
+        out[o++] = tab[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? tab[(v >> 6) & 63] : '=';
+        out[o++] = '=';
+    }
+    return o;
+}
+
+static size_t put_s(char *buf, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(buf, s, n);
+    return n;
 }
 
 /* ------------------------------------------------------------------ */
@@ -376,10 +451,18 @@ int aarm_fast_drain(struct aarm_fast_ctx *c, struct aarm_fast_record *out, int m
         if (st == SLOT_FREE)
             break;              /* not reserved, or still being filled: keep order */
         if (st == SLOT_READY) {
+            /* Only the used bytes: the fixed fields, then exe and path. */
             const struct aarm_fast_record *r = &c->ring[idx];
+            struct aarm_fast_record *o = &out[got];
+            uint32_t el = r->exe_len <= AARM_FAST_RECORD_EXE_MAX ? r->exe_len
+                                                                 : AARM_FAST_RECORD_EXE_MAX;
             uint32_t pl = r->path_len <= AARM_FAST_RECORD_PATH_MAX ? r->path_len
                                                                    : AARM_FAST_RECORD_PATH_MAX;
-            memcpy(&out[got], r, offsetof(struct aarm_fast_record, path) + pl);
+            memcpy(o, r, offsetof(struct aarm_fast_record, exe));
+            o->exe_len = el;
+            o->path_len = pl;
+            memcpy(o->exe, r->exe, el);
+            memcpy(o->path, r->path, pl);
             got++;
         }
         atomic_store_explicit(&c->ready[idx], SLOT_FREE, memory_order_relaxed);
@@ -408,6 +491,49 @@ void aarm_fast_set_enabled(struct aarm_fast_ctx *c, int enabled)
     pthread_mutex_unlock(&c->ring_lock);
 }
 
+int aarm_fast_set_intent(struct aarm_fast_ctx *c, int fd, const char *prefix,
+                         uint32_t prefix_len)
+{
+    if (!c)
+        return -EINVAL;
+    struct fp_intent *in = NULL;
+    if (fd >= 0) {
+        if (prefix_len > AARM_FAST_INTENT_PREFIX_MAX)
+            return -E2BIG;
+        if ((prefix_len && !prefix) || (prefix_len && memchr(prefix, '\n', prefix_len)))
+            return -EINVAL;         /* a newline would split the line */
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0)
+            return -errno;
+        if ((fl & O_ACCMODE) != O_WRONLY && (fl & O_ACCMODE) != O_RDWR)
+            return -EBADF;
+        if (!(fl & O_APPEND))       /* shared with the journal writer: appends only */
+            return -EINVAL;
+        in = calloc(1, sizeof(*in));
+        if (!in)
+            return -ENOMEM;
+        /* Our own fd: the caller may close or reuse its number at any time, while a
+         * loop that loaded this configuration may still be about to write. */
+        in->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (in->fd < 0) {
+            int e = errno;
+            free(in);
+            return -e;
+        }
+        if (prefix_len)
+            memcpy(in->prefix, prefix, prefix_len);
+        in->prefix_len = prefix_len;
+    }
+    pthread_mutex_lock(&c->intent_lock);
+    if (in) {
+        in->next_alloc = c->intent_all;
+        c->intent_all = in;
+    }
+    atomic_store_explicit(&c->intent, in, memory_order_release);
+    pthread_mutex_unlock(&c->intent_lock);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* the fast path proper                                                */
 
@@ -421,6 +547,113 @@ static int answer(struct aarm_fast_ctx *c, uint64_t id, int64_t result)
     if (result < 0)
         return aarm_notif_send(c->listener, id, 0, (int32_t)result, 0);
     return aarm_notif_send(c->listener, id, result, 0, 0);
+}
+
+static const char *syscall_name(int nr)
+{
+    switch (nr) {
+    case NR_OPEN: return "open";
+    case NR_OPENAT: return "openat";
+    case NR_CREAT: return "creat";
+    case NR_UNLINK: return "unlink";
+    case NR_UNLINKAT: return "unlinkat";
+    case NR_MKDIR: return "mkdir";
+    case NR_MKDIRAT: return "mkdirat";
+    default: return "?";
+    }
+}
+
+/* The intent line of a destructive operation, written with ONE write(2) to
+ * an O_APPEND fd: it lands whole, never interleaved with the journal
+ * writer's records.  0: written, or intents are off; -1: not (completely)
+ * written: the operation must not be performed here. */
+static int write_intent(struct aarm_fast_ctx *c, const struct aarm_notif *n, uint32_t tid,
+                        const char *action, const char *canon, size_t clen)
+{
+    const struct fp_intent *in = atomic_load_explicit(&c->intent, memory_order_acquire);
+    if (!in)
+        return 0;
+    char line[FP_INTENT_LINE_MAX];
+    size_t k = in->prefix_len;
+    memcpy(line, in->prefix, k);
+    k += put_s(line + k, "\"notif\":");
+    k += put_u(line + k, (unsigned long)n->id);
+    k += put_s(line + k, ",\"action\":\"");
+    k += put_s(line + k, action);
+    k += put_s(line + k, "\",\"syscall\":\"");
+    k += put_s(line + k, syscall_name(n->data.nr));
+    k += put_s(line + k, "\",\"tid\":");
+    k += put_u(line + k, tid);
+    k += put_s(line + k, ",\"target\":{\"b64\":\"");
+    k += put_b64(line + k, (const unsigned char *)canon, clen);
+    k += put_s(line + k, "\"}}\n");
+    ssize_t w;
+    do {
+        w = write(in->fd, line, k);
+    } while (w < 0 && errno == EINTR);
+    return w == (ssize_t)k ? 0 : -1;
+}
+
+/* /proc/TID/exe into buf; 0 when unknown (gone, or >= EXE_MAX bytes, which
+ * readlink would silently truncate). */
+static uint32_t read_exe(struct aarm_fast_ctx *c, uint32_t tid, char *buf)
+{
+    char name[40];
+    size_t k = put_u(name, tid);
+    memcpy(name + k, "/exe", sizeof("/exe"));
+    ssize_t r = readlinkat(c->proc_fd, name, buf, AARM_FAST_RECORD_EXE_MAX);
+    if (r <= 0 || r >= AARM_FAST_RECORD_EXE_MAX)
+        return 0;
+    return (uint32_t)r;
+}
+
+/* The acting program, read while the thread is blocked in its syscall (after
+ * the answer it may exit at once - `rm` does - and the name would be lost).
+ * A readlink costs ~1 us of the target's latency, so results are cached per
+ * TID for at most FP_EXE_TTL_NS and dropped on every allowed exec
+ * (aarm_fast_invalidate_exe).  A cached name can only be wrong if the TID
+ * was reused by another process within the TTL, which needs the pid
+ * namespace's whole pid range to be allocated in 100 ms; or if an exec of
+ * another thread of the same process, allowed but still in flight in the
+ * kernel, completes meanwhile (a process racing its own exec). */
+static uint32_t exe_of(struct aarm_fast_ctx *c, uint32_t tid, char *buf)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    struct fp_exe_slot *e = &c->exe_tab[tid % FP_EXE_SLOTS];
+    uint32_t len = 0;
+    pthread_mutex_lock(&c->exe_lock);
+    if (e->len && e->tid == tid && e->gen == c->exe_gen && now - e->at_ns < FP_EXE_TTL_NS) {
+        len = e->len;
+        memcpy(buf, e->exe, len);
+    }
+    unsigned gen = c->exe_gen;
+    pthread_mutex_unlock(&c->exe_lock);
+    if (len)
+        return len;
+    len = read_exe(c, tid, buf);
+    if (len) {
+        pthread_mutex_lock(&c->exe_lock);
+        if (gen == c->exe_gen) {        /* no exec allowed meanwhile */
+            e->tid = tid;
+            e->len = len;
+            e->gen = gen;
+            e->at_ns = now;
+            memcpy(e->exe, buf, len);
+        }
+        pthread_mutex_unlock(&c->exe_lock);
+    }
+    return len;
+}
+
+void aarm_fast_invalidate_exe(struct aarm_fast_ctx *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->exe_lock);
+    c->exe_gen++;
+    pthread_mutex_unlock(&c->exe_lock);
 }
 
 /* Handle one notification completely (FP_DONE) or not at all (FP_PASS). */
@@ -626,10 +859,15 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         get_umask(c, tid, &um) < 0)
         goto out;
 
-    /* 10 (first half). A record slot, before anything is performed. */
+    /* 11 (first half). A record slot, before anything is performed, and the
+     * acting program while the caller is still blocked. */
     if (!ring_reserve(c, &slot))
         goto out;
     reserved = 1;
+    {
+        struct aarm_fast_record *rec = ring_slot(c, slot);
+        rec->exe_len = exe_of(c, tid, rec->exe);
+    }
 
     /* 8. Still pending?  (After every /proc/TID access.) */
     {
@@ -642,7 +880,15 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             goto out;
     }
 
-    /* 9. Perform and answer. */
+    /* 9. The intent line, immediately before the operation (creat() has
+     * O_TRUNC in flags).  Every O_TRUNC open gets one, whatever its kind: a
+     * probe does not know yet whether there is a file to truncate. */
+    if ((op == OP_UNLINK || (op == OP_OPEN && (flags & O_TRUNC))) &&
+        write_intent(c, n, tid, op == OP_UNLINK ? "file.delete" : "file.write",
+                     canon, clen) < 0)
+        goto out;                       /* nothing performed: Python decides (and fails closed) */
+
+    /* 10. Perform and answer. */
     if (kind == AARM_FAST_WRITE || kind == AARM_FAST_CREATE) {
         /* O_NONBLOCK so that a name swapped for a FIFO between the lstat and
          * the open can never block this thread; it is cleared again below. */
@@ -716,12 +962,13 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         answer(c, n->id, result);
     }
 
-    /* 10 (second half). The record. */
+    /* 11 (second half). The record. */
     {
         struct aarm_fast_record *rec = ring_slot(c, slot);
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         rec->ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        rec->notif_id = n->id;
         rec->tid = tid;
         rec->nr = n->data.nr;
         rec->kind = kind;
@@ -835,6 +1082,14 @@ void aarm_fast_free(struct aarm_fast_ctx *c)
     close_fd(&c->root_fd);
     close_fd(&c->proc_fd);
     close_fd(&c->selffd_fd);
+    for (struct fp_intent *in = c->intent_all, *next; in; in = next) {
+        next = in->next_alloc;
+        close_fd(&in->fd);
+        free(in);
+    }
+    pthread_mutex_destroy(&c->intent_lock);
+    pthread_mutex_destroy(&c->exe_lock);
+    free(c->exe_tab);
     pthread_mutex_destroy(&c->ring_lock);
     pthread_mutex_destroy(&c->drain_lock);
     if (c->ring)
@@ -860,6 +1115,19 @@ struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
     c->root_fd = c->proc_fd = c->selffd_fd = -1;
     pthread_mutex_init(&c->ring_lock, NULL);
     pthread_mutex_init(&c->drain_lock, NULL);
+    pthread_mutex_init(&c->intent_lock, NULL);
+    pthread_mutex_init(&c->exe_lock, NULL);
+    c->exe_tab = calloc(FP_EXE_SLOTS, sizeof(struct fp_exe_slot));
+    if (!c->exe_tab) {
+        pthread_mutex_destroy(&c->exe_lock);
+        pthread_mutex_destroy(&c->intent_lock);
+        pthread_mutex_destroy(&c->ring_lock);
+        pthread_mutex_destroy(&c->drain_lock);
+        free(c);
+        errno = ENOMEM;
+        return NULL;
+    }
+    atomic_init(&c->intent, NULL);
     atomic_init(&c->enabled, 0);
     atomic_init(&c->dropped, 0);
     atomic_init(&c->umask_gen, 0);

@@ -25,7 +25,21 @@
  *    had already reserved its record slot completes and is recorded.
  *  - The supervisor's own umask must be 0 (modes are computed here).
  *  - The ring is allocated and pre-faulted at creation:
- *    ring_capacity * sizeof(struct aarm_fast_record) (~4.3 KiB) bytes.
+ *    ring_capacity * sizeof(struct aarm_fast_record) (~4.8 KiB) bytes
+ *    (4.8 MiB for the default 1024 slots).
+ *  - aarm_fast_set_intent may be called at any time, from any thread, also
+ *    while loops run: the configuration is an immutable snapshot swapped
+ *    atomically; an operation uses the snapshot it loaded right before its
+ *    intent write (one that started before the call may still use the
+ *    previous one).  The fd is dup'ed (the caller's own fd is never closed
+ *    by C; the caller may close it right after the call); the dups of every
+ *    snapshot stay open until aarm_fast_free, so a loop that loaded an older
+ *    snapshot never writes to a recycled fd number.  The fd must be opened
+ *    for writing with O_APPEND and must not block (a regular file).
+ *  - A record's exe is /proc/TID/exe read while the caller is blocked in
+ *    its syscall, cached per TID for 100 ms; the caller must call
+ *    aarm_fast_invalidate_exe whenever it allows an exec: see exe_of() in
+ *    aarm_fastpath.c for the exact argument and its limits.
  */
 #ifndef AARM_FASTPATH_H
 #define AARM_FASTPATH_H
@@ -58,15 +72,19 @@ enum {
 };
 
 #define AARM_FAST_RECORD_PATH_MAX 4352
+#define AARM_FAST_RECORD_EXE_MAX 512
 
 struct aarm_fast_record {
     uint64_t ts_ns;              /* CLOCK_REALTIME */
+    uint64_t notif_id;           /* the seccomp notification id */
     uint32_t tid;
     int32_t nr;
     int32_t kind;                /* AARM_FAST_* */
-    int64_t result;              /* fd number / 0 / -errno */
     uint32_t flags;              /* open flags / unlinkat flags / 0 */
+    int64_t result;              /* fd number / 0 / -errno */
+    uint32_t exe_len;            /* 0: unknown (process gone, or link >= EXE_MAX bytes) */
     uint32_t path_len;
+    char exe[AARM_FAST_RECORD_EXE_MAX];   /* /proc/TID/exe, not NUL-terminated */
     char path[AARM_FAST_RECORD_PATH_MAX]; /* canonical path, not NUL-terminated */
 };
 
@@ -81,5 +99,15 @@ int aarm_fast_next(struct aarm_fast_ctx *ctx, struct aarm_notif *out);
 int aarm_fast_drain(struct aarm_fast_ctx *ctx, struct aarm_fast_record *out, int max);
 uint64_t aarm_fast_dropped(struct aarm_fast_ctx *ctx);
 void aarm_fast_invalidate_umask(struct aarm_fast_ctx *ctx);
+void aarm_fast_invalidate_exe(struct aarm_fast_ctx *ctx);
+/* Intent lines: before an unlink or an O_TRUNC open is performed, one line
+ *   PREFIX "notif":ID,"action":"file.delete|file.write","syscall":"NAME",
+ *   "tid":TID,"target":{"b64":"BASE64"}}\n
+ * is written to fd with a single write(2); when it fails or is short, the
+ * notification is handed to the caller instead.  fd -1 turns intents off.
+ * prefix (<= AARM_FAST_INTENT_PREFIX_MAX bytes, no newline) is copied. */
+#define AARM_FAST_INTENT_PREFIX_MAX 1024
+int aarm_fast_set_intent(struct aarm_fast_ctx *ctx, int fd, const char *prefix,
+                         uint32_t prefix_len);
 
 #endif /* AARM_FASTPATH_H */

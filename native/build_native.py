@@ -146,14 +146,20 @@ struct aarm_fast_kind {
 };
 enum { AARM_FAST_WRITE = 0, AARM_FAST_CREATE = 1, AARM_FAST_DELETE = 2, AARM_FAST_MKDIR = 3,
        AARM_FAST_NKINDS = 4 };
+#define AARM_FAST_RECORD_PATH_MAX 4352
+#define AARM_FAST_RECORD_EXE_MAX 512
+#define AARM_FAST_INTENT_PREFIX_MAX 1024
 struct aarm_fast_record {
     uint64_t ts_ns;
+    uint64_t notif_id;
     uint32_t tid;
     int32_t nr;
     int32_t kind;
-    int64_t result;
     uint32_t flags;
+    int64_t result;
+    uint32_t exe_len;
     uint32_t path_len;
+    char exe[512];
     char path[4352];
 };
 struct aarm_fast_ctx;
@@ -166,6 +172,9 @@ int aarm_fast_next(struct aarm_fast_ctx *, struct aarm_notif *out);
 int aarm_fast_drain(struct aarm_fast_ctx *, struct aarm_fast_record *out, int max);
 uint64_t aarm_fast_dropped(struct aarm_fast_ctx *);
 void aarm_fast_invalidate_umask(struct aarm_fast_ctx *);
+void aarm_fast_invalidate_exe(struct aarm_fast_ctx *);
+int aarm_fast_set_intent(struct aarm_fast_ctx *, int fd, const char *prefix,
+                         uint32_t prefix_len);
 """
 
 SOURCE = r"""

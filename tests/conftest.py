@@ -33,7 +33,8 @@ class RunResult:
     stdout: str
     stderr: str
     journal_path: Path
-    records: list[dict] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)     # the chained records
+    intents: list[dict] = field(default_factory=list)     # intent lines (before destructive actions)
 
     def receipts(self, type: str | None = None, result: str | None = None) -> list[dict]:
         out = []
@@ -82,12 +83,13 @@ class Box:
             full_env["HOME"] = str(self.root / "home")
         p = subprocess.run(cmd, cwd=cwd or self.workspace, env=full_env, capture_output=True,
                            text=True, timeout=timeout, input=input)
-        records = []
+        records, intents = [], []
         if journal.exists():
             for line in journal.read_text().splitlines():
                 if line.strip():
-                    records.append(json.loads(line))
-        return RunResult(p.returncode, p.stdout, p.stderr, journal, records)
+                    rec = json.loads(line)
+                    (intents if rec.get("type") == "intent" else records).append(rec)
+        return RunResult(p.returncode, p.stdout, p.stderr, journal, records, intents)
 
     def native(self, argv: list[str], *, timeout: float = 120, cwd: Path | None = None,
                env: dict | None = None) -> subprocess.CompletedProcess:

@@ -43,10 +43,12 @@ class Action:
     paths: tuple[str, ...] = ()    # every path the operation touches (rename: src and dst)
     detail: dict = field(default_factory=dict)   # argv for exec, destination for rename, ...
     counted: list | None = None    # count_over rules this action matched (filled by the engine)
+    notif: int = 0                 # the seccomp notification id
+    exe: str | None = ""           # the acting program ("" = not looked up, None = gone)
 
     def as_record(self) -> dict:
         rec = {"type": self.type, "target": self.target, "syscall": self.syscall,
-               "pid": self.pid, "tid": self.tid}
+               "pid": self.pid, "tid": self.tid, "exe": self.exe, "notif": str(self.notif)}
         if self.flags:
             rec["flags"] = self.flags
         if self.detail:

@@ -96,7 +96,20 @@ def collect() -> list[dict]:
     add("native fast path", hasattr(lib, "aarm_fast_new"),
         "hot allowed file operations decided in C (AARM_FAST_PATH=0 disables)"
         if os.environ.get("AARM_FAST_PATH", "1") != "0" else "disabled by AARM_FAST_PATH=0")
+    add("journal signing key", *_signing_key())
     return rows
+
+
+def _signing_key() -> tuple[bool, str]:
+    from aarm_sandbox.journal import keys
+    path = keys.key_dir() / keys.PRIVATE_NAME
+    if not path.exists():
+        return True, f"none yet: the first `run` (or `aarm-sandbox keygen`) creates {path}"
+    try:
+        key = keys.load_private(path)
+    except keys.KeyFileError as e:
+        return False, f"{e} (journals would be written unsigned)"
+    return True, f"{path} ({keys.key_id(key.public_key())}); verifiers need `aarm-sandbox keys export`"
 
 
 def doctor(as_json: bool = False) -> int:

@@ -22,6 +22,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--journal", help="journal file (default: $XDG_STATE_HOME/aarm-sandbox/SESSION.jsonl)")
     r.add_argument("--session-id", help="session identifier (default: time + random)")
     r.add_argument("--intent", help="the agent's declared intent (recorded, not trusted)")
+    r.add_argument("--agent-id", help="the agent's identity for receipts (default: $AARM_AGENT_ID)")
+    r.add_argument("--user", help="the human on whose behalf the agent acts (default: $AARM_USER "
+                   "or the login name)")
+    r.add_argument("--service", help="the service or pipeline running the agent (default: $AARM_SERVICE)")
+    r.add_argument("--witness", metavar="PATH",
+                   help="also append every signed checkpoint to PATH (a file, or a directory: "
+                   "PATH/SESSION.jsonl), outside the workspace, to detect rollback")
     r.add_argument("--allow-write", action="append", default=[], metavar="PATH",
                    help="also allow changes under PATH (repeatable)")
     r.add_argument("--allow-net", action="append", default=[], metavar="DEST",
@@ -45,12 +52,34 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("file")
     psub.add_parser("schema", help="JSON Schema of the profile format")
 
-    j = sub.add_parser("journal", help="read session journals")
+    j = sub.add_parser("journal", help="verify and read session journals")
     jsub = j.add_subparsers(dest="jcmd", required=True)
+    jv = jsub.add_parser("verify", help="check a journal offline: exit 0 iff intact, sealed "
+                         "and signed by a trusted key (1 tampered, 2 unsealed)")
+    jv.add_argument("file")
+    jv.add_argument("--key", action="append", default=[], metavar="PUBKEY",
+                    help="trusted public key (PEM file or base64); repeatable. The local key "
+                    "pair and $XDG_CONFIG_HOME/aarm-sandbox/trusted-keys/*.pub are trusted too")
+    jv.add_argument("--witness", metavar="PATH", help="witness file or directory to check against")
+    jv.add_argument("--json", action="store_true")
     js = jsub.add_parser("show", help="readable timeline of a journal")
     js.add_argument("file")
     js.add_argument("--json", action="store_true")
     js.add_argument("--denied", action="store_true", help="only non-allow decisions")
+    jt = jsub.add_parser("tail", help="print records as they are written")
+    jt.add_argument("file")
+    jt.add_argument("-f", "--follow", action="store_true", help="keep following the file")
+    jt.add_argument("--json", action="store_true")
+    jt.add_argument("--denied", action="store_true", help="only non-allow decisions")
+    je = jsub.add_parser("export", help="events in a standard schema for SIEMs")
+    je.add_argument("file")
+    je.add_argument("--format", required=True, choices=["ocsf", "otlp-json"])
+
+    kg = sub.add_parser("keygen", help="create the Ed25519 key pair that signs journals")
+    kg.add_argument("--force", action="store_true", help="replace an existing key pair")
+    k = sub.add_parser("keys", help="journal signing keys")
+    ksub = k.add_subparsers(dest="kcmd", required=True)
+    ksub.add_parser("export", help="print the public key (PEM) for verifiers")
 
     d = sub.add_parser("doctor", help="probe every kernel feature the sandbox uses")
     d.add_argument("--json", action="store_true")
@@ -81,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "profiles":
             return _profiles(args)
         if args.cmd == "journal":
-            from aarm_sandbox.cli.journal_show import show
-            return show(args.file, as_json=args.json, only_denied=args.denied)
+            return _journal(args)
+        if args.cmd in ("keygen", "keys"):
+            return _keys(args)
         if args.cmd == "doctor":
             from aarm_sandbox.cli.doctor import doctor
             return doctor(as_json=args.json)
@@ -113,6 +143,44 @@ def main(argv: list[str] | None = None) -> int:
               "traceback and report it)", file=sys.stderr)
         return EXIT_SANDBOX_ERROR
     return 0
+
+
+def _journal(args) -> int:
+    if args.jcmd == "verify":
+        from aarm_sandbox.cli.journal_verify import verify
+        return verify(args.file, args.key, args.witness, as_json=args.json)
+    from aarm_sandbox.cli import journal_show
+    if args.jcmd == "show":
+        return journal_show.show(args.file, as_json=args.json, only_denied=args.denied)
+    if args.jcmd == "tail":
+        return journal_show.tail(args.file, follow=args.follow, as_json=args.json,
+                                 only_denied=args.denied)
+    if args.jcmd == "export":
+        return journal_show.export(args.file, args.format)
+    return 2
+
+
+def _keys(args) -> int:
+    from aarm_sandbox.journal import keys
+    try:
+        if args.cmd == "keygen":
+            pair = keys.generate(force=args.force)
+            print(f"created {pair.private_path} (private, mode 0600) and {pair.public_path}; "
+                  f"key id {pair.key_id}")
+            return 0
+        if args.kcmd == "export":
+            pair, created = keys.ensure()
+            if created:
+                print(f"aarm-sandbox: created a key pair in {pair.private_path.parent}",
+                      file=sys.stderr)
+            pub = keys.load_private(pair.private_path).public_key()
+            sys.stdout.write(f"# aarm-sandbox journal key {pair.key_id}\n")
+            sys.stdout.write(keys.public_pem(pub).decode())
+            return 0
+    except keys.KeyFileError as e:
+        print(f"aarm-sandbox: {e}", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR
+    return 2
 
 
 def _profile_error():

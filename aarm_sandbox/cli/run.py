@@ -15,7 +15,8 @@ from pathlib import Path
 
 from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.intercept.filter import FilterError, compile_filter
-from aarm_sandbox.journal.writer import Journal
+from aarm_sandbox.journal import keys
+from aarm_sandbox.journal.writer import Journal, NullJournal, Signer, open_witness
 from aarm_sandbox.launch.sandbox import (CLONE_NEWNET, CLONE_NEWNS, NS_NAMES, LaunchError,
                                          LaunchPlan, disabled_namespaces,
                                          drop_effective_capabilities, launch)
@@ -65,6 +66,31 @@ def _take_back_terminal(was_foreground: bool) -> None:
         pass
     finally:
         signal.signal(signal.SIGTTOU, old)
+
+
+def identity_of(args, session_id: str, profile_id: str, workspace: str) -> dict:
+    """Who acts: the human, the agent, the service, the session and the scope in force.
+    What cannot be established is listed in `unestablished` (the receipts flag it)."""
+    import pwd
+    env = os.environ
+    user = getattr(args, "user", None) or env.get("AARM_USER")
+    if not user:
+        try:
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            user = None
+    ident = {"user": user, "agent": getattr(args, "agent_id", None) or env.get("AARM_AGENT_ID"),
+             "service": getattr(args, "service", None) or env.get("AARM_SERVICE"),
+             "uid": os.getuid(), "session": session_id,
+             "scope": f"profile:{profile_id}@{workspace}"}
+    missing = [k for k in ("user", "agent") if not ident[k]]
+    if missing:
+        ident["unestablished"] = missing
+    return ident
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def build_policy(args, workspace: str, tmpdir: str) -> tuple[CompiledPolicy, object]:
@@ -130,17 +156,54 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     journal_path = args.journal or str(state_dir() / f"{session_id}.jsonl")
     journal_path = os.path.abspath(journal_path)
     try:
-        journal = Journal(journal_path, session_id)
+        key_pair, created = keys.ensure()
+    except (keys.KeyFileError, OSError) as e:
+        raise UsageError(f"cannot set up the journal signing key: {e}") from None
+    if created:
+        print(f"aarm-sandbox: created the journal signing key {key_pair.private_path} "
+              f"({key_pair.key_id}); verifiers need {key_pair.public_path}", file=sys.stderr)
+    witness_fd = -1
+    witness = getattr(args, "witness", None)
+    if witness:
+        witness = os.path.realpath(witness)
+        if _inside(witness, workspace) or _inside(witness, tmpdir):
+            raise UsageError(f"--witness {witness} is inside the workspace or the session's "
+                             "TMPDIR, where the agent could rewrite it: choose a path outside")
+        try:
+            witness_fd = open_witness(witness, session_id)
+        except OSError as e:
+            raise UsageError(f"cannot open the witness {witness}: {e.strerror}") from None
+    identity = identity_of(args, session_id, policy.profile.id, workspace)
+    policy_block = {"id": policy.profile.id, "version": str(policy.profile.version),
+                    "sha256": loaded.sha256}
+    journal_cls = NullJournal if os.environ.get("AARM_JOURNAL") == "off" else Journal
+    try:
+        journal = journal_cls(journal_path, session_id, intent=args.intent, identity=identity,
+                              policy=policy_block, witness_fd=witness_fd,
+                              checkpoint_every=_env_int("AARM_JOURNAL_CHECKPOINT_EVERY", 1000),
+                              checkpoint_ms=_env_int("AARM_JOURNAL_CHECKPOINT_MS", 1000))
     except OSError as e:
         raise UsageError(f"cannot open journal {journal_path}: {e.strerror}") from None
+    start_record = {"type": "session.start", "command": list(args.command), "intent": args.intent,
+                    "workspace": workspace, "tmpdir": tmpdir,
+                    "profile": {"id": policy.profile.id, "version": str(policy.profile.version),
+                                "source": loaded.source, "sha256": loaded.sha256},
+                    "observe": bool(args.observe), "host": platform.node(),
+                    "kernel": platform.release(), "uid": os.getuid(), "identity": identity}
 
     masks = policy.set_paths(settings.mask)
     mask_dirs = [p for p in masks if os.path.isdir(p)]
     mask_files = [p for p in masks if os.path.isfile(p)]
-    # The journal and the state directory stay out of the sandbox's sight.
+    # The journal, the state directory, the signing keys and the witness stay out of the
+    # sandbox's sight.
+    protected = [journal_path, str(keys.config_dir()), str(state_dir())]
     mask_files.append(journal_path)
-    if os.path.isdir(state_dir()) and not workspace.startswith(str(state_dir())):
-        mask_dirs.append(str(state_dir()))
+    for d in (state_dir(), keys.config_dir()):
+        if os.path.isdir(d) and not _inside(workspace, str(d)):
+            mask_dirs.append(str(d))
+    if witness:
+        protected.append(witness)
+        (mask_dirs if os.path.isdir(witness) else mask_files).append(witness)
 
     try:
         bpf = compile_filter(notify_reads=settings.intercept_reads)
@@ -167,15 +230,21 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
             sandbox.warnings.append("no mount namespace: credential stores cannot be masked, "
                                     "so every open is decided by the supervisor (slower)")
     except (LaunchError, FilterError) as e:
+        journal.append({**start_record, "isolation": None})
         journal.append({"type": "session.error", "reason": str(e)})
-        journal.close()
+        journal.signer = _signer(key_pair)
+        journal.seal({"type": "session.end", "exit_status": EXIT_SANDBOX_ERROR,
+                      "actions": {}, "decisions": {}, "data_classes": []})
         raise UsageError(f"cannot start the sandbox: {e}") from None
     # Single-threaded until here: caps are per thread, and the launcher needed them to map
     # uid 0 into the sandbox's user namespace.
     drop_effective_capabilities()
     # Files the supervisor creates for the sandbox already carry the target's umask.
     os.umask(0)
-    journal.start()
+    _not_dumpable()
+    # The private key is read only now: the sandbox's processes were forked before it
+    # was in this process's memory, and its directory is masked in their mount namespace.
+    journal.start(_signer(key_pair))
     for w in sandbox.warnings:
         print(f"aarm-sandbox: warning: {w}", file=sys.stderr)
 
@@ -185,22 +254,28 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     was_foreground = _is_terminal_foreground()
     done = threading.Event()
     backend = UnotifyBackend(sandbox.listener, sandbox_gone=done.is_set)
-    journal.append({"type": "session.start", "command": list(args.command), "intent": args.intent,
-                    "workspace": workspace, "tmpdir": tmpdir,
-                    "profile": {"id": policy.profile.id, "version": policy.profile.version,
-                                "source": loaded.source, "sha256": loaded.sha256},
-                    "observe": bool(args.observe), "host": platform.node(),
-                    "kernel": platform.release(), "uid": os.getuid(),
-                    "backend": backend.name, "sync_wakeup": backend.sync_wakeup,
-                    "namespaces": [v for k, v in NS_NAMES.items() if sandbox.namespaces & k],
-                    "masked": mask_dirs + mask_files})
+    start_record["isolation"] = {
+        "backend": backend.name, "sync_wakeup": backend.sync_wakeup,
+        "namespaces": [v for k, v in NS_NAMES.items() if sandbox.namespaces & k],
+        "masked": mask_dirs + mask_files, "fast_path": os.environ.get("AARM_FAST_PATH", "1") != "0"}
+    journal.append(start_record)
     from aarm_sandbox.decode import handlers
     handlers.NETWORK_CONTAINED = bool(sandbox.namespaces & CLONE_NEWNET)
     sup = Supervisor(backend, engine, ctx, journal, explain=args.explain, verbose=args.verbose)
+    if not sandbox.namespaces & CLONE_NEWNS:
+        # Nothing is masked: the supervisor itself refuses every access to its files.
+        sup.protected = tuple(protected)
     if os.environ.get("AARM_FAST_PATH", "1") != "0":
         from aarm_sandbox.intercept.fastpath import FastPath
-        sensitive = [os.path.abspath(os.path.expanduser(g)) for g in args.sensitive]
-        sup.fast_factory = lambda root_fd: FastPath(sandbox.listener, root_fd, policy, sensitive)
+        danger = [os.path.abspath(os.path.expanduser(g)) for g in args.sensitive]
+        danger += [g for p in protected for g in (p, p.rstrip("/") + "/**")]
+
+        def make_fast_path(root_fd: int) -> FastPath:
+            fast = FastPath(sandbox.listener, root_fd, policy, danger)
+            if journal.intent_prefix:
+                fast.set_intent(journal.fd, journal.intent_prefix)
+            return fast
+        sup.fast_factory = make_fast_path
     def supervise():
         try:
             sup.run()
@@ -246,12 +321,42 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     keep_tmp.extend(ctx.moved_into_tmp)
     _take_back_terminal(was_foreground)
     code = exit_code(status_box[0]) if status_box else EXIT_SANDBOX_ERROR
-    journal.append({"type": "session.end", "exit_status": code,
-                    "actions": dict(ctx.action_counts), "decisions": dict(ctx.decision_counts),
-                    "data_classes": sorted(ctx.data_classes)})
-    journal.close()
+    sealed = journal.seal({"type": "session.end", "exit_status": code,
+                           "actions": dict(ctx.action_counts), "decisions": dict(ctx.decision_counts),
+                           "data_classes": sorted(ctx.data_classes)})
+    if not sealed and not isinstance(journal, NullJournal):
+        print(f"aarm-sandbox: the journal {journal_path} could not be sealed"
+              + (f": {journal.failed}" if journal.failed else ""), file=sys.stderr)
     backend.close()
     if sup.denials or args.verbose:
         print(f"aarm-sandbox: {len(sup.denials)} action(s) denied; journal: {journal_path}",
               file=sys.stderr)
     return code
+
+
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    if v is None:
+        return default
+    if not v.isdigit() or int(v) < 1:
+        raise UsageError(f"{name}={v!r}: expected a positive integer")
+    return int(v)
+
+
+def _signer(pair: keys.KeyPair) -> Signer | None:
+    try:
+        return Signer(keys.load_private(pair.private_path))
+    except keys.KeyFileError as e:
+        print(f"aarm-sandbox: warning: journal not signed: {e}", file=sys.stderr)
+        return None
+
+
+def _not_dumpable() -> None:
+    """No core dumps and no ptrace/`/proc/PID/mem` access by same-uid processes: the
+    signing key will be in this process's memory."""
+    import ctypes
+    PR_SET_DUMPABLE = 4
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass

@@ -86,7 +86,7 @@ def _resolver(n: Notification, st: DecodeState) -> Resolver:
 
 def _act(type_: str, n: Notification, spec: SyscallSpec, target: str, paths: tuple, flags: int = 0,
          **detail) -> Action:
-    return Action(type_, target, spec.name, n.tid, n.tid, flags, paths, detail)
+    return Action(type_, target, spec.name, n.tid, n.tid, flags, paths, detail, notif=n.id)
 
 
 def _thread_fd(tid: int, fd: int) -> int:

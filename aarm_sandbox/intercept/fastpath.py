@@ -6,7 +6,9 @@ profile's "outside" rules treat as inside (the writable set), and it must not po
 match any rule that applies to that action type (each rule glob is reduced to a literal
 prefix plus the literal pieces that any match must contain: a conservative "may match").
 Everything else, including every denial, goes to the Python pipeline unchanged. Each
-handled decision leaves a record that becomes a normal receipt in the journal.
+handled decision leaves a record that becomes a normal receipt in the journal; unlinks and
+O_TRUNC opens are preceded by an intent line the C code writes to the journal itself (see
+set_intent).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ KINDS = ((lib.AARM_FAST_WRITE, A.FILE_WRITE), (lib.AARM_FAST_CREATE, A.FILE_CREA
 KIND_TYPE = dict(KINDS)
 SYSCALL_NAMES = {2: "open", 257: "openat", 85: "creat", 87: "unlink", 263: "unlinkat",
                  83: "mkdir", 258: "mkdirat"}
+_DRAIN_BATCH = 256
 _WILD = re.compile(r"\*\*|\*|\?|\[[^\]]*\]")
 
 
@@ -124,14 +127,28 @@ class FastPath:
             kinds[kind].nallow = len(allow)
             kinds[kind].danger = _globs(keep, danger)
             kinds[kind].ndanger = len(danger)
-        self.ctx = lib.aarm_fast_new(listener, root_fd, kinds, ring_capacity)
-        if self.ctx == ffi.NULL:
-            raise OSError("cannot create the native fast path")
+        ctx = lib.aarm_fast_new(listener, root_fd, kinds, ring_capacity)
+        if ctx == ffi.NULL:
+            raise OSError(ffi.errno, f"cannot create the native fast path: {os.strerror(ffi.errno)}")
+        self._attach(ctx)
         self._keep = keep            # aarm_fast_new deep-copies, but keep them anyway
-        self._notif = ffi.new("struct aarm_notif *")
-        self._records = ffi.new("struct aarm_fast_record[]", 256)
-        self._lock = threading.Lock()
         self.reason = {t: f"profile {policy.profile.id} default for {t}" for _k, t in KINDS}
+
+    def _attach(self, ctx) -> None:
+        self.ctx = ctx
+        self._notif = ffi.new("struct aarm_notif *")
+        self._records = ffi.new("struct aarm_fast_record[]", _DRAIN_BATCH)
+        self._lock = threading.Lock()
+
+    def set_intent(self, fd: int, prefix: bytes) -> None:
+        """Write an intent line to fd before every unlink / O_TRUNC open the C path performs:
+        prefix + '"notif":ID,"action":...,"syscall":...,"tid":TID,"target":{"b64":...}}' + newline,
+        one write(2); if it fails, the notification comes to Python instead. fd must be open for
+        writing with O_APPEND (C keeps its own dup: the caller may close fd); -1 turns intents
+        off. Safe while next() runs in another thread."""
+        r = lib.aarm_fast_set_intent(self.ctx, fd, prefix, len(prefix))
+        if r < 0:
+            raise OSError(-r, f"fast path intent fd: {os.strerror(-r)}")
 
     def next(self) -> Notification | int:
         """The next notification the fast path did not handle, or -errno."""
@@ -149,19 +166,29 @@ class FastPath:
     def invalidate_umask(self) -> None:
         lib.aarm_fast_invalidate_umask(self.ctx)
 
+    def invalidate_exe(self) -> None:
+        """An exec was allowed: cached program names may be stale."""
+        lib.aarm_fast_invalidate_exe(self.ctx)
+
     def drain(self, sink) -> int:
-        """Turn handled decisions into receipts via sink(type, path, syscall, tid, flags, result, ts)."""
+        """Turn handled decisions into receipts via
+        sink(type, path, syscall, tid, flags, result, ts_ns, notif, exe): ts_ns CLOCK_REALTIME
+        nanoseconds, notif the seccomp notification id, exe the acting program as
+        /proc/TID/exe showed it when the operation was answered, or None when unknown (never
+        looked up again here: by now the TID may run another program)."""
         total = 0
+        unpack = ffi.unpack
         with self._lock:
             while True:
-                n = lib.aarm_fast_drain(self.ctx, self._records, 256)
+                n = lib.aarm_fast_drain(self.ctx, self._records, _DRAIN_BATCH)
                 for i in range(n):
                     rec = self._records[i]
-                    path = os.fsdecode(ffi.unpack(rec.path, rec.path_len))
+                    path = os.fsdecode(unpack(rec.path, rec.path_len))
+                    exe = os.fsdecode(unpack(rec.exe, rec.exe_len)) if rec.exe_len else None
                     sink(KIND_TYPE[rec.kind], path, SYSCALL_NAMES.get(rec.nr, str(rec.nr)),
-                         rec.tid, rec.flags, rec.result, rec.ts_ns / 1e9)
+                         rec.tid, rec.flags, rec.result, rec.ts_ns, rec.notif_id, exe)
                 total += n
-                if n < 256:
+                if n < _DRAIN_BATCH:
                     return total
 
     def close(self) -> None:
@@ -171,8 +198,8 @@ class FastPath:
 
 
 def drain_periodically(fast: FastPath, sink, stop: threading.Event, interval: float = 0.02) -> None:
-    from aarm_sandbox.journal.writer import _background_priority
-    _background_priority()
+    from aarm_sandbox.journal.writer import background_priority
+    background_priority()
     while not stop.wait(interval):
         fast.drain(sink)
     fast.drain(sink)

@@ -1,139 +1,365 @@
-"""Journal: one JSON object per line, written by a background thread.
+"""The journal writer: receipts in a signed hash chain, off the decision path.
 
-The decision path only appends a dict to a deque (no I/O, no serialisation); the writer
-thread numbers, stamps and encodes records and writes them in groups. Records pass through
-a chain of `RecordSink`s so the signed hash chain (journal issue) can be added as one more
-sink without touching the supervisor. If a write fails, `failed` is set and the supervisor
-denies every new action from then on (fail closed), saying why on stderr.
+The decision path only appends a dict to a deque (no encoding, no hashing, no I/O). A
+writer thread at the lowest priority numbers, stamps, canonically encodes and hashes the
+records, writes them in groups (one write(2) per group: group commit), and every
+`checkpoint_every` records or `checkpoint_ms` milliseconds adds a checkpoint signed with
+Ed25519 and fsyncs; `seal()` ends the chain with a signed session.end. Signing and fsync
+never touch the decision path.
+
+What must survive a supervisor killed at any instant is handled separately: `intent()`
+writes a line synchronously *before* a destructive action is performed.
+
+If a write fails, `failed` is set and the supervisor denies every new action from then
+on (fail closed), saying why on stderr.
 """
 from __future__ import annotations
 
-import json
+import base64
 import os
 import sys
 import threading
 import time
 from collections import deque
-from typing import Protocol
+from hashlib import sha256
+
+import orjson
+
+from aarm_sandbox.journal import chain
+from aarm_sandbox.journal.canonical import canonical
+
+BATCH = 64
+HIGH_WATER = 20000      # queued records: beyond, the appending thread encodes them itself
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
-
-
-def _background_priority() -> None:
-    """Journal encoding must never compete with the sandbox and the decision loop for a
-    CPU (2-core hosts): run this thread at the lowest priority. Records wait in memory;
-    nothing on the decision path waits for them."""
+def background_priority() -> None:
+    """Journal work must never compete with the sandbox and the decision loop for a CPU
+    (2-core hosts): SCHED_IDLE runs this thread only on otherwise idle CPU time, and any
+    waking task preempts it at once (nice 19 where SCHED_IDLE is refused). Records wait
+    in memory; the journal bounds that queue by draining inline (`HIGH_WATER`)."""
+    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except OSError:
-        pass
-
-
-class RecordSink(Protocol):
-    def write(self, records: list[dict]) -> None: ...
-    def close(self) -> None: ...
-
-
-class JsonlFileSink:
-    """Appends canonical-ish JSON lines to a file opened O_APPEND|O_CLOEXEC, mode 0600."""
-
-    def __init__(self, path: str):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-    def write(self, records: list[dict]) -> None:
-        data = "".join(_dumps(r) + "\n" for r in records)
-        raw = data.encode("utf-8", "surrogateescape")
-        view = memoryview(raw)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-
-    def close(self) -> None:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
         try:
-            os.fsync(self.fd)
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
         except OSError:
             pass
-        os.close(self.fd)
+
+
+class Signer:
+    """The session's signing key, held by the supervisor only."""
+
+    def __init__(self, private_key):
+        from aarm_sandbox.journal.keys import key_id, raw_public
+        self._key = private_key
+        pub = private_key.public_key()
+        self.key_id = key_id(pub)
+        self.public_b64 = base64.b64encode(raw_public(pub)).decode("ascii")
+
+    def sign(self, data: bytes) -> str:
+        return base64.b64encode(self._key.sign(data)).decode("ascii")
+
+
+class _Clock:
+    """RFC 3339 UTC timestamps with microseconds, from integer nanoseconds (records
+    carry no floats: JCS numbers must be exact)."""
+
+    def __init__(self):
+        self._sec = -1
+        self._prefix = ""
+
+    def format(self, ns: int) -> str:
+        sec, us = divmod(ns // 1000, 1_000_000)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._prefix}.{us:06d}Z"
+
+
+def open_witness(path: str, session_id: str) -> int:
+    """The witness file: PATH itself, or PATH/SESSION.jsonl when PATH is a directory."""
+    if os.path.isdir(path):
+        path = os.path.join(path, f"{session_id}.jsonl")
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 class Journal:
-    def __init__(self, path: str, session_id: str, sinks: list[RecordSink] | None = None,
-                 flush_interval: float = 0.02):
+    def __init__(self, path: str, session_id: str, *, intent: str | None = None,
+                 identity: dict | None = None, policy: dict | None = None,
+                 checkpoint_every: int = 1000, checkpoint_ms: int = 1000,
+                 witness_fd: int = -1, flush_interval: float = 0.02):
         self.path = path
         self.session_id = session_id
-        self.sinks: list[RecordSink] = sinks if sinks is not None else [JsonlFileSink(path)]
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.witness_fd = witness_fd
+        self.identity = identity or {}
+        # receipts whose acting program could not be read say so
+        self._identity_no_exe = {**self.identity, "unestablished": sorted(
+            set(self.identity.get("unestablished", [])) | {"exe"})}
+        self.policy = policy or {}
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_ms = checkpoint_ms
         self.queue: deque[dict] = deque()
-        self.seq = 0
         self.failed: str | None = None
         self.on_failure = None      # callback (e.g. switch the native fast path off)
+        self.signer: Signer | None = None
+        self.sealed = False
+        # chain state (writer thread only)
+        self.seq = 0
+        self.prev_hash = chain.genesis(session_id)
+        self.context = chain.context_start(session_id, intent)
+        self._since_checkpoint = 0          # records since the last signature
+        self._drain_lock = threading.RLock()
+        self._last_checkpoint = time.monotonic()
+        self._clock = _Clock()
+        self._intent_prefix = orjson.dumps({"type": "intent", "session_id": session_id})[:-1] + b","
+        self._end: dict | None = None
         self._wake = threading.Event()
         self._stop = False
         self._interval = flush_interval
         self._thread = threading.Thread(target=self._run, name="aarm-journal", daemon=True)
 
-    def start(self) -> "Journal":
-        """Start the writer thread (separate from __init__ so the supervisor can finish
-        single-threaded setup, such as dropping capabilities, first)."""
+    def start(self, signer: Signer | None) -> "Journal":
+        """Start the writer thread (after single-threaded setup such as dropping
+        capabilities; the key is given only once the sandbox runs). Without a signer the
+        chain is still written but nothing is signed (verify reports it)."""
+        self.signer = signer
         self._thread.start()
         return self
 
+    @property
+    def intent_prefix(self) -> bytes:
+        """The start of an intent line, for writers outside Python (the native fast path)."""
+        return self._intent_prefix
+
     # --- hot path --------------------------------------------------------------------
     def append(self, record: dict) -> None:
-        record["ts"] = time.time()
-        self.queue.append(record)
-        if len(self.queue) > 256:
+        record["ts_ns"] = time.time_ns()
+        q = self.queue
+        q.append(record)
+        if len(q) > 256:
             self._wake.set()
+            if len(q) > HIGH_WATER:
+                self._drain()
 
     def append_stamped(self, record: dict) -> None:
-        """A record that already carries the time the decision was made (`ts`)."""
-        self.queue.append(record)
-        if len(self.queue) > 256:
+        """A record that already carries the time the decision was made (`ts_ns`)."""
+        q = self.queue
+        q.append(record)
+        if len(q) > 256:
             self._wake.set()
+            if len(q) > HIGH_WATER:
+                self._drain()
+
+    def intent(self, notif: int, action_type: str, syscall: str, tid: int, target: str,
+               to: str | None = None) -> bool:
+        """Written synchronously before a destructive action is performed: a crash
+        between the action and its receipt can then never hide that it happened. False
+        when it could not be written (the caller must not perform the action)."""
+        if self.failed:
+            return False
+        line = (self._intent_prefix + b'"notif":%d,"action":"%s","syscall":"%s","tid":%d,'
+                b'"target":{"b64":"%s"}' % (notif, action_type.encode(), syscall.encode(), tid,
+                                            base64.b64encode(os.fsencode(target))))
+        if to is not None:
+            line += b',"to":{"b64":"%s"}' % base64.b64encode(os.fsencode(to))
+        line += b"}\n"
+        try:
+            if os.write(self.fd, line) == len(line):
+                return True
+            self._fail("short write")
+        except OSError as e:
+            self._fail(e.strerror or str(e))
+        return False
 
     # --- writer thread ---------------------------------------------------------------
     def _run(self) -> None:
-        _background_priority()
+        background_priority()
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
             self._drain()
+            with self._drain_lock:
+                if (self._since_checkpoint and not self.failed and
+                        (time.monotonic() - self._last_checkpoint) * 1000 >= self.checkpoint_ms):
+                    self._write([self._checkpoint(time.time_ns())], sync=True)
             if self._stop:
-                self._drain()
+                self._finish()
                 return
+
+    def _finish(self) -> None:
+        """Everything queued, then the seal."""
+        self._drain()
+        with self._drain_lock:
+            if self._end is not None and not self.failed and not self.sealed:
+                self._write([self._seal(self._end)], sync=True)
+                self.sealed = not self.failed
 
     def _drain(self) -> None:
         # Small batches: encoding holds the GIL, and the decision thread must get it back
-        # quickly (group commit without a long pause on the hot path).
+        # quickly (group commit without a long pause on the hot path). The lock lets an
+        # appending thread drain inline when the writer thread is starved.
         q = self.queue
-        while q and not self.failed:
-            batch: list[dict] = []
-            while q and len(batch) < 64:
-                rec = q.popleft()
-                self.seq += 1
-                rec["seq"] = self.seq
-                rec["session_id"] = self.session_id
-                batch.append(rec)
-            try:
-                for s in self.sinks:
-                    s.write(batch)
-            except Exception as e:  # noqa: BLE001 - any failure means fail closed
-                self.failed = f"journal write to {self.path} failed: {e}"
-                if self.on_failure is not None:
-                    self.on_failure()
-                print(f"aarm-sandbox: {self.failed}; denying all further actions", file=sys.stderr)
-            time.sleep(0)
+        every = self.checkpoint_every
+        with self._drain_lock:
+            while q and not self.failed:
+                lines: list[bytes] = []
+                sync = False
+                chain_one = self._chain
+                while q and len(lines) < BATCH:
+                    lines.append(chain_one(q.popleft()))
+                    if self._since_checkpoint >= every:
+                        lines.append(self._checkpoint(time.time_ns()))
+                        sync = True
+                self._write(lines, sync)
+                if q:
+                    time.sleep(0)
+
+    def _chain(self, rec: dict) -> bytes:
+        """Number, stamp, hash and encode one record (the writer's per-record cost: keep
+        it lean)."""
+        self.seq = seq = self.seq + 1
+        rec["v"] = 1
+        rec["seq"] = seq
+        rec["session_id"] = self.session_id
+        rec["ts"] = self._clock.format(rec.pop("ts_ns", 0) or time.time_ns())
+        rec["prev_hash"] = self.prev_hash
+        typ = rec["type"]
+        receipt = typ == "receipt"
+        if receipt:
+            rec["receipt_id"] = f"{self.session_id}:{seq}"
+            rec["identity"] = self.identity if rec["action"].get("exe") is not None else self._identity_no_exe
+            rec["context_hash"] = self.context.hex()
+            rec["decision"]["policy"] = self.policy
+        elif typ == "session.start" and self.signer is not None:
+            rec["key"] = {"id": self.signer.key_id, "public": self.signer.public_b64}
+            rec["checkpoint"] = {"every": self.checkpoint_every, "ms": self.checkpoint_ms}
+        body = canonical(rec)
+        digest = sha256(body).digest()
+        h = digest.hex()
+        self.prev_hash = h
+        self._since_checkpoint += 1
+        if receipt and rec["outcome"]["executed"]:
+            self.context = sha256(self.context + digest).digest()
+        return b"%s,\"hash\":\"%s\"}\n" % (body[:-1], h.encode())
+
+    def _signed(self, rec: dict) -> bytes:
+        """A checkpoint or the seal: signs the chain head (prev_hash), and through it
+        every record before."""
+        self.seq += 1
+        rec.update({"v": chain.FORMAT_VERSION, "seq": self.seq, "session_id": self.session_id,
+                    "prev_hash": self.prev_hash,
+                    "from_seq": self.seq - self._since_checkpoint, "to_seq": self.seq - 1})
+        if self.signer is not None:
+            rec["key_id"] = self.signer.key_id
+        body = canonical(rec)
+        digest = sha256(body).digest()
+        h = digest.hex()
+        tail = b',"hash":"' + h.encode() + b'"'
+        if self.signer is not None:
+            tail += b',"sig":"' + self.signer.sign(body).encode() + b'"'
+        self.prev_hash = h
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        line = body[:-1] + tail + b"}\n"
+        self._witness(line)
+        return line
+
+    def _checkpoint(self, ts_ns: int) -> bytes:
+        return self._signed({"type": "checkpoint", "ts": self._clock.format(ts_ns)})
+
+    def _seal(self, end: dict) -> bytes:
+        end["ts"] = self._clock.format(end.pop("ts_ns", None) or time.time_ns())
+        return self._signed(end)
+
+    def _witness(self, line: bytes) -> None:
+        if self.witness_fd < 0:
+            return
+        try:
+            os.write(self.witness_fd, line)
+            os.fsync(self.witness_fd)
+        except OSError as e:
+            self._fail(f"witness write failed: {e.strerror}")
+
+    def _write(self, lines: list[bytes], sync: bool) -> None:
+        if self.failed or not lines:
+            return
+        data = b"".join(lines)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+            if sync:
+                os.fsync(self.fd)
+        except OSError as e:
+            self._fail(e.strerror or str(e))
+
+    def _fail(self, why: str) -> None:
+        if self.failed:
+            return
+        self.failed = f"journal write to {self.path} failed: {why}"
+        if self.on_failure is not None:
+            self.on_failure()
+        print(f"aarm-sandbox: {self.failed}; denying all further actions", file=sys.stderr)
+
+    # --- end -------------------------------------------------------------------------
+    def seal(self, end_record: dict) -> bool:
+        """Write everything queued, then the signed session.end; nothing follows it.
+        Returns True when the journal is sealed."""
+        end_record["ts_ns"] = time.time_ns()
+        self._end = end_record
+        self.close()
+        return self.sealed
 
     def close(self) -> None:
         self._stop = True
         self._wake.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
-        else:
-            self._drain()
-        for s in self.sinks:
-            try:
-                s.close()
-            except OSError:
-                pass
+            self._thread.join(timeout=30)
+        elif not self._thread.ident:     # never started (a launch failure)
+            self._finish()
+        for fd in (self.fd, self.witness_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.fd = self.witness_fd = -1
+
+
+class NullJournal(Journal):
+    """Journaling off (benchmarks only: `AARM_JOURNAL=off`): the decision path does no
+    journal work at all, so the difference measures what journaling costs."""
+
+    def __init__(self, path: str, session_id: str, **_kw):
+        self.path = path
+        self.session_id = session_id
+        self.failed = None
+        self.on_failure = None
+        self.sealed = False
+        self.signer = None
+
+    def start(self, signer=None):
+        return self
+
+    @property
+    def intent_prefix(self) -> bytes:
+        return b""
+
+    def append(self, record: dict) -> None:
+        pass
+
+    def append_stamped(self, record: dict) -> None:
+        pass
+
+    def intent(self, *a) -> bool:
+        return True
+
+    def seal(self, end_record: dict) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass

@@ -125,7 +125,7 @@ def test_without_a_mount_namespace_credential_reads_are_decided_not_left_open(bo
     assert "PRIVATE KEY" not in r.stdout and r.returncode != 0
     assert "every open is decided by the supervisor" in r.stderr
     assert [x for x in r.denied("file.read") if x["action"]["target"] == str(key)]
-    assert "mount" not in r.records[0]["namespaces"]
+    assert "mount" not in r.records[0]["isolation"]["namespaces"]
 
 
 def test_unknown_namespace_name_is_a_configuration_error(box):

@@ -5,12 +5,15 @@ programs, the real kernel. No Python policy: the "Python side" here is a toy tha
 whatever the fast path hands over (CONTINUE inside the test directories, EACCES elsewhere,
 or EACCES for every file operation in the race tests), and records what it was given, so
 each test can tell exactly which operations the fast path performed itself (journal
-records drained from the ring) and which it handed to Python.
+records drained from the ring, through the FastPath wrapper's drain) and which it handed
+to Python.
 """
 from __future__ import annotations
 
+import base64
 import ctypes
 import errno
+import json
 import os
 import shutil
 import signal
@@ -25,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from aarm_sandbox._native import ffi, lib
+from aarm_sandbox.intercept.fastpath import KIND_TYPE, SYSCALL_NAMES, FastPath
 from aarm_sandbox.intercept.filter import compile_filter
 from aarm_sandbox.launch.sandbox import LaunchPlan, drop_effective_capabilities, launch
 
@@ -61,6 +65,7 @@ PROG = r"""
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -147,6 +152,11 @@ static void bench(const char *kind, const char *dir, long iters)
         case 'w':   /* openat(O_WRONLY|O_CREAT) + close of one existing file */
             snprintf(p, sizeof(p), "%s/bench_w", dir);
             r = x_openat(AT_FDCWD, p, O_WRONLY | O_CREAT, 0644);
+            if (r >= 0) close((int)r);
+            break;
+        case 't':   /* openat(O_WRONLY|O_TRUNC) + close of one existing file */
+            snprintf(p, sizeof(p), "%s/bench_w", dir);
+            r = x_openat(AT_FDCWD, p, O_WRONLY | O_TRUNC, 0);
             if (r >= 0) close((int)r);
             break;
         case 'c':   /* create a new file + close */
@@ -278,6 +288,30 @@ int main(int argc, char **argv)
                 n++;
             }
             printf("swapper %ld\n", n);
+        } else if (!strcmp(c, "forkunlink")) {
+            /* forkunlink DIR N exec|exit: N children, one after the other, each unlinks
+             * DIR/c_I and at once execs /bin/true or exits */
+            const char *d = argv[++i]; long nkids = num(argv[++i]); int ex = !strcmp(argv[++i], "exec");
+            long bad = 0;
+            for (long k = 0; k < nkids; k++) {
+                char p[4096];
+                snprintf(p, sizeof(p), "%s/c_%ld", d, k);
+                pid_t pid = fork();
+                if (pid == 0) {
+                    if (syscall(SYS_unlink, p) != 0)
+                        _exit(3);
+                    if (ex) {
+                        char *const av[] = {"true", NULL}, *const ev[] = {NULL};
+                        syscall(SYS_execve, "/bin/true", av, ev);
+                        _exit(4);
+                    }
+                    syscall(SYS_exit_group, 0);
+                }
+                int st = 0;
+                waitpid(pid, &st, 0);
+                bad += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+            }
+            printf("forkunlink bad %ld\n", bad);
         } else if (!strcmp(c, "bench")) {
             const char *k = argv[++i], *d = argv[++i];
             bench(k, d, num(argv[++i]));
@@ -315,6 +349,7 @@ class Result:
     records: list
     python_seen: list
     dropped: int
+    python_ids: list = field(default_factory=list)
 
     def line(self, *prefix) -> list[str]:
         for ln in self.lines:
@@ -381,25 +416,35 @@ def read_cstr(tid: int, addr: int) -> str | None:
     return os.fsdecode(ffi.unpack(buf, n)) if n >= 0 else None
 
 
+TYPE_KIND = {t: k for k, t in KIND_TYPE.items()}
+NAME_NR = {name: nr for nr, name in SYSCALL_NAMES.items()}
+
+
+def wrapper(ctx) -> FastPath:
+    """The production FastPath wrapper around a context made by the harness."""
+    fp = FastPath.__new__(FastPath)
+    fp._attach(ctx)
+    return fp
+
+
 def drain(ctx) -> list[dict]:
-    out = ffi.new("struct aarm_fast_record[]", 256)
-    recs = []
-    while True:
-        n = lib.aarm_fast_drain(ctx, out, 256)
-        for i in range(n):
-            r = out[i]
-            recs.append({"tid": r.tid, "nr": r.nr, "kind": r.kind, "result": r.result,
-                         "flags": r.flags, "ts_ns": r.ts_ns,
-                         "path": os.fsdecode(ffi.unpack(r.path, r.path_len))})
-        if n < 256:
-            return recs
+    recs: list[dict] = []
+
+    def sink(type_, path, syscall, tid, flags, result, ts_ns, notif, exe):
+        recs.append({"tid": tid, "nr": NAME_NR[syscall], "kind": TYPE_KIND[type_],
+                     "result": result, "flags": flags, "ts_ns": ts_ns, "path": path,
+                     "notif": notif, "exe": exe})
+
+    wrapper(ctx).drain(sink)
+    return recs
 
 
 class FastSandbox:
     """One sandboxed program with the fast path in front of a toy Python side."""
 
     def __init__(self, box, argv, *, allow=None, danger=None, enabled=ALL_KINDS, ring=4096,
-                 python_policy="inside", live_drain=True, fast_enabled=True, on_ctx=None):
+                 python_policy="inside", live_drain=True, fast_enabled=True, on_ctx=None,
+                 while_running=None):
         self.box = box
         self.argv = argv
         self.allow = allow if allow is not None else [G(f"{box.ws}/")]
@@ -410,7 +455,10 @@ class FastSandbox:
         self.live_drain = live_drain
         self.fast_enabled = fast_enabled
         self.on_ctx = on_ctx
+        self.while_running = while_running    # called (in the test thread) once all runs
+        self.loop_tid = 0
         self.python_seen: list = []
+        self.python_ids: list = []
         self.records: list = []
         self.loop_error = 0
         self.done = threading.Event()
@@ -432,6 +480,7 @@ class FastSandbox:
         args = [n.data.args[i] for i in range(6)]
         path = read_cstr(tid, args[PATH_ARG[nr]]) if nr in PATH_ARG else None
         self.python_seen.append((nr, path))
+        self.python_ids.append(n.id)
         if nr == NR_UMASK:
             lib.aarm_fast_invalidate_umask(self.ctx)
         deny = False
@@ -454,6 +503,7 @@ class FastSandbox:
         if _libc.unshare(CLONE_FS) != 0:
             self.loop_error = -ctypes.get_errno()
             return
+        self.loop_tid = threading.get_native_id()
         os.umask(0)
         drop_effective_capabilities()
         n = ffi.new("struct aarm_notif *")
@@ -500,6 +550,13 @@ class FastSandbox:
         status: list = []
         waiter = threading.Thread(target=lambda: status.append(sb.wait()), daemon=True)
         waiter.start()
+        hook_error = None
+        if self.while_running:
+            try:
+                self.while_running(self)
+            except BaseException as e:  # noqa: BLE001 - re-raised once the sandbox is gone
+                hook_error = e
+                os.kill(sb.pid, signal.SIGKILL)
         waiter.join(timeout)
         if waiter.is_alive():
             os.kill(sb.pid, signal.SIGKILL)
@@ -516,8 +573,11 @@ class FastSandbox:
         os.close(sb.status_fd)
         assert self.loop_error == 0, os.strerror(-self.loop_error)
         assert status, f"sandbox timed out: {self.box.outfile.read_text() if self.box.outfile.exists() else ''}"
-        lines = self.box.outfile.read_text().splitlines() if self.box.outfile.exists() else []
-        return Result(status[0], lines, self.records, self.python_seen, dropped)
+        if hook_error is not None:
+            raise hook_error
+        lines = (self.box.outfile.read_text(errors="surrogateescape").splitlines()
+                 if self.box.outfile.exists() else [])
+        return Result(status[0], lines, self.records, self.python_seen, dropped, self.python_ids)
 
 
 @dataclass
@@ -910,6 +970,327 @@ def test_addfd_failure_still_answers(fbox, prog):
     assert [ln for ln in r.lines if ln.startswith("openat")][0].split()[2:] == ["err", str(errno.EMFILE)]
 
 
+# ---------------------------------------------------------------------------------------
+# notification ids, exe, intent lines
+
+PREFIX = b'{"type":"intent","session_id":"S-test",'
+
+
+def intent_fd(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def set_intent_on_ctx(fd: int, prefix: bytes = PREFIX):
+    """on_ctx hook: intents to fd, set through the FastPath wrapper (which raises on error)."""
+    return lambda ctx: wrapper(ctx).set_intent(fd, prefix)
+
+
+def expected_intent(rec: dict, prefix: bytes = PREFIX) -> bytes:
+    action = "file.delete" if rec["kind"] == DELETE else "file.write"
+    b64 = base64.b64encode(os.fsencode(rec["path"])).decode()
+    return prefix + (f'"notif":{rec["notif"]},"action":"{action}",'
+                     f'"syscall":"{SYSCALL_NAMES[rec["nr"]]}","tid":{rec["tid"]},'
+                     f'"target":{{"b64":"{b64}"}}}}\n').encode()
+
+
+def intent_lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True) if path.exists() else []
+
+
+def test_records_carry_notif_id_and_exe(fbox, prog):
+    ws = fbox.ws
+    (ws / "e.txt").write_text("e")
+    (ws / "del").write_text("d")
+    (fbox.outside / "secret.txt").write_text("s")
+    r = run_fast(fbox, prog, [
+        "openat", fbox.outside / "secret.txt", O_WRONLY, 0,  # Python (outside: denied)
+        "writeback", ws / "n.txt", "new",                   # fast create (+ Python read back)
+        "openat", ws / "e.txt", O_WRONLY, 0,                # fast write
+        "unlink", ws / "del",                               # fast delete
+        "threadcwd", ws, "t.txt",                           # fast create, another thread
+        "mkdir", ws / "m", 0o755,                           # fast mkdir
+        "umask", "022",                                     # Python
+        "openat", ws / ".git/x", O_WRONLY | O_CREAT, 0o644,  # Python (danger)
+    ])
+    recs = r.records
+    assert len(recs) == 5, recs
+    ids = [rec["notif"] for rec in recs]
+    assert all(i > 0 for i in ids) and len(set(ids)) == len(ids)
+    # The kernel numbers the notifications of one listener consecutively; this program is
+    # single-threaded apart from one thread joined at once, so every notification went either
+    # to Python or to a record: together they are one gap-free run of ids, and the records'
+    # ids sit exactly where their operations came in the program.
+    every = sorted(ids + r.python_ids)
+    assert len(set(every)) == len(every)
+    assert every == list(range(every[0], every[0] + len(every))), (ids, r.python_ids)
+    by_path = {rec["path"]: rec["notif"] for rec in recs}
+    order = [by_path[str(ws / n)] for n in ("n.txt", "e.txt", "del", "t.txt", "m")]
+    assert order == sorted(order)
+    py = dict(zip(r.python_ids, r.python_seen))
+    secret = [i for i, (nr, p) in py.items() if p == str(fbox.outside / "secret.txt")]
+    dot_git = [i for i, (nr, p) in py.items() if p == str(ws / ".git/x")]
+    assert secret and max(secret) < order[0] and dot_git and dot_git[0] > order[-1]
+    # the acting program: the compiled test binary (its real path). The thread exits right
+    # after its open: when it is gone before the fast path looks (after answering), unknown.
+    exes = {Path(rec["path"]).name: rec["exe"] for rec in recs}
+    assert exes.pop("t.txt") in (os.path.realpath(prog), None)
+    assert exes == dict.fromkeys(("n.txt", "e.txt", "del", "m"), os.path.realpath(prog))
+
+
+@pytest.mark.parametrize("then", ["exec", "exit"])
+def test_exe_is_read_before_the_next_notification(fbox, prog, then, capsys):
+    """Children unlink and at once exec /bin/true (or exit). The exe is read after the answer
+    but before the next notification is received: an exec after the operation is itself a
+    notification, so the exe is always the program that did it - never /bin/true. A child
+    that exits right away may be gone by then: unknown (None), never anything else."""
+    ws = fbox.ws
+    n = 40
+    for k in range(n):
+        (ws / f"c_{k}").write_text("x")
+    r = run_fast(fbox, prog, ["forkunlink", ws, n, then])
+    assert r.line("forkunlink")[1:] == ["bad", "0"]
+    deletes = [rec for rec in r.records if rec["kind"] == DELETE]
+    assert sorted(rec["path"] for rec in deletes) == sorted(str(ws / f"c_{k}") for k in range(n))
+    exes = [rec["exe"] for rec in deletes]
+    if then == "exec":
+        assert exes == [os.path.realpath(prog)] * n
+        assert NR_EXECVE in {nr for nr, _ in r.python_seen}
+    else:
+        assert set(exes) <= {os.path.realpath(prog), None}
+        with capsys.disabled():
+            print(f"\n[exe unknown for {exes.count(None)}/{n} unlinks followed by exit]")
+
+
+def test_exe_odd_names_and_too_long(fbox, prog):
+    """exe bytes are kept exactly (newline, invalid UTF-8); a link of >= 512 bytes is unknown
+    (None), never a truncated name."""
+    odd = os.fsencode(fbox.root / "native") + b"/pr\nog\xff"
+    shutil.copy(prog, odd)
+    deep = fbox.root / "native"
+    while len(os.fsencode(deep)) < 520:
+        deep = deep / ("d" * 60)
+    deep.mkdir(parents=True)
+    shutil.copy(prog, deep / "prog")
+    for exe, want in ((os.fsdecode(odd), os.fsdecode(odd)), (str(deep / "prog"), None)):
+        shutil.rmtree(fbox.out)
+        fbox.out.mkdir()
+        # (umask: one more notification, so the program is certainly alive when looked at)
+        r = run_fast(fbox, exe, ["writeback", fbox.ws / "x", "1", "unlink", fbox.ws / "x",
+                                 "umask", "022"])
+        assert [(rec["path"], rec["exe"]) for rec in r.records] == [(str(fbox.ws / "x"), want)] * 2
+
+
+def test_intent_lines_before_unlinks_and_truncations(fbox, prog):
+    ws = fbox.ws
+    for n in ("a", "b", "e.txt", "t.txt", "gone"):
+        (ws / n).write_text("old")
+    odd = os.fsencode(ws) + b"/new\nline\xff\xfe.bin"
+    with open(odd, "wb") as f:
+        f.write(b"odd")
+    (ws / ".git").mkdir()
+    (ws / ".git" / "keep").write_text("k")
+    ipath = fbox.root / "journal.jsonl"
+    fd = intent_fd(ipath)
+    os.write(fd, b'{"type":"session.start"}\n')
+    r = run_fast(fbox, prog, [
+        "unlink", ws / "a",                                 # intent: delete
+        "unlinkat", ws / "b", 0,                            # intent: delete
+        "unlink", ws / "nothere",                           # intent (ENOENT is the answer)
+        "openat", ws / "e.txt", O_WRONLY | O_TRUNC, 0,      # intent: write (truncation)
+        "open", ws / "t.txt", O_RDWR | O_CREAT | O_TRUNC, 0o644,  # intent: write, existing
+        "writeback", ws / "fresh.txt", "f",                 # intent: O_TRUNC on a new file
+        "creat", ws / "c.txt", 0o644,                       # intent: creat() implies O_TRUNC
+        "openat", ws / "nt.txt", O_WRONLY | O_CREAT, 0o644,  # no intent: create, no O_TRUNC
+        "openat", ws / "e.txt", O_WRONLY | O_APPEND, 0,     # no intent: write, no O_TRUNC
+        "mkdir", ws / "m", 0o755,                           # no intent: mkdir
+        "unlink", os.fsdecode(odd),                         # intent: newline, invalid UTF-8
+        "unlink", ws / ".git/keep",                         # Python (danger): no C intent
+    ], on_ctx=set_intent_on_ctx(fd))
+    os.close(fd)
+    assert not (ws / "a").exists() and not (ws / "b").exists() and not os.path.lexists(odd)
+    assert (ws / "e.txt").read_text() == "" and (ws / "nt.txt").exists()
+    assert str(ws / ".git/keep") in r.python_paths()
+    lines = intent_lines(ipath)
+    assert lines[0] == b'{"type":"session.start"}\n'
+    destructive = [rec for rec in r.records if rec["kind"] == DELETE or rec["flags"] & O_TRUNC]
+    assert {rec["path"] for rec in destructive} == {
+        str(ws / n) for n in ("a", "b", "nothere", "e.txt", "t.txt", "fresh.txt", "c.txt")
+    } | {os.fsdecode(odd)}
+    # exactly one line per destructive operation, in the order they happened, byte for byte
+    assert lines[1:] == [expected_intent(rec) for rec in destructive]
+    for ln, rec in zip(lines[1:], destructive):
+        j = json.loads(ln)
+        assert j["type"] == "intent" and j["session_id"] == "S-test" and j["notif"] == rec["notif"]
+        assert base64.b64decode(j["target"]["b64"], validate=True) == os.fsencode(rec["path"])
+    odd_line = json.loads(lines[-1])
+    assert base64.b64decode(odd_line["target"]["b64"]) == odd
+    assert (odd_line["action"], odd_line["syscall"]) == ("file.delete", "unlink")
+    assert [json.loads(ln)["syscall"] for ln in lines[1:-1]] == \
+        ["unlink", "unlinkat", "unlink", "openat", "open", "openat", "creat"]
+
+
+def test_intent_is_written_before_the_operation(fbox, prog):
+    """The intent fd is a full pipe: the fast path blocks in the intent write(2), and while it
+    does, the file it is about to unlink must still be there."""
+    ws = fbox.ws
+    victim = ws / "victim"
+    victim.write_text("v")
+    rd, wr = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    fcntl = __import__("fcntl")
+    fcntl.fcntl(wr, 1031, 4096)                            # F_SETPIPE_SZ: one page
+    while True:                                            # fill it completely
+        try:
+            os.write(wr, b"x")
+        except BlockingIOError:
+            break
+    fcntl.fcntl(wr, fcntl.F_SETFL, os.O_APPEND)            # blocking again, appending
+    seen: dict = {}
+    got = bytearray()
+
+    def drain_pipe(deadline):
+        while time.monotonic() < deadline and b"\n" not in got:
+            try:
+                got.extend(os.read(rd, 65536).lstrip(b"x"))
+            except BlockingIOError:
+                time.sleep(0.01)
+
+    def while_running(fs):
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if fs.loop_tid:
+                    with open(f"/proc/self/task/{fs.loop_tid}/syscall") as f:
+                        if f.read().split()[0] == "1":      # blocked in write(2)
+                            seen["writing"] = True
+                            break
+                time.sleep(0.01)
+            else:
+                raise AssertionError("the fast path never wrote an intent line")
+            time.sleep(0.2)
+            seen["exists_during_write"] = victim.exists()
+            seen["out"] = fbox.outfile.read_text() if fbox.outfile.exists() else ""
+        finally:                                            # let it go on, whatever happened
+            drain_pipe(time.monotonic() + (30 if seen.get("writing") else 1))
+
+    r = run_fast(fbox, prog, ["unlink", victim], on_ctx=set_intent_on_ctx(wr),
+                 while_running=while_running)
+    os.close(rd)
+    os.close(wr)
+    assert seen["exists_during_write"] is True
+    assert "unlink" not in seen["out"]
+    assert not victim.exists()
+    rec, = r.rec(str(victim))
+    assert bytes(got) == expected_intent(rec)
+
+
+@pytest.mark.parametrize("broken", ["dev_full", "no_reader"])
+def test_failed_intent_write_hands_over(fbox, prog, broken):
+    """When the intent line cannot be written, the fast path performs nothing destructive:
+    the notification goes to Python (here: denied). Non-destructive operations stay fast."""
+    ws = fbox.ws
+    for n in ("a", "b", "e.txt"):
+        (ws / n).write_text("old")
+    if broken == "dev_full":
+        fd = os.open("/dev/full", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)     # ENOSPC
+    else:
+        rd, fd = os.pipe2(os.O_CLOEXEC)
+        os.close(rd)                                                            # EPIPE
+        __import__("fcntl").fcntl(fd, 4, os.O_APPEND)
+    try:
+        r = run_fast(fbox, prog, [
+            "unlink", ws / "a",
+            "unlinkat", ws / "b", 0,
+            "openat", ws / "e.txt", O_WRONLY | O_TRUNC, 0,
+            "creat", ws / "c.txt", 0o644,
+            "openat", ws / "n.txt", O_WRONLY | O_CREAT, 0o644,   # no intent needed: fast
+            "openat", ws / "e.txt", O_WRONLY, 0,                 # no intent needed: fast
+            "mkdir", ws / "m", 0o755,                            # no intent needed: fast
+        ], python_policy="deny", on_ctx=set_intent_on_ctx(fd))
+    finally:
+        os.close(fd)
+    assert (ws / "a").read_text() == "old" and (ws / "b").read_text() == "old"
+    assert (ws / "e.txt").read_text() == "old" and not (ws / "c.txt").exists()
+    py = r.python_paths()
+    for n in ("a", "b", "e.txt", "c.txt"):
+        assert str(ws / n) in py, (n, py)
+    assert r.line("unlink", str(ws / "a"))[2:] == ["rc", str(-errno.EACCES)]
+    assert sorted((rec["path"], rec["kind"]) for rec in r.records) == sorted(
+        [(str(ws / "n.txt"), CREATE), (str(ws / "e.txt"), WRITE), (str(ws / "m"), MKDIR)])
+
+
+def test_intent_swap_while_running(fbox, prog):
+    """set_intent while the loop runs: -1 turns intents off for the next operation; the
+    caller may close its own fd at once (C writes through its own dup)."""
+    ws = fbox.ws
+    for n in ("a", "b", "c"):
+        (ws / n).write_text("x")
+    p1, p2 = fbox.root / "j1", fbox.root / "j2"
+
+    def on_ctx(ctx):
+        fd1 = intent_fd(p1)
+        wrapper(ctx).set_intent(fd1, PREFIX)
+        os.close(fd1)                              # C keeps its dup: still written to
+
+    fs = FastSandbox(fbox, [prog, "unlink", str(ws / "a"), "umask", "022",
+                            "unlink", str(ws / "b"), "umask", "077", "unlink", str(ws / "c")],
+                     on_ctx=on_ctx)
+    umasks = []
+
+    def python_side(n, _orig=fs._python_side):
+        if n.data.nr == NR_UMASK:
+            umasks.append(n.id)
+            if len(umasks) == 1:
+                wrapper(fs.ctx).set_intent(-1, b"")
+            else:
+                fd2 = intent_fd(p2)
+                wrapper(fs.ctx).set_intent(fd2, b'{"type":"intent","session_id":"S2",')
+                os.close(fd2)
+        _orig(n)
+
+    fs._python_side = python_side
+    r = fs.run()
+    recs = {Path(rec["path"]).name: rec for rec in r.records}
+    assert set(recs) == {"a", "b", "c"} and not any((ws / n).exists() for n in "abc")
+    assert intent_lines(p1) == [expected_intent(recs["a"])]
+    assert intent_lines(p2) == [expected_intent(recs["c"], b'{"type":"intent","session_id":"S2",')]
+
+
+def test_intent_swap_races_are_safe(fbox, prog):
+    """Another thread keeps swapping the intent fd between two files while the sandbox
+    unlinks: every fast unlink has exactly one intent line, in one of the two files."""
+    ws = fbox.ws
+    (ws / "b").mkdir()
+    p1, p2 = fbox.root / "j1", fbox.root / "j2"
+    fds = [intent_fd(p1), intent_fd(p2)]
+    stop = threading.Event()
+    swaps = [0]
+
+    def swapper(ctx):
+        fp = wrapper(ctx)
+        while not stop.is_set():
+            fp.set_intent(fds[swaps[0] % 2], PREFIX)
+            swaps[0] += 1
+            time.sleep(0.0005)
+
+    def on_ctx(ctx):
+        wrapper(ctx).set_intent(fds[0], PREFIX)
+        threading.Thread(target=swapper, args=(ctx,), daemon=True).start()
+
+    try:
+        r = run_fast(fbox, prog, ["bench", "c", ws / "b", 2000, "bench", "u", ws / "b", 2000],
+                     on_ctx=on_ctx)
+    finally:
+        stop.set()
+        time.sleep(0.05)            # (the swapper's last set_intent has dup'ed its fd)
+        for fd in fds:
+            os.close(fd)
+    deletes = [rec for rec in r.records if rec["kind"] == DELETE]
+    assert len(deletes) == 2000 and swaps[0] > 10
+    lines = intent_lines(p1) + intent_lines(p2)
+    assert sorted(lines) == sorted(expected_intent(rec) for rec in deletes)
+    assert intent_lines(p1) and intent_lines(p2)
+
+
 def test_compiles_without_warnings():
     here = Path(__file__).resolve().parents[2] / "native"
     p = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
@@ -936,7 +1317,29 @@ def test_context_validation():
             lib.aarm_fast_invalidate_umask(ctx)
             lib.aarm_fast_set_enabled(ctx, 0)
             lib.aarm_fast_set_enabled(ctx, 1)
-            lib.aarm_fast_free(ctx)
+            # intent fds: writable, O_APPEND; prefixes: bounded, no newline
+            jr = os.open("/dev/null", os.O_RDONLY)
+            jw = os.open("/dev/null", os.O_WRONLY)
+            ja = os.open("/dev/null", os.O_WRONLY | os.O_APPEND)
+            try:
+                assert lib.aarm_fast_set_intent(ffi.NULL, ja, b"x", 1) == -errno.EINVAL
+                assert lib.aarm_fast_set_intent(ctx, jr | 0, b"x", 1) == -errno.EBADF
+                assert lib.aarm_fast_set_intent(ctx, 999999, b"x", 1) == -errno.EBADF
+                assert lib.aarm_fast_set_intent(ctx, jw, b"x", 1) == -errno.EINVAL
+                assert lib.aarm_fast_set_intent(ctx, ja, b"a\nb", 3) == -errno.EINVAL
+                big = b"x" * (lib.AARM_FAST_INTENT_PREFIX_MAX + 1)
+                assert lib.aarm_fast_set_intent(ctx, ja, big, len(big)) == -errno.E2BIG
+                assert lib.aarm_fast_set_intent(ctx, ja, big, len(big) - 1) == 0
+                assert lib.aarm_fast_set_intent(ctx, ja, PREFIX, len(PREFIX)) == 0
+                assert lib.aarm_fast_set_intent(ctx, -1, ffi.NULL, 0) == 0
+                with pytest.raises(OSError) as ei:
+                    wrapper(ctx).set_intent(jr, PREFIX)
+                assert ei.value.errno == errno.EBADF
+                wrapper(ctx).set_intent(ja, PREFIX)
+            finally:
+                for x in (jr, jw, ja):
+                    os.close(x)
+            lib.aarm_fast_free(ctx)                 # closes its dups of ja
             bad = ffi.new("struct aarm_fast_kind[4]")
             bad[0].nallow = 3          # allow == NULL with nallow > 0
             assert lib.aarm_fast_new(w, d, bad, 16) == ffi.NULL
@@ -969,6 +1372,21 @@ def test_microbenchmark(fbox, prog, capsys):
     p = subprocess.run([prog, "bench", "w", str(native_dir), str(n), "bench", "c", str(native_dir),
                         str(n // 4)], capture_output=True, text=True, check=True)
     native = {ln.split()[1]: ln for ln in p.stdout.splitlines() if ln.startswith("bench")}
+    # intent lines (to a journal file next to the workspace) on and off, same operations
+    intents = {}
+    for on in (False, True):
+        shutil.rmtree(ws / "b")
+        (ws / "b").mkdir()
+        (ws / "b" / "bench_w").write_text("x")
+        shutil.rmtree(fbox.out)
+        fbox.out.mkdir()
+        jfd = intent_fd(fbox.root / "bench-journal.jsonl")
+        ri = run_fast(fbox, prog, ["bench", "t", ws / "b", n, "bench", "c", ws / "b", n // 4,
+                                   "bench", "u", ws / "b", n // 4],
+                      on_ctx=set_intent_on_ctx(jfd) if on else None)
+        os.close(jfd)
+        intents[on] = [ln for ln in ri.lines if ln.startswith("bench")]
+    assert len(intent_lines(fbox.root / "bench-journal.jsonl")) >= 0.95 * (n + n // 4)
     with capsys.disabled():
         print("\n[fastpath microbenchmark, ns per iteration]")
         for k, ln in fast.items():
@@ -977,3 +1395,6 @@ def test_microbenchmark(fbox, prog, capsys):
             print(f"  toy python     {ln}   (fast path disabled; toy CONTINUE, no policy)")
         for k, ln in native.items():
             print(f"  native         {ln}")
+        for on in (False, True):
+            for ln in intents[on]:
+                print(f"  intents {'on ' if on else 'off'}    {ln}")

@@ -1,0 +1,35 @@
+"""The cryptographic structure shared by the writer and the verifier.
+
+Kept in one place so that what `journal verify` checks is, by construction, what the
+writer produced: the genesis value, the record hash and the context-hash chain (the
+writer inlines `context_next` on its hot path).
+"""
+from __future__ import annotations
+
+from hashlib import sha256
+
+from aarm_sandbox.journal.canonical import canonical
+
+FORMAT_VERSION = 1
+GENESIS_TAG = b"aarm-sandbox/journal/v1\0"
+UNHASHED = ("hash", "sig")
+
+
+def genesis(session_id: str) -> str:
+    """prev_hash of record 1: binds the chain to its session (a record replayed from
+    another session cannot start or continue this chain)."""
+    return sha256(GENESIS_TAG + session_id.encode("utf-8")).hexdigest()
+
+
+def body_of(record: dict) -> bytes:
+    """The bytes that `hash` and `sig` cover: JCS of the record without them."""
+    return canonical({k: v for k, v in record.items() if k not in UNHASHED})
+
+
+def context_start(session_id: str, intent: str | None) -> bytes:
+    return sha256(canonical({"intent": intent, "session_id": session_id})).digest()
+
+
+def context_next(ctx: bytes, record_hash: bytes) -> bytes:
+    """The context a later decision sees includes every executed action before it."""
+    return sha256(ctx + record_hash).digest()

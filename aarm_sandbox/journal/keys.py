@@ -1,0 +1,162 @@
+"""Ed25519 signing keys for journals.
+
+The private key lives in the user's config directory (0600, in a 0700 directory), is
+read by the supervisor only after the sandbox has been started, and its directory is
+masked inside the sandbox. The key id names the public key in every session.start and
+checkpoint, so a verifier can tell which key to trust without trusting the file.
+"""
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+PRIVATE_NAME = "journal-ed25519.pem"
+PUBLIC_NAME = "journal-ed25519.pub"
+
+
+class KeyFileError(Exception):
+    """A key that cannot be read or used: the message names the file and the fix."""
+
+
+def config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "aarm-sandbox"
+
+
+def key_dir() -> Path:
+    return config_dir() / "keys"
+
+
+def trusted_dir() -> Path:
+    return config_dir() / "trusted-keys"
+
+
+def raw_public(pub: Ed25519PublicKey) -> bytes:
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(pub: Ed25519PublicKey) -> str:
+    return "ed25519:" + sha256(raw_public(pub)).hexdigest()[:16]
+
+
+def public_pem(pub: Ed25519PublicKey) -> bytes:
+    return pub.public_bytes(serialization.Encoding.PEM,
+                            serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@dataclass
+class KeyPair:
+    private_path: Path
+    public_path: Path
+    key_id: str
+
+
+def generate(directory: Path | None = None, force: bool = False) -> KeyPair:
+    d = directory or key_dir()
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    priv_path, pub_path = d / PRIVATE_NAME, d / PUBLIC_NAME
+    if priv_path.exists() and not force:
+        raise KeyFileError(f"{priv_path} already exists (use --force to replace it; journals "
+                        "signed with the old key then need its public key to verify)")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    _write_atomically(priv_path, pem, 0o600)
+    _write_atomically(pub_path, public_pem(key.public_key()), 0o644)
+    return KeyPair(priv_path, pub_path, key_id(key.public_key()))
+
+
+def ensure(directory: Path | None = None) -> tuple[KeyPair, bool]:
+    """The user's key pair, created when missing. Returns (pair, created)."""
+    d = directory or key_dir()
+    priv_path = d / PRIVATE_NAME
+    if priv_path.exists():
+        pub = load_private(priv_path).public_key()
+        return KeyPair(priv_path, d / PUBLIC_NAME, key_id(pub)), False
+    try:
+        return generate(d), True
+    except KeyFileError:                 # created concurrently by another run
+        return ensure(d)
+
+
+def load_private(path: Path) -> Ed25519PrivateKey:
+    try:
+        st = os.stat(path)
+        if st.st_mode & 0o077:
+            raise KeyFileError(f"{path} is readable by others (mode {st.st_mode & 0o777:o}): "
+                            f"chmod 600 {path}")
+        data = path.read_bytes()
+    except OSError as e:
+        raise KeyFileError(f"cannot read the signing key {path}: {e.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise KeyFileError(f"{path} is not an unencrypted PEM private key ({e}); "
+                        "create a new one with `aarm-sandbox keygen --force`") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path} is not an Ed25519 key; create one with `aarm-sandbox keygen`")
+    return key
+
+
+def load_public(spec: str) -> Ed25519PublicKey:
+    """A public key from a PEM file, or the raw key as base64 (as in session.start)."""
+    data: bytes
+    if os.path.exists(spec):
+        try:
+            data = Path(spec).read_bytes()
+        except OSError as e:
+            raise KeyFileError(f"cannot read key {spec}: {e.strerror}") from None
+        if b"PRIVATE KEY" in data:
+            raise KeyFileError(f"{spec} is a private key: pass the public key "
+                            "(`aarm-sandbox keys export`)")
+        try:
+            key = serialization.load_pem_public_key(data)
+        except ValueError as e:
+            raise KeyFileError(f"{spec}: not a PEM public key ({e})") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFileError(f"{spec}: not an Ed25519 public key")
+        return key
+    try:
+        raw = base64.b64decode(spec, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise KeyFileError(f"--key {spec}: no such file, and not a base64 Ed25519 public key") from None
+
+
+def trusted_keys(extra: list[str]) -> dict[str, Ed25519PublicKey]:
+    """Keys `journal verify` accepts: those named on the command line, the local key pair,
+    and the public keys in the trusted-keys directory."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for spec in extra:
+        k = load_public(spec)
+        keys[key_id(k)] = k
+    candidates = [key_dir() / PUBLIC_NAME]
+    if trusted_dir().is_dir():
+        candidates += sorted(trusted_dir().glob("*.pub"))
+    for p in candidates:
+        if p.is_file():
+            try:
+                k = load_public(str(p))
+            except KeyFileError:
+                continue
+            keys[key_id(k)] = k
+    return keys
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
