@@ -32,6 +32,7 @@ EXE_TTL = 0.1
 _CREATES = {A.FILE_CREATE, A.FILE_MKDIR, A.FILE_SYMLINK, A.FILE_MKNOD, A.FILE_LINK}
 _DESTRUCTIVE = {A.FILE_DELETE, A.FILE_RENAME, A.FILE_TRUNCATE}
 _OPEN_SYSCALLS = {"open", "openat", "creat", "openat2"}
+_EGRESS = {A.NET_CONNECT, A.NET_SEND}
 
 
 class Supervisor:
@@ -59,6 +60,7 @@ class Supervisor:
         # The journal, keys and state: denied outright when no mount namespace hides them.
         self.protected: tuple[str, ...] = ()
         self._exe_cache: dict[int, tuple[str, float]] = {}
+        self.meter = None            # net.accounting.ConnectionMeter, set by `run`
 
     # ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -124,14 +126,8 @@ class Supervisor:
                 ctx.record_created(path)
             elif type_ == A.FILE_DELETE:
                 ctx.record_removed(path)
-        act = {"type": type_, "target": path, "syscall": syscall, "pid": tid, "tid": tid,
-               "exe": exe, "notif": str(notif)}
-        if flags:
-            act["flags"] = flags
-        rec = {"type": "receipt", "ts_ns": ts_ns, "action": act,
-               "decision": {"result": "allow", "rule": "default", "reason": self.fast_reason[type_]},
-               "outcome": _outcome(True, result), "fast_path": True}
-        self.journal.append_stamped(rec)
+        self.journal.append_fast(type_, path, syscall, tid, flags, result, ts_ns, notif, exe,
+                                 self.fast_reason[type_])
         if self.explain:
             print(f"aarm-sandbox: allow   {type_} {path} [default] (native fast path)", file=sys.stderr)
 
@@ -219,6 +215,9 @@ class Supervisor:
     def _decide(self, action) -> Decision:
         if self.journal.failed:
             return Decision(Result.DENY, "journal", self.journal.failed, errno.EIO)
+        if action.type in _EGRESS and action.detail.get("egress") == "deny":
+            return Decision(Result.DENY, "egress", action.detail.get("egress_reason", ""),
+                            errno.ECONNREFUSED if action.type == A.NET_CONNECT else errno.EPERM)
         if self.protected and any(_inside(p, q) for p in action.paths for q in self.protected):
             return Decision(Result.DENY, "protected", "the session's journal, signing keys and "
                             "supervisor state are off limits to the sandbox", errno.EACCES)
@@ -245,6 +244,8 @@ class Supervisor:
                 r = -errno.EIO
             else:
                 r = effect.perform()
+            if getattr(effect, "replacement", -1) >= 0:
+                r = self._install_brokered(n, effect, r, action)
             if r < 0:
                 self.backend.answer_error(n, -r)
                 return r
@@ -260,6 +261,18 @@ class Supervisor:
             return r
         finally:
             effect.close()
+
+    def _install_brokered(self, n: Notification, effect, r: int, action) -> int:
+        """The supervisor's outside socket takes the place of the target's (before the
+        answer, so the target's next call already uses it)."""
+        ino = os.fstat(effect.replacement).st_ino
+        rr = self.backend.replace_fd(n, effect.replacement, effect.target_fd, effect.cloexec)
+        if rr < 0:
+            return rr
+        self.dstate.brokered.add(ino)
+        if self.meter is not None and action is not None and action.detail.get("proto") == "tcp":
+            self.meter.track(effect.replacement, action.target, str(n.id))
+        return r
 
     def _exe(self, tid: int) -> str | None:
         """The acting program, read while the caller is blocked in its syscall, cached
@@ -365,10 +378,13 @@ class Supervisor:
                   f"[{decision.rule}] {decision.reason}", file=sys.stderr)
 
     def _report_denial(self, action, decision: Decision) -> None:
-        self.denials.append((action.type, action.target, decision.reason))
+        self.report_denial(action.type, action.target, decision.reason)
+
+    def report_denial(self, type_: str, target: str, reason: str) -> None:
+        """Every denial is said on stderr (and counted for the closing summary)."""
+        self.denials.append((type_, target, reason))
         if not self.explain:
-            print(f"aarm-sandbox: denied {action.type} {action.target}: {decision.reason}",
-                  file=sys.stderr)
+            print(f"aarm-sandbox: denied {type_} {target}: {reason}", file=sys.stderr)
 
     def _internal_error(self, n: Notification, name: str, e: Exception) -> None:
         try:

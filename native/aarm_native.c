@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <net/if.h>
+#include <netinet/in.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -331,12 +332,11 @@ static void mask_with_tmpfs(struct init_ctx *c, const char *path)
         init_fail(c, "mask directory", path, errno);
 }
 
-static void mask_with_devnull(struct init_ctx *c, const char *path)
+/* A bind mount made read-only.  Keep whatever nosuid/nodev/noexec flags the
+ * bind inherited: in a user namespace those are locked and dropping them
+ * gives EPERM. */
+static void remount_readonly(struct init_ctx *c, const char *path)
 {
-    if (mount("/dev/null", path, NULL, MS_BIND, NULL) < 0)
-        init_fail(c, "mask file", path, errno);
-    /* Keep whatever nosuid/nodev/noexec flags the bind inherited: in a
-     * user namespace those are locked and dropping them gives EPERM. */
     unsigned long keep = 0;
     struct statfs sf;
     if (statfs(path, &sf) == 0) {
@@ -347,9 +347,15 @@ static void mask_with_devnull(struct init_ctx *c, const char *path)
         if (sf.f_flags & ST_NOEXEC)
             keep |= MS_NOEXEC;
     }
-    if (mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | keep,
-              NULL) < 0)
+    if (mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | keep, NULL) < 0)
         init_fail(c, "remount read-only", path, errno);
+}
+
+static void mask_with_devnull(struct init_ctx *c, const char *path)
+{
+    if (mount("/dev/null", path, NULL, MS_BIND, NULL) < 0)
+        init_fail(c, "mask file", path, errno);
+    remount_readonly(c, path);
 }
 
 /* Masks an existing path: directories get an empty read-only tmpfs, other
@@ -370,6 +376,40 @@ static void mask_path(struct init_ctx *c, const char *path)
         mask_with_tmpfs(c, path);
     else
         mask_with_devnull(c, path);
+}
+
+/* A read-only bind of src over dst (dst must exist; a symlink is followed, as
+ * for /etc/resolv.conf -> /run/systemd/resolve/stub-resolv.conf). */
+static void bind_file(struct init_ctx *c, const char *src, const char *dst)
+{
+    if (mount(src, dst, NULL, MS_BIND, NULL) < 0) {
+        init_warn(c, "bind", dst, errno);
+        return;
+    }
+    remount_readonly(c, dst);
+}
+
+/* The DNS stub's socket, made here because only a process inside the network
+ * namespace (with its capabilities, before they are dropped) can bind port 53
+ * there; the supervisor takes a copy with pidfd_getfd and serves it. */
+static int make_dns_stub(struct init_ctx *c)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) {
+        init_warn(c, "dns stub socket", NULL, errno);
+        return -1;
+    }
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons(53);
+    a.sin_addr.s_addr = htonl(0x7f000035);     /* 127.0.0.53 */
+    if (bind(s, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        init_warn(c, "dns stub bind 127.0.0.53:53", NULL, errno);
+        close(s);
+        return -1;
+    }
+    return s;
 }
 
 static void close_other_fds(struct init_ctx *c)
@@ -585,6 +625,9 @@ static void init_main(struct init_ctx *c)
                     init_fail(c, "mount /proc", NULL, errno);
             }
         }
+        if (cfg->bind_files)
+            for (char *const *p = cfg->bind_files; p[0] && p[1]; p += 2)
+                bind_file(c, p[0], p[1]);
         if (cfg->mask_dirs)
             for (char *const *p = cfg->mask_dirs; *p; p++)
                 mask_path(c, *p);
@@ -614,6 +657,9 @@ static void init_main(struct init_ctx *c)
     }
 
     close_other_fds(c);
+    int dns_stub = -1;
+    if (cfg->out_dns_stub && (flags & CLONE_NEWNET) && cfg->loopback_up)
+        dns_stub = make_dns_stub(c);
 
     if (cfg->drop_caps)
         drop_capabilities(c);
@@ -647,10 +693,13 @@ static void init_main(struct init_ctx *c)
         size_t wl = c->wb.len > 1 ? c->wb.len - 1 : 0;
         if (wl > sizeof(msg) - 1 - sizeof(int))
             wl = sizeof(msg) - 1 - sizeof(int);
+        if (wl > sizeof(msg) - 1 - 2 * sizeof(int))
+            wl = sizeof(msg) - 1 - 2 * sizeof(int);
         msg[0] = 'L';
         memcpy(msg + 1, &lfd, sizeof(int));
-        memcpy(msg + 1 + sizeof(int), c->warn + 1, wl);
-        send_msg(c->sock, msg, 1 + sizeof(int) + wl, -1);
+        memcpy(msg + 1 + sizeof(int), &dns_stub, sizeof(int));
+        memcpy(msg + 1 + 2 * sizeof(int), c->warn + 1, wl);
+        send_msg(c->sock, msg, 1 + 2 * sizeof(int) + wl, -1);
         char ack = 0;
         ssize_t an;
         do {
@@ -660,6 +709,8 @@ static void init_main(struct init_ctx *c)
             _exit(125);
     }
     close((int)listener);
+    if (dns_stub >= 0)
+        close(dns_stub);
 
     pid_t self = getpid();
     if (!(flags & CLONE_NEWPID))
@@ -778,6 +829,8 @@ int aarm_spawn(const struct aarm_spawn_config *cfg, int *out_listener,
         set_err(err, errlen, "aarm_spawn: invalid arguments");
         return -1;
     }
+    if (cfg->out_dns_stub)
+        *cfg->out_dns_stub = -1;
     if (!cfg->argv || !cfg->argv[0] || !cfg->argv[0][0]) {
         set_err(err, errlen, "argv: empty command");
         return -1;
@@ -862,26 +915,33 @@ int aarm_spawn(const struct aarm_spawn_config *cfg, int *out_listener,
         }
     }
 
-    if (n >= (ssize_t)(1 + sizeof(int)) && buf[0] == 'L' && listener < 0) {
-        int remote;
+    if (n >= (ssize_t)(1 + 2 * sizeof(int)) && buf[0] == 'L' && listener < 0) {
+        int remote, remote_dns;
         memcpy(&remote, buf + 1, sizeof(int));
+        memcpy(&remote_dns, buf + 1 + sizeof(int), sizeof(int));
         int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
         if (pidfd >= 0) {
             listener = (int)syscall(SYS_pidfd_getfd, pidfd, remote, 0);
             recv_errno = errno;
+            if (listener >= 0 && remote_dns >= 0 && cfg->out_dns_stub)
+                *cfg->out_dns_stub = (int)syscall(SYS_pidfd_getfd, pidfd, remote_dns, 0);
             close(pidfd);
         } else {
             recv_errno = errno;
         }
         if (listener >= 0 && write(sv[0], "A", 1) == 1) {
-            size_t wl = (size_t)n - 1 - sizeof(int);
-            memmove(buf + 1, buf + 1 + sizeof(int), wl);
+            size_t wl = (size_t)n - 1 - 2 * sizeof(int);
+            memmove(buf + 1, buf + 1 + 2 * sizeof(int), wl);
             buf[0] = 'O';
             n = (ssize_t)(1 + wl);
         } else {
             if (listener >= 0)
                 close(listener);
             listener = -1;
+            if (cfg->out_dns_stub && *cfg->out_dns_stub >= 0) {
+                close(*cfg->out_dns_stub);
+                *cfg->out_dns_stub = -1;
+            }
             kill((pid_t)pid, SIGKILL);
             close(sv[0]);
             int st2 = 0;
@@ -903,6 +963,10 @@ int aarm_spawn(const struct aarm_spawn_config *cfg, int *out_listener,
     /* failure */
     if (listener >= 0)
         close(listener);
+    if (cfg->out_dns_stub && *cfg->out_dns_stub >= 0) {
+        close(*cfg->out_dns_stub);
+        *cfg->out_dns_stub = -1;
+    }
     if (n > 0 && buf[0] == 'O')
         kill((pid_t)pid, SIGKILL); /* protocol error: do not leave it running */
     close(sv[0]);

@@ -112,6 +112,10 @@ struct aarm_spawn_config {
     int drop_caps;
     int loopback_up;             /* with CLONE_NEWNET: bring lo up (else the namespace has no network at all) */
     int private_shm;             /* with CLONE_NEWNS: a private writable tmpfs on /dev/shm */
+    char *const *bind_files;     /* with CLONE_NEWNS: src, dst, src, dst, ..., NULL: read-only binds */
+    int *out_dns_stub;           /* non-NULL, with CLONE_NEWNET + loopback: receives the supervisor's
+                                    copy of a UDP socket bound to 127.0.0.53:53 inside the sandbox's
+                                    network namespace (-1 when it could not be made: see warnings) */
 };
 
 int aarm_spawn(const struct aarm_spawn_config *cfg, int *out_listener,

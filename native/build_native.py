@@ -57,7 +57,9 @@ struct aarm_spawn_config {
     int mount_proc;
     int drop_caps;
     int loopback_up;             /* with CLONE_NEWNET: bring lo up (else the namespace has no network at all) */
-    int private_shm;             /* with CLONE_NEWNS: a private writable tmpfs on /dev/shm */
+    int private_shm;
+    char *const *bind_files;
+    int *out_dns_stub;
 };
 
 int aarm_spawn(const struct aarm_spawn_config *cfg, int *out_listener,

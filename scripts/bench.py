@@ -94,7 +94,10 @@ class Runner:
         self.verbose = verbose
         self.aarm_runs = 0
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if not os.environ.get("AARM_SANDBOX_BIN"):
+            env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        else:
+            env.pop("PYTHONPATH", None)      # the installed package, as users run it
         env["TMPDIR"] = str(native_tmp)    # the sandbox replaces it with its session TMPDIR
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.env = env

@@ -89,7 +89,11 @@ def main() -> int:
         for name, *_ in workloads:
             samples[name] = {c: [] for c in configs}
         env0 = dict(os.environ)
-        env0["PYTHONPATH"] = str(REPO) + (os.pathsep + env0["PYTHONPATH"] if env0.get("PYTHONPATH") else "")
+        if not os.environ.get("AARM_SANDBOX_BIN"):
+            # the source tree, with its in-place build (python3 native/build_native.py)
+            env0["PYTHONPATH"] = str(REPO) + (os.pathsep + env0["PYTHONPATH"] if env0.get("PYTHONPATH") else "")
+        else:
+            env0.pop("PYTHONPATH", None)     # the installed package, as users run it
         print(f"bench: {rounds} rounds at {args.rate} decisions/s, {seconds} s per run", file=sys.stderr)
         k = 0
         for rnd in range(rounds):

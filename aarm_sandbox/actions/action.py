@@ -26,10 +26,11 @@ PROCESS_EXEC = "process.exec"
 NET_CONNECT = "net.connect"
 NET_BIND = "net.bind"
 NET_SEND = "net.send"
+DNS_QUERY = "dns.query"            # a name looked up through the session's DNS stub
 
 ALL_TYPES = (FILE_READ, FILE_WRITE, FILE_CREATE, FILE_DELETE, FILE_RENAME, FILE_LINK,
              FILE_SYMLINK, FILE_MKDIR, FILE_MKNOD, FILE_TRUNCATE, FILE_CHMOD, FILE_CHOWN,
-             FILE_XATTR, FILE_UTIME, PROCESS_EXEC, NET_CONNECT, NET_BIND, NET_SEND)
+             FILE_XATTR, FILE_UTIME, PROCESS_EXEC, NET_CONNECT, NET_BIND, NET_SEND, DNS_QUERY)
 
 
 @dataclass(slots=True)

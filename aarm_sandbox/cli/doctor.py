@@ -97,6 +97,13 @@ def collect() -> list[dict]:
         "hot allowed file operations decided in C (AARM_FAST_PATH=0 disables)"
         if os.environ.get("AARM_FAST_PATH", "1") != "0" else "disabled by AARM_FAST_PATH=0")
     add("journal signing key", *_signing_key())
+    userns = next((r for r in rows if r["feature"].startswith("user namespaces")), None)
+    contained = userns["ok"] if userns else False
+    add("network isolation", contained,
+        "empty network namespace (loopback only); a DNS stub answers allowed names; allowed "
+        "connections are made by the supervisor and handed over (ADDFD|SETFD)" if contained else
+        "no network namespace: connections are decided (decision-only mediation) but the "
+        "hard boundary is missing — the sandbox shares the host's network")
     return rows
 
 

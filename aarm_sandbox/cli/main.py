@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--allow-write", action="append", default=[], metavar="PATH",
                    help="also allow changes under PATH (repeatable)")
     r.add_argument("--allow-net", action="append", default=[], metavar="DEST",
-                   help="allow egress to DEST (brokered egress arrives with the network release)")
+                   help="allow egress to DEST: [tcp://|udp://]HOST[:PORT], HOST a name "
+                   "(*.example.com), IP or CIDR; the supervisor makes the connection")
     r.add_argument("--sensitive", action="append", default=[], metavar="GLOB",
                    help="label paths matching GLOB as data class 'sensitive'")
     r.add_argument("--approval-timeout", type=float, default=None, metavar="SECONDS",
@@ -93,10 +94,6 @@ def main(argv: list[str] | None = None) -> int:
             from aarm_sandbox.cli.run import UsageError, run
             if args.command and args.command[0] == "--":
                 args.command = args.command[1:]
-            if args.allow_net:
-                print("aarm-sandbox: --allow-net is accepted but egress brokering is not in this "
-                      "release: the sandbox has no route out, so the destinations stay unreachable",
-                      file=sys.stderr)
             try:
                 code = run(args)
             except UsageError as e:

@@ -215,6 +215,16 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     plan = LaunchPlan(argv=list(args.command), env=env, cwd=os.getcwd(), bpf=bpf,
                       mask_dirs=mask_dirs, mask_files=mask_files)
     plan.loopback = settings.network == "loopback"
+    destinations = _destinations(settings, args)
+    if plan.loopback:
+        # The sandbox's resolver asks the session's DNS stub (127.0.0.53 in its own
+        # network namespace), which answers only names the policy allows.
+        plan.dns_stub = True
+        resolv = Path(tmpdir) / ".aarm-resolv.conf"
+        resolv.write_text("# aarm-sandbox: the session's DNS stub (answers only allowed names)\n"
+                          "nameserver 127.0.0.53\noptions timeout:2 attempts:2\n")
+        resolv.chmod(0o444)
+        plan.bind_files.append((str(resolv), "/etc/resolv.conf"))
     try:
         plan.namespaces &= ~disabled_namespaces(os.environ.get("AARM_DISABLE_NAMESPACES", ""))
         sandbox = launch(plan)
@@ -254,6 +264,7 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     was_foreground = _is_terminal_foreground()
     done = threading.Event()
     backend = UnotifyBackend(sandbox.listener, sandbox_gone=done.is_set)
+    start_record["egress"] = destinations.describe()
     start_record["isolation"] = {
         "backend": backend.name, "sync_wakeup": backend.sync_wakeup,
         "namespaces": [v for k, v in NS_NAMES.items() if sandbox.namespaces & k],
@@ -262,6 +273,16 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     from aarm_sandbox.decode import handlers
     handlers.NETWORK_CONTAINED = bool(sandbox.namespaces & CLONE_NEWNET)
     sup = Supervisor(backend, engine, ctx, journal, explain=args.explain, verbose=args.verbose)
+    stub = None
+    if settings.network == "loopback":
+        sup.dstate.destinations = destinations
+        stub = _start_dns_stub(sandbox, destinations, journal, ctx, sup)
+        sup.meter = _connection_meter(journal, ctx)
+        if stub is not None:
+            sup.dstate.names_for = stub.names_for
+        if not sandbox.namespaces & CLONE_NEWNET:
+            sandbox.warnings.append("no network namespace: connections are decided but not "
+                                    "contained (the hard network boundary is missing)")
     if not sandbox.namespaces & CLONE_NEWNS:
         # Nothing is masked: the supervisor itself refuses every access to its files.
         sup.protected = tuple(protected)
@@ -318,10 +339,15 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    if stub is not None:
+        stub.stop()
+    if sup.meter is not None:
+        sup.meter.stop()
     keep_tmp.extend(ctx.moved_into_tmp)
     _take_back_terminal(was_foreground)
     code = exit_code(status_box[0]) if status_box else EXIT_SANDBOX_ERROR
     sealed = journal.seal({"type": "session.end", "exit_status": code,
+                           "egress_bytes": dict(ctx.egress_bytes),
                            "actions": dict(ctx.action_counts), "decisions": dict(ctx.decision_counts),
                            "data_classes": sorted(ctx.data_classes)})
     if not sealed and not isinstance(journal, NullJournal):
@@ -360,3 +386,61 @@ def _not_dumpable() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _destinations(settings, args):
+    from aarm_sandbox.net.destinations import Destinations, DestSpecError, parse_spec
+    specs = list(getattr(settings, "egress", []) or [])
+    for spec in args.allow_net:
+        try:
+            parse_spec(spec)
+        except DestSpecError as e:
+            raise UsageError(str(e)) from None
+        specs.append(spec)
+    return Destinations(specs)
+
+
+def _connection_meter(journal, ctx):
+    from aarm_sandbox.net.accounting import ConnectionMeter
+
+    def on_closed(c, state: str) -> None:
+        ctx.egress_bytes["sent"] += c.bytes_sent
+        ctx.egress_bytes["received"] += c.bytes_received
+        journal.append({"type": "net.close", "target": c.target, "notif": c.notif,
+                        "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,
+                        "measured": c.measured, "state": state})
+    return ConnectionMeter(on_closed)
+
+
+def _start_dns_stub(sandbox, destinations, journal, ctx, sup):
+    """Serve the stub socket the launcher made inside the sandbox's network namespace.
+    Every query becomes a dns.query receipt: tunnelling attempts are visible and denied."""
+    import socket
+    from aarm_sandbox.net.dns_stub import DnsStub
+    if sandbox.dns_stub < 0:
+        if sandbox.namespaces & CLONE_NEWNET:
+            sandbox.warnings.append("no DNS stub (see the launcher warning): names do not resolve")
+        return None
+    sock = socket.socket(fileno=sandbox.dns_stub)
+    sandbox.dns_stub = -1                     # the socket object owns it now
+
+    def on_query(q: dict) -> None:
+        allowed = q.get("allowed", False)
+        result = "allow" if allowed else "deny"
+        ctx.action_counts["dns.query"] += 1
+        ctx.decision_counts[result] += 1
+        journal.append({"type": "receipt",
+                        "action": {"type": "dns.query", "target": q.get("name", ""),
+                                   "syscall": "(dns stub)", "pid": 0, "tid": 0, "exe": None,
+                                   "qtype": q.get("qtype"), "client": q.get("client")},
+                        "decision": {"result": result,
+                                     "rule": "egress" if not allowed else "egress-name",
+                                     "reason": ("the name is not in the allowed destinations; "
+                                                "answered NXDOMAIN, nothing forwarded")
+                                     if not allowed else "an allowed destination name"},
+                        "outcome": {"executed": bool(allowed), "return": 0,
+                                    "rcode": q.get("rcode"), "answers": q.get("answers", [])}})
+        if not allowed:
+            sup.report_denial("dns.query", q.get("name", ""), "the name is not in the allowed "
+                              "destinations (--allow-net or the profile's egress)")
+    return DnsStub(sock, destinations.allows_name, on_query=on_query).start()

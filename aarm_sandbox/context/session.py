@@ -26,6 +26,8 @@ class SessionContext:
     decision_counts: Counter = field(default_factory=Counter)
     data_classes: set[str] = field(default_factory=set)
     sensitive: re.Pattern | None = None
+    # bytes of brokered TCP connections as the kernel counted them (net.accounting)
+    egress_bytes: Counter = field(default_factory=Counter)
 
     def existed_at_start(self, path: str) -> bool:
         """The path was there before the session: this session did not create it, and it

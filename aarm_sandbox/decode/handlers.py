@@ -22,7 +22,8 @@ from aarm_sandbox.decode.paths import (AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOL
                                        ParentRef, Resolver, as_int32, fd_path, join_path)
 from aarm_sandbox.decode.syscall_table import BY_NR, SyscallSpec
 from aarm_sandbox.enforce import libc
-from aarm_sandbox.enforce.effects import AtCall, Continue, Effect, ObjectCall, OpenFile, SocketCall
+from aarm_sandbox.enforce.effects import (AtCall, BrokeredSocket, Continue, Effect, ObjectCall,
+                                          OpenFile, SocketCall)
 
 O_ACCMODE = 0o3
 O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW = os.O_CREAT, os.O_EXCL, os.O_TRUNC, os.O_NOFOLLOW
@@ -32,7 +33,7 @@ AT_REMOVEDIR = 0x200
 AT_SYMLINK_FOLLOW = 0x400
 PIDFD_THREAD = os.O_EXCL
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
-SOCK_STREAM, SOCK_SEQPACKET = 1, 5
+SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET = 1, 2, 5
 MSG_FASTOPEN = 0x20000000
 MAX_PAYLOAD = 4 << 20
 
@@ -53,6 +54,12 @@ class DecodeState:
     def __init__(self) -> None:
         self.umask: dict[int, int] = {}
         self.session_root = -1          # O_PATH fd of the sandbox root, once pinned
+        # Network (set by `run`): the destination policy, the DNS stub's memory of which
+        # names it answered with an address, and the inodes of sockets the supervisor
+        # made outside the sandbox (they must never carry traffic meant for inside).
+        self.destinations = None
+        self.names_for: Callable[[str], frozenset] = lambda ip: frozenset()
+        self.brokered: set[int] = set()
 
     def umask_of(self, tid: int) -> int:
         m = self.umask.get(tid)
@@ -577,8 +584,75 @@ def decode_connect(n, spec, st) -> Decoded:
         if pinned >= 0:
             os.close(pinned)
         raise
+    if fam in (AF_INET, AF_INET6) and st.destinations is not None:
+        return _egress(n, spec, st, A.NET_CONNECT, sock, sockfd_num, addr, "connect")
     act = _act(A.NET_CONNECT, n, spec, target, paths, family=fam)
     return Decoded(act, SocketCall("connect", sock, addr=addr, pinned=pinned))
+
+
+def _egress(n: Notification, spec: SyscallSpec, st: DecodeState, type_: str, sock: int,
+            sockfd_num: int, addr: bytes, op: str, payload: bytes = b"", flags: int = 0) -> Decoded:
+    """An inet connect/send: the destination policy decides where it may go (inside the
+    sandbox's own loopback, brokered out by the supervisor, or nowhere), on the address
+    bytes the supervisor copied, never on what the target's memory says later."""
+    from aarm_sandbox.net.destinations import sockaddr_to_ip_port
+    try:
+        parsed = sockaddr_to_ip_port(addr)
+        if parsed is None:
+            raise DecodeError(errno.EINVAL, "malformed inet address")
+        _fam, ip, port = parsed
+        typ = libc.sockopt_int(sock, libc.SO_TYPE)
+        proto = {SOCK_STREAM: "tcp", SOCK_DGRAM: "udp"}.get(typ, "other")
+        ip_text = ip.compressed
+        names = st.names_for(ip_text)
+        if proto == "other":
+            from aarm_sandbox.net.destinations import Verdict
+            verdict = Verdict("deny", None, f"socket type {typ} is neither TCP nor UDP: not brokered")
+        else:
+            verdict = st.destinations.decide(ip, port, proto, names)
+        kind, reason = verdict.kind, verdict.reason
+        ino = os.fstat(sock).st_ino
+        outside = ino in st.brokered
+        if not NETWORK_CONTAINED and kind == "inside":
+            kind, reason = "deny", (f"{ip_text}:{port} is the host's own address and there is no "
+                                    "network namespace to keep it inside the sandbox")
+        elif outside and kind == "inside":
+            kind, reason = "deny", ("this socket is connected outside the sandbox; it cannot "
+                                    f"carry traffic to the sandbox's own {ip_text}:{port}")
+    except BaseException:
+        os.close(sock)
+        raise
+    target = f"[{ip_text}]:{port}" if ip.version == 6 else f"{ip_text}:{port}"
+    detail = {"family": AF_INET6 if ip.version == 6 else AF_INET, "proto": proto, "egress": kind,
+              "egress_reason": reason}
+    if verdict.spec:
+        detail["egress_rule"] = verdict.spec
+    if names:
+        detail["names"] = sorted(names)
+    if payload or op != "connect":
+        detail["bytes"] = len(payload)
+    act = _act(type_, n, spec, target, (), **detail)
+    if kind == "broker" and not outside and NETWORK_CONTAINED:
+        cloexec = _fd_cloexec(n.tid, sockfd_num)
+        return Decoded(act, BrokeredSocket(op, sock, sockfd_num, cloexec, addr=addr,
+                                           payload=payload, flags=flags))
+    if op == "connect":
+        return Decoded(act, SocketCall("connect", sock, addr=addr))
+    if op == "fastopen":
+        op = "sendto"
+    return Decoded(act, SocketCall(op, sock, addr=addr, payload=payload, flags=flags))
+
+
+def _fd_cloexec(tid: int, fd: int) -> bool:
+    """FD_CLOEXEC of the target's fd (a per-fd flag our pidfd_getfd copy does not share)."""
+    try:
+        with open(f"/proc/{tid}/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"flags:"):
+                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+    except (OSError, ValueError):
+        pass
+    return True
 
 
 def decode_bind(n, spec, st) -> Decoded:
@@ -613,6 +687,16 @@ def decode_sendto(n, spec, st) -> Decoded:
         raise DecodeError(errno.EMSGSIZE, "payload over the mediation limit")
     addr = _read_sockaddr(n, a[4], a[5])
     payload = read_bytes(n.tid, a[1], length, limit=MAX_PAYLOAD)
+    fam = int.from_bytes(addr[:2], "little")
+    if fam in (AF_INET, AF_INET6) and st.destinations is not None:
+        sockfd_num = as_int32(a[0])
+        sock = _thread_fd(n.tid, sockfd_num)
+        flags = as_int32(a[3])
+        if libc.sockopt_int(sock, libc.SO_TYPE) == SOCK_STREAM and not flags & MSG_FASTOPEN:
+            os.close(sock)               # TCP ignores the address unless MSG_FASTOPEN
+            return Decoded(None, Continue())
+        return _egress(n, spec, st, A.NET_SEND, sock, sockfd_num, addr,
+                       "fastopen" if flags & MSG_FASTOPEN else "sendto", payload, flags)
     target, addr, pinned, paths = _dest_for_send(n, st, addr)
     try:
         sock = _thread_fd(n.tid, as_int32(a[0]))
@@ -690,10 +774,28 @@ def _read_msghdr(n: Notification, ptr: int) -> tuple[bytes, bytes, int, int]:
 def decode_sendmsg(n, spec, st) -> Decoded:
     a = n.args
     flags = as_int32(a[2] if spec.name == "sendmsg" else a[3])
-    sock = _thread_fd(n.tid, as_int32(a[0]))
-    if _stream_safe(sock, flags) or _inet_contained(sock):
+    sockfd_num = as_int32(a[0])
+    sock = _thread_fd(n.tid, sockfd_num)
+    if _stream_safe(sock, flags) or (_inet_contained(sock) and (
+            st.destinations is None or
+            (spec.name == "sendmmsg" and os.fstat(sock).st_ino not in st.brokered))):
+        # (a batch on a socket still inside the sandbox's namespace cannot leave it,
+        # whatever its addresses say: the kernel runs it and keeps each msg_len exact)
         os.close(sock)
         return Decoded(None, Continue())
+    if st.destinations is not None and spec.name == "sendmsg" and \
+            libc.sockopt_int(sock, libc.SO_DOMAIN) in (AF_INET, AF_INET6):
+        try:
+            name, payload, _ctl_p, ctl = _read_msghdr(n, a[1])
+        except BaseException:
+            os.close(sock)
+            raise
+        if name:
+            if ctl:
+                os.close(sock)
+                raise DecodeError(errno.EPERM, "ancillary data on inet datagrams is not mediated")
+            return _egress(n, spec, st, A.NET_SEND, sock, sockfd_num, name,
+                           "fastopen" if flags & MSG_FASTOPEN else "sendto", payload, flags)
     try:
         msgs = []
         if spec.name == "sendmsg":
@@ -713,6 +815,7 @@ def decode_sendmsg(n, spec, st) -> Decoded:
                 passed = [_thread_fd(n.tid, fd) for fd in _read_rights(n, ctl_p, ctl)]
                 pinned.extend(passed)
             if name:
+                _check_batch_destination(st, sock, name)
                 target, addr, pin, paths = _dest_for_send(n, st, name)
                 if pin >= 0:
                     pinned.append(pin)
@@ -733,6 +836,25 @@ def decode_sendmsg(n, spec, st) -> Decoded:
                      flags=flags, pinned=pinned[0] if pinned else -1, messages=msgs,
                      more_pinned=tuple(pinned[1:]))
     return Decoded(act, eff)
+
+
+def _check_batch_destination(st: DecodeState, sock: int, addr: bytes) -> None:
+    """sendmmsg to inet addresses: each message must stay where its socket already is (the
+    sandbox's loopback, or the outside destination this socket was brokered to); a batch
+    that would need brokering is refused rather than half-sent."""
+    if st.destinations is None or int.from_bytes(addr[:2], "little") not in (AF_INET, AF_INET6):
+        return
+    from aarm_sandbox.net.destinations import sockaddr_to_ip_port
+    parsed = sockaddr_to_ip_port(addr)
+    if parsed is None:
+        raise DecodeError(errno.EINVAL, "malformed inet address")
+    _f, ip, port = parsed
+    v = st.destinations.decide(ip, port, "udp", st.names_for(ip.compressed))  # (datagrams)
+    outside = os.fstat(sock).st_ino in st.brokered
+    if not ((v.kind == "inside" and not outside and NETWORK_CONTAINED) or
+            (v.kind == "broker" and outside)):
+        raise DecodeError(errno.EPERM, f"sendmmsg to {ip.compressed}:{port}: {v.reason or v.kind}"
+                          " (send these one by one with sendto/sendmsg to have them decided)")
 
 
 def decode_umask(n, spec, st) -> Decoded:

@@ -67,6 +67,10 @@ NAMESPACE_FLAGS = (CLONE_NEWTIME, CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CL
                    CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET)
 
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+NETLINK_ROUTE = 0
+ALLOWED_FAMILIES = {AF_UNIX, AF_INET, AF_INET6, AF_NETLINK}
+SOCK_RAW, SOCK_PACKET = 3, 10
 TIOCSTI = 0x5412
 TIOCLINUX = 0x541C
 FS_IOC_SETFLAGS = 0x40086602
@@ -103,6 +107,27 @@ UNKNOWN_LIMIT = 512
 
 def _any_bit(arg: int, bits: tuple[int, ...]) -> tuple[tuple[ArgCond, ...], ...]:
     return tuple((ArgCond(arg, "masked_eq", b, b),) for b in bits)
+
+
+def _values_except(arg: int, allowed: set[int], below: int = 64,
+                   width: int = 32) -> tuple[tuple[ArgCond, ...], ...]:
+    """Groups matching every `width`-bit value of `arg` outside `allowed` (an allow-list
+    expressed with masked_eq only: aligned power-of-two blocks below `below`, and one
+    group per high bit at or above it)."""
+    full = (1 << width) - 1
+    groups: list[tuple[ArgCond, ...]] = []
+    for b in range(below.bit_length() - 1, width):
+        groups.append((ArgCond(arg, "masked_eq", 1 << b, (1 << b) & full),))
+    v = 0
+    while v < below:
+        size = 1
+        while (v % (size * 2) == 0 and v + size * 2 <= below and
+               not any(v <= a < v + size * 2 for a in allowed)):
+            size *= 2
+        if not any(v <= a < v + size for a in allowed):
+            groups.append((ArgCond(arg, "masked_eq", v, full & ~(size - 1)),))
+        v += size
+    return tuple(groups)
 
 
 def _notify(*, when=()) -> tuple[FilterRule, ...]:
@@ -182,6 +207,16 @@ SYSCALLS: tuple[SyscallSpec, ...] = (
           "net.send", "sendto"),
     _spec("sendmsg", 46, _notify(), "net.send", "sendmsg"),
     _spec("sendmmsg", 307, _notify(), "net.send", "sendmmsg"),
+    # ---- socket families: unix, inet, inet6 and route netlink (what libc and the
+    # sandbox's own tools need); packet, raw, vsock, xdp, alg, other netlink... closed ----
+    _spec("socket", 41, (
+        FilterRule(Verdict.ERRNO, _values_except(0, ALLOWED_FAMILIES) + (
+            (ArgCond(0, "eq", AF_NETLINK), ArgCond(2, "ne", NETLINK_ROUTE)),), errno.EAFNOSUPPORT),
+        FilterRule(Verdict.ERRNO, tuple(
+            (ArgCond(0, "eq", fam), ArgCond(1, "masked_eq", typ, 0xF))
+            for fam in (AF_INET, AF_INET6) for typ in (SOCK_RAW, SOCK_PACKET)), errno.EPERM),
+    )),
+    _spec("socketpair", 53, _errno(errno.EAFNOSUPPORT, _values_except(0, {AF_UNIX}))),
     # ---- side doors: closed in the kernel ----
     _spec("io_uring_setup", 425, _errno(errno.ENOSYS)),
     _spec("io_uring_enter", 426, _errno(errno.ENOSYS)),

@@ -236,3 +236,137 @@ def _bind_in_dir(sockfd: int, dirfd: int, name: bytes) -> int:
         finally:
             os.fchdir(old)
             os.close(old)
+
+
+# ---- brokered egress -----------------------------------------------------------------------
+import socket as _socket
+
+# Options a program may have set on its socket before connect() that change how the
+# connection behaves; copied onto the supervisor's socket (value bytes as they are).
+_COPIED_OPTIONS = (
+    (_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 4), (_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 4),
+    (_socket.SOL_SOCKET, _socket.SO_BROADCAST, 4), (_socket.SOL_SOCKET, _socket.SO_OOBINLINE, 4),
+    (_socket.SOL_SOCKET, _socket.SO_LINGER, 8), (_socket.SOL_SOCKET, _socket.SO_RCVTIMEO, 16),
+    (_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, 16), (_socket.SOL_SOCKET, _socket.SO_PRIORITY, 4),
+)
+_TCP_OPTIONS = (
+    (_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 4), (_socket.IPPROTO_TCP, _socket.TCP_KEEPIDLE, 4),
+    (_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL, 4), (_socket.IPPROTO_TCP, _socket.TCP_KEEPCNT, 4),
+    (_socket.IPPROTO_TCP, _socket.TCP_USER_TIMEOUT, 4),
+)
+
+
+@dataclass
+class BrokeredSocket(Effect):
+    """Egress the supervisor performs itself: a fresh socket in the supervisor's network
+    namespace (same family/type/protocol, the options that matter), connected or sent to
+    the exact address the policy saw; the supervisor then installs it in place of the
+    target's socket (ADDFD|SETFD) so data flows natively from then on. The sandbox's own
+    namespace has no route out: this is the only door."""
+    op: str                      # "connect" | "sendto" | "fastopen" (connect, then send)
+    sockfd: int                  # our copy of the target's socket (options, status flags)
+    target_fd: int               # its number in the target
+    cloexec: bool                # the target's FD_CLOEXEC on it
+    addr: bytes = b""
+    payload: bytes = b""
+    flags: int = 0
+    blocking: bool = True
+    replacement: int = -1        # set by perform(): the socket to install
+
+    def perform(self) -> int:
+        fam = libc.sockopt_int(self.sockfd, libc.SO_DOMAIN)
+        typ = libc.sockopt_int(self.sockfd, libc.SO_TYPE)
+        proto = libc.sockopt_int(self.sockfd, libc.SO_PROTOCOL)
+        if min(fam, typ, proto) < 0:
+            return min(fam, typ, proto)
+        try:
+            s = _socket.socket(fam, typ, proto)
+        except OSError as e:
+            return -(e.errno or errno.EIO)
+        try:
+            nonblocking = bool(_fcntl_getfl(self.sockfd) & os.O_NONBLOCK)
+            _copy_options(self.sockfd, s, tcp=typ == _socket.SOCK_STREAM)
+            r = self._act(s, nonblocking)
+        except OSError as e:
+            s.close()
+            return -(e.errno or errno.EIO)
+        if r < 0 and r != -errno.EINPROGRESS:
+            s.close()                    # nothing to install: the target keeps its socket
+            return r
+        if nonblocking:
+            s.setblocking(False)
+        self.replacement = s.detach()
+        return r
+
+    def _act(self, s: _socket.socket, nonblocking: bool) -> int:
+        if self.op in ("connect", "fastopen"):
+            timeout = None
+            if nonblocking and self.op == "connect":
+                s.setblocking(False)
+            else:
+                timeout = _send_timeout(self.sockfd)
+                s.settimeout(timeout)
+            r = s.connect_ex(libc_sockaddr(self.addr))
+            if timeout is not None and r in (errno.EAGAIN, errno.ETIMEDOUT):
+                r = errno.EINPROGRESS    # the kernel's answer when SO_SNDTIMEO expires
+            if r not in (0, errno.EINPROGRESS):
+                return -r
+            if self.op == "fastopen":
+                return s.send(self.payload, self.flags & ~MSG_FASTOPEN)
+            return -r
+        return s.sendto(self.payload, self.flags, libc_sockaddr(self.addr))
+
+    def _fds(self):
+        return (self.sockfd, self.replacement)
+
+
+MSG_FASTOPEN = 0x20000000
+
+
+def libc_sockaddr(addr: bytes):
+    """A raw sockaddr_in/in6 as the (host, port[, flow, scope]) tuple Python wants."""
+    import ipaddress
+    fam = int.from_bytes(addr[:2], "little")
+    port = int.from_bytes(addr[2:4], "big")
+    if fam == _socket.AF_INET:
+        return (str(ipaddress.IPv4Address(addr[4:8])), port)
+    flow = int.from_bytes(addr[4:8], "big")
+    scope = int.from_bytes(addr[24:28], "little") if len(addr) >= 28 else 0
+    return (str(ipaddress.IPv6Address(addr[8:24])), port, flow, scope)
+
+
+def _fcntl_getfl(fd: int) -> int:
+    import fcntl
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
+def _send_timeout(fd: int) -> float | None:
+    """connect() on a blocking socket gives up after SO_SNDTIMEO (0: never)."""
+    import struct
+    s = _socket.socket(fileno=os.dup(fd))
+    try:
+        sec, usec = struct.unpack("ll", s.getsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, 16))
+    finally:
+        s.close()
+    t = sec + usec / 1e6
+    return t if t > 0 else None
+
+
+def _copy_options(src_fd: int, dst: _socket.socket, tcp: bool) -> None:
+    src = _socket.socket(fileno=os.dup(src_fd))
+    try:
+        for level, opt, size in _COPIED_OPTIONS + (_TCP_OPTIONS if tcp else ()):
+            try:
+                val = src.getsockopt(level, opt, size)
+                if val != dst.getsockopt(level, opt, size):
+                    dst.setsockopt(level, opt, val)
+            except OSError:
+                pass
+        if src.family == _socket.AF_INET6:
+            try:
+                dst.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY,
+                               src.getsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY))
+            except OSError:
+                pass
+    finally:
+        src.close()

@@ -13,6 +13,7 @@ AT_EMPTY_PATH = 0x1000
 SOL_SOCKET = 1
 SO_TYPE = 3
 SO_DOMAIN = 39
+SO_PROTOCOL = 38
 
 
 def unlinkat(dirfd: int, name: bytes, flags: int) -> int:

@@ -26,4 +26,7 @@ class InterceptBackend(Protocol):
     def answer_with_fd(self, n: Notification, fd: int, cloexec: bool) -> int:
         """Install `fd` in the target and make the syscall return its number (or -errno)."""
 
+    def replace_fd(self, n: Notification, fd: int, target_fd: int, cloexec: bool) -> int:
+        """Put our fd in place of the target's `target_fd` before answering; -errno."""
+
     def close(self) -> None: ...

@@ -9,6 +9,7 @@ from aarm_sandbox._native import ffi, lib
 from aarm_sandbox.decode.handlers import Notification
 
 SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+SECCOMP_ADDFD_FLAG_SETFD = 1 << 0
 SECCOMP_ADDFD_FLAG_SEND = 1 << 1
 SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
 O_CLOEXEC = os.O_CLOEXEC
@@ -56,6 +57,12 @@ class UnotifyBackend:
     def answer_with_fd(self, n: Notification, fd: int, cloexec: bool) -> int:
         return lib.aarm_notif_addfd(self.fd, n.id, fd, 0, O_CLOEXEC if cloexec else 0,
                                     SECCOMP_ADDFD_FLAG_SEND)
+
+    def replace_fd(self, n: Notification, fd: int, target_fd: int, cloexec: bool) -> int:
+        """Install `fd` as the target's fd number `target_fd` (dup2 semantics), without
+        answering: a brokered socket takes the place of the sandbox's own."""
+        return lib.aarm_notif_addfd(self.fd, n.id, fd, target_fd, O_CLOEXEC if cloexec else 0,
+                                    SECCOMP_ADDFD_FLAG_SETFD)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -43,6 +43,8 @@ class LaunchPlan:
     seccomp_flags: int = SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
     loopback: bool = True        # bring lo up in the new network namespace
     private_shm: bool = True
+    bind_files: list[tuple[str, str]] = field(default_factory=list)   # (src, dst), read-only
+    dns_stub: bool = False       # make a UDP socket on 127.0.0.53:53 inside the netns for us
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Sandbox:
     status_fd: int
     namespaces: int
     warnings: list[str]
+    dns_stub: int = -1         # our copy of the stub's socket inside the sandbox's netns
 
     def kill(self) -> None:
         """Tear down a sandbox whose command must not run (before supervision starts)."""
@@ -60,7 +63,7 @@ class Sandbox:
             os.waitpid(self.pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
-        for fd in (self.listener, self.status_fd):
+        for fd in (self.listener, self.status_fd, self.dns_stub):
             try:
                 os.close(fd)
             except OSError:
@@ -124,11 +127,17 @@ def _spawn(plan: LaunchPlan, namespaces: int) -> tuple[int, int, int, str]:
     cfg.drop_caps = int(plan.drop_caps)
     cfg.loopback_up = int(plan.loopback)
     cfg.private_shm = int(plan.private_shm)
+    if mounts and plan.bind_files:
+        cfg.bind_files = _cstr_array([os.fsencode(p) for pair in plan.bind_files for p in pair], keep)
+    dns = ffi.new("int *", -1)
+    keep.append(dns)
+    if plan.dns_stub:
+        cfg.out_dns_stub = dns
     listener = ffi.new("int *", -1)
     status = ffi.new("int *", -1)
     err = ffi.new("char[]", 4096)
     pid = lib.aarm_spawn(cfg, listener, status, err, 4096)
-    return pid, listener[0], status[0], ffi.string(err).decode("utf-8", "replace")
+    return pid, listener[0], status[0], ffi.string(err).decode("utf-8", "replace"), dns[0]
 
 
 def launch(plan: LaunchPlan) -> Sandbox:
@@ -145,7 +154,7 @@ def launch(plan: LaunchPlan) -> Sandbox:
         if ns in seen:
             continue
         seen.add(ns)
-        pid, listener, status, msg = _spawn(plan, ns)
+        pid, listener, status, msg, dns = _spawn(plan, ns)
         if pid > 0:
             missing = plan.namespaces & ~ns
             if missing:
@@ -154,7 +163,7 @@ def launch(plan: LaunchPlan) -> Sandbox:
                                 f"reduced isolation — see `aarm-sandbox doctor`")
             warnings.extend(line[len("warning: "):] if line.startswith("warning: ") else line
                             for line in msg.splitlines() if line.strip())
-            return Sandbox(pid, listener, status, ns, warnings)
+            return Sandbox(pid, listener, status, ns, warnings, dns)
         last = msg
         if not _namespace_failure(msg):
             break

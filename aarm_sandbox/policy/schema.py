@@ -64,6 +64,19 @@ class Settings(_Strict):
         default="ask", description="deny: STEP_UP rules deny outright (no human in the loop)")
     mask: list[str] = Field(default_factory=list,
                             description="path sets made unreadable in the kernel (mount masks)")
+    egress: list[str] = Field(
+        default_factory=list,
+        description="destinations the supervisor connects to on the sandbox's behalf: "
+                    "[tcp://|udp://]HOST[:PORT] with HOST a name (*.example.com), IP or CIDR; "
+                    "--allow-net adds to it. Names are answered by the session's DNS stub.")
+
+    @field_validator("egress")
+    @classmethod
+    def _egress_specs(cls, v: list[str]) -> list[str]:
+        from aarm_sandbox.net.destinations import parse_spec
+        for spec in v:
+            parse_spec(spec)            # DestSpecError is a ValueError: reported with the line
+        return v
 
 
 class Profile(_Strict):

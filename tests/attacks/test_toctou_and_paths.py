@@ -375,7 +375,7 @@ def test_symlinked_or_proc_path_to_denied_socket_cannot_connect(box, prog, path)
         srv.close()
     assert native_count >= 1
     assert srv.accepted == native_count, f"the denied server got a connection\n{explain(res)}"
-    assert steps(res.stdout).get("connect") == (-1, "EPERM"), explain(res)
+    assert steps(res.stdout).get("connect") in ((-1, "EPERM"), (-1, "ECONNREFUSED")), explain(res)
     target = f"unix:{denied_sock}"
     assert [r for r in res.denied("net.connect") if r["action"]["target"] == target], explain(res)
     assert_no_internal_errors(res)
