@@ -96,6 +96,14 @@ def _inside(path: str, root: str) -> bool:
 def build_policy(args, workspace: str, tmpdir: str) -> tuple[CompiledPolicy, object]:
     loaded = load_profile(args.profile or "default")
     prof = loaded.profile
+    sockets = [os.path.realpath(os.path.expanduser(d[len("unix:"):]))
+               for d in args.allow_net if d.startswith("unix:")]
+    if sockets:
+        # `--allow-net unix:PATH` names a host service's socket (the host-socket rule
+        # ignores what is in this set).
+        sets = dict(prof.path_sets)
+        sets["allowed_sockets"] = list(sets.get("allowed_sockets", [])) + sockets
+        prof = SimpleNamespace(**{**vars(prof), "path_sets": sets})
     if args.allow_write:
         sets = dict(prof.path_sets)
         extra = []
@@ -392,6 +400,8 @@ def _destinations(settings, args):
     from aarm_sandbox.net.destinations import Destinations, DestSpecError, parse_spec
     specs = list(getattr(settings, "egress", []) or [])
     for spec in args.allow_net:
+        if spec.startswith("unix:"):
+            continue                       # a socket path: see build_policy
         try:
             parse_spec(spec)
         except DestSpecError as e:

@@ -329,3 +329,20 @@ print(c.recv(10).decode())
     assert r.returncode == 0, r.stderr
     assert "inside!" in r.stdout
     assert all(x["action"]["egress"] == "inside" for x in r.receipts("net.connect"))
+
+
+def test_a_host_unix_socket_named_with_allow_net_is_reachable(box):
+    path = str(box.outside / "svc.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+    srv.settimeout(5)
+    code = f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({path!r})\nprint('connected')\n"
+    try:
+        r = _py(box, code, ["--allow-net", f"unix:{path}"])
+        assert r.returncode == 0 and "connected" in r.stdout, r.stderr
+        srv.accept()[0].close()
+        other = _py(box, code.replace("svc.sock", "svc.sock"), ["--allow-net", "unix:/elsewhere.sock"])
+        assert other.returncode != 0
+    finally:
+        srv.close()
