@@ -19,7 +19,7 @@ from aarm_sandbox.actions import action as A
 from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, ExecContinue, Notification
 from aarm_sandbox.decode.memory import DecodeError
-from aarm_sandbox.enforce.effects import Continue, Effect, OpenFile
+from aarm_sandbox.enforce.effects import AtCall, Continue, Effect, OpenFile, QuarantineDelete
 from aarm_sandbox.intercept.backend import InterceptBackend
 from aarm_sandbox.journal.writer import Journal
 from aarm_sandbox.policy.decision import Decision, Result
@@ -61,6 +61,7 @@ class Supervisor:
         self.protected: tuple[str, ...] = ()
         self._exe_cache: dict[int, tuple[str, float]] = {}
         self.meter = None            # net.accounting.ConnectionMeter, set by `run`
+        self.quarantine = None       # enforce.quarantine.Quarantine, set by `run`
 
     # ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -177,7 +178,14 @@ class Supervisor:
             if not self.backend.still_pending(n):
                 effect.close()
                 return
-            if decision.result is Result.ALLOW:
+            if decision.result is Result.MODIFY:
+                effect, modified = self._modify(action, decision, effect)
+                if modified is None:
+                    decision = Decision(Result.DENY, decision.rule, f"{decision.reason} (modify: "
+                                        f"{decision.modify} does not apply here)", decision.errno)
+                else:
+                    action.detail["modified"] = modified
+            if decision.result in (Result.ALLOW, Result.MODIFY):
                 if effect.blocking:
                     if not self.blocking_slots.acquire(blocking=False):
                         effect.close()
@@ -215,17 +223,29 @@ class Supervisor:
     def _decide(self, action) -> Decision:
         if self.journal.failed:
             return Decision(Result.DENY, "journal", self.journal.failed, errno.EIO)
-        if action.type in _EGRESS and action.detail.get("egress") == "deny":
-            return Decision(Result.DENY, "egress", action.detail.get("egress_reason", ""),
-                            errno.ECONNREFUSED if action.type == A.NET_CONNECT else errno.EPERM)
+        if action.type in _EGRESS:
+            egress = action.detail.get("egress")
+            err = errno.ECONNREFUSED if action.type == A.NET_CONNECT else errno.EPERM
+            if egress == "deny":
+                return Decision(Result.DENY, "egress", action.detail.get("egress_reason", ""), err)
+            if egress == "broker" and self.ctx.tainted:
+                # Composition: once the session read data labelled sensitive, nothing may
+                # leave, not even to destinations that were allowed before.
+                return Decision(Result.DENY, "sensitive-then-egress",
+                                f"egress after a read of sensitive data ({self.ctx.tainted})", err)
         if self.protected and any(_inside(p, q) for p in action.paths for q in self.protected):
             return Decision(Result.DENY, "protected", "the session's journal, signing keys and "
                             "supervisor state are off limits to the sandbox", errno.EACCES)
         try:
-            return self.engine.decide(action, self.ctx)
+            d = self.engine.decide(action, self.ctx)
         except Exception as e:  # noqa: BLE001
             return Decision(Result.DENY, "policy-error", f"policy evaluation failed: {e!r}",
                             errno.EACCES)
+        if d.rule == "default" and action.detail.get("egress") == "broker" and d.result is Result.ALLOW:
+            # say which destination rule let it out
+            return Decision(Result.ALLOW, "egress", f"allowed destination "
+                            f"{action.detail.get('egress_rule')} (made by the supervisor)")
+        return d
 
     def _enforce(self, n: Notification, effect: Effect, action) -> int:
         try:
@@ -261,6 +281,16 @@ class Supervisor:
             return r
         finally:
             effect.close()
+
+    def _modify(self, action, decision: Decision, effect: Effect):
+        """The MODIFY transforms: (effect to perform instead, what it became) or
+        (effect, None) when the transform does not apply (the caller denies)."""
+        if (decision.modify == "quarantine" and action.type == A.FILE_DELETE and
+                isinstance(effect, AtCall) and effect.op == "unlink" and self.quarantine is not None):
+            modified = {"type": "file.quarantine", "transform": "quarantine",
+                        "original": "file.delete"}
+            return QuarantineDelete(effect, self.quarantine, action.target, modified), modified
+        return effect, None
 
     def _install_brokered(self, n: Notification, effect, r: int, action) -> int:
         """The supervisor's outside socket takes the place of the target's (before the
@@ -365,13 +395,15 @@ class Supervisor:
         rec = {"type": "receipt", "action": action.as_record(),
                "decision": {"result": decision.result.value, "rule": decision.rule,
                             "reason": decision.reason},
-               "outcome": _outcome(decision.result is Result.ALLOW, outcome)}
+               "outcome": _outcome(decision.result in (Result.ALLOW, Result.MODIFY), outcome)}
         if decision.shadow is not None:
             rec["decision"]["would"] = decision.shadow.value
         classes = ctx.classes_of(action.paths) if ctx.sensitive is not None else None
         if classes:
             rec["data_classes"] = classes
             ctx.data_classes.update(classes)
+            if action.type == A.FILE_READ and outcome >= 0 and ctx.tainted is None:
+                ctx.tainted = action.target    # read: the session now holds sensitive data
         self.journal.append(rec)
         if self.explain:
             print(f"aarm-sandbox: {decision.result.value:7} {action.type} {action.target} "

@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     je.add_argument("file")
     je.add_argument("--format", required=True, choices=["ocsf", "otlp-json"])
 
+    rs = sub.add_parser("restore", help="put back what a session's quarantine rule kept "
+                        "instead of deleting")
+    rs.add_argument("session", help="session id (printed by run; in every receipt)")
+    rs.add_argument("paths", nargs="*", metavar="PATH", help="only these paths (and below)")
+    rs.add_argument("--force", action="store_true", help="overwrite files that exist again")
+    rs.add_argument("--list", action="store_true", help="show what is in the trash")
+
     kg = sub.add_parser("keygen", help="create the Ed25519 key pair that signs journals")
     kg.add_argument("--force", action="store_true", help="replace an existing key pair")
     k = sub.add_parser("keys", help="journal signing keys")
@@ -110,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             return _journal(args)
         if args.cmd in ("keygen", "keys"):
             return _keys(args)
+        if args.cmd == "restore":
+            from aarm_sandbox.cli.restore import restore_cmd
+            return restore_cmd(args.session, args.paths, force=args.force, list_only=args.list)
         if args.cmd == "doctor":
             from aarm_sandbox.cli.doctor import doctor
             return doctor(as_json=args.json)

@@ -206,6 +206,12 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     # sandbox's sight.
     protected = [journal_path, str(keys.config_dir()), str(state_dir())]
     mask_files.append(journal_path)
+    # (made now, so that what the supervisor keeps there later, e.g. a quarantine's
+    # trash, is already hidden)
+    try:
+        state_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the state directory {state_dir()}: {e.strerror}") from None
     for d in (state_dir(), keys.config_dir()):
         if os.path.isdir(d) and not _inside(workspace, str(d)):
             mask_dirs.append(str(d))
@@ -213,8 +219,11 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
         protected.append(witness)
         (mask_dirs if os.path.isdir(witness) else mask_files).append(witness)
 
+    # --sensitive: reads must be seen to know when the session holds sensitive data
+    # (every read-only open is then decided by the supervisor: slower, but exact).
+    notify_reads = settings.intercept_reads or bool(args.sensitive)
     try:
-        bpf = compile_filter(notify_reads=settings.intercept_reads)
+        bpf = compile_filter(notify_reads=notify_reads)
     except FilterError as e:
         raise UsageError(str(e)) from None
     env = dict(os.environ)
@@ -236,7 +245,7 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     try:
         plan.namespaces &= ~disabled_namespaces(os.environ.get("AARM_DISABLE_NAMESPACES", ""))
         sandbox = launch(plan)
-        if masks and not sandbox.namespaces & CLONE_NEWNS and not settings.intercept_reads:
+        if masks and not sandbox.namespaces & CLONE_NEWNS and not notify_reads:
             # No mount namespace, so no masks: credential stores would be readable. Never
             # fail open: start again with every open notified, so the credential rule
             # decides reads too (slower, but closed). The command has not run yet: its
@@ -291,6 +300,9 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
         if not sandbox.namespaces & CLONE_NEWNET:
             sandbox.warnings.append("no network namespace: connections are decided but not "
                                     "contained (the hard network boundary is missing)")
+    if any(r.modify == "quarantine" for rs in policy.rules_by_type.values() for r in rs):
+        from aarm_sandbox.enforce.quarantine import Quarantine
+        sup.quarantine = Quarantine(session_id, state_dir() / "trash" / session_id)
     if not sandbox.namespaces & CLONE_NEWNS:
         # Nothing is masked: the supervisor itself refuses every access to its files.
         sup.protected = tuple(protected)
@@ -351,6 +363,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
         stub.stop()
     if sup.meter is not None:
         sup.meter.stop()
+    if sup.quarantine is not None:
+        sup.quarantine.close()
     keep_tmp.extend(ctx.moved_into_tmp)
     _take_back_terminal(was_foreground)
     code = exit_code(status_box[0]) if status_box else EXIT_SANDBOX_ERROR
@@ -453,4 +467,7 @@ def _start_dns_stub(sandbox, destinations, journal, ctx, sup):
         if not allowed:
             sup.report_denial("dns.query", q.get("name", ""), "the name is not in the allowed "
                               "destinations (--allow-net or the profile's egress)")
-    return DnsStub(sock, destinations.allows_name, on_query=on_query).start()
+    def allow_name(name: str) -> bool:
+        # after a sensitive read, a query to an allowed domain could carry the data out
+        return ctx.tainted is None and destinations.allows_name(name)
+    return DnsStub(sock, allow_name, on_query=on_query).start()

@@ -26,6 +26,8 @@ class SessionContext:
     decision_counts: Counter = field(default_factory=Counter)
     data_classes: set[str] = field(default_factory=set)
     sensitive: re.Pattern | None = None
+    # the first sensitive path the session read (None: untainted); from then on no egress
+    tainted: str | None = None
     # bytes of brokered TCP connections as the kernel counted them (net.accounting)
     egress_bytes: Counter = field(default_factory=Counter)
 

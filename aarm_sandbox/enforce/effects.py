@@ -106,6 +106,28 @@ class AtCall(Effect):
         return (self.fd1, self.fd2)
 
 
+class QuarantineDelete(Effect):
+    """MODIFY/quarantine: the entry an unlink or rmdir would remove is moved into the
+    session's trash instead (outside the sandbox's view), so `aarm-sandbox restore` can
+    put it back."""
+
+    def __init__(self, unlink: AtCall, store, original_path: str, record: dict):
+        self.unlink = unlink
+        self.store = store
+        self.original_path = original_path
+        self.record = record            # the receipt's "modified" block: gets the trash path
+
+    def perform(self) -> int:
+        r, trash = self.store.stash(self.unlink.fd1, self.unlink.name1, self.original_path,
+                                    is_dir=bool(self.unlink.arg & 0x200))   # AT_REMOVEDIR
+        if trash is not None:
+            self.record["trash"] = trash
+        return r
+
+    def close(self) -> None:
+        self.unlink.close()
+
+
 def _call(fn) -> int:
     try:
         fn()

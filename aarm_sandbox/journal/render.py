@@ -281,6 +281,15 @@ def _enforcement_row(line: Line, rec: dict) -> Row:
                notable=True, record=rec)
 
 
+def _net_close_row(line: Line, rec: dict) -> Row:
+    """A brokered connection ended: the kernel's byte counts for it."""
+    counts = (f"sent {escape(rec.get('bytes_sent'))} B, received {escape(rec.get('bytes_received'))} B"
+              if rec.get("measured", True) else "closed before it could be measured")
+    return Row(line.lineno, "net.close", escape(rec.get("seq")), escape(rec.get("ts")),
+               "connection", QUIET, "net.close", escape(rec.get("target", "")), "",
+               f"{counts} ({escape(rec.get('state'))})", "", record=rec)
+
+
 def _checkpoint_row(line: Line, rec: dict) -> Row:
     return Row(line.lineno, "checkpoint", escape(rec.get("seq")), escape(rec.get("ts")),
                "checkpoint", QUIET, "", f"records {escape(rec.get('from_seq'))}-{escape(rec.get('to_seq'))}",
@@ -317,7 +326,7 @@ def unreadable_row(line: Line, why: str | None = None) -> Row:
 _ROW_BUILDERS = {"receipt": _receipt_row, "session.start": _session_start_row,
                  "session.end": _session_end_row, "error": _error_row,
                  "enforcement": _enforcement_row, "checkpoint": _checkpoint_row,
-                 "session.error": _session_error_row}
+                 "session.error": _session_error_row, "net.close": _net_close_row}
 
 
 def row_of(line: Line) -> Row:

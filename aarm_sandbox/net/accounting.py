@@ -35,7 +35,7 @@ class Connection:
 @dataclass
 class ConnectionMeter:
     on_closed: Callable[[Connection, str], None]    # (connection, "closed" | "open at session end")
-    interval: float = 0.25
+    interval: float = 0.1
     totals: dict = field(default_factory=lambda: {"bytes_sent": 0, "bytes_received": 0})
     _by_cookie: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -87,6 +87,7 @@ class CompiledRule:
     inside_prefixes: tuple[str, ...] | None = None   # literal prefixes: a cheap pre-test
     outside_cover: tuple[str, ...] = ()              # dirs whose whole subtree is "inside"
     needs_paths: bool = True
+    modify: str | None = None                        # the MODIFY transform
 
 
 def default_errno(action_type: str) -> int:
@@ -145,4 +146,5 @@ class CompiledPolicy:
             inside_prefixes=tuple(literal_prefix(p) for p in inside_pats) if inside_pats else None,
             outside_cover=tuple(p[:-3] for p in outside_pats
                                 if p.endswith("/**") and not any(c in p[:-3] for c in "*?[")),
-            needs_paths=bool(r.paths or r.outside or r.existed_at_start is not None))
+            needs_paths=bool(r.paths or r.outside or r.existed_at_start is not None),
+            modify=getattr(r, "modify", None))

@@ -26,6 +26,7 @@ class Decision:
     reason: str
     errno: int = 0          # for DENY: the errno the target sees
     shadow: Result | None = None   # observe mode: what the profile would have decided
+    modify: str | None = None      # MODIFY: the transform to apply (e.g. "quarantine")
 
     @property
     def allowed(self) -> bool:

@@ -51,7 +51,8 @@ class PolicyEngine:
             decision = Decision(result, "default", f"profile {self.policy.profile.id} default for {t}",
                                 default_errno(t) if result is not Result.ALLOW else 0)
         else:
-            decision = Decision(best.result, best.id, best.reason, best.errno or default_errno(t))
+            decision = Decision(best.result, best.id, best.reason, best.errno or default_errno(t),
+                                modify=best.modify)
         if decision.result in (Result.STEP_UP, Result.DEFER):
             why = "profile turns step_up into deny" if self.step_up_denies else NO_APPROVER
             decision = Decision(Result.DENY, decision.rule,

@@ -8,7 +8,7 @@ import errno as errno_mod
 import fnmatch
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aarm_sandbox.actions.action import ALL_TYPES
 
@@ -42,10 +42,24 @@ class Rule(_Strict):
                                    description="match only after this many earlier executed matches this "
                                                "session (deleting what the session created does not count)")
     decision: DecisionName
+    modify: Literal["quarantine"] | None = Field(
+        default=None, description="with decision modify: the transform (quarantine: a delete "
+                                  "moves the file into the session's trash, undone by "
+                                  "`aarm-sandbox restore`)")
     reason: str = ""
     errno: str | None = Field(default=None, description="errno name for deny, e.g. EACCES")
 
     _check_actions = field_validator("actions")(classmethod(lambda cls, v: _check_action_globs(v)))
+
+    @model_validator(mode="after")
+    def _modify_has_a_transform(self):
+        if (self.decision == "modify") != (self.modify is not None):
+            raise ValueError("decision: modify needs `modify: quarantine` (and `modify` needs "
+                             "decision: modify)")
+        if self.modify == "quarantine" and any(
+                not fnmatch.fnmatchcase("file.delete", a) for a in self.actions):
+            raise ValueError("modify: quarantine applies to file.delete only (actions: [file.delete])")
+        return self
 
     @field_validator("errno")
     @classmethod

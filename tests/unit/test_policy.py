@@ -210,3 +210,22 @@ def test_profile_schema_is_exported_as_json_schema():
     import json
     schema = json.loads(p.stdout)
     assert "rules" in schema["properties"]
+
+
+def test_modify_rule_needs_its_transform_and_quarantine_only_applies_to_deletes(tmp_path):
+    f = _write(tmp_path, "id: x\nrules:\n  - id: a\n    actions: [file.delete]\n    decision: modify\n")
+    with pytest.raises(ProfileError, match="modify: quarantine"):
+        load_profile(f)
+    f = _write(tmp_path, "id: x\nrules:\n  - id: a\n    actions: [file.write]\n    decision: modify\n"
+                         "    modify: quarantine\n")
+    with pytest.raises(ProfileError, match="file.delete only"):
+        load_profile(f)
+    f = _write(tmp_path, "id: x\nrules:\n  - id: a\n    actions: [file.delete]\n    decision: modify\n"
+                         "    modify: quarantine\n")
+    assert load_profile(f, use_cache=False).profile.rules[0].modify == "quarantine"
+
+
+def test_egress_entries_are_checked_at_load_time(tmp_path):
+    f = _write(tmp_path, "id: x\nsettings:\n  egress: [\"exa mple.com\"]\n")
+    with pytest.raises(ProfileError, match="not a host name"):
+        load_profile(f)

@@ -1,0 +1,119 @@
+"""Decisions that depend on what the session already did: a sensitive read closes egress,
+and a delete a MODIFY rule turns into an undoable quarantine."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import sandbox_cmd
+
+from hostserver import HostServer
+
+PY = sys.executable
+
+
+@pytest.fixture
+def server():
+    s = HostServer()
+    yield s
+    s.close()
+
+
+def _connect(port: int) -> str:
+    return ("import socket\ntry:\n"
+            f"    s = socket.create_connection(('127.0.0.1', {port}), timeout=5)\n"
+            "    s.sendall(b'x')\n    print(s.recv(20).decode())\n"
+            "except OSError as e:\n    print('denied', e.errno)\n")
+
+
+@pytest.mark.parametrize("how", ["same process", "another process", "staged through a file"])
+def test_a_connect_allowed_before_a_sensitive_read_is_denied_after_it(box, server, how):
+    secret = box.canary("secret.txt", "TOP-SECRET\n")
+    connect = _connect(server.port)
+    read = f"print(len(open({str(secret)!r}).read()))\n"
+    if how == "same process":
+        argv = [PY, "-c", connect + read + connect]
+        env = {}
+    else:
+        if how == "staged through a file":     # one process stages, a third one sends
+            read = f"open('staged.txt', 'w').write(open({str(secret)!r}).read())\n"
+            connect_after = "print(len(open('staged.txt').read()))\n" + connect
+        else:
+            connect_after = connect
+        argv = ["sh", "-c", f'{PY} -c "$A"; {PY} -c "$B"; {PY} -c "$C"']
+        env = {"A": connect, "B": read, "C": connect_after}
+    r = box.run(argv, extra=["--allow-net", f"127.0.0.1:{server.port}", "--sensitive", str(secret)],
+                env=env)
+    assert r.stdout.count("pong:x") == 1, r.stdout + r.stderr          # before: allowed
+    assert "denied 111" in r.stdout, r.stdout + r.stderr                # after: refused
+    assert server.accepted == 1
+    deny = [x for x in r.denied("net.connect") if x["decision"]["rule"] == "sensitive-then-egress"]
+    assert deny and str(secret) in deny[0]["decision"]["reason"]
+
+
+def test_names_stop_resolving_after_a_sensitive_read(box, server):
+    secret = box.canary("secret.txt", "TOP-SECRET\n")
+    code = f"""
+import dns.resolver
+r = dns.resolver.Resolver()
+print("before", r.resolve("localhost", "A")[0].address)
+open({str(secret)!r}).read()
+try:
+    r.resolve("localhost", "A")
+    print("after resolved")
+except dns.resolver.NXDOMAIN:
+    print("after nxdomain")
+"""
+    r = box.run([PY, "-c", code], extra=["--allow-net", "localhost:80", "--sensitive", str(secret)])
+    assert "before 127.0.0.1" in r.stdout and "after nxdomain" in r.stdout, r.stdout + r.stderr
+
+
+UNDOABLE = """id: undoable
+extends: default
+rules:
+  - id: quarantine-deletes
+    actions: [file.delete]
+    paths: [workspace]
+    decision: modify
+    modify: quarantine
+    reason: deletes in the workspace are undoable
+"""
+
+
+def _tree(root: Path) -> dict:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = os.lstat(p)
+            out[str(p.relative_to(root))] = (st.st_mode, st.st_mtime_ns,
+                                              None if p.is_dir() else p.read_bytes())
+    return out
+
+
+def test_rm_rf_under_a_quarantine_rule_is_undone_by_restore(box, tmp_path):
+    profile = tmp_path / "undoable.yaml"
+    profile.write_text(UNDOABLE)
+    tree = box.workspace / "project"
+    (tree / "src/deep").mkdir(parents=True)
+    (tree / "src/deep/data.bin").write_bytes(bytes(range(256)) * 10)
+    (tree / "README").write_text("hello\n")
+    os.chmod(tree / "README", 0o640)
+    os.symlink("README", tree / "link")
+    os.utime(tree / "src/deep", ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    before = _tree(tree)
+    r = box.run(["rm", "-rf", "project"], profile=str(profile))
+    assert r.returncode == 0, r.stderr
+    assert not tree.exists()
+    mods = [x for x in r.receipts("file.delete") if x["decision"]["result"] == "modify"]
+    assert len(mods) == len(before) + 1
+    assert all(m["action"]["modified"].get("trash") for m in mods if not m["action"]["directory"])
+    session = r.records[0]["session_id"]
+    p = subprocess.run(sandbox_cmd() + ["restore", session], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert _tree(tree) == before
+    again = subprocess.run(sandbox_cmd() + ["restore", session], capture_output=True, text=True)
+    assert _tree(tree) == before and again.returncode in (0, 1)
