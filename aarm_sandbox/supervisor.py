@@ -22,7 +22,7 @@ from aarm_sandbox.decode.memory import DecodeError
 from aarm_sandbox.enforce.effects import AtCall, Continue, Effect, OpenFile, QuarantineDelete
 from aarm_sandbox.intercept.backend import InterceptBackend
 from aarm_sandbox.journal.writer import Journal
-from aarm_sandbox.policy.decision import Decision, Result
+from aarm_sandbox.policy.decision import RANK, Decision, Result
 from aarm_sandbox.policy.engine import PolicyEngine
 
 AUDIT_ARCH_X86_64 = 0xC000003E
@@ -33,6 +33,7 @@ _CREATES = {A.FILE_CREATE, A.FILE_MKDIR, A.FILE_SYMLINK, A.FILE_MKNOD, A.FILE_LI
 _DESTRUCTIVE = {A.FILE_DELETE, A.FILE_RENAME, A.FILE_TRUNCATE}
 _OPEN_SYSCALLS = {"open", "openat", "creat", "openat2"}
 _EGRESS = {A.NET_CONNECT, A.NET_SEND}
+_TAINTABLE = {A.FILE_WRITE, A.FILE_CREATE, A.FILE_TRUNCATE}
 
 
 class Supervisor:
@@ -62,6 +63,12 @@ class Supervisor:
         self._exe_cache: dict[int, tuple[str, float]] = {}
         self.meter = None            # net.accounting.ConnectionMeter, set by `run`
         self.quarantine = None       # enforce.quarantine.Quarantine, set by `run`
+        # What an exec means (vcs.push.force, db.ddl, ...): only when the profile has rules
+        # on such types (loading the catalog and SQL parser costs ~0.3 s).
+        self.classifier = None
+        if any(engine.policy.rules_by_type.get(t) for t in A.SEMANTIC_ONLY_TYPES):
+            from aarm_sandbox.actions.exec_catalog import Catalog
+            self.classifier = Catalog.load()
 
     # ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -123,6 +130,8 @@ class Supervisor:
         ctx.action_counts[type_] += 1
         ctx.decision_counts["allow"] += 1
         if result >= 0:
+            if type_ in _TAINTABLE:
+                ctx.note_written(path)
             if type_ in _CREATES:
                 ctx.record_created(path)
             elif type_ == A.FILE_DELETE:
@@ -175,6 +184,8 @@ class Supervisor:
             # answer it may exit or exec at once).
             action.exe = self._exe(n.tid)
             decision = self._decide(action)
+            if self.classifier is not None and action.type == A.PROCESS_EXEC:
+                decision = self._decide_semantic(action, decision)
             if not self.backend.still_pending(n):
                 effect.close()
                 return
@@ -282,6 +293,36 @@ class Supervisor:
         finally:
             effect.close()
 
+    def _decide_semantic(self, action, decision: Decision) -> Decision:
+        """An exec is also every semantic action its argv means (through launchers like
+        sh -c, env, xargs, python -c); the most restrictive decision among them wins. The
+        syscall-level checks still apply to what the program then does."""
+        argv = action.detail.get("argv") or []
+        try:
+            cwd = os.readlink(f"/proc/{action.tid}/cwd")
+        except OSError:
+            cwd = None
+        try:
+            semantic = self.classifier.classify(list(argv), exe=action.target, cwd=cwd)
+        except Exception as e:  # noqa: BLE001 - a classifier bug must not allow
+            return Decision(Result.DENY, "classifier-error", f"exec classification failed: {e!r}",
+                            errno.EPERM)
+        if not semantic:
+            return decision
+        action.detail["semantic"] = [s.as_record() for s in semantic]
+        best = decision
+        for s in semantic:
+            sub = A.Action(s.type, s.target, action.syscall, action.pid, action.tid,
+                           paths=(s.target,) if s.target.startswith("/") else ())
+            d = self._decide(sub)
+            if RANK[d.result] < RANK[best.result]:
+                best = Decision(d.result, d.rule, f"{s.type} {s.target}: {d.reason}",
+                                d.errno or errno.EPERM, d.shadow, d.modify)
+        if best.result is Result.MODIFY:       # no transform applies to an exec
+            best = Decision(Result.DENY, best.rule, best.reason + " (modify: not for exec)",
+                            errno.EPERM)
+        return best
+
     def _modify(self, action, decision: Decision, effect: Effect):
         """The MODIFY transforms: (effect to perform instead, what it became) or
         (effect, None) when the transform does not apply (the caller denies)."""
@@ -343,12 +384,16 @@ class Supervisor:
             for rid in counted:
                 self.ctx.rule_counts[rid] += 1
         t = action.type
+        if t in _TAINTABLE and action.paths:
+            self.ctx.note_written(action.paths[-1])
         if t in _CREATES:
             self.ctx.record_created(action.paths[-1])
         elif t == A.FILE_RENAME:
             src, dst = action.paths[0], action.paths[1]
             self.ctx.record_removed(src)
             self.ctx.record_created(dst)
+            if src in self.ctx.tainted_files:
+                self.ctx.tainted_files.add(dst)
             tmp = self.tmpdir
             if tmp and _inside(dst, tmp) and not _inside(src, tmp):
                 self.ctx.moved_into_tmp.append(src)
@@ -398,7 +443,8 @@ class Supervisor:
                "outcome": _outcome(decision.result in (Result.ALLOW, Result.MODIFY), outcome)}
         if decision.shadow is not None:
             rec["decision"]["would"] = decision.shadow.value
-        classes = ctx.classes_of(action.paths) if ctx.sensitive is not None else None
+        classes = ctx.classes_of(action.paths) if (ctx.sensitive is not None or
+                                                   ctx.tainted_files) else None
         if classes:
             rec["data_classes"] = classes
             ctx.data_classes.update(classes)

@@ -28,9 +28,20 @@ NET_BIND = "net.bind"
 NET_SEND = "net.send"
 DNS_QUERY = "dns.query"            # a name looked up through the session's DNS stub
 
-ALL_TYPES = (FILE_READ, FILE_WRITE, FILE_CREATE, FILE_DELETE, FILE_RENAME, FILE_LINK,
-             FILE_SYMLINK, FILE_MKDIR, FILE_MKNOD, FILE_TRUNCATE, FILE_CHMOD, FILE_CHOWN,
-             FILE_XATTR, FILE_UTIME, PROCESS_EXEC, NET_CONNECT, NET_BIND, NET_SEND, DNS_QUERY)
+SYSCALL_TYPES = (FILE_READ, FILE_WRITE, FILE_CREATE, FILE_DELETE, FILE_RENAME, FILE_LINK,
+                 FILE_SYMLINK, FILE_MKDIR, FILE_MKNOD, FILE_TRUNCATE, FILE_CHMOD, FILE_CHOWN,
+                 FILE_XATTR, FILE_UTIME, PROCESS_EXEC, NET_CONNECT, NET_BIND, NET_SEND, DNS_QUERY)
+
+# What an exec *means* (actions/exec_catalog.py classifies argv into these; the file.*
+# ones it also produces are the syscall-level types above). A profile with rules on any
+# of these turns exec classification on.
+SEMANTIC_ONLY_TYPES = (
+    "cloud.delete", "container.delete", "db.ddl", "db.other", "db.query", "db.script",
+    "db.write", "exec.opaque", "infra.change", "infra.delete", "infra.destroy", "net.http",
+    "pkg.install", "vcs.branch.delete", "vcs.discard", "vcs.push", "vcs.push.delete",
+    "vcs.push.force", "vcs.rewrite")
+
+ALL_TYPES = SYSCALL_TYPES + SEMANTIC_ONLY_TYPES
 
 
 @dataclass(slots=True)

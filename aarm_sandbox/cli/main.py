@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(*.example.com), IP or CIDR; the supervisor makes the connection")
     r.add_argument("--sensitive", action="append", default=[], metavar="GLOB",
                    help="label paths matching GLOB as data class 'sensitive'")
+    r.add_argument("--context-store", metavar="DIR",
+                   help="keep the session context (files that carry sensitive data) across "
+                   "sessions of the same workspace in DIR (outside the workspace)")
     r.add_argument("--approval-timeout", type=float, default=None, metavar="SECONDS",
                    help="how long STEP_UP/DEFER may wait for an approver")
     r.add_argument("--observe", action="store_true",
@@ -75,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     je = jsub.add_parser("export", help="events in a standard schema for SIEMs")
     je.add_argument("file")
     je.add_argument("--format", required=True, choices=["ocsf", "otlp-json"])
+
+    ex = sub.add_parser("explain", help="what a profile decides for actions, rule by rule")
+    ex.add_argument("--profile", help="built-in profile name or YAML file (default: default)")
+    ex.add_argument("--workspace", help="workspace the profile's {workspace} means (default: cwd)")
+    ex.add_argument("--allow-net", action="append", default=[], metavar="DEST")
+    ex.add_argument("items", nargs="+", metavar="TYPE TARGET",
+                    help="pairs, e.g. file.delete .git/config net.connect 169.254.169.254:80")
 
     rs = sub.add_parser("restore", help="put back what a session's quarantine rule kept "
                         "instead of deleting")
@@ -117,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             return _journal(args)
         if args.cmd in ("keygen", "keys"):
             return _keys(args)
+        if args.cmd == "explain":
+            from aarm_sandbox.cli.explain import explain
+            return explain(args.profile, args.items, args.workspace, args.allow_net)
         if args.cmd == "restore":
             from aarm_sandbox.cli.restore import restore_cmd
             return restore_cmd(args.session, args.paths, force=args.force, list_only=args.list)

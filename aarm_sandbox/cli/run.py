@@ -219,9 +219,15 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
         protected.append(witness)
         (mask_dirs if os.path.isdir(witness) else mask_files).append(witness)
 
-    # --sensitive: reads must be seen to know when the session holds sensitive data
-    # (every read-only open is then decided by the supervisor: slower, but exact).
-    notify_reads = settings.intercept_reads or bool(args.sensitive)
+    store = _context_store(args, workspace, tmpdir)
+    if store is not None:
+        ctx.tainted_files = store.load()
+        protected.append(str(store.dir))
+        mask_dirs.append(str(store.dir))
+    # --sensitive (or files an earlier session tainted): reads must be seen to know when
+    # the session holds sensitive data (every read-only open is then decided by the
+    # supervisor: slower, but exact).
+    notify_reads = settings.intercept_reads or bool(args.sensitive) or bool(ctx.tainted_files)
     try:
         bpf = compile_filter(notify_reads=notify_reads)
     except FilterError as e:
@@ -365,6 +371,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
         sup.meter.stop()
     if sup.quarantine is not None:
         sup.quarantine.close()
+    if store is not None:
+        store.save(ctx.files_carrying_taint())
     keep_tmp.extend(ctx.moved_into_tmp)
     _take_back_terminal(was_foreground)
     code = exit_code(status_box[0]) if status_box else EXIT_SANDBOX_ERROR
@@ -422,6 +430,21 @@ def _destinations(settings, args):
             raise UsageError(str(e)) from None
         specs.append(spec)
     return Destinations(specs)
+
+
+def _context_store(args, workspace: str, tmpdir: str):
+    d = getattr(args, "context_store", None)
+    if not d:
+        return None
+    from aarm_sandbox.context.store import ContextStore
+    d = os.path.realpath(d)
+    if _inside(d, workspace) or _inside(d, tmpdir):
+        raise UsageError(f"--context-store {d} is inside the workspace, where the agent could "
+                         "rewrite it: choose a directory outside")
+    try:
+        return ContextStore(d, workspace)
+    except OSError as e:
+        raise UsageError(f"--context-store {d}: {e.strerror}") from None
 
 
 def _connection_meter(journal, ctx):

@@ -28,6 +28,9 @@ class SessionContext:
     sensitive: re.Pattern | None = None
     # the first sensitive path the session read (None: untainted); from then on no egress
     tainted: str | None = None
+    # files written while tainted (and, with --context-store, by earlier tainted sessions)
+    tainted_files: set[str] = field(default_factory=set)
+    written_paths: set[str] = field(default_factory=set)
     # bytes of brokered TCP connections as the kernel counted them (net.accounting)
     egress_bytes: Counter = field(default_factory=Counter)
 
@@ -54,7 +57,23 @@ class SessionContext:
     def classes_of(self, paths: tuple[str, ...]) -> list[str]:
         if self.sensitive is not None and any(self.sensitive.match(p) for p in paths):
             return ["sensitive"]
+        if self.tainted_files and any(p in self.tainted_files for p in paths):
+            return ["sensitive"]
         return []
+
+    def note_written(self, path: str) -> None:
+        """Data flows through files: what a tainted session writes carries the taint (staged
+        exfiltration: write /tmp/report.csv now, send it later, maybe from a later session)."""
+        self.written_paths.add(path)
+        if self.tainted is not None:
+            self.tainted_files.add(path)
+
+    def files_carrying_taint(self) -> set[str]:
+        """At the end of a tainted session, every file it created or wrote: a file opened
+        for writing before the sensitive read may have received the data after it."""
+        if self.tainted is None:
+            return set(self.tainted_files)
+        return self.tainted_files | self.created_paths | self.written_paths
 
     def record_created(self, path: str) -> None:
         self.created_paths.add(path)

@@ -44,6 +44,17 @@ class PolicyEngine:
             d = self._final[key] = self._finalise(best, t)
         return d
 
+    def trace(self, action: Action, ctx: SessionContext) -> list[tuple[str, str, bool]]:
+        """Every rule that applies to the action's type: (rule id, its decision, matched),
+        in profile order: what `explain` prints. Not on the hot path."""
+        out = []
+        for rule in self.policy.rules_by_type[action.type]:
+            matched = not rule.needs_paths or _matches(rule, action, ctx)
+            if matched and rule.count_over is not None and ctx.rule_counts[rule.id] < rule.count_over:
+                matched = False
+            out.append((rule.id, rule.result.value, matched))
+        return out
+
     def _finalise(self, best: CompiledRule | None, t: str) -> Decision:
         """The decision a (rule, action type) pair yields; computed once, then reused."""
         if best is None:

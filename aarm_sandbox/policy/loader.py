@@ -51,8 +51,11 @@ def builtin_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "profiles"
 
 
+NOT_PROFILES = {"exec-catalog"}     # other data kept beside the profiles
+
+
 def builtin_names() -> list[str]:
-    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml") if p.stem not in NOT_PROFILES)
 
 
 def locate(name_or_file: str) -> Path:
@@ -224,7 +227,7 @@ def _store(cached: Path, view: SimpleNamespace, chain: list[tuple[str, str]]) ->
 
 
 # Bump when the schema or its defaults change, so cached validations are not reused.
-_CODE_VERSION = "profile-schema-4"
+_CODE_VERSION = "profile-schema-5"
 
 
 def _merge(base, child, child_data: dict):

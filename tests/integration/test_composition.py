@@ -54,6 +54,25 @@ def test_a_connect_allowed_before_a_sensitive_read_is_denied_after_it(box, serve
     assert deny and str(secret) in deny[0]["decision"]["reason"]
 
 
+def test_a_file_staged_by_a_tainted_session_taints_a_later_session(box, server, tmp_path):
+    secret = box.canary("secret.txt", "TOP-SECRET\n")
+    store = tmp_path / "context"
+    first = box.run([PY, "-c", f"open('report.csv', 'w').write(open({str(secret)!r}).read())"],
+                    extra=["--sensitive", str(secret), "--context-store", str(store)])
+    assert first.returncode == 0, first.stderr
+    connect = _connect(server.port)
+    code = connect + "print(len(open('report.csv').read()))\n" + connect
+    later = box.run([PY, "-c", code], extra=["--allow-net", f"127.0.0.1:{server.port}",
+                                             "--context-store", str(store)])
+    assert later.stdout.count("pong:x") == 1 and "denied 111" in later.stdout, later.stdout + later.stderr
+    deny = later.denied("net.connect")
+    assert deny and "report.csv" in deny[0]["decision"]["reason"]
+    # without the store, the later session knows nothing of it (the test can fail)
+    server.accepted = 0
+    blind = box.run([PY, "-c", code], extra=["--allow-net", f"127.0.0.1:{server.port}"])
+    assert blind.stdout.count("pong:x") == 2
+
+
 def test_names_stop_resolving_after_a_sensitive_read(box, server):
     secret = box.canary("secret.txt", "TOP-SECRET\n")
     code = f"""
@@ -117,3 +136,44 @@ def test_rm_rf_under_a_quarantine_rule_is_undone_by_restore(box, tmp_path):
     assert _tree(tree) == before
     again = subprocess.run(sandbox_cmd() + ["restore", session], capture_output=True, text=True)
     assert _tree(tree) == before and again.returncode in (0, 1)
+
+
+SEMANTIC = """id: semantic
+extends: default
+rules:
+  - id: no-force-push
+    actions: [vcs.push.force]
+    decision: deny
+    reason: force-pushing rewrites shared history
+  - id: no-ddl
+    actions: [db.ddl]
+    decision: deny
+    reason: schema changes need a migration review
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["sh", "-c", "git push --force origin main; echo ran"],
+    ["env", "GIT_TRACE=0", "sh", "-c", "git push -f origin main; echo ran"],
+    ["sh", "-c", "echo main | xargs git push --force origin; echo ran"],
+    [PY, "-c", "import os; os.system('git push --force origin main'); print('ran')"],
+    ["sh", "-c", "sqlite3 app.db 'DROP TABLE users'; echo ran"],
+])
+def test_the_dangerous_inner_command_is_classified_through_launchers(box, tmp_path, argv):
+    profile = tmp_path / "semantic.yaml"
+    profile.write_text(SEMANTIC)
+    native = box.native(argv)
+    assert "ran" in native.stdout                     # natively the command runs
+    r = box.run(argv, profile=str(profile))
+    assert "ran" not in r.stdout, r.stdout + r.stderr
+    denied = r.denied("process.exec")
+    assert denied, r.stderr
+    sem = denied[0]["action"]["semantic"]
+    assert any(s["type"] in ("vcs.push.force", "db.ddl") for s in sem)
+    assert denied[0]["decision"]["rule"] in ("no-force-push", "no-ddl")
+
+
+def test_semantic_classification_stays_off_for_profiles_without_such_rules(box):
+    r = box.run(["sh", "-c", "true"])
+    assert r.returncode == 0
+    assert "semantic" not in r.receipts("process.exec")[0]["action"]

@@ -229,3 +229,17 @@ def test_egress_entries_are_checked_at_load_time(tmp_path):
     f = _write(tmp_path, "id: x\nsettings:\n  egress: [\"exa mple.com\"]\n")
     with pytest.raises(ProfileError, match="not a host name"):
         load_profile(f)
+
+
+def test_explain_prints_each_rule_the_winner_and_the_destination_verdict(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "aarm_sandbox", "explain", "--workspace", str(tmp_path),
+                        "file.delete", "/etc/passwd", "file.write", ".git/hooks/pre-commit",
+                        "net.connect", "169.254.169.254:80"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "MATCH outside-workspace" in out and "=> deny [outside-workspace]" in out
+    assert "MATCH git-hook" in out and "(step_up: no approver available)" in out
+    assert "cloud metadata" in out and "=> deny [egress]" in out
+    bad = subprocess.run([sys.executable, "-m", "aarm_sandbox", "explain", "file.nuke", "/x"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 125 and "unknown action type" in bad.stderr

@@ -1,0 +1,92 @@
+"""`aarm-sandbox explain --profile P TYPE TARGET...`: what the profile decides and why.
+
+The same engine and destination policy `run` uses, on actions given on the command line,
+with a fresh session context: every rule that applies to the type, whether it matched,
+which one won (most restrictive), and the final decision.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from types import SimpleNamespace
+
+from aarm_sandbox.actions import action as A
+from aarm_sandbox.actions.action import Action
+from aarm_sandbox.context.session import SessionContext
+
+
+def explain(profile: str | None, items: list[str], workspace: str | None, allow_net: list[str]) -> int:
+    from aarm_sandbox.cli.run import UsageError, _destinations, build_policy
+    from aarm_sandbox.policy.engine import PolicyEngine
+    if not items or len(items) % 2:
+        print("aarm-sandbox: explain takes pairs: TYPE TARGET [TYPE TARGET]... "
+              f"(types: {', '.join(A.ALL_TYPES)})", file=sys.stderr)
+        return 125
+    ws = os.path.realpath(workspace or os.getcwd())
+    args = SimpleNamespace(profile=profile, allow_write=[], allow_net=allow_net)
+    policy, loaded = build_policy(args, ws, "/tmp/aarm-SESSION")
+    engine = PolicyEngine(policy)
+    ctx = SessionContext(session_id="explain")
+    try:
+        dests = _destinations(policy.profile.settings, args)
+    except UsageError as e:
+        print(f"aarm-sandbox: {e}", file=sys.stderr)
+        return 125
+    print(f"profile {policy.profile.id} ({loaded.source}), workspace {ws}")
+    for type_, target in zip(items[::2], items[1::2]):
+        if type_ not in A.ALL_TYPES:
+            print(f"aarm-sandbox: unknown action type {type_!r}; known: {', '.join(A.ALL_TYPES)}",
+                  file=sys.stderr)
+            return 125
+        action = _action(type_, target, ws, dests)
+        print(f"\n{type_} {action.target!r}")
+        if "egress" in action.detail:
+            print(f"  destination policy: {action.detail['egress']} — {action.detail['egress_reason']}")
+        trace = engine.trace(action, ctx)
+        if not trace:
+            print("  no rule applies to this type")
+        for rid, result, matched in trace:
+            print(f"  {'MATCH' if matched else '  -  '} {rid:28} {result}")
+        d = engine.decide(action, ctx)
+        if action.detail.get("egress") == "deny":
+            print(f"  => deny [egress] {action.detail['egress_reason']}")
+            continue
+        print(f"  => {d.result.value} [{d.rule}] {d.reason}"
+              + (f" (errno {_errname(d.errno)})" if d.errno and d.result.value != "allow" else ""))
+    return 0
+
+
+def _action(type_: str, target: str, ws: str, dests) -> Action:
+    if type_.startswith("file.") or type_ == A.PROCESS_EXEC:
+        path = os.path.normpath(os.path.join(ws, os.path.expanduser(target)))
+        return Action(type_, path, "(explain)", 0, 0, paths=(path,))
+    if type_ in (A.NET_CONNECT, A.NET_SEND) and not target.startswith("unix:"):
+        return _net_action(type_, target, dests)
+    if target.startswith("unix:"):
+        path = os.path.normpath(os.path.join(ws, target[5:]))
+        return Action(type_, "unix:" + path, "(explain)", 0, 0, paths=(path,))
+    return Action(type_, target, "(explain)", 0, 0)
+
+
+def _net_action(type_: str, target: str, dests) -> Action:
+    import ipaddress
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+        names = frozenset()
+    except ValueError:                      # a name: judged as the stub would resolve it
+        import socket
+        names = frozenset({host.lower().rstrip(".")})
+        try:
+            ip = ipaddress.ip_address(socket.getaddrinfo(host, None)[0][4][0])
+        except OSError:
+            ip = ipaddress.ip_address("0.0.0.0")
+    v = dests.decide(ip, int(port or 0), "tcp", names)
+    detail = {"egress": v.kind, "egress_reason": v.reason}
+    return Action(type_, target, "(explain)", 0, 0, detail=detail)
+
+
+def _errname(e: int) -> str:
+    import errno
+    return errno.errorcode.get(e, str(e))
