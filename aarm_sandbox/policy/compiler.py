@@ -72,6 +72,76 @@ def literal_prefix(glob: str) -> str:
     return glob
 
 
+class RuleIndex:
+    """The rules of one action type that could match a path, found in O(path depth): a
+    rule's `paths` globs are indexed by their literal directory prefix (the path's
+    ancestors are looked up), exact path, other literal prefix, or literal suffix; rules
+    without `paths`, or with a glob that has no literal part, are always candidates.
+    Candidates keep profile order (ties go to the earlier rule)."""
+    __slots__ = ("by_dir", "by_exact", "by_prefix", "by_suffix", "always", "suffixes", "prefixes")
+
+    def __init__(self, entries: list[tuple[CompiledRule, list[str]]]):
+        by_dir: dict[str, set] = {}
+        by_exact: dict[str, set] = {}
+        by_prefix: dict[str, set] = {}
+        by_suffix: dict[str, set] = {}
+        always: set = set()
+        for rule, globs in entries:
+            if not globs:
+                always.add(rule)
+                continue
+            for g in globs:
+                pre = literal_prefix(g)
+                if pre == g:
+                    by_exact.setdefault(g, set()).add(rule)
+                elif "/" in pre:
+                    by_dir.setdefault(pre[:pre.rfind("/") + 1], set()).add(rule)
+                elif pre:
+                    by_prefix.setdefault(pre, set()).add(rule)
+                elif _literal_suffix(g):
+                    by_suffix.setdefault(_literal_suffix(g), set()).add(rule)
+                else:
+                    always.add(rule)
+        self.by_dir, self.by_exact = by_dir, by_exact
+        self.by_prefix, self.by_suffix = by_prefix, by_suffix
+        self.prefixes, self.suffixes = tuple(by_prefix), tuple(by_suffix)
+        self.always = frozenset(always)
+
+    def candidates(self, paths: tuple[str, ...]) -> list:
+        found = set(self.always)
+        by_dir, by_exact = self.by_dir, self.by_exact
+        for path in paths:
+            hit = by_exact.get(path)
+            if hit:
+                found |= hit
+            if self.suffixes and path.endswith(self.suffixes):
+                for suf, rules in self.by_suffix.items():
+                    if path.endswith(suf):
+                        found |= rules
+            if self.prefixes and path.startswith(self.prefixes):
+                for pre, rules in self.by_prefix.items():
+                    if path.startswith(pre):
+                        found |= rules
+            i = path.find("/")
+            while i >= 0:
+                hit = by_dir.get(path[:i + 1])
+                if hit:
+                    found |= hit
+                i = path.find("/", i + 1)
+        return sorted(found, key=_rule_index)
+
+
+def _rule_index(rule) -> int:
+    return rule.index
+
+
+def _literal_suffix(glob: str) -> str:
+    for i in range(len(glob) - 1, -1, -1):
+        if glob[i] in "*?[]":
+            return glob[i + 1:]
+    return glob
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     id: str
@@ -111,6 +181,12 @@ class CompiledPolicy:
             keys = sorted((k for k in profile.defaults if fnmatch.fnmatchcase(t, k)),
                           key=lambda k: (k != t, -len(k)))
             self.default_by_type[t] = Result(profile.defaults[keys[0]]) if keys else Result.DENY
+        # Per type, an index from paths to the rules that could match them (a profile of
+        # hundreds of rules costs a few dict lookups per action, not a loop over all).
+        raw = {c.index: r for c, r in zip(compiled, profile.rules)}
+        self.index_by_type: dict[str, RuleIndex] = {
+            t: RuleIndex([(c, self.expand_patterns(raw[c.index].paths)) for c in self.rules_by_type[t]])
+            for t in ALL_TYPES}
         self.has_exec_restrictions = any(
             c.result is not Result.ALLOW for c in self.rules_by_type["process.exec"]
         ) or self.default_by_type["process.exec"] is not Result.ALLOW

@@ -26,7 +26,10 @@ class PolicyEngine:
     def decide(self, action: Action, ctx: SessionContext) -> Decision:
         t = action.type
         best: CompiledRule | None = None
-        for rule in self.policy.rules_by_type[t]:
+        rules = self.policy.rules_by_type[t]
+        if len(rules) > 8:                     # small sets: the loop is cheaper than the index
+            rules = self.policy.index_by_type[t].candidates(action.paths)
+        for rule in rules:
             if rule.needs_paths and not _matches(rule, action, ctx):
                 continue
             if rule.count_over is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 
@@ -243,3 +244,45 @@ def test_explain_prints_each_rule_the_winner_and_the_destination_verdict(tmp_pat
     bad = subprocess.run([sys.executable, "-m", "aarm_sandbox", "explain", "file.nuke", "/x"],
                          capture_output=True, text=True)
     assert bad.returncode == 125 and "unknown action type" in bad.stderr
+
+
+def test_the_rule_index_finds_every_rule_a_full_scan_finds(tmp_path):
+    """The engine consults only the rules the path index returns: on a large generated
+    profile, every decision must equal the one a scan over all rules gives."""
+    import random
+    import importlib.util
+    from types import SimpleNamespace
+    from aarm_sandbox.actions.action import Action
+    from aarm_sandbox.cli.run import build_policy
+    from aarm_sandbox.context.session import SessionContext
+    from aarm_sandbox.policy import engine as engine_mod
+    spec = importlib.util.spec_from_file_location(
+        "bench_policy", os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "bench_policy.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    prof = tmp_path / "p.yaml"
+    bench.make_profile(120, prof)
+    policy, _ = build_policy(SimpleNamespace(profile=str(prof), allow_write=[], allow_net=[]),
+                             str(ws), str(tmp_path / "t"))
+    indexed = engine_mod.PolicyEngine(policy)
+    ctx = SessionContext(session_id="t")
+    rng = random.Random(5)
+    checked = 0
+    for i in range(3000):
+        t = rng.choice(bench.FILE_TYPES)
+        d = rng.choice(["src", "dir", "build", "x", ".git/hooks", ".git"])
+        path = rng.choice([f"{ws}/{d}{rng.randrange(120)}/f{i}.secret{rng.randrange(120)}",
+                           f"{ws}/{d}/config", f"/etc/x{i}", f"{ws}", f"{os.path.expanduser('~')}/.ssh/id",
+                           f"{ws}/{d}{rng.randrange(120)}"])
+        a = Action(t, path, "openat", 1, 1, paths=(path,))
+        got = indexed.decide(a, ctx)
+        full = engine_mod.PolicyEngine(policy)
+        full.policy = SimpleNamespace(**{**vars(policy), "index_by_type": {
+            k: SimpleNamespace(candidates=lambda paths, rules=v: rules)
+            for k, v in policy.rules_by_type.items()}})
+        want = full.decide(Action(t, path, "openat", 1, 1, paths=(path,)), ctx)
+        assert (got.result, got.rule) == (want.result, want.rule), (t, path)
+        checked += got.rule != "default"
+    assert checked > 100
