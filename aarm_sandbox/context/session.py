@@ -31,6 +31,9 @@ class SessionContext:
     # files written while tainted (and, with --context-store, by earlier tainted sessions)
     tainted_files: set[str] = field(default_factory=set)
     written_paths: set[str] = field(default_factory=set)
+    # executed matches of windowed count rules (monotonic times), and programs run
+    rule_times: dict = field(default_factory=dict)
+    programs_seen: set[str] = field(default_factory=set)
     # bytes of brokered TCP connections as the kernel counted them (net.accounting)
     egress_bytes: Counter = field(default_factory=Counter)
 

@@ -21,11 +21,19 @@ class ContextStore:
         key = hashlib.sha256(workspace.encode("utf-8", "surrogateescape")).hexdigest()[:24]
         self.file = self.dir / f"taint-{key}.json"
 
-    def load(self) -> set[str]:
+    def _data(self) -> dict:
         try:
             data = json.loads(self.file.read_text())
         except (OSError, ValueError):
-            return set()
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def programs(self) -> set[str]:
+        """Programs earlier sessions of this workspace ran (for `first_time` rules)."""
+        return {p for p in self._data().get("programs", []) if isinstance(p, str)}
+
+    def load(self) -> set[str]:
+        data = self._data()
         out = set()
         for entry in data.get("files", []):
             path, ino = entry.get("path"), entry.get("ino")
@@ -36,7 +44,7 @@ class ContextStore:
                 pass
         return out
 
-    def save(self, tainted: set[str]) -> None:
+    def save(self, tainted: set[str], programs: set[str] = frozenset()) -> None:
         files = []
         for path in sorted(tainted):
             try:
@@ -44,6 +52,6 @@ class ContextStore:
             except OSError:
                 pass                            # gone: nothing left to carry the data
         tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": 1, "files": files}))
+        tmp.write_text(json.dumps({"version": 1, "files": files, "programs": sorted(programs)}))
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.file)

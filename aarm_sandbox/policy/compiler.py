@@ -158,6 +158,11 @@ class CompiledRule:
     outside_cover: tuple[str, ...] = ()              # dirs whose whole subtree is "inside"
     needs_paths: bool = True
     modify: str | None = None                        # the MODIFY transform
+    session_has: frozenset = frozenset()             # composition: data classes already held
+    leaves_sandbox: bool | None = None
+    within_seconds: float | None = None
+    first_time: bool | None = None
+    needs_context: bool = False
 
 
 def default_errno(action_type: str) -> int:
@@ -223,4 +228,11 @@ class CompiledPolicy:
             outside_cover=tuple(p[:-3] for p in outside_pats
                                 if p.endswith("/**") and not any(c in p[:-3] for c in "*?[")),
             needs_paths=bool(r.paths or r.outside or r.existed_at_start is not None),
-            modify=getattr(r, "modify", None))
+            modify=getattr(r, "modify", None),
+            session_has=frozenset(getattr(r, "session_has", None) or ()),
+            leaves_sandbox=getattr(r, "leaves_sandbox", None),
+            within_seconds=getattr(r, "within_seconds", None),
+            first_time=getattr(r, "first_time", None),
+            needs_context=bool(getattr(r, "session_has", None) or
+                               getattr(r, "leaves_sandbox", None) is not None or
+                               getattr(r, "first_time", None) is not None))

@@ -8,6 +8,8 @@ Observe mode turns every non-allow into an allow that records what would have ha
 """
 from __future__ import annotations
 
+import time
+
 from aarm_sandbox.actions.action import Action
 from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.policy.compiler import CompiledPolicy, CompiledRule, default_errno
@@ -32,12 +34,14 @@ class PolicyEngine:
         for rule in rules:
             if rule.needs_paths and not _matches(rule, action, ctx):
                 continue
+            if rule.needs_context and not _context_holds(rule, action, ctx):
+                continue
             if rule.count_over is not None:
                 # Counted by the caller only once the action really happened (Supervisor._track).
                 if action.counted is None:
                     action.counted = []
                 action.counted.append(rule.id)
-                if ctx.rule_counts[rule.id] < rule.count_over:
+                if _count(rule, ctx) < rule.count_over:
                     continue
             if best is None or RANK[rule.result] < RANK[best.result]:
                 best = rule
@@ -52,8 +56,9 @@ class PolicyEngine:
         in profile order: what `explain` prints. Not on the hot path."""
         out = []
         for rule in self.policy.rules_by_type[action.type]:
-            matched = not rule.needs_paths or _matches(rule, action, ctx)
-            if matched and rule.count_over is not None and ctx.rule_counts[rule.id] < rule.count_over:
+            matched = (not rule.needs_paths or _matches(rule, action, ctx)) and \
+                (not rule.needs_context or _context_holds(rule, action, ctx))
+            if matched and rule.count_over is not None and _count(rule, ctx) < rule.count_over:
                 matched = False
             out.append((rule.id, rule.result.value, matched))
         return out
@@ -76,6 +81,30 @@ class PolicyEngine:
             return Decision(Result.ALLOW, decision.rule, f"observe: would {decision.result.value}: "
                             f"{decision.reason}", 0, shadow=decision.result)
         return decision
+
+
+def _context_holds(rule: CompiledRule, action: Action, ctx: SessionContext) -> bool:
+    """Composition conditions: what the session already did decides."""
+    if rule.session_has and not rule.session_has <= ctx.data_classes:
+        return False
+    if rule.leaves_sandbox is not None and \
+            (action.detail.get("egress") == "broker") != rule.leaves_sandbox:
+        return False
+    if rule.first_time is not None and (action.target not in ctx.programs_seen) != rule.first_time:
+        return False
+    return True
+
+
+def _count(rule: CompiledRule, ctx: SessionContext) -> int:
+    if rule.within_seconds is None:
+        return ctx.rule_counts[rule.id]
+    times = ctx.rule_times.get(rule.id)
+    if not times:
+        return 0
+    horizon = time.monotonic() - rule.within_seconds
+    while times and times[0] < horizon:
+        times.popleft()
+    return len(times)
 
 
 def _matches(rule: CompiledRule, action: Action, ctx: SessionContext) -> bool:

@@ -41,6 +41,18 @@ class Rule(_Strict):
     count_over: int | None = Field(default=None, ge=0,
                                    description="match only after this many earlier executed matches this "
                                                "session (deleting what the session created does not count)")
+    session_has: list[str] = Field(
+        default_factory=list, description="composition: only once the session holds data of "
+                                          "all these classes (e.g. [sensitive])")
+    leaves_sandbox: bool | None = Field(
+        default=None, description="net.*: true matches only connections/sends the supervisor "
+                                  "would make outside the sandbox")
+    within_seconds: float | None = Field(
+        default=None, gt=0, description="with count_over: count only matches in this sliding "
+                                        "window (more than N deletes in T seconds)")
+    first_time: bool | None = Field(
+        default=None, description="process.exec: true matches a program this workspace has "
+                                  "not run before (remembered with --context-store)")
     decision: DecisionName
     modify: Literal["quarantine"] | None = Field(
         default=None, description="with decision modify: the transform (quarantine: a delete "
@@ -50,6 +62,12 @@ class Rule(_Strict):
     errno: str | None = Field(default=None, description="errno name for deny, e.g. EACCES")
 
     _check_actions = field_validator("actions")(classmethod(lambda cls, v: _check_action_globs(v)))
+
+    @model_validator(mode="after")
+    def _window_needs_a_count(self):
+        if self.within_seconds is not None and self.count_over is None:
+            raise ValueError("within_seconds needs count_over (more than N matches in T seconds)")
+        return self
 
     @model_validator(mode="after")
     def _modify_has_a_transform(self):

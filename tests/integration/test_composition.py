@@ -51,7 +51,9 @@ def test_a_connect_allowed_before_a_sensitive_read_is_denied_after_it(box, serve
     assert "denied 111" in r.stdout, r.stdout + r.stderr                # after: refused
     assert server.accepted == 1
     deny = [x for x in r.denied("net.connect") if x["decision"]["rule"] == "sensitive-then-egress"]
-    assert deny and str(secret) in deny[0]["decision"]["reason"]
+    assert deny and "sensitive" in deny[0]["decision"]["reason"]
+    assert any(x["action"]["target"] == str(secret) and x.get("data_classes") == ["sensitive"]
+               for x in r.receipts("file.read"))
 
 
 def test_a_file_staged_by_a_tainted_session_taints_a_later_session(box, server, tmp_path):
@@ -66,7 +68,9 @@ def test_a_file_staged_by_a_tainted_session_taints_a_later_session(box, server, 
                                              "--context-store", str(store)])
     assert later.stdout.count("pong:x") == 1 and "denied 111" in later.stdout, later.stdout + later.stderr
     deny = later.denied("net.connect")
-    assert deny and "report.csv" in deny[0]["decision"]["reason"]
+    assert deny and deny[0]["decision"]["rule"] == "sensitive-then-egress"
+    assert any(x["action"]["target"].endswith("report.csv") and x.get("data_classes") == ["sensitive"]
+               for x in later.receipts("file.read"))
     # without the store, the later session knows nothing of it (the test can fail)
     server.accepted = 0
     blind = box.run([PY, "-c", code], extra=["--allow-net", f"127.0.0.1:{server.port}"])
@@ -177,3 +181,65 @@ def test_semantic_classification_stays_off_for_profiles_without_such_rules(box):
     r = box.run(["sh", "-c", "true"])
     assert r.returncode == 0
     assert "semantic" not in r.receipts("process.exec")[0]["action"]
+
+
+WINDOWED = """id: windowed
+extends: default
+rules:
+  - id: burst-delete
+    actions: [file.delete]
+    paths: [workspace]
+    count_over: 3
+    within_seconds: 1
+    decision: deny
+    reason: more than 3 deletions within a second
+"""
+
+
+def test_a_count_in_a_time_window_trips_on_bursts_and_recovers(box, tmp_path):
+    profile = tmp_path / "w.yaml"
+    profile.write_text(WINDOWED)
+    for i in range(6):
+        (box.workspace / f"f{i}").write_text("x")
+    code = """
+import os, time
+for i in range(5):
+    try:
+        os.unlink(f"f{i}"); print("deleted", i)
+    except OSError as e:
+        print("refused", i, e.errno)
+time.sleep(1.3)
+os.unlink("f5"); print("deleted 5")
+"""
+    r = box.run([PY, "-c", code], profile=str(profile))
+    assert [l for l in r.stdout.splitlines() if l.startswith("deleted")] == \
+        ["deleted 0", "deleted 1", "deleted 2", "deleted 5"], r.stdout + r.stderr
+    assert "refused 3 13" in r.stdout and "refused 4 13" in r.stdout
+    assert [x["decision"]["rule"] for x in r.denied("file.delete")] == ["burst-delete"] * 2
+
+
+FIRST_TIME = """id: first-time
+extends: default
+rules:
+  - id: new-program
+    actions: [process.exec]
+    paths: ["/usr/bin/**"]
+    first_time: true
+    decision: deny
+    reason: a program this workspace never ran before
+"""
+
+
+def test_first_time_programs_are_told_apart_from_ones_the_workspace_ran_before(box, tmp_path):
+    profile = tmp_path / "f.yaml"
+    profile.write_text(FIRST_TIME)
+    store = tmp_path / "ctx"
+    warm = box.run(["/usr/bin/od", "-An", "-c", "/dev/null"], extra=["--context-store", str(store)])
+    assert warm.returncode == 0, warm.stderr                     # default profile: recorded
+    seen = box.run(["/usr/bin/od", "-An", "-c", "/dev/null"], profile=str(profile),
+                   extra=["--context-store", str(store)])
+    assert seen.returncode == 0, seen.stderr
+    new = box.run(["/usr/bin/cksum", "/dev/null"], profile=str(profile),
+                  extra=["--context-store", str(store)])
+    assert new.returncode != 0
+    assert new.denied("process.exec")[0]["decision"]["rule"] == "new-program"
