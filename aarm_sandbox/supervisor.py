@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from dataclasses import replace
 
 from aarm_sandbox.actions import action as A
 from aarm_sandbox.context.session import SessionContext
@@ -330,7 +331,55 @@ class Supervisor:
             modified = {"type": "file.quarantine", "transform": "quarantine",
                         "original": "file.delete"}
             return QuarantineDelete(effect, self.quarantine, action.target, modified), modified
+        if (decision.modify in ("private_copy", "read_only") and action.type == A.FILE_WRITE and
+                isinstance(effect, OpenFile) and not effect.opath_passthrough and not effect.blocking):
+            if decision.modify == "read_only":
+                flags = (effect.flags & ~(os.O_ACCMODE | os.O_TRUNC | os.O_CREAT | os.O_EXCL |
+                                          os.O_APPEND)) | os.O_RDONLY
+                return replace(effect, flags=flags), {"type": "file.read", "transform": "read_only",
+                                                      "original": "file.write"}
+            copy = self._private_copy(effect, action.target)
+            if copy is None:
+                return effect, None
+            effect.close()
+            modified = {"type": "file.write", "transform": "private_copy", "original": "file.write",
+                        "copy": copy[1]}
+            return replace(effect, dirfd=-1, objfd=copy[0],
+                           flags=effect.flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW), opened=-1), modified
         return effect, None
+
+    def _private_copy(self, effect: OpenFile, target: str) -> tuple[int, str] | None:
+        """A session-private copy of the file (outside the sandbox's view), pinned with
+        O_PATH; writes then change the copy, never the original. Read through the same
+        pinned objects the open would have used."""
+        import shutil
+        import stat as stat_mod
+        from aarm_sandbox.cli.run import state_dir
+        d = state_dir() / "overlay" / self.ctx.session_id
+        src_fd = -1
+        try:
+            if effect.objfd >= 0:
+                src_fd = os.open(f"/proc/self/fd/{effect.objfd}", os.O_RDONLY | os.O_CLOEXEC)
+            else:
+                src_fd = os.open(effect.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC |
+                                 os.O_NONBLOCK, dir_fd=effect.dirfd)
+            st = os.fstat(src_fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                return None
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._copies = getattr(self, "_copies", 0) + 1
+            dst = d / f"{self._copies:06d}-{os.path.basename(target)[:100]}"
+            with os.fdopen(os.dup(src_fd), "rb") as src, open(dst, "xb") as out:
+                shutil.copyfileobj(src, out)
+            os.chmod(dst, stat_mod.S_IMODE(st.st_mode))
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+            return os.open(dst, os.O_PATH | os.O_CLOEXEC), str(dst)
+        except OSError as e:
+            print(f"aarm-sandbox: cannot make a private copy of {target}: {e}", file=sys.stderr)
+            return None
+        finally:
+            if src_fd >= 0:
+                os.close(src_fd)
 
     def _install_brokered(self, n: Notification, effect, r: int, action) -> int:
         """The supervisor's outside socket takes the place of the target's (before the

@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(*.example.com), IP or CIDR; the supervisor makes the connection")
     r.add_argument("--sensitive", action="append", default=[], metavar="GLOB",
                    help="label paths matching GLOB as data class 'sensitive'")
+    r.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
+                   help="context a rule may require (e.g. ticket=OPS-12); rules needing a "
+                   "missing key DEFER")
     r.add_argument("--context-store", metavar="DIR",
                    help="keep the session context (files that carry sensitive data) across "
                    "sessions of the same workspace in DIR (outside the workspace)")

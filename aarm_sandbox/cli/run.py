@@ -155,6 +155,11 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     settings = policy.profile.settings
     engine = PolicyEngine(policy, observe=args.observe)
     ctx = SessionContext(session_id=session_id, intent=args.intent)
+    for item in getattr(args, "context", []) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key):
+            raise UsageError(f"--context {item!r}: expected KEY=VALUE (KEY: letters, digits, _ . -)")
+        ctx.facts[key] = value
     if args.sensitive:
         ph = policy.placeholders
         ctx.sensitive = re.compile("(?:" + "|".join(
@@ -197,7 +202,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
                     "profile": {"id": policy.profile.id, "version": str(policy.profile.version),
                                 "source": loaded.source, "sha256": loaded.sha256},
                     "observe": bool(args.observe), "host": platform.node(),
-                    "kernel": platform.release(), "uid": os.getuid(), "identity": identity}
+                    "kernel": platform.release(), "uid": os.getuid(), "identity": identity,
+                    "context": dict(ctx.facts)}
 
     masks = policy.set_paths(settings.mask)
     mask_dirs = [p for p in masks if os.path.isdir(p)]

@@ -34,6 +34,9 @@ class SessionContext:
     # executed matches of windowed count rules (monotonic times), and programs run
     rule_times: dict = field(default_factory=dict)
     programs_seen: set[str] = field(default_factory=set)
+    # declared context (run --context KEY=VALUE: a ticket, a change window), the agent's
+    # or operator's claim, recorded in session.start
+    facts: dict = field(default_factory=dict)
     # bytes of brokered TCP connections as the kernel counted them (net.accounting)
     egress_bytes: Counter = field(default_factory=Counter)
 

@@ -163,6 +163,7 @@ class CompiledRule:
     within_seconds: float | None = None
     first_time: bool | None = None
     needs_context: bool = False
+    requires_context: frozenset = frozenset()        # context keys; missing -> DEFER
 
 
 def default_errno(action_type: str) -> int:
@@ -233,6 +234,7 @@ class CompiledPolicy:
             leaves_sandbox=getattr(r, "leaves_sandbox", None),
             within_seconds=getattr(r, "within_seconds", None),
             first_time=getattr(r, "first_time", None),
+            requires_context=frozenset(getattr(r, "requires_context", None) or ()),
             needs_context=bool(getattr(r, "session_has", None) or
                                getattr(r, "leaves_sandbox", None) is not None or
                                getattr(r, "first_time", None) is not None))

@@ -28,6 +28,8 @@ class PolicyEngine:
     def decide(self, action: Action, ctx: SessionContext) -> Decision:
         t = action.type
         best: CompiledRule | None = None
+        best_result = Result.ALLOW
+        deferred = False
         rules = self.policy.rules_by_type[t]
         if len(rules) > 8:                     # small sets: the loop is cheaper than the index
             rules = self.policy.index_by_type[t].candidates(action.paths)
@@ -43,12 +45,16 @@ class PolicyEngine:
                 action.counted.append(rule.id)
                 if _count(rule, ctx) < rule.count_over:
                     continue
-            if best is None or RANK[rule.result] < RANK[best.result]:
-                best = rule
-        key = (best.index if best is not None else -1, t)
+            result = rule.result
+            missing = rule.requires_context and not rule.requires_context <= ctx.facts.keys()
+            if missing:
+                result = Result.DEFER          # the rule needs context the session lacks
+            if best is None or RANK[result] < RANK[best_result]:
+                best, best_result, deferred = rule, result, bool(missing)
+        key = (best.index if best is not None else -1, t, deferred)
         d = self._final.get(key)
         if d is None:
-            d = self._final[key] = self._finalise(best, t)
+            d = self._final[key] = self._finalise(best, t, deferred)
         return d
 
     def trace(self, action: Action, ctx: SessionContext) -> list[tuple[str, str, bool]]:
@@ -60,12 +66,20 @@ class PolicyEngine:
                 (not rule.needs_context or _context_holds(rule, action, ctx))
             if matched and rule.count_over is not None and _count(rule, ctx) < rule.count_over:
                 matched = False
-            out.append((rule.id, rule.result.value, matched))
+            result = rule.result.value
+            if rule.requires_context and not rule.requires_context <= ctx.facts.keys():
+                result = f"defer (missing {', '.join(sorted(rule.requires_context))})"
+            out.append((rule.id, result, matched))
         return out
 
-    def _finalise(self, best: CompiledRule | None, t: str) -> Decision:
+    def _finalise(self, best: CompiledRule | None, t: str, deferred: bool = False) -> Decision:
         """The decision a (rule, action type) pair yields; computed once, then reused."""
-        if best is None:
+        if deferred:
+            keys = ", ".join(sorted(best.requires_context))
+            decision = Decision(Result.DEFER, best.id, f"{best.reason}: waiting for context "
+                                f"{keys} (aarm-sandbox run --context KEY=VALUE)",
+                                best.errno or default_errno(t))
+        elif best is None:
             result = self.policy.default_by_type[t]
             decision = Decision(result, "default", f"profile {self.policy.profile.id} default for {t}",
                                 default_errno(t) if result is not Result.ALLOW else 0)

@@ -53,11 +53,16 @@ class Rule(_Strict):
     first_time: bool | None = Field(
         default=None, description="process.exec: true matches a program this workspace has "
                                   "not run before (remembered with --context-store)")
+    requires_context: list[str] = Field(
+        default_factory=list, description="context keys this rule needs (run --context "
+                                          "KEY=VALUE); while one is missing the rule DEFERs")
     decision: DecisionName
-    modify: Literal["quarantine"] | None = Field(
+    modify: Literal["quarantine", "private_copy", "read_only"] | None = Field(
         default=None, description="with decision modify: the transform (quarantine: a delete "
                                   "moves the file into the session's trash, undone by "
-                                  "`aarm-sandbox restore`)")
+                                  "`aarm-sandbox restore`; private_copy: a write-open opens a "
+                                  "session-private copy, the original stays untouched; "
+                                  "read_only: a write-open is opened read-only)")
     reason: str = ""
     errno: str | None = Field(default=None, description="errno name for deny, e.g. EACCES")
 
@@ -72,8 +77,11 @@ class Rule(_Strict):
     @model_validator(mode="after")
     def _modify_has_a_transform(self):
         if (self.decision == "modify") != (self.modify is not None):
-            raise ValueError("decision: modify needs `modify: quarantine` (and `modify` needs "
-                             "decision: modify)")
+            raise ValueError("decision: modify needs `modify: quarantine|private_copy|read_only` "
+                             "(and `modify` needs decision: modify)")
+        if self.modify in ("private_copy", "read_only") and any(
+                not fnmatch.fnmatchcase("file.write", a) for a in self.actions):
+            raise ValueError(f"modify: {self.modify} applies to file.write only (actions: [file.write])")
         if self.modify == "quarantine" and any(
                 not fnmatch.fnmatchcase("file.delete", a) for a in self.actions):
             raise ValueError("modify: quarantine applies to file.delete only (actions: [file.delete])")

@@ -243,3 +243,72 @@ def test_first_time_programs_are_told_apart_from_ones_the_workspace_ran_before(b
                   extra=["--context-store", str(store)])
     assert new.returncode != 0
     assert new.denied("process.exec")[0]["decision"]["rule"] == "new-program"
+
+
+NEEDS_TICKET = """id: needs-ticket
+extends: default
+rules:
+  - id: deploy-needs-ticket
+    actions: [file.write, file.create]
+    paths: ["{workspace}/deploy/**"]
+    requires_context: [ticket]
+    decision: allow
+    reason: deploy manifests change production
+"""
+
+
+def test_a_rule_that_needs_missing_context_defers_and_the_context_releases_it(box, tmp_path):
+    profile = tmp_path / "t.yaml"
+    profile.write_text(NEEDS_TICKET)
+    (box.workspace / "deploy").mkdir()
+    write = ["sh", "-c", "echo v2 > deploy/app.yaml && echo written"]
+    held = box.run(write, profile=str(profile))
+    assert "written" not in held.stdout
+    d = held.denied("file.create")[0]["decision"]
+    assert d["rule"] == "deploy-needs-ticket" and d["would"] == "defer"
+    assert "waiting for context ticket" in d["reason"]
+    ok = box.run(write, profile=str(profile), extra=["--context", "ticket=OPS-12"])
+    assert "written" in ok.stdout, ok.stderr
+    assert ok.records[0]["context"] == {"ticket": "OPS-12"}
+    bad = box.run(["true"], extra=["--context", "no-equals"])
+    assert bad.returncode == 125 and "KEY=VALUE" in bad.stderr
+
+
+def _modify_profile(tmp_path, transform: str) -> str:
+    p = tmp_path / f"{transform}.yaml"
+    p.write_text(f"""id: {transform}
+extends: default
+rules:
+  - id: protect-config
+    actions: [file.write]
+    paths: ["{{workspace}}/settings.conf"]
+    decision: modify
+    modify: {transform}
+    reason: settings.conf is shared
+""")
+    return str(p)
+
+
+def test_a_write_to_a_protected_file_goes_to_a_private_copy(box, tmp_path):
+    target = box.workspace / "settings.conf"
+    target.write_text("original\n")
+    code = "f = open('settings.conf', 'a'); f.write('agent change\\n'); f.close(); print('wrote')"
+    native_copy = tmp_path / "n.conf"
+    native_copy.write_text("original\n")
+    r = box.run([PY, "-c", code], profile=_modify_profile(tmp_path, "private_copy"))
+    assert "wrote" in r.stdout, r.stderr
+    assert target.read_text() == "original\n"                  # untouched
+    m = [x for x in r.receipts("file.write") if x["decision"]["result"] == "modify"][0]
+    copy = Path(m["action"]["modified"]["copy"])
+    assert copy.read_text() == "original\nagent change\n"
+    assert not str(copy).startswith(str(box.workspace))
+
+
+def test_a_write_open_turned_read_only_cannot_change_the_file(box, tmp_path):
+    target = box.workspace / "settings.conf"
+    target.write_text("original\n")
+    code = ("import os\nfd = os.open('settings.conf', os.O_WRONLY | os.O_TRUNC)\n"
+            "try:\n    os.write(fd, b'x')\nexcept OSError as e:\n    print('write refused', e.errno)\n")
+    r = box.run([PY, "-c", code], profile=_modify_profile(tmp_path, "read_only"))
+    assert "write refused 9" in r.stdout, r.stdout + r.stderr      # EBADF: a read-only fd
+    assert target.read_text() == "original\n"                       # not even truncated
