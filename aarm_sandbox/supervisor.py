@@ -192,7 +192,7 @@ class Supervisor:
                 effect.close()
                 return
             if decision.result is Result.MODIFY:
-                effect, modified = self._modify(action, decision, effect)
+                effect, modified = self._modify(action, decision, effect, n)
                 if modified is None:
                     decision = Decision(Result.DENY, decision.rule, f"{decision.reason} (modify: "
                                         f"{decision.modify} does not apply here)", decision.errno)
@@ -323,9 +323,20 @@ class Supervisor:
                             errno.EPERM)
         return best
 
-    def _modify(self, action, decision: Decision, effect: Effect):
+    def _modify(self, action, decision: Decision, effect: Effect, n: Notification):
         """The MODIFY transforms: (effect to perform instead, what it became) or
         (effect, None) when the transform does not apply (the caller denies)."""
+        if decision.modify == "scrub_env" and isinstance(effect, ExecContinue):
+            from aarm_sandbox.enforce import exec_env
+            envp = n.args[2] if action.syscall == "execve" else n.args[3]
+            try:
+                removed = exec_env.scrub(n.tid, envp, decision.params)
+            except DecodeError as e:
+                print(f"aarm-sandbox: cannot scrub the environment of {action.target}: {e}",
+                      file=sys.stderr)
+                return effect, None
+            return effect, {"type": "process.exec", "transform": "scrub_env",
+                            "original": "process.exec", "removed": removed}
         if (decision.modify == "quarantine" and action.type == A.FILE_DELETE and
                 isinstance(effect, AtCall) and effect.op == "unlink" and self.quarantine is not None):
             modified = {"type": "file.quarantine", "transform": "quarantine",

@@ -164,6 +164,7 @@ class CompiledRule:
     first_time: bool | None = None
     needs_context: bool = False
     requires_context: frozenset = frozenset()        # context keys; missing -> DEFER
+    env_remove: tuple = ()                           # modify scrub_env: name globs
 
 
 def default_errno(action_type: str) -> int:
@@ -235,6 +236,7 @@ class CompiledPolicy:
             within_seconds=getattr(r, "within_seconds", None),
             first_time=getattr(r, "first_time", None),
             requires_context=frozenset(getattr(r, "requires_context", None) or ()),
+            env_remove=tuple(getattr(r, "env_remove", None) or ()),
             needs_context=bool(getattr(r, "session_has", None) or
                                getattr(r, "leaves_sandbox", None) is not None or
                                getattr(r, "first_time", None) is not None))

@@ -27,6 +27,7 @@ class Decision:
     errno: int = 0          # for DENY: the errno the target sees
     shadow: Result | None = None   # observe mode: what the profile would have decided
     modify: str | None = None      # MODIFY: the transform to apply (e.g. "quarantine")
+    params: tuple = ()             # the transform's parameters (scrub_env: name globs)
 
     @property
     def allowed(self) -> bool:

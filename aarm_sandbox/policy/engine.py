@@ -85,7 +85,7 @@ class PolicyEngine:
                                 default_errno(t) if result is not Result.ALLOW else 0)
         else:
             decision = Decision(best.result, best.id, best.reason, best.errno or default_errno(t),
-                                modify=best.modify)
+                                modify=best.modify, params=best.env_remove)
         if decision.result in (Result.STEP_UP, Result.DEFER):
             why = "profile turns step_up into deny" if self.step_up_denies else NO_APPROVER
             decision = Decision(Result.DENY, decision.rule,

@@ -57,7 +57,10 @@ class Rule(_Strict):
         default_factory=list, description="context keys this rule needs (run --context "
                                           "KEY=VALUE); while one is missing the rule DEFERs")
     decision: DecisionName
-    modify: Literal["quarantine", "private_copy", "read_only"] | None = Field(
+    env_remove: list[str] = Field(
+        default_factory=list, description="modify: scrub_env: variable name globs to remove "
+                                          "(default: loader hooks, tokens, secrets, cloud keys)")
+    modify: Literal["quarantine", "private_copy", "read_only", "scrub_env"] | None = Field(
         default=None, description="with decision modify: the transform (quarantine: a delete "
                                   "moves the file into the session's trash, undone by "
                                   "`aarm-sandbox restore`; private_copy: a write-open opens a "
@@ -79,6 +82,9 @@ class Rule(_Strict):
         if (self.decision == "modify") != (self.modify is not None):
             raise ValueError("decision: modify needs `modify: quarantine|private_copy|read_only` "
                              "(and `modify` needs decision: modify)")
+        if self.modify == "scrub_env" and any(
+                not fnmatch.fnmatchcase("process.exec", a) for a in self.actions):
+            raise ValueError("modify: scrub_env applies to process.exec only")
         if self.modify in ("private_copy", "read_only") and any(
                 not fnmatch.fnmatchcase("file.write", a) for a in self.actions):
             raise ValueError(f"modify: {self.modify} applies to file.write only (actions: [file.write])")

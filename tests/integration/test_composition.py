@@ -312,3 +312,52 @@ def test_a_write_open_turned_read_only_cannot_change_the_file(box, tmp_path):
     r = box.run([PY, "-c", code], profile=_modify_profile(tmp_path, "read_only"))
     assert "write refused 9" in r.stdout, r.stdout + r.stderr      # EBADF: a read-only fd
     assert target.read_text() == "original\n"                       # not even truncated
+
+
+SCRUB = """id: scrub
+extends: default
+rules:
+  - id: clean-env
+    actions: [process.exec]
+    paths: ["/usr/bin/env"]
+    decision: modify
+    modify: scrub_env
+    reason: tools get no secrets or loader hooks
+"""
+
+
+def test_exec_env_scrubbing_removes_secrets_and_loader_hooks(box, tmp_path):
+    profile = tmp_path / "s.yaml"
+    profile.write_text(SCRUB)
+    env = {"GITHUB_TOKEN": "ghp_secret", "LD_PRELOAD": "/tmp/evil.so", "KEEP_ME": "yes",
+           "AWS_SECRET_ACCESS_KEY": "abc"}
+    argv = [PY, "-c", "import os; os.execv('/usr/bin/env', ['env'])"]
+    native = box.native(argv, env={**env, "LD_PRELOAD": ""})
+    assert "GITHUB_TOKEN=ghp_secret" in native.stdout            # natively it is passed on
+    r = box.run(argv, profile=str(profile), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "KEEP_ME=yes" in r.stdout
+    for name in ("GITHUB_TOKEN", "LD_PRELOAD", "AWS_SECRET_ACCESS_KEY"):
+        assert name not in r.stdout
+    m = [x for x in r.receipts("process.exec") if x["decision"]["result"] == "modify"][0]
+    removed = set(m["action"]["modified"]["removed"])
+    assert {"AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "LD_PRELOAD"} <= removed
+    assert "KEEP_ME" not in removed
+
+
+def test_a_forbidden_action_stays_denied_whatever_the_context(box, tmp_path, server):
+    """credential-store is a hard deny: no declared context, allowed destination, taint or
+    earlier history turns it into anything else."""
+    probe = Path(os.path.expanduser("~")) / ".git-credentials"
+    if probe.exists():
+        pytest.skip("~/.git-credentials exists here: the test would need to touch it")
+    code = f"open({str(probe)!r}, 'w').write('https://u:p@example.com')"
+    for extra in ([], ["--context", "ticket=OPS-1", "--context", "override=yes"],
+                  ["--allow-net", f"127.0.0.1:{server.port}"]):
+        r = box.run([PY, "-c", code], extra=extra)
+        assert r.returncode != 0 and not probe.exists()
+        d = r.denied()
+        assert d and d[0]["decision"]["rule"] == "credential-store", r.stderr
+    native = box.native([PY, "-c", code])            # natively the write goes through
+    assert native.returncode == 0 and probe.exists()
+    probe.unlink()

@@ -1,0 +1,67 @@
+"""MODIFY/scrub_env: the environment an exec passes on, with secrets and loader hooks removed.
+
+An exec cannot be emulated (it must happen in the target), and seccomp user notification
+cannot change a syscall's arguments, but the envp *array* the arguments point to is
+ordinary memory of the target: the supervisor rewrites it in place (the kept pointers,
+then NULL) before letting the exec continue, so the new program starts without them. The
+strings themselves are left alone. This changes only what the target itself passes on; a
+program racing to rewrite its own envp would only restore its own environment.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fnmatch
+
+from aarm_sandbox.decode.memory import DecodeError, read_path_unbounded, read_u64_array
+
+DEFAULT_REMOVE = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "LD_DEBUG*", "*TOKEN*",
+                  "*SECRET*", "*PASSWORD*", "*PASSWD*", "AWS_*", "*_API_KEY", "*_ACCESS_KEY*",
+                  "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_*", "SSH_AUTH_SOCK")
+MAX_ENV = 8192
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.process_vm_writev.restype = ctypes.c_ssize_t
+
+
+def scrub(tid: int, envp: int, patterns: tuple[str, ...] = ()) -> list[str]:
+    """Remove every variable whose name matches a pattern from the target's envp array.
+    Returns the removed names; raises DecodeError when the array cannot be rewritten (the
+    caller then refuses the exec: fail closed)."""
+    if envp == 0:
+        return []
+    pats = patterns or DEFAULT_REMOVE
+    pointers: list[int] = []
+    while True:
+        if len(pointers) >= MAX_ENV:
+            raise DecodeError(errno.E2BIG, "environment too large to scrub")
+        (p,) = read_u64_array(tid, envp + 8 * len(pointers), 1)
+        if p == 0:
+            break
+        pointers.append(p)
+    keep, removed = [], []
+    for p in pointers:
+        entry = read_path_unbounded(tid, p)
+        name = entry.split(b"=", 1)[0].decode("utf-8", "surrogateescape")
+        if any(fnmatch.fnmatchcase(name, pat) for pat in pats):
+            removed.append(name)
+        else:
+            keep.append(p)
+    if removed:
+        _write(tid, envp, b"".join(p.to_bytes(8, "little") for p in keep) + b"\0" * 8)
+    return removed
+
+
+def _write(tid: int, addr: int, data: bytes) -> None:
+    buf = ctypes.create_string_buffer(data, len(data))
+    local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), len(data))
+    remote = _IoVec(ctypes.c_void_p(addr), len(data))
+    n = _libc.process_vm_writev(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if n != len(data):
+        e = ctypes.get_errno() or errno.EFAULT
+        raise DecodeError(e, f"cannot rewrite the environment at {addr:#x}")
