@@ -505,7 +505,8 @@ class Supervisor:
         if decision.shadow is not None:
             rec["decision"]["would"] = decision.shadow.value
         classes = ctx.classes_of(action.paths) if (ctx.sensitive is not None or
-                                                   ctx.tainted_files) else None
+                                                   ctx.tainted_files or
+                                                   ctx.class_labels is not None) else None
         if classes:
             rec["data_classes"] = classes
             ctx.data_classes.update(classes)

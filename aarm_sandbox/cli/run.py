@@ -155,6 +155,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     settings = policy.profile.settings
     engine = PolicyEngine(policy, observe=args.observe)
     ctx = SessionContext(session_id=session_id, intent=args.intent)
+    if policy.class_matchers:
+        ctx.class_labels = policy.classes_of
     for item in getattr(args, "context", []) or []:
         key, sep, value = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key):

@@ -37,6 +37,7 @@ class SessionContext:
     # declared context (run --context KEY=VALUE: a ticket, a change window), the agent's
     # or operator's claim, recorded in session.start
     facts: dict = field(default_factory=dict)
+    class_labels: object = None          # callable(paths) -> [class], the profile's labels
     # bytes of brokered TCP connections as the kernel counted them (net.accounting)
     egress_bytes: Counter = field(default_factory=Counter)
 
@@ -61,11 +62,16 @@ class SessionContext:
             self.removed_paths.add(path)
 
     def classes_of(self, paths: tuple[str, ...]) -> list[str]:
-        if self.sensitive is not None and any(self.sensitive.match(p) for p in paths):
-            return ["sensitive"]
-        if self.tainted_files and any(p in self.tainted_files for p in paths):
-            return ["sensitive"]
-        return []
+        out = self.policy_classes(paths)
+        if (self.sensitive is not None and any(self.sensitive.match(p) for p in paths)) or \
+                (self.tainted_files and any(p in self.tainted_files for p in paths)):
+            out = sorted(set(out) | {"sensitive"})
+        return out
+
+    def policy_classes(self, paths: tuple[str, ...]) -> list[str]:
+        """The profile's data-class labels of these paths (set by `run`)."""
+        f = self.class_labels
+        return f(paths) if f is not None and paths else []
 
     def note_written(self, path: str) -> None:
         """Data flows through files: what a tainted session writes carries the taint (staged

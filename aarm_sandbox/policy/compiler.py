@@ -165,6 +165,9 @@ class CompiledRule:
     needs_context: bool = False
     requires_context: frozenset = frozenset()        # context keys; missing -> DEFER
     env_remove: tuple = ()                           # modify scrub_env: name globs
+    programs: tuple = ()                             # globs on the acting exe
+    argv: str | None = None                          # glob on the joined argv (exec)
+    touches: tuple = ()                              # data classes of touched paths
 
 
 def default_errno(action_type: str) -> int:
@@ -188,6 +191,9 @@ class CompiledPolicy:
             keys = sorted((k for k in profile.defaults if fnmatch.fnmatchcase(t, k)),
                           key=lambda k: (k != t, -len(k)))
             self.default_by_type[t] = Result(profile.defaults[keys[0]]) if keys else Result.DENY
+        # Data-class labels: class -> matcher over paths.
+        self.class_matchers = {name: self._regex(list(globs))
+                               for name, globs in (getattr(profile, "data_classes", None) or {}).items()}
         # Per type, an index from paths to the rules that could match them (a profile of
         # hundreds of rules costs a few dict lookups per action, not a loop over all).
         raw = {c.index: r for c, r in zip(compiled, profile.rules)}
@@ -197,6 +203,11 @@ class CompiledPolicy:
         self.has_exec_restrictions = any(
             c.result is not Result.ALLOW for c in self.rules_by_type["process.exec"]
         ) or self.default_by_type["process.exec"] is not Result.ALLOW
+
+    def classes_of(self, paths) -> list[str]:
+        """The profile's data classes these paths belong to."""
+        return sorted(name for name, rx in self.class_matchers.items()
+                      if rx is not None and any(rx.match(p) for p in paths))
 
     def expand_patterns(self, names_or_globs: list[str]) -> list[str]:
         out: list[str] = []
@@ -237,6 +248,11 @@ class CompiledPolicy:
             first_time=getattr(r, "first_time", None),
             requires_context=frozenset(getattr(r, "requires_context", None) or ()),
             env_remove=tuple(getattr(r, "env_remove", None) or ()),
+            programs=tuple(getattr(r, "programs", None) or ()),
+            argv=getattr(r, "argv", None),
+            touches=tuple(getattr(r, "touches", None) or ()),
             needs_context=bool(getattr(r, "session_has", None) or
                                getattr(r, "leaves_sandbox", None) is not None or
-                               getattr(r, "first_time", None) is not None))
+                               getattr(r, "first_time", None) is not None or
+                               getattr(r, "programs", None) or getattr(r, "argv", None) or
+                               getattr(r, "touches", None)))

@@ -8,6 +8,7 @@ Observe mode turns every non-allow into an allow that records what would have ha
 """
 from __future__ import annotations
 
+import fnmatch
 import time
 
 from aarm_sandbox.actions.action import Action
@@ -105,6 +106,13 @@ def _context_holds(rule: CompiledRule, action: Action, ctx: SessionContext) -> b
             (action.detail.get("egress") == "broker") != rule.leaves_sandbox:
         return False
     if rule.first_time is not None and (action.target not in ctx.programs_seen) != rule.first_time:
+        return False
+    if rule.programs and not any(fnmatch.fnmatchcase(action.exe or "", g) for g in rule.programs):
+        return False
+    if rule.argv is not None and not fnmatch.fnmatchcase(
+            " ".join(action.detail.get("argv") or ()), rule.argv):
+        return False
+    if rule.touches and not set(rule.touches) & set(ctx.policy_classes(action.paths)):
         return False
     return True
 

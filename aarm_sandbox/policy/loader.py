@@ -34,6 +34,7 @@ def to_view(data: dict) -> SimpleNamespace:
         id=data["id"], version=data["version"], description=data["description"],
         extends=data["extends"], settings=SimpleNamespace(**data["settings"]),
         path_sets=dict(data["path_sets"]), defaults=dict(data["defaults"]),
+        data_classes=dict(data.get("data_classes") or {}),
         rules=[SimpleNamespace(**r) for r in data["rules"]])
 
 
@@ -227,7 +228,7 @@ def _store(cached: Path, view: SimpleNamespace, chain: list[tuple[str, str]]) ->
 
 
 # Bump when the schema or its defaults change, so cached validations are not reused.
-_CODE_VERSION = "profile-schema-9"
+_CODE_VERSION = "profile-schema-10"
 
 
 def _merge(base, child, child_data: dict):
@@ -239,6 +240,7 @@ def _merge(base, child, child_data: dict):
     child_ids = {r.id for r in child.rules}
     rules = [r for r in base.rules if r.id not in child_ids] + list(child.rules)
     defaults = {**base.defaults, **(child.defaults if "defaults" in child_data else {})}
+    data_classes = {**base.data_classes, **child.data_classes}
     return Profile(id=child.id, version=child.version, description=child.description or base.description,
                    extends=child.extends, settings=settings, path_sets=path_sets, rules=rules,
-                   defaults=defaults)
+                   defaults=defaults, data_classes=data_classes)

@@ -41,6 +41,15 @@ class Rule(_Strict):
     count_over: int | None = Field(default=None, ge=0,
                                    description="match only after this many earlier executed matches this "
                                                "session (deleting what the session created does not count)")
+    programs: list[str] = Field(
+        default_factory=list, description="globs on the acting program (its resolved exe, "
+                                          "e.g. /usr/bin/python3*)")
+    argv: str | None = Field(
+        default=None, description="process.exec: glob on the argv joined by spaces, e.g. "
+                                  "'git push *--force*'")
+    touches: list[str] = Field(
+        default_factory=list, description="data classes (profile data_classes) some touched "
+                                          "path belongs to")
     session_has: list[str] = Field(
         default_factory=list, description="composition: only once the session holds data of "
                                           "all these classes (e.g. [sensitive])")
@@ -132,6 +141,9 @@ class Profile(_Strict):
     extends: str | None = None
     settings: Settings = Field(default_factory=Settings)
     path_sets: dict[str, list[str]] = Field(default_factory=dict)
+    data_classes: dict[str, list[str]] = Field(
+        default_factory=dict, description="labels on paths: class name -> path set names or "
+                                          "globs (e.g. pii: ['{workspace}/data/customers*'])")
     rules: list[Rule] = Field(default_factory=list)
     defaults: dict[str, DecisionName] = Field(
         default_factory=lambda: {"*": "allow"},

@@ -361,3 +361,52 @@ def test_a_forbidden_action_stays_denied_whatever_the_context(box, tmp_path, ser
     native = box.native([PY, "-c", code])            # natively the write goes through
     assert native.returncode == 0 and probe.exists()
     probe.unlink()
+
+
+MATCHERS = """id: matchers
+extends: default
+data_classes:
+  pii: ["{workspace}/data/customers*"]
+rules:
+  - id: keep-pii
+    actions: [file.delete]
+    touches: [pii]
+    decision: deny
+    reason: customer data is not deleted by agents
+  - id: no-python-in-gen
+    actions: [file.create, file.write]
+    paths: ["{workspace}/gen/**"]
+    programs: ["*/python3*"]
+    decision: deny
+    reason: gen/ is written by the build, not by scripts
+  - id: no-force-push
+    actions: [process.exec]
+    argv: "git push *--force*"
+    decision: deny
+    reason: force pushes rewrite shared history
+"""
+
+
+def test_rules_match_on_data_classes_the_acting_program_and_argv(box, tmp_path):
+    profile = tmp_path / "m.yaml"
+    profile.write_text(MATCHERS)
+    (box.workspace / "data").mkdir()
+    (box.workspace / "gen").mkdir()
+    for name in ("customers.csv", "other.csv"):
+        (box.workspace / "data" / name).write_text("x\n")
+    script = ("rm data/customers.csv; rm data/other.csv; echo sh > gen/a.txt; "
+              f"{PY} -c \"open('gen/b.txt', 'w').write('py')\"; git push --force origin main; "
+              "git push origin main; true")
+    r = box.run(["sh", "-c", script], profile=str(profile))
+    assert (box.workspace / "data/customers.csv").exists()
+    assert not (box.workspace / "data/other.csv").exists()
+    assert (box.workspace / "gen/a.txt").exists() and not (box.workspace / "gen/b.txt").exists()
+    rules = [x["decision"]["rule"] for x in r.records if x["type"] == "receipt"
+             and x["decision"]["result"] == "deny"]
+    assert rules.count("keep-pii") == 1 and rules.count("no-python-in-gen") == 1
+    # (a denied exec is retried by the shell on every PATH entry that has git)
+    forced = [x for x in r.denied("process.exec") if x["decision"]["rule"] == "no-force-push"]
+    assert forced and all("--force" in x["action"]["argv"] for x in forced)
+    assert not [x for x in r.denied("process.exec") if "--force" not in x["action"]["argv"]]
+    pii = [x for x in r.receipts("file.delete") if x["action"]["target"].endswith("customers.csv")][0]
+    assert pii["data_classes"] == ["pii"]
