@@ -57,6 +57,7 @@ class Action:
     counted: list | None = None    # count_over rules this action matched (filled by the engine)
     notif: int = 0                 # the seccomp notification id
     exe: str | None = ""           # the acting program ("" = not looked up, None = gone)
+    dest: tuple | None = None      # inet destination (ip, port, proto, names), not journaled
 
     def as_record(self) -> dict:
         rec = {"type": self.type, "target": self.target, "syscall": self.syscall,

@@ -325,6 +325,9 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
         from aarm_sandbox.intercept.fastpath import FastPath
         danger = [os.path.abspath(os.path.expanduser(g)) for g in args.sensitive]
         danger += [g for p in protected for g in (p, p.rstrip("/") + "/**")]
+        # labelled paths must be seen by Python (receipts and composition rules need them)
+        for globs in (getattr(policy.profile, "data_classes", None) or {}).values():
+            danger += policy.expand_patterns(list(globs))
 
         def make_fast_path(root_fd: int) -> FastPath:
             fast = FastPath(sandbox.listener, root_fd, policy, danger)

@@ -632,6 +632,7 @@ def _egress(n: Notification, spec: SyscallSpec, st: DecodeState, type_: str, soc
     if payload or op != "connect":
         detail["bytes"] = len(payload)
     act = _act(type_, n, spec, target, (), **detail)
+    act.dest = (ip, port, proto, names)
     if kind == "broker" and not outside and NETWORK_CONTAINED:
         cloexec = _fd_cloexec(n.tid, sockfd_num)
         return Decoded(act, BrokeredSocket(op, sock, sockfd_num, cloexec, addr=addr,

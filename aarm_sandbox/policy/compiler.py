@@ -168,6 +168,8 @@ class CompiledRule:
     programs: tuple = ()                             # globs on the acting exe
     argv: str | None = None                          # glob on the joined argv (exec)
     touches: tuple = ()                              # data classes of touched paths
+    destinations: object = None                      # net.Destinations naming matches
+    outside_destinations: object = None              # net.Destinations: none may name it
 
 
 def default_errno(action_type: str) -> int:
@@ -203,6 +205,19 @@ class CompiledPolicy:
         self.has_exec_restrictions = any(
             c.result is not Result.ALLOW for c in self.rules_by_type["process.exec"]
         ) or self.default_by_type["process.exec"] is not Result.ALLOW
+
+    def destination_specs(self, names_or_specs) -> list[str]:
+        sets = getattr(self.profile, "destination_sets", None) or {}
+        out: list[str] = []
+        for item in names_or_specs or ():
+            out.extend(sets[item] if item in sets else [item])
+        return out
+
+    def _dest_matcher(self, names_or_specs):
+        if not names_or_specs:
+            return None
+        from aarm_sandbox.net.destinations import Destinations
+        return Destinations(self.destination_specs(names_or_specs), origin="profile")
 
     def classes_of(self, paths) -> list[str]:
         """The profile's data classes these paths belong to."""
@@ -251,8 +266,11 @@ class CompiledPolicy:
             programs=tuple(getattr(r, "programs", None) or ()),
             argv=getattr(r, "argv", None),
             touches=tuple(getattr(r, "touches", None) or ()),
+            destinations=self._dest_matcher(getattr(r, "destinations", None)),
+            outside_destinations=self._dest_matcher(getattr(r, "outside_destinations", None)),
             needs_context=bool(getattr(r, "session_has", None) or
                                getattr(r, "leaves_sandbox", None) is not None or
                                getattr(r, "first_time", None) is not None or
                                getattr(r, "programs", None) or getattr(r, "argv", None) or
-                               getattr(r, "touches", None)))
+                               getattr(r, "touches", None) or getattr(r, "destinations", None) or
+                               getattr(r, "outside_destinations", None)))

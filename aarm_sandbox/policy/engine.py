@@ -114,7 +114,23 @@ def _context_holds(rule: CompiledRule, action: Action, ctx: SessionContext) -> b
         return False
     if rule.touches and not set(rule.touches) & set(ctx.policy_classes(action.paths)):
         return False
+    if rule.destinations is not None and not _names(rule.destinations, action):
+        return False
+    if rule.outside_destinations is not None and (action.dest is None or
+                                                  _names(rule.outside_destinations, action)):
+        return False
     return True
+
+
+def _names(dests, action: Action) -> bool:
+    """The destination set names this connection's destination (address, port, protocol,
+    or a name the session's DNS stub resolved to that address)."""
+    if action.dest is None:
+        return False
+    ip, port, proto, names = action.dest
+    if proto not in ("tcp", "udp"):
+        return False
+    return dests.decide(ip, port, proto, names).spec is not None
 
 
 def _count(rule: CompiledRule, ctx: SessionContext) -> int:

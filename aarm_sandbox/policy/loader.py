@@ -35,6 +35,7 @@ def to_view(data: dict) -> SimpleNamespace:
         extends=data["extends"], settings=SimpleNamespace(**data["settings"]),
         path_sets=dict(data["path_sets"]), defaults=dict(data["defaults"]),
         data_classes=dict(data.get("data_classes") or {}),
+        destination_sets=dict(data.get("destination_sets") or {}),
         rules=[SimpleNamespace(**r) for r in data["rules"]])
 
 
@@ -228,7 +229,7 @@ def _store(cached: Path, view: SimpleNamespace, chain: list[tuple[str, str]]) ->
 
 
 # Bump when the schema or its defaults change, so cached validations are not reused.
-_CODE_VERSION = "profile-schema-10"
+_CODE_VERSION = "profile-schema-11"
 
 
 def _merge(base, child, child_data: dict):
@@ -241,6 +242,7 @@ def _merge(base, child, child_data: dict):
     rules = [r for r in base.rules if r.id not in child_ids] + list(child.rules)
     defaults = {**base.defaults, **(child.defaults if "defaults" in child_data else {})}
     data_classes = {**base.data_classes, **child.data_classes}
+    destination_sets = {**base.destination_sets, **child.destination_sets}
     return Profile(id=child.id, version=child.version, description=child.description or base.description,
                    extends=child.extends, settings=settings, path_sets=path_sets, rules=rules,
-                   defaults=defaults, data_classes=data_classes)
+                   defaults=defaults, data_classes=data_classes, destination_sets=destination_sets)

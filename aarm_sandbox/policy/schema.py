@@ -50,6 +50,12 @@ class Rule(_Strict):
     touches: list[str] = Field(
         default_factory=list, description="data classes (profile data_classes) some touched "
                                           "path belongs to")
+    destinations: list[str] = Field(
+        default_factory=list, description="net.*: destination set names or specs that name "
+                                          "the destination")
+    outside_destinations: list[str] = Field(
+        default_factory=list, description="net.*: matches destinations none of these name "
+                                          "(e.g. egress outside the partners set)")
     session_has: list[str] = Field(
         default_factory=list, description="composition: only once the session holds data of "
                                           "all these classes (e.g. [sensitive])")
@@ -141,6 +147,9 @@ class Profile(_Strict):
     extends: str | None = None
     settings: Settings = Field(default_factory=Settings)
     path_sets: dict[str, list[str]] = Field(default_factory=dict)
+    destination_sets: dict[str, list[str]] = Field(
+        default_factory=dict, description="named destination sets: [tcp://|udp://]HOST[:PORT] "
+                                          "specs, usable in rules and settings.egress")
     data_classes: dict[str, list[str]] = Field(
         default_factory=dict, description="labels on paths: class name -> path set names or "
                                           "globs (e.g. pii: ['{workspace}/data/customers*'])")
@@ -148,6 +157,18 @@ class Profile(_Strict):
     defaults: dict[str, DecisionName] = Field(
         default_factory=lambda: {"*": "allow"},
         description="decision when no rule matches, by action type glob (most specific first)")
+
+    @model_validator(mode="after")
+    def _destinations_parse(self):
+        from aarm_sandbox.net.destinations import parse_spec
+        for name, specs in self.destination_sets.items():
+            for spec in specs:
+                parse_spec(spec, origin=f"destination_sets.{name}")
+        for r in self.rules:
+            for item in list(r.destinations) + list(r.outside_destinations):
+                if item not in self.destination_sets:
+                    parse_spec(item, origin=f"rule {r.id}")
+        return self
 
     @field_validator("defaults")
     @classmethod

@@ -410,3 +410,40 @@ def test_rules_match_on_data_classes_the_acting_program_and_argv(box, tmp_path):
     assert not [x for x in r.denied("process.exec") if "--force" not in x["action"]["argv"]]
     pii = [x for x in r.receipts("file.delete") if x["action"]["target"].endswith("customers.csv")][0]
     assert pii["data_classes"] == ["pii"]
+
+
+DEST_SETS = """id: dest-sets
+extends: default
+destination_sets:
+  partners: ["127.0.0.1:{port}"]
+data_classes:
+  pii: ["{{workspace}}/customers.csv"]
+rules:
+  - id: pii-only-to-partners
+    actions: [net.connect]
+    session_has: [pii]
+    outside_destinations: [partners]
+    leaves_sandbox: true
+    decision: deny
+    errno: ECONNREFUSED
+    reason: customer data may only go to partners
+"""
+
+
+def test_after_reading_a_class_egress_outside_a_named_set_is_denied(box, tmp_path):
+    partner, other = HostServer(), HostServer()
+    try:
+        profile = tmp_path / "d.yaml"
+        profile.write_text(DEST_SETS.format(port=partner.port))
+        (box.workspace / "customers.csv").write_text("alice\n")
+        code = ("import os\nopen('customers.csv', 'a').close()\n"      # a write: touches pii
+                + _connect(partner.port) + _connect(other.port))
+        r = box.run([PY, "-c", code], profile=str(profile),
+                    extra=["--allow-net", f"127.0.0.1:{partner.port}",
+                           "--allow-net", f"127.0.0.1:{other.port}"])
+        assert r.stdout.count("pong:x") == 1 and "denied 111" in r.stdout, r.stdout + r.stderr
+        assert partner.accepted == 1 and other.accepted == 0
+        assert r.denied("net.connect")[0]["decision"]["rule"] == "pii-only-to-partners"
+    finally:
+        partner.close()
+        other.close()
