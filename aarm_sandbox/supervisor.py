@@ -65,6 +65,7 @@ class Supervisor:
         self._exe_cache: dict[int, tuple[str, float]] = {}
         self.meter = None            # net.accounting.ConnectionMeter, set by `run`
         self.quarantine = None       # enforce.quarantine.Quarantine, set by `run`
+        self.overlay_dir = None      # Path for private copies (modify: private_copy), set by `run`
         # What an exec means (vcs.push.force, db.ddl, ...): only when the profile has rules
         # on such types (loading the catalog and SQL parser costs ~0.3 s).
         self.classifier = None
@@ -365,8 +366,9 @@ class Supervisor:
         pinned objects the open would have used."""
         import shutil
         import stat as stat_mod
-        from aarm_sandbox.cli.run import state_dir
-        d = state_dir() / "overlay" / self.ctx.session_id
+        d = self.overlay_dir
+        if d is None:
+            return None
         src_fd = -1
         try:
             if effect.objfd >= 0:
@@ -516,6 +518,28 @@ class Supervisor:
         if self.explain:
             print(f"aarm-sandbox: {decision.result.value:7} {action.type} {action.target} "
                   f"[{decision.rule}] {decision.reason}", file=sys.stderr)
+
+    def dns_receipt(self, q: dict) -> None:
+        """A query the session's DNS stub answered (its own policy check: allowed names
+        only): counted and journaled like every other decision (action dns.query)."""
+        allowed = bool(q.get("allowed"))
+        result = "allow" if allowed else "deny"
+        reason = ("an allowed destination name" if allowed else "the name is not in the allowed "
+                  "destinations (--allow-net or the profile's egress); answered NXDOMAIN, "
+                  "nothing forwarded")
+        self.ctx.action_counts[A.DNS_QUERY] += 1
+        self.ctx.decision_counts[result] += 1
+        self.journal.append({"type": "receipt",
+                             "action": {"type": A.DNS_QUERY, "target": q.get("name", ""),
+                                        "syscall": "(dns stub)", "pid": 0, "tid": 0, "exe": None,
+                                        "qtype": q.get("qtype"), "client": q.get("client")},
+                             "decision": {"result": result,
+                                          "rule": "egress-name" if allowed else "egress",
+                                          "reason": reason},
+                             "outcome": {"executed": allowed, "return": 0, "rcode": q.get("rcode"),
+                                         "answers": q.get("answers", [])}})
+        if not allowed:
+            self.report_denial(A.DNS_QUERY, q.get("name", ""), reason)
 
     def _report_denial(self, action, decision: Decision) -> None:
         self.report_denial(action.type, action.target, decision.reason)

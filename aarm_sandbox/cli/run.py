@@ -308,13 +308,14 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     stub = None
     if settings.network == "loopback":
         sup.dstate.destinations = destinations
-        stub = _start_dns_stub(sandbox, destinations, journal, ctx, sup)
+        stub = _start_dns_stub(sandbox, destinations, ctx, sup)
         sup.meter = _connection_meter(journal, ctx)
         if stub is not None:
             sup.dstate.names_for = stub.names_for
         if not sandbox.namespaces & CLONE_NEWNET:
             sandbox.warnings.append("no network namespace: connections are decided but not "
                                     "contained (the hard network boundary is missing)")
+    sup.overlay_dir = state_dir() / "overlay" / session_id
     if any(r.modify == "quarantine" for rs in policy.rules_by_type.values() for r in rs):
         from aarm_sandbox.enforce.quarantine import Quarantine
         sup.quarantine = Quarantine(session_id, state_dir() / "trash" / session_id)
@@ -471,7 +472,7 @@ def _connection_meter(journal, ctx):
     return ConnectionMeter(on_closed)
 
 
-def _start_dns_stub(sandbox, destinations, journal, ctx, sup):
+def _start_dns_stub(sandbox, destinations, ctx, sup):
     """Serve the stub socket the launcher made inside the sandbox's network namespace.
     Every query becomes a dns.query receipt: tunnelling attempts are visible and denied."""
     import socket
@@ -483,26 +484,7 @@ def _start_dns_stub(sandbox, destinations, journal, ctx, sup):
     sock = socket.socket(fileno=sandbox.dns_stub)
     sandbox.dns_stub = -1                     # the socket object owns it now
 
-    def on_query(q: dict) -> None:
-        allowed = q.get("allowed", False)
-        result = "allow" if allowed else "deny"
-        ctx.action_counts["dns.query"] += 1
-        ctx.decision_counts[result] += 1
-        journal.append({"type": "receipt",
-                        "action": {"type": "dns.query", "target": q.get("name", ""),
-                                   "syscall": "(dns stub)", "pid": 0, "tid": 0, "exe": None,
-                                   "qtype": q.get("qtype"), "client": q.get("client")},
-                        "decision": {"result": result,
-                                     "rule": "egress" if not allowed else "egress-name",
-                                     "reason": ("the name is not in the allowed destinations; "
-                                                "answered NXDOMAIN, nothing forwarded")
-                                     if not allowed else "an allowed destination name"},
-                        "outcome": {"executed": bool(allowed), "return": 0,
-                                    "rcode": q.get("rcode"), "answers": q.get("answers", [])}})
-        if not allowed:
-            sup.report_denial("dns.query", q.get("name", ""), "the name is not in the allowed "
-                              "destinations (--allow-net or the profile's egress)")
     def allow_name(name: str) -> bool:
         # after a sensitive read, a query to an allowed domain could carry the data out
         return ctx.tainted is None and destinations.allows_name(name)
-    return DnsStub(sock, allow_name, on_query=on_query).start()
+    return DnsStub(sock, allow_name, on_query=sup.dns_receipt).start()

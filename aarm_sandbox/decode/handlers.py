@@ -24,6 +24,7 @@ from aarm_sandbox.decode.syscall_table import BY_NR, SyscallSpec
 from aarm_sandbox.enforce import libc
 from aarm_sandbox.enforce.effects import (AtCall, BrokeredSocket, Continue, Effect, ObjectCall,
                                           OpenFile, SocketCall)
+from aarm_sandbox.net.destinations import Verdict, sockaddr_to_ip_port
 
 O_ACCMODE = 0o3
 O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW = os.O_CREAT, os.O_EXCL, os.O_TRUNC, os.O_NOFOLLOW
@@ -595,7 +596,6 @@ def _egress(n: Notification, spec: SyscallSpec, st: DecodeState, type_: str, soc
     """An inet connect/send: the destination policy decides where it may go (inside the
     sandbox's own loopback, brokered out by the supervisor, or nowhere), on the address
     bytes the supervisor copied, never on what the target's memory says later."""
-    from aarm_sandbox.net.destinations import sockaddr_to_ip_port
     try:
         parsed = sockaddr_to_ip_port(addr)
         if parsed is None:
@@ -606,7 +606,6 @@ def _egress(n: Notification, spec: SyscallSpec, st: DecodeState, type_: str, soc
         ip_text = ip.compressed
         names = st.names_for(ip_text)
         if proto == "other":
-            from aarm_sandbox.net.destinations import Verdict
             verdict = Verdict("deny", None, f"socket type {typ} is neither TCP nor UDP: not brokered")
         else:
             verdict = st.destinations.decide(ip, port, proto, names)
@@ -845,7 +844,6 @@ def _check_batch_destination(st: DecodeState, sock: int, addr: bytes) -> None:
     that would need brokering is refused rather than half-sent."""
     if st.destinations is None or int.from_bytes(addr[:2], "little") not in (AF_INET, AF_INET6):
         return
-    from aarm_sandbox.net.destinations import sockaddr_to_ip_port
     parsed = sockaddr_to_ip_port(addr)
     if parsed is None:
         raise DecodeError(errno.EINVAL, "malformed inet address")

@@ -145,14 +145,9 @@ class Journal:
     # --- hot path --------------------------------------------------------------------
     def append(self, record: dict) -> None:
         record["ts_ns"] = time.time_ns()
-        q = self.queue
-        q.append(record)
-        if len(q) > 256:
-            self._wake.set()
-            if len(q) > HIGH_WATER:
-                self._drain()
+        self.append_stamped(record)
 
-    def append_stamped(self, record: dict) -> None:
+    def append_stamped(self, record) -> None:
         """A record that already carries the time the decision was made (`ts_ns`)."""
         q = self.queue
         q.append(record)
@@ -167,12 +162,7 @@ class Journal:
         and encoded by template in the writer, the highest-volume receipts at the lowest
         cost (`journal verify` re-encodes each one canonically, so a template that drifted
         from JCS could not go unnoticed)."""
-        q = self.queue
-        q.append((type_, path, syscall, tid, flags, result, ts_ns, notif, exe, reason))
-        if len(q) > 256:
-            self._wake.set()
-            if len(q) > HIGH_WATER:
-                self._drain()
+        self.append_stamped((type_, path, syscall, tid, flags, result, ts_ns, notif, exe, reason))
 
     def intent(self, notif: int, action_type: str, syscall: str, tid: int, target: str,
                to: str | None = None) -> bool:
@@ -258,14 +248,18 @@ class Journal:
         elif typ == "session.start" and self.signer is not None:
             rec["key"] = {"id": self.signer.key_id, "public": self.signer.public_b64}
             rec["checkpoint"] = {"every": self.checkpoint_every, "ms": self.checkpoint_ms}
-        body = canonical(rec)
+        return self._link(canonical(rec), receipt and rec["outcome"]["executed"])
+
+    def _link(self, body: bytes, executed: bool) -> bytes:
+        """Hash a record's JCS body into the chain (and the context chain when it is an
+        executed action); the stored line is the body with its hash appended."""
         digest = sha256(body).digest()
         h = digest.hex()
         self.prev_hash = h
         self._since_checkpoint += 1
-        if receipt and rec["outcome"]["executed"]:
+        if executed:
             self.context = sha256(self.context + digest).digest()
-        return b"%s,\"hash\":\"%s\"}\n" % (body[:-1], h.encode())
+        return b'%s,"hash":"%s"}\n' % (body[:-1], h.encode())
 
     def _chain_fast(self, t: tuple) -> bytes:
         """_chain for a fast-path tuple: the same record, its JCS bytes built directly
@@ -295,13 +289,7 @@ class Journal:
             self._identity_j if exe is not None else self._identity_no_exe_j, outcome,
             self.prev_hash.encode(), self._sid_b, seq, seq, self._sid_b,
             self._clock.format(ts_ns).encode())
-        digest = sha256(body).digest()
-        h = digest.hex()
-        self.prev_hash = h
-        self._since_checkpoint += 1
-        if executed:
-            self.context = sha256(self.context + digest).digest()
-        return b'%s,"hash":"%s"}\n' % (body[:-1], h.encode())
+        return self._link(body, executed)
 
     @staticmethod
     def _fast_dict(t: tuple) -> dict:

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from aarm_sandbox.actions.action import ALL_TYPES
 
 DecisionName = Literal["allow", "deny", "modify", "step_up", "defer"]
+# Each MODIFY transform and the one action type it can transform.
+MODIFY_APPLIES_TO = {"quarantine": "file.delete", "private_copy": "file.write",
+                     "read_only": "file.write", "scrub_env": "process.exec"}
 
 
 class _Strict(BaseModel):
@@ -95,17 +98,11 @@ class Rule(_Strict):
     @model_validator(mode="after")
     def _modify_has_a_transform(self):
         if (self.decision == "modify") != (self.modify is not None):
-            raise ValueError("decision: modify needs `modify: quarantine|private_copy|read_only` "
+            raise ValueError(f"decision: modify needs `modify: {'|'.join(MODIFY_APPLIES_TO)}` "
                              "(and `modify` needs decision: modify)")
-        if self.modify == "scrub_env" and any(
-                not fnmatch.fnmatchcase("process.exec", a) for a in self.actions):
-            raise ValueError("modify: scrub_env applies to process.exec only")
-        if self.modify in ("private_copy", "read_only") and any(
-                not fnmatch.fnmatchcase("file.write", a) for a in self.actions):
-            raise ValueError(f"modify: {self.modify} applies to file.write only (actions: [file.write])")
-        if self.modify == "quarantine" and any(
-                not fnmatch.fnmatchcase("file.delete", a) for a in self.actions):
-            raise ValueError("modify: quarantine applies to file.delete only (actions: [file.delete])")
+        target = MODIFY_APPLIES_TO.get(self.modify)
+        if target and any(not fnmatch.fnmatchcase(target, a) for a in self.actions):
+            raise ValueError(f"modify: {self.modify} applies to {target} only (actions: [{target}])")
         return self
 
     @field_validator("errno")
@@ -158,12 +155,19 @@ class Profile(_Strict):
         default_factory=lambda: {"*": "allow"},
         description="decision when no rule matches, by action type glob (most specific first)")
 
-    @model_validator(mode="after")
-    def _destinations_parse(self):
+    @field_validator("destination_sets")
+    @classmethod
+    def _destination_sets_parse(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
         from aarm_sandbox.net.destinations import parse_spec
-        for name, specs in self.destination_sets.items():
+        for name, specs in v.items():
             for spec in specs:
                 parse_spec(spec, origin=f"destination_sets.{name}")
+        return v
+
+    @model_validator(mode="after")
+    def _rule_destinations_parse(self):
+        """Entries that are not set names must be destination specs."""
+        from aarm_sandbox.net.destinations import parse_spec
         for r in self.rules:
             for item in list(r.destinations) + list(r.outside_destinations):
                 if item not in self.destination_sets:
