@@ -36,6 +36,8 @@ _DESTRUCTIVE = {A.FILE_DELETE, A.FILE_RENAME, A.FILE_TRUNCATE}
 _OPEN_SYSCALLS = {"open", "openat", "creat", "openat2"}
 _EGRESS = {A.NET_CONNECT, A.NET_SEND}
 _TAINTABLE = {A.FILE_WRITE, A.FILE_CREATE, A.FILE_TRUNCATE}
+_HELD = (Result.STEP_UP, Result.DEFER)
+_APPROVED = {Result.ALLOW, Result.MODIFY}
 
 
 class Supervisor:
@@ -68,6 +70,7 @@ class Supervisor:
         self.overlay_dir = None      # Path for private copies (modify: private_copy), set by `run`
         # What an exec means (vcs.push.force, db.ddl, ...): only when the profile has rules
         # on such types (loading the catalog and SQL parser costs ~0.3 s).
+        self.broker = None           # approvals.broker.ApprovalBroker, set by `run`
         self.classifier = None
         if any(engine.policy.rules_by_type.get(t) for t in A.SEMANTIC_ONLY_TYPES):
             from aarm_sandbox.actions.exec_catalog import Catalog
@@ -132,6 +135,7 @@ class Supervisor:
         ctx = self.ctx
         ctx.action_counts[type_] += 1
         ctx.decision_counts["allow"] += 1
+        ctx.recent.append((type_, path, "allow", result >= 0))
         if result >= 0:
             if type_ in _TAINTABLE:
                 ctx.note_written(path)
@@ -192,6 +196,11 @@ class Supervisor:
             if not self.backend.still_pending(n):
                 effect.close()
                 return
+            if decision.result in _HELD and self.broker is not None:
+                # Nothing waits here: the caller stays blocked in its syscall until the
+                # broker answers (approval, context, deadline), from the pinned snapshot.
+                self.broker.hold(n, action, decision, effect)
+                return
             if decision.result is Result.MODIFY:
                 effect, modified = self._modify(action, decision, effect, n)
                 if modified is None:
@@ -234,6 +243,67 @@ class Supervisor:
         return handler(n, spec, self.dstate)
 
     # ------------------------------------------------------------------------------------
+    def release_held(self, p, verdict, approval: dict) -> None:
+        """Answer a held request (from whichever thread ended it): perform the action from
+        the snapshot that was shown, or deny it with the rule's errno. Journaled with who
+        answered, when and how."""
+        n, action, effect = p.n, p.action, p.effect
+        decision = p.decision
+        final = verdict.decision if verdict.decision is not None else decision
+        if verdict.decision is not None:
+            approval["decision"] = {"result": final.result.value, "rule": final.rule,
+                                    "reason": final.reason}
+        try:
+            if not verdict.approve or not self.backend.still_pending(n):
+                effect.close()
+                if verdict.approve:
+                    approval["answer_note"] = "the caller went away before the answer"
+                    self._receipt(action, decision, -errno.ESRCH, approval=approval, executed=False)
+                    return
+                err = final.errno or decision.errno or errno.EPERM
+                self.backend.answer_error(n, err)
+                self._receipt(action, decision, -err, approval=approval, executed=False)
+                self.report_denial(action.type, action.target,
+                                   f"{decision.reason} ({p.kind}: {verdict.answer}"
+                                   + (f": {verdict.reason}" if verdict.reason else "") + ")")
+                return
+            if final.result is Result.MODIFY:
+                effect, modified = self._modify(action, final, effect, n)
+                if modified is None:
+                    effect.close()
+                    self.backend.answer_error(n, final.errno or errno.EPERM)
+                    approval["answer_note"] = f"modify: {final.modify} does not apply here"
+                    self._receipt(action, decision, -(final.errno or errno.EPERM),
+                                  approval=approval, executed=False)
+                    return
+                action.detail["modified"] = modified
+            if effect.blocking:
+                threading.Thread(target=self._release_blocking, args=(n, effect, action, decision,
+                                 approval), name="aarm-blocking", daemon=True).start()
+                return
+            outcome = self._enforce(n, effect, action, verify=True)
+            self._receipt(action, decision, outcome, approval=approval, executed=outcome >= 0)
+        except Exception as e:  # noqa: BLE001
+            effect.close()
+            self._internal_error(n, action.syscall, e)
+
+    def _release_blocking(self, n, effect, action, decision, approval) -> None:
+        try:
+            outcome = self._enforce(n, effect, action, verify=True)
+        except Exception as e:  # noqa: BLE001
+            self.backend.answer_error(n, errno.EIO)
+            outcome = -errno.EIO
+            print(f"aarm-sandbox: internal error performing {action.type}: {e!r}", file=sys.stderr)
+        self._receipt(action, decision, outcome, approval=approval, executed=outcome >= 0)
+
+    def redecide(self, action) -> Decision:
+        """The decision for a held action now (new context arrived)."""
+        action.counted = None            # (counted again by this decision)
+        d = self._decide(action)
+        if self.classifier is not None and action.type == A.PROCESS_EXEC:
+            d = self._decide_semantic(action, d)
+        return d
+
     def _decide(self, action) -> Decision:
         if self.journal.failed:
             return Decision(Result.DENY, "journal", self.journal.failed, errno.EIO)
@@ -257,7 +327,7 @@ class Supervisor:
                             f"{action.detail.get('egress_rule')} (made by the supervisor)")
         return d
 
-    def _enforce(self, n: Notification, effect: Effect, action) -> int:
+    def _enforce(self, n: Notification, effect: Effect, action, verify: bool = False) -> int:
         try:
             if isinstance(effect, Continue):
                 self.backend.answer_continue(n)
@@ -268,7 +338,7 @@ class Supervisor:
                     if self.fast is not None:
                         self.fast.invalidate_exe()
                     self.allowed_images.add(effect.dev_ino)
-                    if self.verify_exec:
+                    if self.verify_exec or verify:
                         threading.Thread(target=self._verify_exec, args=(n.tid, effect),
                                          daemon=True).start()
                 return 0
@@ -496,14 +566,21 @@ class Supervisor:
             time.sleep(0.0005)
 
     # ------------------------------------------------------------------------------------
-    def _receipt(self, action, decision: Decision, outcome: int) -> None:
+    def _receipt(self, action, decision: Decision, outcome: int, approval: dict | None = None,
+                 executed: bool | None = None) -> None:
         ctx = self.ctx
         ctx.action_counts[action.type] += 1
         ctx.decision_counts[decision.result.value] += 1
+        if executed is None:
+            executed = decision.result in _APPROVED
         rec = {"type": "receipt", "action": action.as_record(),
                "decision": {"result": decision.result.value, "rule": decision.rule,
                             "reason": decision.reason},
-               "outcome": _outcome(decision.result in (Result.ALLOW, Result.MODIFY), outcome)}
+               "outcome": _outcome(executed, outcome)}
+        if approval is not None:
+            rec["decision"]["approval"] = approval
+        ctx.recent.append((action.type, action.target, decision.result.value,
+                           executed and outcome >= 0))
         if decision.shadow is not None:
             rec["decision"]["would"] = decision.shadow.value
         classes = ctx.classes_of(action.paths) if (ctx.sensitive is not None or

@@ -97,6 +97,12 @@ def collect() -> list[dict]:
         "hot allowed file operations decided in C (AARM_FAST_PATH=0 disables)"
         if os.environ.get("AARM_FAST_PATH", "1") != "0" else "disabled by AARM_FAST_PATH=0")
     add("journal signing key", *_signing_key())
+    try:
+        from aarm_sandbox.enforce.freeze import freezer_support
+        method, detail = freezer_support()
+        add("process-tree freeze", method != "signals", detail)
+    except Exception as e:  # noqa: BLE001
+        add("process-tree freeze", False, f"probe failed: {e}")
     userns = next((r for r in rows if r["feature"].startswith("user namespaces")), None)
     contained = userns["ok"] if userns else False
     add("network isolation", contained,

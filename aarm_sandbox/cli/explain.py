@@ -25,7 +25,9 @@ def explain(profile: str | None, items: list[str], workspace: str | None, allow_
     ws = os.path.realpath(workspace or os.getcwd())
     args = SimpleNamespace(profile=profile, allow_write=[], allow_net=allow_net)
     policy, loaded = build_policy(args, ws, "/tmp/aarm-SESSION")
-    engine = PolicyEngine(policy)
+    # (as in a session with an approver: a step_up shows as held, not as the denial it
+    # becomes when nobody can answer)
+    engine = PolicyEngine(policy, hold_step_up=True, hold_defer=True)
     ctx = SessionContext(session_id="explain")
     try:
         dests = _destinations(policy.profile.settings, args)

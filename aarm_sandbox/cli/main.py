@@ -9,8 +9,17 @@ import sys
 EXIT_SANDBOX_ERROR = 125
 
 
+class _Parser(argparse.ArgumentParser):
+    """Invalid command lines are invalid configuration: exit 125 (the CLI contract),
+    never 2, so a wrapper can tell "the sandbox refused" from "the command failed"."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_SANDBOX_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aarm-sandbox", description=(
+    p = _Parser(prog="aarm-sandbox", description=(
         "Run an AI agent's tools under a supervisor that decides every file change, exec and "
         "connection before it happens, and journals each decision."))
     p.add_argument("--version", action="version", version="aarm-sandbox 0.1.0")
@@ -42,8 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--context-store", metavar="DIR",
                    help="keep the session context (files that carry sensitive data) across "
                    "sessions of the same workspace in DIR (outside the workspace)")
-    r.add_argument("--approval-timeout", type=float, default=None, metavar="SECONDS",
-                   help="how long STEP_UP/DEFER may wait for an approver")
+    r.add_argument("--approval-timeout", type=_positive_seconds, default=None, metavar="SECONDS",
+                   help="how long a held action (STEP_UP/DEFER) waits for an answer before it "
+                   "is denied (default: the profile's settings.approval_timeout, 120)")
+    r.add_argument("--approver", choices=["auto", "terminal", "socket", "none"], default=None,
+                   help="who answers STEP_UP: terminal (a prompt on run's terminal), socket "
+                   "(`aarm-sandbox approvals` or HTTP on the session's control socket), none "
+                   "(deny at once); auto (default, or $AARM_APPROVER): terminal if run has one, "
+                   "else none")
     r.add_argument("--observe", action="store_true",
                    help="shadow mode: allow everything, journal what the profile would have done")
     r.add_argument("--explain", action="store_true", help="print every decision to stderr")
@@ -104,7 +119,48 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="probe every kernel feature the sandbox uses")
     d.add_argument("--json", action="store_true")
+
+    ap = sub.add_parser("approvals", help="list, show, approve or deny the actions running "
+                        "sessions hold for a human (STEP_UP) or for context (DEFER)")
+    asub = ap.add_subparsers(dest="acmd", required=True)
+    al = asub.add_parser("list", help="pending requests of every running session")
+    al.add_argument("--session", metavar="ID", help="only this session")
+    al.add_argument("--json", action="store_true")
+    ash = asub.add_parser("show", help="everything an approver should see about a request")
+    ash.add_argument("request", metavar="ID")
+    ash.add_argument("--json", action="store_true")
+    for verb in ("approve", "deny"):
+        av = asub.add_parser(verb, help=f"show the request, then {verb} exactly what was shown")
+        av.add_argument("request", metavar="ID")
+        av.add_argument("--reason", metavar="TEXT", help="recorded with the answer")
+        if verb == "approve":
+            av.add_argument("--session-scope", action="store_true",
+                            help="approve this exact action shape for the rest of the session")
+        av.add_argument("--hash", metavar="HEX", help="refuse unless the request still has "
+                        "this action hash (bind a script to the view it reviewed)")
+        av.add_argument("--as", dest="label", metavar="NAME",
+                        help="a name for the approver, recorded next to the uid and pid")
+    aw = asub.add_parser("watch", help="print requests and answers as they happen (Ctrl-C ends)")
+    aw.add_argument("--session", metavar="ID", help="only this session")
+    aw.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    cx = sub.add_parser("context", help="give a running session context its DEFERred actions "
+                        "wait for")
+    csub = cx.add_subparsers(dest="ccmd", required=True)
+    ca = csub.add_parser("add", help="set KEY=VALUE in SESSION (releases what waited for it)")
+    ca.add_argument("session", help="session id")
+    ca.add_argument("pairs", nargs="+", metavar="KEY=VALUE")
     return p
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < v <= 86400:
+        raise argparse.ArgumentTypeError(f"{text}: expected 0 < SECONDS <= 86400")
+    return v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "doctor":
             from aarm_sandbox.cli.doctor import doctor
             return doctor(as_json=args.json)
+        if args.cmd == "approvals":
+            from aarm_sandbox.cli.approvals import approvals_cmd
+            return approvals_cmd(args)
+        if args.cmd == "context":
+            from aarm_sandbox.cli.approvals import context_cmd
+            return context_cmd(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

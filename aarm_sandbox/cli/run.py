@@ -281,6 +281,7 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     # Single-threaded until here: caps are per thread, and the launcher needed them to map
     # uid 0 into the sandbox's user namespace.
     drop_effective_capabilities()
+    _raise_fd_limit()
     # Files the supervisor creates for the sandbox already carry the target's umask.
     os.umask(0)
     _not_dumpable()
@@ -315,6 +316,7 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
         if not sandbox.namespaces & CLONE_NEWNET:
             sandbox.warnings.append("no network namespace: connections are decided but not "
                                     "contained (the hard network boundary is missing)")
+    approvals = _start_approvals(args, sup, engine, settings, session_id, sandbox, workspace, policy)
     sup.overlay_dir = state_dir() / "overlay" / session_id
     if any(r.modify == "quarantine" for rs in policy.rules_by_type.values() for r in rs):
         from aarm_sandbox.enforce.quarantine import Quarantine
@@ -378,6 +380,7 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    approvals.close()
     if stub is not None:
         stub.stop()
     if sup.meter is not None:
@@ -401,6 +404,88 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
         print(f"aarm-sandbox: {len(sup.denials)} action(s) denied; journal: {journal_path}",
               file=sys.stderr)
     return code
+
+
+def _raise_fd_limit() -> None:
+    """Every held action keeps its pinned fds open until it is answered: thousands may
+    wait at once. The sandbox was forked already and keeps the limits it was given."""
+    import resource
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+
+
+class _Approvals:
+    """The session's approval service: broker, control socket, terminal prompt, freezer."""
+
+    def __init__(self):
+        self.broker = self.control = self.prompt = self.freezer = None
+        self.old_ttou = None
+
+    def close(self) -> None:
+        if self.broker is not None:
+            self.broker.close()
+        if self.prompt is not None:
+            self.prompt.stop()
+        if self.control is not None:
+            self.control.stop()
+        if self.freezer is not None:
+            self.freezer.close()
+        if self.old_ttou is not None:
+            signal.signal(signal.SIGTTOU, self.old_ttou)
+
+
+def approver_mode(args) -> str:
+    """terminal: ask on the terminal (and accept answers on the control socket); socket:
+    answers only through the control socket (`aarm-sandbox approvals`, HTTP); none: STEP_UP
+    denies at once. auto: terminal when run has one, else none."""
+    mode = getattr(args, "approver", None) or os.environ.get("AARM_APPROVER") or "auto"
+    if mode not in ("auto", "terminal", "socket", "none"):
+        raise UsageError(f"--approver {mode!r}: expected auto, terminal, socket or none")
+    return mode
+
+
+def _start_approvals(args, sup, engine, settings, session_id, sandbox, workspace, policy):
+    from aarm_sandbox.approvals.broker import ApprovalBroker, sandbox_membership
+    out = _Approvals()
+    mode = approver_mode(args)
+    terminal_ok = False
+    if mode in ("auto", "terminal"):
+        from aarm_sandbox.approvals.prompt import TerminalApprover
+        terminal_ok = TerminalApprover.available()
+        if mode == "terminal" and not terminal_ok:
+            sandbox.warnings.append("--approver terminal: no terminal to ask on; STEP_UP denies")
+        mode = "terminal" if terminal_ok else "none"
+    status = {"pid": os.getpid(), "workspace": workspace, "profile": policy.profile.id,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "command": list(args.command)}
+    broker = ApprovalBroker(sup, session_id, settings, timeout=args.approval_timeout,
+                            approver=mode, status=status,
+                            sandbox_check=sandbox_membership(sandbox.pid))
+    out.broker = broker
+    from aarm_sandbox.approvals.control import ControlServer
+    try:
+        out.control = ControlServer(broker, state_dir() / "control" / f"{session_id}.sock").start()
+    except OSError as e:
+        print(f"aarm-sandbox: warning: no control socket ({e}): approvals only on the terminal, "
+              "deferred actions are denied", file=sys.stderr)
+        if mode == "socket":
+            mode = broker.approver = "none"
+    if mode == "terminal":
+        from aarm_sandbox.approvals.prompt import TerminalApprover
+        out.old_ttou = TerminalApprover.prepare_main_thread()
+        out.prompt = TerminalApprover(broker).start()
+        broker.prompt = out.prompt
+    if any(r.hold.freeze for rs in policy.rules_by_type.values() for r in rs if r.hold):
+        from aarm_sandbox.enforce.freeze import TreeFreezer
+        out.freezer = broker.freezer = TreeFreezer.create(session_id, sandbox.pid)
+    engine.hold_step_up = mode != "none" and not engine.step_up_denies
+    engine.hold_defer = out.control is not None or mode == "terminal"
+    sup.broker = broker
+    return out
 
 
 def _env_int(name: str, default: int) -> int:

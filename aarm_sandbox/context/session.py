@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 
@@ -40,6 +40,8 @@ class SessionContext:
     class_labels: object = None          # callable(paths) -> [class], the profile's labels
     # bytes of brokered TCP connections as the kernel counted them (net.accounting)
     egress_bytes: Counter = field(default_factory=Counter)
+    # the last decided actions (type, target, result, executed): what an approver is shown
+    recent: deque = field(default_factory=lambda: deque(maxlen=256))
 
     def existed_at_start(self, path: str) -> bool:
         """The path was there before the session: this session did not create it, and it

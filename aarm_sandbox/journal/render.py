@@ -140,7 +140,8 @@ ERROR, WARNING, SESSION, QUIET = "error", "warning", "session", "quiet"
 
 HELD_RESULTS = frozenset({"step_up", "defer", "modify"})
 CHAINED_TYPES = frozenset({"session.start", "receipt", "error", "enforcement", "checkpoint",
-                           "session.error", "session.end"})
+                           "session.error", "session.end", "net.close", "approval.request",
+                           "context.add"})
 UNRECORDED = "intent without receipt (may have happened unrecorded)"
 TORN = "torn last line (write interrupted)"
 UNREADABLE_SHOWN_BYTES = 200      # of a line that is not a record (said so when cut)
@@ -226,7 +227,13 @@ def _receipt_row(line: Line, rec: dict) -> Row:
     label, tone = decision_label(result, would)
     if result == "allow" and outcome.get("executed") is False and outcome.get("errno"):
         label += f", failed {escape(outcome['errno'])}"
+    approval = decision.get("approval")
     detail = _action_detail(action)
+    if isinstance(approval, dict):
+        label, tone = _approval_label(result, approval, outcome)
+        by = _dict(approval.get("by"))
+        who = f"by {escape(by.get('user') or by.get('uid'))} via {escape(by.get('channel'))}" if by else ""
+        detail = " ".join(x for x in (f"request {escape(approval.get('request'))}", who, detail) if x)
     if rec.get("data_classes"):
         detail = (detail + "  " if detail else "") + "data: " + escape(rec["data_classes"])
     rule, reason = escape(decision.get("rule")), escape(decision.get("reason"))
@@ -234,6 +241,25 @@ def _receipt_row(line: Line, rec: dict) -> Row:
                escape(action.get("type")), escape(action.get("target")), detail,
                f"[{rule}] {reason}" if rule else reason, _who(action.get("pid"), action.get("exe")),
                notable=tone != ALLOWED or result != "allow", record=rec)
+
+
+_APPROVAL_WORDS = {"approve": "approved", "grant": "approved (for the session)",
+                   "deny": "denied", "timeout": "timed out", "context": "context arrived",
+                   "gone": "caller gone", "rate-limit": "rate-limited", "limit": "over the limit",
+                   "deferrals": "too many deferrals", "ended": "session ended",
+                   "repeat": "refused moments ago"}
+
+
+def _approval_label(result, approval: dict, outcome: dict) -> tuple[str, str]:
+    """A held action's final state: what was answered and whether it ran."""
+    answer = approval.get("answer")
+    word = _APPROVAL_WORDS.get(answer, escape(answer))
+    executed = outcome.get("executed") is True
+    if executed:
+        return f"{escape(result).upper()} {word}", ALLOWED
+    if answer in ("approve", "grant", "context"):
+        return f"{escape(result).upper()} {word}, not executed", DENIED
+    return f"{escape(result).upper()} {word}, denied", DENIED
 
 
 def _session_start_row(line: Line, rec: dict) -> Row:
@@ -290,6 +316,28 @@ def _net_close_row(line: Line, rec: dict) -> Row:
                f"{counts} ({escape(rec.get('state'))})", "", record=rec)
 
 
+def _approval_request_row(line: Line, rec: dict) -> Row:
+    """An action held for a human (step_up) or for context (defer), as the approver saw it."""
+    view = _required_dict(rec, "view")
+    action, rule = _dict(view.get("action")), _dict(view.get("rule"))
+    kind = rec.get("kind")
+    waiting = (" waiting for " + ", ".join(escape(k) for k in view.get("waiting_for") or [])
+               if kind == "defer" else "")
+    return Row(line.lineno, "approval.request", escape(rec.get("seq")), escape(rec.get("ts")),
+               f"{escape(kind).upper()} asked", HELD, escape(action.get("type")),
+               escape(action.get("target")), f"request {escape(rec.get('request'))}{waiting}",
+               f"[{escape(rule.get('id'))}] {escape(rule.get('reason'))}",
+               _who(action.get("pid"), action.get("program")), notable=True, record=rec)
+
+
+def _context_add_row(line: Line, rec: dict) -> Row:
+    by = _dict(rec.get("by"))
+    return Row(line.lineno, "context.add", escape(rec.get("seq")), escape(rec.get("ts")),
+               "context", SESSION, "context.add", f"{escape(rec.get('key'))}={escape(rec.get('value'))}",
+               "", f"added by {escape(by.get('user'))} via {escape(by.get('channel'))}", "",
+               record=rec)
+
+
 def _checkpoint_row(line: Line, rec: dict) -> Row:
     return Row(line.lineno, "checkpoint", escape(rec.get("seq")), escape(rec.get("ts")),
                "checkpoint", QUIET, "", f"records {escape(rec.get('from_seq'))}-{escape(rec.get('to_seq'))}",
@@ -326,7 +374,8 @@ def unreadable_row(line: Line, why: str | None = None) -> Row:
 _ROW_BUILDERS = {"receipt": _receipt_row, "session.start": _session_start_row,
                  "session.end": _session_end_row, "error": _error_row,
                  "enforcement": _enforcement_row, "checkpoint": _checkpoint_row,
-                 "session.error": _session_error_row, "net.close": _net_close_row}
+                 "session.error": _session_error_row, "net.close": _net_close_row,
+                 "approval.request": _approval_request_row, "context.add": _context_add_row}
 
 
 def row_of(line: Line) -> Row:

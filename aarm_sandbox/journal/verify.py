@@ -27,7 +27,7 @@ EXIT_UNSEALED = 2
 
 SIGNED = ("checkpoint", "session.end")
 CHAINED = ("session.start", "receipt", "error", "enforcement", "checkpoint", "session.error",
-           "net.close", "session.end")
+           "net.close", "approval.request", "context.add", "session.end")
 
 
 @dataclass

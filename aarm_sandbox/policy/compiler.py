@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from aarm_sandbox.actions.action import ALL_TYPES
-from aarm_sandbox.policy.decision import Result
+from aarm_sandbox.policy.decision import Hold, Result
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,7 @@ class CompiledRule:
     touches: tuple = ()                              # data classes of touched paths
     destinations: object = None                      # net.Destinations naming matches
     outside_destinations: object = None              # net.Destinations: none may name it
+    hold: object = None                              # decision.Hold: how step_up/defer wait
 
 
 def default_errno(action_type: str) -> int:
@@ -268,6 +269,10 @@ class CompiledPolicy:
             touches=tuple(getattr(r, "touches", None) or ()),
             destinations=self._dest_matcher(getattr(r, "destinations", None)),
             outside_destinations=self._dest_matcher(getattr(r, "outside_destinations", None)),
+            hold=Hold(timeout=getattr(r, "timeout", None),
+                      approvers=tuple(getattr(r, "approvers", None) or ()),
+                      freeze=bool(getattr(r, "freeze", False)),
+                      on_deadline=getattr(r, "on_deadline", "deny")),
             needs_context=bool(getattr(r, "session_has", None) or
                                getattr(r, "leaves_sandbox", None) is not None or
                                getattr(r, "first_time", None) is not None or

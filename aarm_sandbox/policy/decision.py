@@ -20,6 +20,19 @@ RANK = {r: i for i, r in enumerate(PRECEDENCE)}
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """How a STEP_UP or DEFER waits: its own timeout (None: the session's), who may answer,
+    whether the whole tree freezes meanwhile, and what a DEFER's deadline does."""
+    timeout: float | None = None
+    approvers: tuple = ()
+    freeze: bool = False
+    on_deadline: str = "deny"          # "deny" | "step_up"
+
+
+NO_HOLD = Hold()
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     result: Result
     rule: str
@@ -28,6 +41,8 @@ class Decision:
     shadow: Result | None = None   # observe mode: what the profile would have decided
     modify: str | None = None      # MODIFY: the transform to apply (e.g. "quarantine")
     params: tuple = ()             # the transform's parameters (scrub_env: name globs)
+    hold: Hold = NO_HOLD           # STEP_UP/DEFER: how the action waits
+    waiting_for: tuple = ()        # DEFER: the context keys it waits for
 
     @property
     def allowed(self) -> bool:

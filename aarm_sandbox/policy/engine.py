@@ -2,9 +2,11 @@
 
 Order (runtime-core version of the AARM order): every matching rule is collected and the
 most restrictive wins (deny > defer > step_up > modify > allow; ties go to the earlier
-rule); with no match the profile default for the action type applies. STEP_UP and DEFER
-cannot be held yet (no approver service), so they deny with a reason that says so.
-Observe mode turns every non-allow into an allow that records what would have happened.
+rule); with no match the profile default for the action type applies. STEP_UP is held for
+a human only when the session has an approver (terminal or control socket), DEFER only when
+context can still arrive (the session's control socket); otherwise they deny with a reason
+that says so. Observe mode turns every non-allow into an allow that records what would
+have happened.
 """
 from __future__ import annotations
 
@@ -16,14 +18,17 @@ from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.policy.compiler import CompiledPolicy, CompiledRule, default_errno
 from aarm_sandbox.policy.decision import RANK, Decision, Result
 
-NO_APPROVER = "no approver available"
+NO_APPROVER = "no approver available; run in a terminal or with --approver socket"
 
 
 class PolicyEngine:
-    def __init__(self, policy: CompiledPolicy, *, observe: bool = False):
+    def __init__(self, policy: CompiledPolicy, *, observe: bool = False,
+                 hold_step_up: bool = False, hold_defer: bool = False):
         self.policy = policy
         self.observe = observe
         self.step_up_denies = policy.profile.settings.step_up == "deny"
+        self.hold_step_up = hold_step_up and not self.step_up_denies
+        self.hold_defer = hold_defer
         self._final: dict[tuple[int, str], Decision] = {}   # (rule index | -1, type) -> decision
 
     def decide(self, action: Action, ctx: SessionContext) -> Decision:
@@ -78,17 +83,20 @@ class PolicyEngine:
         if deferred:
             keys = ", ".join(sorted(best.requires_context))
             decision = Decision(Result.DEFER, best.id, f"{best.reason}: waiting for context "
-                                f"{keys} (aarm-sandbox run --context KEY=VALUE)",
-                                best.errno or default_errno(t))
+                                f"{keys} (aarm-sandbox context add SESSION KEY=VALUE, or run "
+                                f"--context KEY=VALUE)", best.errno or default_errno(t),
+                                hold=best.hold, waiting_for=tuple(sorted(best.requires_context)))
         elif best is None:
             result = self.policy.default_by_type[t]
             decision = Decision(result, "default", f"profile {self.policy.profile.id} default for {t}",
                                 default_errno(t) if result is not Result.ALLOW else 0)
         else:
             decision = Decision(best.result, best.id, best.reason, best.errno or default_errno(t),
-                                modify=best.modify, params=best.env_remove)
-        if decision.result in (Result.STEP_UP, Result.DEFER):
-            why = "profile turns step_up into deny" if self.step_up_denies else NO_APPROVER
+                                modify=best.modify, params=best.env_remove, hold=best.hold)
+        r = decision.result
+        if (r is Result.STEP_UP and not self.hold_step_up) or (r is Result.DEFER and not self.hold_defer):
+            why = ("profile turns step_up into deny" if self.step_up_denies and r is Result.STEP_UP
+                   else NO_APPROVER)
             decision = Decision(Result.DENY, decision.rule,
                                 f"{decision.reason} ({decision.result.value}: {why})",
                                 decision.errno, shadow=decision.result)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import fnmatch
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -86,6 +87,19 @@ class Rule(_Strict):
                                   "read_only: a write-open is opened read-only)")
     reason: str = ""
     errno: str | None = Field(default=None, description="errno name for deny, e.g. EACCES")
+    timeout: float | None = Field(
+        default=None, gt=0, le=86400, description="step_up/defer: seconds the action may wait "
+                                                  "for an answer; expiry denies (default: "
+                                                  "--approval-timeout or settings.approval_timeout)")
+    approvers: list[str] = Field(
+        default_factory=list, description="step_up/defer: who may answer: terminal, control, "
+                                          "user:NAME, uid:N (default: anyone the session trusts)")
+    freeze: bool = Field(
+        default=False, description="step_up/defer: freeze the whole sandboxed process tree "
+                                   "while the action waits, thaw it after the answer")
+    on_deadline: Literal["deny", "step_up"] = Field(
+        default="deny", description="defer: at the deadline deny, or escalate to a human "
+                                    "(step_up)")
 
     _check_actions = field_validator("actions")(classmethod(lambda cls, v: _check_action_globs(v)))
 
@@ -105,6 +119,23 @@ class Rule(_Strict):
             raise ValueError(f"modify: {self.modify} applies to {target} only (actions: [{target}])")
         return self
 
+    @model_validator(mode="after")
+    def _hold_fields_need_a_hold(self):
+        holds = self.decision in ("step_up", "defer") or bool(self.requires_context)
+        used = [f for f in ("timeout", "approvers", "freeze") if getattr(self, f)]
+        if used and not holds:
+            raise ValueError(f"{', '.join(used)} only apply to rules that hold an action "
+                             "(decision: step_up or defer, or requires_context)")
+        defers = self.decision == "defer" or bool(self.requires_context)
+        if self.on_deadline != "deny" and not defers:
+            raise ValueError("on_deadline applies to deferred actions only (decision: defer or "
+                             "requires_context)")
+        for a in self.approvers:
+            if not re.fullmatch(r"terminal|control|any|user:[A-Za-z0-9._-]+|uid:\d+", a):
+                raise ValueError(f"approver {a!r}: expected terminal, control, any, user:NAME "
+                                 "or uid:N")
+        return self
+
     @field_validator("errno")
     @classmethod
     def _known_errno(cls, v: str | None) -> str | None:
@@ -120,6 +151,16 @@ class Settings(_Strict):
         default="loopback", description="loopback: empty namespace with lo up; none: not even lo")
     step_up: Literal["ask", "deny"] = Field(
         default="ask", description="deny: STEP_UP rules deny outright (no human in the loop)")
+    approval_timeout: float = Field(
+        default=120, gt=0, le=86400, description="seconds a held action (step_up/defer) waits "
+                                                 "for an answer before it is denied")
+    approval_rate: int = Field(
+        default=30, ge=1, description="approval requests per minute per session; beyond, "
+                                      "held actions are denied without asking (fatigue control)")
+    max_pending: int = Field(default=4096, ge=1, description="held actions at once; beyond, denied")
+    max_deferrals: int = Field(
+        default=3, ge=1, description="a deferred action re-deferred after new context more "
+                                     "than this many times is denied")
     mask: list[str] = Field(default_factory=list,
                             description="path sets made unreadable in the kernel (mount masks)")
     egress: list[str] = Field(

@@ -262,10 +262,13 @@ def test_a_rule_that_needs_missing_context_defers_and_the_context_releases_it(bo
     profile.write_text(NEEDS_TICKET)
     (box.workspace / "deploy").mkdir()
     write = ["sh", "-c", "echo v2 > deploy/app.yaml && echo written"]
-    held = box.run(write, profile=str(profile))
+    # (held until its deadline: nobody adds the context; see test_approvals for `context add`)
+    held = box.run(write, profile=str(profile), extra=["--approval-timeout", "1"])
     assert "written" not in held.stdout
-    d = held.denied("file.create")[0]["decision"]
-    assert d["rule"] == "deploy-needs-ticket" and d["would"] == "defer"
+    [rec] = held.receipts("file.create")
+    d = rec["decision"]
+    assert d["rule"] == "deploy-needs-ticket" and d["result"] == "defer"
+    assert d["approval"]["answer"] == "timeout" and rec["outcome"]["executed"] is False
     assert "waiting for context ticket" in d["reason"]
     ok = box.run(write, profile=str(profile), extra=["--context", "ticket=OPS-12"])
     assert "written" in ok.stdout, ok.stderr

@@ -239,7 +239,7 @@ def test_explain_prints_each_rule_the_winner_and_the_destination_verdict(tmp_pat
     assert p.returncode == 0, p.stderr
     out = p.stdout
     assert "MATCH outside-workspace" in out and "=> deny [outside-workspace]" in out
-    assert "MATCH git-hook" in out and "(step_up: no approver available)" in out
+    assert "MATCH git-hook" in out and "=> step_up [git-hook]" in out
     assert "cloud metadata" in out and "=> deny [egress]" in out
     bad = subprocess.run([sys.executable, "-m", "aarm_sandbox", "explain", "file.nuke", "/x"],
                          capture_output=True, text=True)
