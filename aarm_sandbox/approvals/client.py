@@ -13,14 +13,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from aarm_sandbox.xdg import control_dir
+
 
 class ControlError(Exception):
     """The session cannot be reached, or answered something that is not our protocol."""
-
-
-def control_dir() -> Path:
-    from aarm_sandbox.cli.run import state_dir     # lazy: run.py pulls in the whole pipeline
-    return state_dir() / "control"
 
 
 def socket_path(session_id: str) -> Path:

@@ -22,18 +22,14 @@ from aarm_sandbox.launch.sandbox import (CLONE_NEWNET, CLONE_NEWNS, NS_NAMES, La
                                          drop_effective_capabilities, launch)
 from aarm_sandbox.policy.compiler import CompiledPolicy, Placeholders, glob_to_regex
 from aarm_sandbox.policy.engine import PolicyEngine
-from aarm_sandbox.policy.loader import ProfileError, load_profile
+from aarm_sandbox.policy.loader import load_profile
+from aarm_sandbox.xdg import control_dir, state_dir
 
 EXIT_SANDBOX_ERROR = 125
 
 
 class UsageError(Exception):
     """Invalid configuration: exit 125 with the message."""
-
-
-def state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "aarm-sandbox"
 
 
 def new_session_id() -> str:
@@ -468,7 +464,7 @@ def _start_approvals(args, sup, engine, settings, session_id, sandbox, workspace
     out.broker = broker
     from aarm_sandbox.approvals.control import ControlServer
     try:
-        out.control = ControlServer(broker, state_dir() / "control" / f"{session_id}.sock").start()
+        out.control = ControlServer(broker, control_dir() / f"{session_id}.sock").start()
     except OSError as e:
         print(f"aarm-sandbox: warning: no control socket ({e}): approvals only on the terminal, "
               "deferred actions are denied", file=sys.stderr)

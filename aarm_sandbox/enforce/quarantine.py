@@ -29,6 +29,7 @@ from typing import Iterable, NamedTuple
 import orjson
 
 from aarm_sandbox.journal.canonical import raw_bytes_value
+from aarm_sandbox.xdg import state_dir
 
 MANIFEST_NAME = "manifest.jsonl"
 ITEMS_DIR = "items"
@@ -42,10 +43,8 @@ SYMLINK_TRUST_MARGIN_NS = 2 * 10**9
 # shared helpers
 
 def default_trash_root(session_id: str) -> Path:
-    """Where a session's trash lives; the same rule as `aarm_sandbox.cli.run.state_dir()`
-    (not imported: that module pulls in the whole launcher)."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "aarm-sandbox" / "trash" / session_id
+    """Where a session's trash lives."""
+    return state_dir() / "trash" / session_id
 
 
 def _now_rfc3339() -> str:

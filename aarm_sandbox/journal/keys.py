@@ -16,17 +16,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from aarm_sandbox.xdg import config_dir
+
 PRIVATE_NAME = "journal-ed25519.pem"
 PUBLIC_NAME = "journal-ed25519.pub"
 
 
 class KeyFileError(Exception):
     """A key that cannot be read or used: the message names the file and the fix."""
-
-
-def config_dir() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "aarm-sandbox"
 
 
 def key_dir() -> Path:

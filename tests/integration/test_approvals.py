@@ -188,6 +188,18 @@ def sessions():
         s.kill()
 
 
+def ws_file(box, rel: str, content: str = "canary\n") -> Path:
+    """A file in the workspace whose directories, like the file, belong to the box's user
+    (so an unprivileged run may delete it at all)."""
+    f = box.canary(rel, content, where="workspace")
+    if box.uid is not None:
+        d = f.parent
+        while d != box.workspace:
+            os.chown(d, box.uid, box.uid)
+            d = d.parent
+    return f
+
+
 def approval_of(res: RunResult, target: str) -> list[dict]:
     return [r for r in res.receipts() if r["action"]["target"] == target]
 
@@ -200,7 +212,7 @@ UNLINK = ("import os, sys\n"
 # ---------------------------------------------------------------------------- answers
 def test_step_up_approved_over_the_control_socket_happens_exactly_once(any_user_box, sessions):
     box = any_user_box
-    f = box.canary("keep/a", where="workspace")
+    f = ws_file(box, "keep/a")
     s = sessions(box, [PY, "-c", UNLINK, str(f)])
     [req] = s.wait_requests()
     assert req["kind"] == "step_up" and req["type"] == "file.delete" and req["target"] == str(f)
@@ -226,7 +238,7 @@ def test_step_up_approved_over_the_control_socket_happens_exactly_once(any_user_
 
 def test_step_up_denied_fails_with_the_rules_errno_and_nothing_happens(any_user_box, sessions):
     box = any_user_box
-    f = box.canary("keep/b", where="workspace")
+    f = ws_file(box, "keep/b")
     # (asked twice: a retry right after a refusal is not put to the human again)
     s = sessions(box, [PY, "-c", UNLINK + UNLINK, str(f)])
     [req] = s.wait_requests()
@@ -638,7 +650,7 @@ def test_a_thousand_held_requests_do_not_slow_other_decisions(box, sessions):
 def test_a_freeze_rule_stops_the_whole_tree_until_the_answer(any_user_box, sessions):
     """As root through the cgroup v1 freezer; unprivileged through SIGSTOP/SIGCONT."""
     box = any_user_box
-    f = box.canary("frozen/a", where="workspace")
+    f = ws_file(box, "frozen/a")
     counter = box.workspace / "counter"
     code = ("import os, subprocess, sys, time\n"
             "subprocess.Popen(['sh', '-c', 'i=0; while :; do i=$((i+1)); echo $i > %s.tmp; "
@@ -653,7 +665,9 @@ def test_a_freeze_rule_stops_the_whole_tree_until_the_answer(any_user_box, sessi
     time.sleep(0.5)
     assert counter.read_text() == first, "the tree kept running while frozen"
     assert s.answer(req["request"], True)[0] == 200
-    time.sleep(0.5)
+    deadline = time.monotonic() + 5
+    while counter.read_text() == first and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert counter.read_text() != first, "the tree was not thawed"
     s.kill()
 

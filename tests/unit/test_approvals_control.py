@@ -23,7 +23,6 @@ import pytest
 from aarm_sandbox.approvals.client import ControlClient, ControlError, find_request
 from aarm_sandbox.approvals.control import ControlServer
 
-REPO = Path(__file__).resolve().parents[2]
 HASH = "ab" * 32
 OTHER_HASH = "cd" * 32
 
@@ -139,7 +138,7 @@ def in_child(fn) -> tuple[int, dict]:
 
 
 def cli(state: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, XDG_STATE_HOME=str(state), PYTHONPATH=str(REPO))
+    env = dict(os.environ, XDG_STATE_HOME=str(state))     # (the package as the tests import it)
     return subprocess.run([sys.executable, "-m", "aarm_sandbox", *args], env=env, text=True,
                           capture_output=True, timeout=60)
 
@@ -412,7 +411,7 @@ def test_cli_context_add_bad_key_is_125_and_stopped_session_is_1(served, state):
 def test_cli_watch_prints_events_as_json_lines(served, state):
     broker, _server, _client = served
     broker.push_event({"event": "answered", "session": "S1", "request": "r-0001"})
-    env = dict(os.environ, XDG_STATE_HOME=str(state), PYTHONPATH=str(REPO))
+    env = dict(os.environ, XDG_STATE_HOME=str(state))     # (the package as the tests import it)
     proc = subprocess.Popen([sys.executable, "-m", "aarm_sandbox", "approvals", "watch",
                              "--json"], env=env, stdout=subprocess.PIPE, text=True)
     try:
