@@ -21,6 +21,7 @@ import base64
 import errno
 import json
 import os
+import selectors
 import pwd
 import socket
 import socketserver
@@ -313,22 +314,37 @@ class ControlServer:
         st = os.lstat(self.path)
         self._ino = (st.st_dev, st.st_ino)
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._serve, args=(server,),
                                         name=f"aarm-control-{self.path.stem}", daemon=True)
         self._thread.start()
         return self
+
+    def _serve(self, server) -> None:
+        """Accept until stop() writes to the wake pipe: no polling while idle, and the
+        session's end is not delayed by a poll interval."""
+        with selectors.DefaultSelector() as sel:
+            sel.register(server.socket, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                for key, _ in sel.select():
+                    if key.fileobj == self._wake_r:
+                        return
+                    server._handle_request_noblock()
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         server.server_close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
         try:                          # only unlink the file if it is still ours
             st = os.lstat(self.path)
             if (st.st_dev, st.st_ino) == self._ino:
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
-        if self._thread is not None:
-            self._thread.join(timeout=5)

@@ -55,8 +55,9 @@ class ConnectionMeter:
     def stop(self) -> None:
         """Final reading; every connection still known is reported."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        if self._thread is None:
+            return                       # nothing was ever tracked (no sock_diag, no pyroute2)
+        self._thread.join(5)
         self.poll()
         with self._lock:
             left = list(self._by_cookie.values())
