@@ -29,14 +29,27 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Callable
 
-import dns.flags
-import dns.message
-import dns.name
-import dns.opcode
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
+
+
+class _LazyDns:
+    """dnspython, imported at the first query (~50 ms a session that never resolves a name
+    should not pay at startup); then the module global is the real package."""
+
+    def __getattr__(self, name: str):
+        import dns as real
+        import dns.flags  # noqa: F401 - the submodules this module uses
+        import dns.message  # noqa: F401
+        import dns.name  # noqa: F401
+        import dns.opcode  # noqa: F401
+        import dns.rcode  # noqa: F401
+        import dns.rdataclass  # noqa: F401
+        import dns.rdatatype  # noqa: F401
+        import dns.rrset  # noqa: F401
+        globals()["dns"] = real
+        return getattr(real, name)
+
+
+dns = _LazyDns()
 
 Resolver = Callable[[str, int], list[str]]
 QueryReporter = Callable[[dict], None]
@@ -50,8 +63,9 @@ RESOLVE_TIMEOUT = 5.0
 PLAIN_UDP_LIMIT = 512           # RFC 1035 limit without EDNS
 OUR_EDNS_PAYLOAD = 1232         # the usual fragmentation-safe EDNS size
 
-_ADDRESS_TYPES = {dns.rdatatype.A: socket.AF_INET, dns.rdatatype.AAAA: socket.AF_INET6}
-_ADDRESS_VERSION = {dns.rdatatype.A: 4, dns.rdatatype.AAAA: 6}
+_A, _AAAA = 1, 28                         # dns.rdatatype.A / AAAA (an IntEnum: equal keys)
+_ADDRESS_TYPES = {_A: socket.AF_INET, _AAAA: socket.AF_INET6}
+_ADDRESS_VERSION = {_A: 4, _AAAA: 6}
 # A hostname as getaddrinfo() should see it: anything escaped by dnspython (dots inside
 # labels, control or non-ASCII bytes, '*', quotes...) is not a hostname.
 _PLAIN_HOSTNAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
