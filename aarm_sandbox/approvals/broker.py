@@ -85,32 +85,50 @@ class ApprovalBroker:
         p = self._new_pending(kind, n, action, decision, effect, now, timeout)
         grant = self._grants.get(p.shape) if kind == "step_up" else None
         refused = self._refused.get(p.shape)
-        verdict = None
+        if grant is not None:
+            verdict = Verdict(True, "grant", by=grant["by"], scope="session",
+                              reason=f"approved for the session with {grant['request']}")
+        elif refused is not None and refused[0] == action.pid and now < refused[1]:
+            verdict = Verdict(False, "repeat", reason=f"the same action by the same process "
+                              f"was refused moments ago ({refused[2]}); not asked again")
+        else:
+            verdict = self._publish(p, count=True)
+        if verdict is not None:
+            self._finish(p, verdict)
+            return
+        self._announce(p)
+
+    def _publish(self, p: Pending, count: bool) -> Verdict | None:
+        """Journal the request and freeze the tree *before* the request can be answered
+        (an answer that came first would leave the tree frozen), then put it in the table,
+        unless a limit says no (the verdict)."""
+        self._journal_request(p)
+        if p.view["freeze"] and not p.frozen:
+            p.frozen = True
+            self.freezer.freeze()
+        now = time.monotonic()
         with self._lock:
             while self._asked and self._asked[0] < now - 60:
                 self._asked.popleft()
             if self._closed:
-                verdict = Verdict(False, "ended", reason="the session is ending")
-            elif grant is not None:
-                verdict = Verdict(True, "grant", by=grant["by"], scope="session",
-                                  reason=f"approved for the session with {grant['request']}")
-            elif refused is not None and refused[0] == action.pid and now < refused[1]:
-                verdict = Verdict(False, "repeat", reason=f"the same action by the same process "
-                                  f"was refused moments ago ({refused[2]}); not asked again")
-            elif len(self._pending) >= self.max_pending:
-                verdict = Verdict(False, "limit", reason=f"more than {self.max_pending} actions "
-                                  "held at once; denied without asking")
-            elif len(self._asked) >= self.rate:
-                verdict = Verdict(False, "rate-limit", reason=f"more than {self.rate} approval "
-                                  "requests in a minute; denied without asking (fatigue control)")
-            else:
+                return Verdict(False, "ended", reason="the session is ending")
+            if len(self._pending) >= self.max_pending:
+                return Verdict(False, "limit", reason=f"more than {self.max_pending} actions "
+                               "held at once; denied without asking")
+            if count and len(self._asked) >= self.rate:
+                return Verdict(False, "rate-limit", reason=f"more than {self.rate} approval "
+                               "requests in a minute; denied without asking (fatigue control)")
+            if count:
                 self._asked.append(now)
-                self._pending[p.id] = p
-                self._wake.notify()
-        if verdict is not None:
-            self._finish(p, verdict, journal_request=verdict.answer in ("grant", "repeat"))
-            return
-        self._announce(p)
+            self._pending[p.id] = p
+            self._wake.notify()
+        return None
+
+    def _journal_request(self, p: Pending) -> None:
+        if not p.journaled:
+            p.journaled = True
+            self.sup.journal.append({"type": "approval.request", "request": p.id,
+                                     "kind": p.kind, "action_hash": p.hash, "view": p.view})
 
     def _new_pending(self, kind, n, action, decision, effect, now, timeout) -> Pending:
         rid = new_request_id()
@@ -124,11 +142,7 @@ class ApprovalBroker:
                        shape_of(view), now, now + timeout)
 
     def _announce(self, p: Pending) -> None:
-        self.sup.journal.append({"type": "approval.request", "request": p.id, "kind": p.kind,
-                                 "action_hash": p.hash, "view": p.view})
-        if p.view["freeze"] and not p.frozen:
-            p.frozen = True
-            self.freezer.freeze()
+        """Tell the approvers (the request is in the table already)."""
         self._event("request", p.id, summary=self._summary(p))
         if p.kind == "step_up" and self.prompt is not None:
             self.prompt.submit(p.id)
@@ -232,16 +246,15 @@ class ApprovalBroker:
         q.deferrals, q.frozen = deferrals, p.frozen
         q.view["previous_request"] = p.id
         q.hash = view_hash(q.view)
-        with self._lock:
-            self._pending[q.id] = q
-            self._wake.notify()
         self._event("superseded", p.id, by_request=q.id)
+        verdict = self._publish(q, count=False)
+        if verdict is not None:
+            self._finish(q, verdict)
+            return
         self._announce(q)
 
-    def _finish(self, p: Pending, verdict: Verdict, journal_request: bool = False) -> None:
-        if journal_request:
-            self.sup.journal.append({"type": "approval.request", "request": p.id, "kind": p.kind,
-                                     "action_hash": p.hash, "view": p.view})
+    def _finish(self, p: Pending, verdict: Verdict) -> None:
+        self._journal_request(p)            # (every receipt's request is in the journal)
         approval = {"request": p.id, "kind": p.kind, "action_hash": p.hash,
                     "answer": verdict.answer, "by": verdict.by, "at": rfc3339(time.time()),
                     "waited_ms": int((time.monotonic() - p.created) * 1000)}

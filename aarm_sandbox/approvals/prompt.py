@@ -181,6 +181,9 @@ class TerminalApprover:
                     os.killpg(fg, signal.SIGCONT)
                 except OSError:
                     pass
+                freezer = getattr(self.broker, "freezer", None)
+                if freezer is not None:
+                    freezer.reassert()   # (a signals freeze other requests still hold)
 
     def _retake(self, fd: int, saved: list) -> None:
         """A process that ignores SIGTTOU may call tcsetpgrp while we ask: take the

@@ -136,4 +136,5 @@ class Pending:
     deadline: float                 # monotonic
     deferrals: int = 0
     frozen: bool = False
+    journaled: bool = False         # its approval.request record is written
     extra: dict = field(default_factory=dict)

@@ -198,6 +198,20 @@ class TreeFreezer:
             if self._depth == 0:
                 self._set(False)
 
+    def reassert(self) -> None:
+        """Someone else sent the tree SIGCONT (the terminal prompt waking readers it had
+        stopped): while a freeze is held, stop the tree again. Only the signals method can
+        be undone that way; a cgroup freeze ignores SIGCONT."""
+        with self._lock:
+            if self._depth == 0 or self.method != "signals":
+                return
+            for pidfd in self._stopped.values():
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+                except OSError:
+                    pass
+            self._signal_freeze()
+
     def close(self) -> None:
         """Thaw completely and remove the cgroup once the tree has left it (call after
         the tree exited; a cgroup still holding processes is left in place)."""

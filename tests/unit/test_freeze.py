@@ -160,3 +160,23 @@ def test_create_falls_through_and_explains(tmp_path: Path) -> None:
 def test_freezer_support_reports_a_method() -> None:
     method, detail = freezer_support()
     assert method in METHODS and detail
+
+
+def test_a_signals_freeze_survives_an_outside_sigcont_once_reasserted(tmp_path: Path) -> None:
+    """The terminal prompt wakes the readers it stopped with SIGCONT; while another request
+    still holds a freeze, reassert() stops the tree again."""
+    root, files = start_tree(tmp_path)
+    try:
+        wait_advancing(files)
+        f = make("signals", root.pid)
+        f.freeze()
+        assert_still(files)
+        for pid in tree_pids(root.pid):
+            os.kill(pid, signal.SIGCONT)
+        wait_advancing(files)                   # the outside SIGCONT did wake it
+        f.reassert()
+        assert_still(files)
+        f.thaw()
+        wait_advancing(files)
+    finally:
+        kill_tree(root)
