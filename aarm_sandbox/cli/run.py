@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 import shutil
 import signal
@@ -199,8 +198,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
                     "workspace": workspace, "tmpdir": tmpdir,
                     "profile": {"id": policy.profile.id, "version": str(policy.profile.version),
                                 "source": loaded.source, "sha256": loaded.sha256},
-                    "observe": bool(args.observe), "host": platform.node(),
-                    "kernel": platform.release(), "uid": os.getuid(), "identity": identity,
+                    "observe": bool(args.observe), "host": os.uname().nodename,
+                    "kernel": os.uname().release, "uid": os.getuid(), "identity": identity,
                     "context": dict(ctx.facts)}
 
     masks = policy.set_paths(settings.mask)
@@ -494,6 +493,8 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _signer(pair: keys.KeyPair) -> Signer | None:
+    if pair.public_raw is not None:
+        return Signer.deferred(pair.private_path, pair.public_raw)
     try:
         return Signer(keys.load_private(pair.private_path))
     except keys.KeyFileError as e:

@@ -1,9 +1,11 @@
 """Ed25519 signing keys for journals.
 
 The private key lives in the user's config directory (0600, in a 0700 directory), is
-read by the supervisor only after the sandbox has been started, and its directory is
-masked inside the sandbox. The key id names the public key in every session.start and
-checkpoint, so a verifier can tell which key to trust without trusting the file.
+read by the supervisor only after the sandbox has been started (by the journal's writer
+thread, off the startup path), and its directory is masked inside the sandbox. The key id
+names the public key in every session.start and checkpoint, so a verifier can tell which
+key to trust without trusting the file. Starting a session needs only the public key file
+(read without the cryptography library); cryptography is loaded where a key is used.
 """
 from __future__ import annotations
 
@@ -13,10 +15,16 @@ from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from aarm_sandbox.xdg import config_dir
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (Ed25519PrivateKey,
+                                                                   Ed25519PublicKey)
+
+# DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): 32 raw key bytes follow.
+_ED25519_SPKI = bytes.fromhex("302a300506032b6570032100")
 
 PRIVATE_NAME = "journal-ed25519.pem"
 PUBLIC_NAME = "journal-ed25519.pub"
@@ -35,16 +43,36 @@ def trusted_dir() -> Path:
 
 
 def raw_public(pub: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def key_id(pub: Ed25519PublicKey) -> str:
-    return "ed25519:" + sha256(raw_public(pub)).hexdigest()[:16]
+    return key_id_of_raw(raw_public(pub))
+
+
+def key_id_of_raw(raw: bytes) -> str:
+    return "ed25519:" + sha256(raw).hexdigest()[:16]
 
 
 def public_pem(pub: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
     return pub.public_bytes(serialization.Encoding.PEM,
                             serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def raw_public_from_pem(data: bytes) -> bytes | None:
+    """The 32 raw bytes of an Ed25519 public key PEM (as `generate` writes it), or None
+    for anything else (the caller then asks the cryptography library)."""
+    body = b"".join(line.strip() for line in data.splitlines()
+                    if line.strip() and not line.startswith((b"-----", b"#")))
+    try:
+        der = base64.b64decode(body, validate=True)
+    except ValueError:
+        return None
+    if len(der) == 44 and der[:12] == _ED25519_SPKI:
+        return der[12:]
+    return None
 
 
 @dataclass
@@ -52,6 +80,7 @@ class KeyPair:
     private_path: Path
     public_path: Path
     key_id: str
+    public_raw: bytes | None = None      # known without loading the private key
 
 
 def generate(directory: Path | None = None, force: bool = False) -> KeyPair:
@@ -62,12 +91,15 @@ def generate(directory: Path | None = None, force: bool = False) -> KeyPair:
     if priv_path.exists() and not force:
         raise KeyFileError(f"{priv_path} already exists (use --force to replace it; journals "
                         "signed with the old key then need its public key to verify)")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     _write_atomically(priv_path, pem, 0o600)
     _write_atomically(pub_path, public_pem(key.public_key()), 0o644)
-    return KeyPair(priv_path, pub_path, key_id(key.public_key()))
+    raw = raw_public(key.public_key())
+    return KeyPair(priv_path, pub_path, key_id_of_raw(raw), raw)
 
 
 def ensure(directory: Path | None = None) -> tuple[KeyPair, bool]:
@@ -75,8 +107,16 @@ def ensure(directory: Path | None = None) -> tuple[KeyPair, bool]:
     d = directory or key_dir()
     priv_path = d / PRIVATE_NAME
     if priv_path.exists():
+        # The public half names the key; the private one is read later, by the writer
+        # thread, once the sandbox runs (and checked against this).
+        try:
+            raw = raw_public_from_pem((d / PUBLIC_NAME).read_bytes())
+        except OSError:
+            raw = None
+        if raw is not None:
+            return KeyPair(priv_path, d / PUBLIC_NAME, key_id_of_raw(raw), raw), False
         pub = load_private(priv_path).public_key()
-        return KeyPair(priv_path, d / PUBLIC_NAME, key_id(pub)), False
+        return KeyPair(priv_path, d / PUBLIC_NAME, key_id(pub), raw_public(pub)), False
     try:
         return generate(d), True
     except KeyFileError:                 # created concurrently by another run
@@ -92,6 +132,8 @@ def load_private(path: Path) -> Ed25519PrivateKey:
         data = path.read_bytes()
     except OSError as e:
         raise KeyFileError(f"cannot read the signing key {path}: {e.strerror}") from None
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
@@ -104,6 +146,8 @@ def load_private(path: Path) -> Ed25519PrivateKey:
 
 def load_public(spec: str) -> Ed25519PublicKey:
     """A public key from a PEM file, or the raw key as base64 (as in session.start)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     data: bytes
     if os.path.exists(spec):
         try:

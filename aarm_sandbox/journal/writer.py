@@ -50,16 +50,36 @@ def background_priority() -> None:
 
 
 class Signer:
-    """The session's signing key, held by the supervisor only."""
+    """The session's signing key, held by the supervisor only. `deferred` names the key
+    by its public half and reads the private one at the first `warm()`/`sign()`: the
+    writer thread does that after the sandbox started, off the startup path."""
 
-    def __init__(self, private_key):
-        from aarm_sandbox.journal.keys import key_id, raw_public
+    def __init__(self, private_key=None, *, private_path=None, public_raw: bytes | None = None):
+        from aarm_sandbox.journal.keys import key_id_of_raw, raw_public
         self._key = private_key
-        pub = private_key.public_key()
-        self.key_id = key_id(pub)
-        self.public_b64 = base64.b64encode(raw_public(pub)).decode("ascii")
+        self._path = private_path
+        self._raw = raw_public(private_key.public_key()) if private_key is not None else public_raw
+        self.key_id = key_id_of_raw(self._raw)
+        self.public_b64 = base64.b64encode(self._raw).decode("ascii")
+
+    @classmethod
+    def deferred(cls, private_path, public_raw: bytes) -> "Signer":
+        return cls(private_path=private_path, public_raw=public_raw)
+
+    def warm(self) -> None:
+        """Load the private key (raises KeyFileError), checked against the public half
+        this signer already claims in session.start."""
+        if self._key is not None:
+            return
+        from aarm_sandbox.journal.keys import KeyFileError, load_private, raw_public
+        key = load_private(self._path)
+        if raw_public(key.public_key()) != self._raw:
+            raise KeyFileError(f"{self._path} does not match its public key file; recreate "
+                               "the pair with `aarm-sandbox keygen --force`")
+        self._key = key
 
     def sign(self, data: bytes) -> str:
+        self.warm()
         return base64.b64encode(self._key.sign(data)).decode("ascii")
 
 
@@ -188,6 +208,12 @@ class Journal:
     # --- writer thread ---------------------------------------------------------------
     def _run(self) -> None:
         background_priority()
+        if self.signer is not None:
+            try:
+                self.signer.warm()
+            except Exception as e:  # noqa: BLE001 - an unusable key: say so, chain unsigned
+                print(f"aarm-sandbox: warning: journal not signed: {e}", file=sys.stderr)
+                self.signer = None
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()

@@ -444,6 +444,7 @@ class FastSandbox:
 
     def __init__(self, box, argv, *, allow=None, danger=None, enabled=ALL_KINDS, ring=4096,
                  python_policy="inside", live_drain=True, fast_enabled=True, on_ctx=None,
+                 before_free=None,
                  while_running=None):
         self.box = box
         self.argv = argv
@@ -455,6 +456,7 @@ class FastSandbox:
         self.live_drain = live_drain
         self.fast_enabled = fast_enabled
         self.on_ctx = on_ctx
+        self.before_free = before_free       # called before the C context is freed
         self.while_running = while_running    # called (in the test thread) once all runs
         self.loop_tid = 0
         self.python_seen: list = []
@@ -568,6 +570,8 @@ class FastSandbox:
         assert not loop.is_alive(), "fast path loop did not end"
         self.records.extend(drain(self.ctx))
         dropped = lib.aarm_fast_dropped(self.ctx)
+        if self.before_free:
+            self.before_free()
         lib.aarm_fast_free(self.ctx)
         os.close(sb.listener)
         os.close(sb.status_fd)
@@ -1264,6 +1268,7 @@ def test_intent_swap_races_are_safe(fbox, prog):
     fds = [intent_fd(p1), intent_fd(p2)]
     stop = threading.Event()
     swaps = [0]
+    threads: list[threading.Thread] = []
 
     def swapper(ctx):
         fp = wrapper(ctx)
@@ -1274,14 +1279,21 @@ def test_intent_swap_races_are_safe(fbox, prog):
 
     def on_ctx(ctx):
         wrapper(ctx).set_intent(fds[0], PREFIX)
-        threading.Thread(target=swapper, args=(ctx,), daemon=True).start()
+        threads.append(threading.Thread(target=swapper, args=(ctx,), daemon=True))
+        threads[0].start()
+
+    def stop_swapping():
+        # before the C context is freed: a set_intent on a freed context is a
+        # use-after-free in this test (it crashed the test process now and then)
+        stop.set()
+        for t in threads:
+            t.join(10)
 
     try:
         r = run_fast(fbox, prog, ["bench", "c", ws / "b", 2000, "bench", "u", ws / "b", 2000],
-                     on_ctx=on_ctx)
+                     on_ctx=on_ctx, before_free=stop_swapping)
     finally:
-        stop.set()
-        time.sleep(0.05)            # (the swapper's last set_intent has dup'ed its fd)
+        stop_swapping()
         for fd in fds:
             os.close(fd)
     deletes = [rec for rec in r.records if rec["kind"] == DELETE]
