@@ -57,6 +57,8 @@ class Signer:
     def __init__(self, private_key=None, *, private_path=None, public_raw: bytes | None = None):
         from aarm_sandbox.journal.keys import key_id_of_raw, raw_public
         self._key = private_key
+        self._lock = threading.Lock()
+        self._error: Exception | None = None
         self._path = private_path
         self._raw = raw_public(private_key.public_key()) if private_key is not None else public_raw
         self.key_id = key_id_of_raw(self._raw)
@@ -66,17 +68,36 @@ class Signer:
     def deferred(cls, private_path, public_raw: bytes) -> "Signer":
         return cls(private_path=private_path, public_raw=public_raw)
 
+    def preload(self) -> None:
+        """Load the key on a thread of its own now, so neither the writer (which must get
+        session.start to disk at once) nor the first signature waits for it."""
+        if self._key is None:
+            threading.Thread(target=self._preload, name="aarm-key", daemon=True).start()
+
+    def _preload(self) -> None:
+        try:
+            self.warm()
+        except Exception:  # noqa: BLE001 - kept in _error; the writer reports it
+            pass
+
     def warm(self) -> None:
         """Load the private key (raises KeyFileError), checked against the public half
         this signer already claims in session.start."""
-        if self._key is not None:
-            return
-        from aarm_sandbox.journal.keys import KeyFileError, load_private, raw_public
-        key = load_private(self._path)
-        if raw_public(key.public_key()) != self._raw:
-            raise KeyFileError(f"{self._path} does not match its public key file; recreate "
-                               "the pair with `aarm-sandbox keygen --force`")
-        self._key = key
+        with self._lock:
+            if self._key is not None:
+                return
+            if self._error is not None:
+                raise self._error
+            from aarm_sandbox.journal.keys import KeyFileError, load_private, raw_public
+            try:
+                key = load_private(self._path)
+                if raw_public(key.public_key()) != self._raw:
+                    raise KeyFileError(f"{self._path} does not match its public key file; "
+                                       "recreate the pair with `aarm-sandbox keygen --force`")
+            except Exception as e:
+                self._error = e
+                raise
+            self._key = key
 
     def sign(self, data: bytes) -> str:
         self.warm()
@@ -154,6 +175,8 @@ class Journal:
         capabilities; the key is given only once the sandbox runs). Without a signer the
         chain is still written but nothing is signed (verify reports it)."""
         self.signer = signer
+        if signer is not None:
+            signer.preload()
         self._thread.start()
         return self
 
@@ -208,12 +231,6 @@ class Journal:
     # --- writer thread ---------------------------------------------------------------
     def _run(self) -> None:
         background_priority()
-        if self.signer is not None:
-            try:
-                self.signer.warm()
-            except Exception as e:  # noqa: BLE001 - an unusable key: say so, chain unsigned
-                print(f"aarm-sandbox: warning: journal not signed: {e}", file=sys.stderr)
-                self.signer = None
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
@@ -333,6 +350,12 @@ class Journal:
     def _signed(self, rec: dict) -> bytes:
         """A checkpoint or the seal: signs the chain head (prev_hash), and through it
         every record before."""
+        if self.signer is not None:
+            try:
+                self.signer.warm()
+            except Exception as e:  # noqa: BLE001 - an unusable key: say so, chain unsigned
+                print(f"aarm-sandbox: warning: journal not signed: {e}", file=sys.stderr)
+                self.signer = None
         self.seq += 1
         rec.update({"v": chain.FORMAT_VERSION, "seq": self.seq, "session_id": self.session_id,
                     "prev_hash": self.prev_hash,
