@@ -201,32 +201,7 @@ class Supervisor:
                 # broker answers (approval, context, deadline), from the pinned snapshot.
                 self.broker.hold(n, action, decision, effect)
                 return
-            if decision.result is Result.MODIFY:
-                effect, modified = self._modify(action, decision, effect, n)
-                if modified is None:
-                    decision = Decision(Result.DENY, decision.rule, f"{decision.reason} (modify: "
-                                        f"{decision.modify} does not apply here)", decision.errno)
-                else:
-                    action.detail["modified"] = modified
-            if decision.result in (Result.ALLOW, Result.MODIFY):
-                if effect.blocking:
-                    if not self.blocking_slots.acquire(blocking=False):
-                        effect.close()
-                        self.backend.answer_error(n, errno.EAGAIN)
-                        self._receipt(action, Decision(Result.DENY, "resource-limit",
-                                      f"more than {MAX_BLOCKING_OPS} blocking operations pending",
-                                      errno.EAGAIN), -errno.EAGAIN)
-                        return
-                    threading.Thread(target=self._enforce_async, args=(n, effect, action, decision),
-                                     name="aarm-blocking", daemon=True).start()
-                    return
-                outcome = self._enforce(n, effect, action)
-            else:
-                effect.close()
-                self.backend.answer_error(n, decision.errno)
-                outcome = -decision.errno
-                self._report_denial(action, decision)
-            self._receipt(action, decision, outcome)
+            self._carry_out(n, action, decision, effect)
         except Exception as e:  # noqa: BLE001
             effect.close()
             self._internal_error(n, spec.name, e)
@@ -243,58 +218,66 @@ class Supervisor:
         return handler(n, spec, self.dstate)
 
     # ------------------------------------------------------------------------------------
+    def _carry_out(self, n: Notification, action, decision: Decision, effect: Effect, *,
+                   held=None, approval: dict | None = None, why: str = "") -> None:
+        """Enforce a decision and journal it: ALLOW/MODIFY are performed (off the loop when
+        they may block), anything else is denied with the rule's errno. `held` is the
+        STEP_UP/DEFER decision an answered request was held under: the receipt names it,
+        with the answer (`approval`)."""
+        if decision.result is Result.MODIFY:
+            effect, modified = self._modify(action, decision, effect, n)
+            if modified is None:
+                decision = Decision(Result.DENY, decision.rule, f"{decision.reason} (modify: "
+                                    f"{decision.modify} does not apply here)", decision.errno)
+            else:
+                action.detail["modified"] = modified
+        shown = held or decision
+        if decision.result in _APPROVED:
+            if effect.blocking:
+                if not self.blocking_slots.acquire(blocking=False):
+                    effect.close()
+                    self.backend.answer_error(n, errno.EAGAIN)
+                    self._receipt(action, Decision(Result.DENY, "resource-limit",
+                                  f"more than {MAX_BLOCKING_OPS} blocking operations pending",
+                                  errno.EAGAIN), -errno.EAGAIN, approval=approval)
+                    return
+                threading.Thread(target=self._enforce_async, args=(n, effect, action, shown, approval),
+                                 name="aarm-blocking", daemon=True).start()
+                return
+            outcome = self._enforce(n, effect, action, verify=held is not None)
+            self._receipt(action, shown, outcome, approval=approval, executed=outcome >= 0)
+            return
+        effect.close()
+        err = decision.errno or shown.errno or errno.EPERM
+        self.backend.answer_error(n, err)
+        self._receipt(action, shown, -err, approval=approval, executed=False)
+        self.report_denial(action.type, action.target, why or decision.reason)
+
     def release_held(self, p, verdict, approval: dict) -> None:
         """Answer a held request (from whichever thread ended it): perform the action from
         the snapshot that was shown, or deny it with the rule's errno. Journaled with who
         answered, when and how."""
-        n, action, effect = p.n, p.action, p.effect
-        decision = p.decision
-        final = verdict.decision if verdict.decision is not None else decision
+        n, action, effect, held = p.n, p.action, p.effect, p.decision
+        final = verdict.decision or held
         if verdict.decision is not None:
             approval["decision"] = {"result": final.result.value, "rule": final.rule,
                                     "reason": final.reason}
         try:
-            if not verdict.approve or not self.backend.still_pending(n):
+            if verdict.approve and not self.backend.still_pending(n):
                 effect.close()
-                if verdict.approve:
-                    approval["answer_note"] = "the caller went away before the answer"
-                    self._receipt(action, decision, -errno.ESRCH, approval=approval, executed=False)
-                    return
-                err = final.errno or decision.errno or errno.EPERM
-                self.backend.answer_error(n, err)
-                self._receipt(action, decision, -err, approval=approval, executed=False)
-                self.report_denial(action.type, action.target,
-                                   f"{decision.reason} ({p.kind}: {verdict.answer}"
-                                   + (f": {verdict.reason}" if verdict.reason else "") + ")")
+                approval["answer_note"] = "the caller went away before the answer"
+                self._receipt(action, held, -errno.ESRCH, approval=approval, executed=False)
                 return
-            if final.result is Result.MODIFY:
-                effect, modified = self._modify(action, final, effect, n)
-                if modified is None:
-                    effect.close()
-                    self.backend.answer_error(n, final.errno or errno.EPERM)
-                    approval["answer_note"] = f"modify: {final.modify} does not apply here"
-                    self._receipt(action, decision, -(final.errno or errno.EPERM),
-                                  approval=approval, executed=False)
-                    return
-                action.detail["modified"] = modified
-            if effect.blocking:
-                threading.Thread(target=self._release_blocking, args=(n, effect, action, decision,
-                                 approval), name="aarm-blocking", daemon=True).start()
-                return
-            outcome = self._enforce(n, effect, action, verify=True)
-            self._receipt(action, decision, outcome, approval=approval, executed=outcome >= 0)
+            if not verdict.approve:
+                final = Decision(Result.DENY, final.rule, final.reason, final.errno or held.errno)
+            elif final.result in _HELD:            # a human approved the held action itself
+                final = Decision(Result.ALLOW, final.rule, final.reason)
+            why = (f"{held.reason} ({p.kind}: {verdict.answer}"
+                   + (f": {verdict.reason}" if verdict.reason else "") + ")")
+            self._carry_out(n, action, final, effect, held=held, approval=approval, why=why)
         except Exception as e:  # noqa: BLE001
             effect.close()
             self._internal_error(n, action.syscall, e)
-
-    def _release_blocking(self, n, effect, action, decision, approval) -> None:
-        try:
-            outcome = self._enforce(n, effect, action, verify=True)
-        except Exception as e:  # noqa: BLE001
-            self.backend.answer_error(n, errno.EIO)
-            outcome = -errno.EIO
-            print(f"aarm-sandbox: internal error performing {action.type}: {e!r}", file=sys.stderr)
-        self._receipt(action, decision, outcome, approval=approval, executed=outcome >= 0)
 
     def redecide(self, action) -> Decision:
         """The decision for a held action now (new context arrived)."""
@@ -495,16 +478,16 @@ class Supervisor:
         to = action.paths[1] if action.type == A.FILE_RENAME and len(action.paths) > 1 else None
         return self.journal.intent(n.id, action.type, action.syscall, n.tid, action.target, to)
 
-    def _enforce_async(self, n, effect, action, decision) -> None:
+    def _enforce_async(self, n, effect, action, decision, approval=None) -> None:
         try:
-            outcome = self._enforce(n, effect, action)
+            outcome = self._enforce(n, effect, action, verify=approval is not None)
         except Exception as e:  # noqa: BLE001
             self.backend.answer_error(n, errno.EIO)
             outcome = -errno.EIO
             print(f"aarm-sandbox: internal error performing {action.type}: {e!r}", file=sys.stderr)
         finally:
             self.blocking_slots.release()
-        self._receipt(action, decision, outcome)
+        self._receipt(action, decision, outcome, approval=approval, executed=outcome >= 0)
 
     def _track(self, action) -> None:
         """Context updates after an action really happened."""
@@ -617,9 +600,6 @@ class Supervisor:
                                          "answers": q.get("answers", [])}})
         if not allowed:
             self.report_denial(A.DNS_QUERY, q.get("name", ""), reason)
-
-    def _report_denial(self, action, decision: Decision) -> None:
-        self.report_denial(action.type, action.target, decision.reason)
 
     def report_denial(self, type_: str, target: str, reason: str) -> None:
         """Every denial is said on stderr (and counted for the closing summary)."""

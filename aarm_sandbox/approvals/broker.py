@@ -21,10 +21,12 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from aarm_sandbox.approvals.request import (Pending, build_view, new_request_id, rfc3339,
-                                            shape_of, view_hash)
+from aarm_sandbox.approvals.request import (Pending, build_view, new_request_id, shape_of,
+                                            view_hash)
 from aarm_sandbox.journal.render import escape
+from aarm_sandbox.journal.writer import rfc3339
 from aarm_sandbox.policy.decision import Decision, Result
+from aarm_sandbox.procfs import descends_from
 
 GONE_CHECK_SECONDS = 0.5
 # A denied (or expired) request asked again by the same process within this window is
@@ -256,7 +258,7 @@ class ApprovalBroker:
     def _finish(self, p: Pending, verdict: Verdict) -> None:
         self._journal_request(p)            # (every receipt's request is in the journal)
         approval = {"request": p.id, "kind": p.kind, "action_hash": p.hash,
-                    "answer": verdict.answer, "by": verdict.by, "at": rfc3339(time.time()),
+                    "answer": verdict.answer, "by": verdict.by, "at": rfc3339(),
                     "waited_ms": int((time.monotonic() - p.created) * 1000)}
         if verdict.reason:
             approval["reason"] = verdict.reason
@@ -273,6 +275,16 @@ class ApprovalBroker:
 
     # ------------------------------------------------------------------ time
     def _tick(self) -> None:
+        """Deadlines and dead callers. Never dies on an error: a request nobody expires
+        would wait until the session ends."""
+        while not self._closed:
+            try:
+                self._tick_loop()
+            except Exception as e:  # noqa: BLE001
+                print(f"aarm-sandbox: internal error in the approval timer: {e!r}", file=sys.stderr)
+                time.sleep(GONE_CHECK_SECONDS)
+
+    def _tick_loop(self) -> None:
         last_check = time.monotonic()
         while True:
             with self._lock:
@@ -369,7 +381,7 @@ class ApprovalBroker:
         with self._events_cond:
             self._event_seq += 1
             ev = {"seq": self._event_seq, "event": kind, "session": self.session_id,
-                  "ts": rfc3339(time.time())}
+                  "ts": rfc3339()}
             if request_id is not None:
                 ev["request"] = request_id
             ev.update(fields)
@@ -418,18 +430,7 @@ def sandbox_membership(root_pid: int):
             return True
         if _uid_map(str(pid)) != own_map:
             return True
-        p = pid
-        for _ in range(4096):
-            if p == root_pid:
-                return True
-            if p <= 1:
-                return False
-            try:
-                with open(f"/proc/{p}/stat", "rb") as f:
-                    p = int(f.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                return True
-        return True
+        return descends_from(pid, root_pid, unknown=True)
     return check
 
 

@@ -3,7 +3,6 @@ guarded). Loaded at the first connection: http.server costs 15-40 ms of imports 
 session nobody talks to should not pay at startup."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import pwd
@@ -13,18 +12,12 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from aarm_sandbox.approvals.control import peer_credentials
+from aarm_sandbox.journal.canonical import raw_bytes_value
 
 MAX_BODY = 64 * 1024
 EVENTS_WAIT_DEFAULT = 25.0
 EVENTS_WAIT_MAX = 60.0
 LABEL_MAX = 200
-
-
-def _text_or_b64(raw: bytes) -> str | dict:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return {"b64": base64.b64encode(raw).decode("ascii")}
 
 
 def peer_identity(pid: int, uid: int) -> dict[str, Any]:
@@ -34,7 +27,7 @@ def peer_identity(pid: int, uid: int) -> dict[str, Any]:
     except KeyError:
         user = None
     try:
-        exe: str | dict | None = _text_or_b64(os.readlink(f"/proc/{pid}/exe".encode()))
+        exe: str | dict | None = raw_bytes_value(os.readlink(f"/proc/{pid}/exe"))
     except OSError:
         exe = None
     return {"channel": "control", "uid": uid, "user": user, "pid": pid, "exe": exe,

@@ -35,6 +35,7 @@ from collections import deque
 
 from aarm_sandbox.approvals.view import render_request
 from aarm_sandbox.enforce.freeze import stop_through_pidfd
+from aarm_sandbox.procfs import descends_from, stat_fields
 from aarm_sandbox.journal.render import escape
 
 PROMPT = "approve? [y] once  [s] for this session  [n] deny  > "
@@ -291,7 +292,7 @@ def approver_identity(fd: int) -> dict:
 def tty_name(fd: int) -> str:
     """The terminal's own name (/dev/pts/3), not the /dev/tty alias we opened it by."""
     name = os.ttyname(fd)
-    fields = _stat_fields("/proc/self/stat")
+    fields = stat_fields("/proc/self/stat")
     if name != "/dev/tty" or fields is None:
         return name
     dev = int(fields[4])                        # tty_nr: the controlling terminal
@@ -317,36 +318,14 @@ def outcome_line(request_id: str, approve: bool, scope: str, status: int, body) 
 
 # ---------------------------------------------------------------------- process groups
 
-def _stat_fields(path: str) -> list[str] | None:
-    """Fields after the command name of a /proc stat file (state is [0], ppid [1],
-    pgrp [2], tty_nr [4])."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2:].decode().split()
-
-
 def group_members(pgid: int) -> list[int]:
     members = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            fields = _stat_fields(f"/proc/{name}/stat")
+            fields = stat_fields(f"/proc/{name}/stat")
             if fields is not None and int(fields[2]) == pgid:
                 members.append(int(name))
     return members
-
-
-def _is_descendant(pid: int, ancestor: int) -> bool:
-    for _ in range(256):
-        fields = _stat_fields(f"/proc/{pid}/stat")
-        if fields is None or pid <= 1:
-            return False
-        pid = int(fields[1])
-        if pid == ancestor:
-            return True
-    return False
 
 
 def is_foreign_group(pgid: int) -> bool:
@@ -354,7 +333,7 @@ def is_foreign_group(pgid: int) -> bool:
     descendant of this process): it is the user's shell or another job."""
     members = group_members(pgid)
     me = os.getpid()
-    return bool(members) and not any(_is_descendant(p, me) for p in members)
+    return bool(members) and not any(descends_from(p, me, unknown=False) for p in members)
 
 
 def _running(pid: int) -> bool:
@@ -363,7 +342,7 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     for tid in tasks:
-        fields = _stat_fields(f"/proc/{pid}/task/{tid}/stat")
+        fields = stat_fields(f"/proc/{pid}/task/{tid}/stat")
         if fields is not None and fields[0] in _RUNNING:
             return True
     return False

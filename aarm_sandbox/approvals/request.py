@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-import time
 from dataclasses import dataclass, field
 from hashlib import sha256
 
 from aarm_sandbox.journal.canonical import _carry_bytes, canonical
+from aarm_sandbox.journal.writer import rfc3339
 
 INTENT_NOTE = "declared by the agent; not verified"
 HISTORY_SHOWN = 10
@@ -28,10 +28,6 @@ _FILE_TYPES = {stat.S_IFREG: "regular", stat.S_IFDIR: "directory", stat.S_IFLNK:
 def new_request_id() -> str:
     """Unguessable, so an id seen in one session's output cannot be aimed at another."""
     return "r-" + secrets.token_hex(5)
-
-
-def rfc3339(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
 
 
 def object_of(effect) -> dict | None:
@@ -79,7 +75,7 @@ def build_view(request_id: str, session_id: str, kind: str, action, decision, *,
             "rule": {"id": decision.rule, "reason": decision.reason},
             "history": relevant_history(action, history),
             "intent": {"text": intent, "note": INTENT_NOTE} if intent else None,
-            "requested_at": rfc3339(requested), "expires_at": rfc3339(expires),
+            "requested_at": rfc3339(int(requested * 1e9)), "expires_at": rfc3339(int(expires * 1e9)),
             "freeze": freeze}
     if kind == "defer":
         view["waiting_for"] = list(decision.waiting_for)

@@ -15,7 +15,7 @@ from pathlib import Path
 from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.intercept.filter import FilterError, compile_filter
 from aarm_sandbox.journal import keys
-from aarm_sandbox.journal.writer import Journal, NullJournal, Signer, open_witness
+from aarm_sandbox.journal.writer import Journal, NullJournal, Signer, open_witness, rfc3339
 from aarm_sandbox.launch.sandbox import (CLONE_NEWNET, CLONE_NEWNS, NS_NAMES, LaunchError,
                                          LaunchPlan, disabled_namespaces,
                                          drop_effective_capabilities, launch)
@@ -455,7 +455,7 @@ def _start_approvals(args, sup, engine, settings, session_id, sandbox, workspace
             sandbox.warnings.append("--approver terminal: no terminal to ask on; STEP_UP denies")
         mode = "terminal" if terminal_ok else "none"
     status = {"pid": os.getpid(), "workspace": workspace, "profile": policy.profile.id,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "started": rfc3339(),
               "command": list(args.command)}
     broker = ApprovalBroker(sup, session_id, settings, timeout=args.approval_timeout,
                             approver=mode, status=status,

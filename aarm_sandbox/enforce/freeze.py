@@ -22,6 +22,8 @@ import signal
 import threading
 import time
 
+from aarm_sandbox.procfs import tree_pids
+
 FREEZER_V1 = "/sys/fs/cgroup/freezer"
 METHODS = ("cgroup-v1", "cgroup-v2", "signals")
 SETTLE = 0.1            # how long freeze() polls for the FROZEN state (never required)
@@ -33,21 +35,6 @@ class FreezeUnavailable(RuntimeError):
 
 
 # ---------------------------------------------------------------------- process tree
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out.extend(int(c) for c in f.read().split())
-        except OSError:
-            pass
-    return out
-
 
 def stop_through_pidfd(pid: int) -> int | None:
     """SIGSTOP `pid` through a pidfd, so a recycled pid is never signalled; the pidfd (kept
@@ -62,17 +49,6 @@ def stop_through_pidfd(pid: int) -> int | None:
         os.close(pidfd)
         return None
     return pidfd
-
-
-def tree_pids(root_pid: int) -> list[int]:
-    """root_pid and all its current descendants (root first)."""
-    seen, todo = [], [root_pid]
-    while todo:
-        pid = todo.pop()
-        if pid not in seen and os.path.exists(f"/proc/{pid}"):
-            seen.append(pid)
-            todo.extend(_children(pid))
-    return seen
 
 
 # ---------------------------------------------------------------------- cgroup discovery

@@ -22,13 +22,14 @@ import os
 import stat
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
 import orjson
 
 from aarm_sandbox.journal.canonical import raw_bytes_value
+from aarm_sandbox.journal.writer import rfc3339
 from aarm_sandbox.xdg import state_dir
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -45,10 +46,6 @@ SYMLINK_TRUST_MARGIN_NS = 2 * 10**9
 def default_trash_root(session_id: str) -> Path:
     """Where a session's trash lives."""
     return state_dir() / "trash" / session_id
-
-
-def _now_rfc3339() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _entry_type(mode: int) -> str:
@@ -398,7 +395,7 @@ class Quarantine:
             "trash": f"{ITEMS_DIR}/{trash_name.decode()}" if trash_name else None,
             "type": _entry_type(st.st_mode), "mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid,
             "size": st.st_size, "mtime_ns": mtime_ns, "atime_ns": atime_ns,
-            "ino": st.st_ino, "dev": st.st_dev, "ts": _now_rfc3339(), "how": how,
+            "ino": st.st_ino, "dev": st.st_dev, "ts": rfc3339(), "how": how,
         }
         if how == "record-only" and entry["type"] == "other":
             entry["note"] = "content not kept: only metadata of a fifo, socket or device"
@@ -609,7 +606,7 @@ class _Restorer:
         self.restored.add(entry.key)
         self.done_this_run.add(entry.original)
         self.pending_dirs.pop(entry.original, None)
-        os.write(self.manifest_fd, orjson.dumps({"restored": entry.key, "ts": _now_rfc3339()}) + b"\n")
+        os.write(self.manifest_fd, orjson.dumps({"restored": entry.key, "ts": rfc3339()}) + b"\n")
 
     # -- parents -------------------------------------------------------------------------
 

@@ -120,6 +120,13 @@ class _Clock:
         return f"{self._prefix}.{us:06d}Z"
 
 
+def rfc3339(ns: int | None = None) -> str:
+    """`ns` (default: now) as the journal writes timestamps: RFC 3339 UTC, microseconds
+    (any thread; the writer's `_Clock` caches the second for its own hot path)."""
+    sec, us = divmod((time.time_ns() if ns is None else ns) // 1000, 1_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(sec))}.{us:06d}Z"
+
+
 def open_witness(path: str, session_id: str) -> int:
     """The witness file: PATH itself, or PATH/SESSION.jsonl when PATH is a directory."""
     if os.path.isdir(path):

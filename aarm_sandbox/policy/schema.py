@@ -124,7 +124,7 @@ class Rule(_Strict):
         holds = self.decision in ("step_up", "defer") or bool(self.requires_context)
         used = [f for f in ("timeout", "approvers", "freeze") if getattr(self, f)]
         if used and not holds:
-            raise ValueError(f"{', '.join(used)} only apply to rules that hold an action "
+            raise ValueError(f"{', '.join(used)}: only for rules that hold an action "
                              "(decision: step_up or defer, or requires_context)")
         defers = self.decision == "defer" or bool(self.requires_context)
         if self.on_deadline != "deny" and not defers:
