@@ -89,6 +89,7 @@
 #define NR_MKDIR 83
 #define NR_CREAT 85
 #define NR_UNLINK 87
+#define NR_RMDIR 84
 #define NR_OPENAT 257
 #define NR_MKDIRAT 258
 #define NR_UNLINKAT 263
@@ -557,6 +558,7 @@ static const char *syscall_name(int nr)
     case NR_CREAT: return "creat";
     case NR_UNLINK: return "unlink";
     case NR_UNLINKAT: return "unlinkat";
+    case NR_RMDIR: return "rmdir";
     case NR_MKDIR: return "mkdir";
     case NR_MKDIRAT: return "mkdirat";
     default: return "?";
@@ -687,9 +689,13 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         op = OP_UNLINK; pptr = a[0];
         break;
     case NR_UNLINKAT:
-        op = OP_UNLINK; dirfd = as_int32(a[0]); pptr = a[1]; flags = (uint32_t)a[2];
-        if (flags != 0)                 /* AT_REMOVEDIR (rmdir) or invalid flags */
-            return FP_PASS;
+        op = OP_UNLINK; dirfd = as_int32(a[0]); pptr = a[1];
+        if (a[2] != 0 && a[2] != AT_REMOVEDIR)
+            return FP_PASS;             /* invalid flags: Python answers EINVAL */
+        flags = (uint32_t)a[2];
+        break;
+    case NR_RMDIR:
+        op = OP_UNLINK; pptr = a[0]; flags = AT_REMOVEDIR;
         break;
     case NR_MKDIR:
         op = OP_MKDIR; pptr = a[0]; mode = (uint32_t)a[1];
@@ -731,8 +737,8 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     if (!path_is_simple(path, (size_t)plen))
         return FP_PASS;
     int absolute = path[0] == '/';
-    if (!absolute && dirfd != AT_FDCWD)
-        return FP_PASS;
+    if (!absolute && dirfd != AT_FDCWD && dirfd < 0)
+        return FP_PASS;                 /* EBADF: Python answers it */
     /* Absolute without "//" (and, as checked, without "." / ".."): once the
      * parent is reached without meeting a symlink, the text is the canonical
      * path (as in Resolver.parent with a session root). */
@@ -772,9 +778,17 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             parent = pfd;
         }
     } else {
-        char cname[40];
+        /* The calling thread's cwd, or the directory its dirfd refers to: the
+         * magic link pins the very object (as Resolver does); not a directory,
+         * or any other failure -> Python, which answers as the kernel would. */
+        char cname[48];
         size_t k = put_u(cname, tid);
-        memcpy(cname + k, "/cwd", sizeof("/cwd"));
+        if (dirfd == AT_FDCWD) {
+            memcpy(cname + k, "/cwd", sizeof("/cwd"));
+        } else {
+            memcpy(cname + k, "/fd/", 4);
+            cname[k + 4 + put_u(cname + k + 4, (unsigned long)dirfd)] = '\0';
+        }
         cwd = openat(c->proc_fd, cname, O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (cwd < 0)
             goto out;
@@ -847,7 +861,7 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
                 goto out;
         }
     } else if (op == OP_UNLINK) {
-        kind = AARM_FAST_DELETE;        /* unlinkat answers EISDIR/ENOENT itself */
+        kind = AARM_FAST_DELETE;        /* unlinkat answers EISDIR/ENOTDIR/ENOENT/ENOTEMPTY itself */
         if (!kind_allows(&c->kinds[kind], canon, clen))
             goto out;
     } else {
@@ -949,7 +963,7 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     } else if (kind == AARM_FAST_DELETE) {
         int r;
         do {
-            r = unlinkat(parent, name, 0);
+            r = unlinkat(parent, name, (int)(flags & AT_REMOVEDIR));
         } while (r < 0 && errno == EINTR);
         result = r < 0 ? -errno : 0;
         answer(c, n->id, result);

@@ -27,7 +27,7 @@ KINDS = ((lib.AARM_FAST_WRITE, A.FILE_WRITE), (lib.AARM_FAST_CREATE, A.FILE_CREA
          (lib.AARM_FAST_DELETE, A.FILE_DELETE), (lib.AARM_FAST_MKDIR, A.FILE_MKDIR))
 KIND_TYPE = dict(KINDS)
 SYSCALL_NAMES = {2: "open", 257: "openat", 85: "creat", 87: "unlink", 263: "unlinkat",
-                 83: "mkdir", 258: "mkdirat"}
+                 84: "rmdir", 83: "mkdir", 258: "mkdirat"}
 _DRAIN_BATCH = 256
 _WILD = re.compile(r"\*\*|\*|\?|\[[^\]]*\]")
 

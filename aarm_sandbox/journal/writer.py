@@ -30,6 +30,9 @@ from aarm_sandbox.journal.canonical import canonical
 
 _dumps = orjson.dumps
 _ERRNO = __import__("errno").errorcode
+_AT_REMOVEDIR = 0x200
+# "directory" of a fast-path file.delete receipt, by flags & AT_REMOVEDIR (JCS: first key).
+_DIRECTORY_J = {0: b'"directory":false,', _AT_REMOVEDIR: b'"directory":true,'}
 BATCH = 64
 HIGH_WATER = 20000      # queued records: beyond, the appending thread encodes them itself
 
@@ -329,11 +332,12 @@ class Journal:
         else:
             outcome = b'{"errno":"%s","executed":false,"return":%d}' % (
                 _ERRNO.get(-result, str(-result)).encode(), result)
-        body = (b'{"action":{"exe":%s%s,"notif":"%d","pid":%d,"syscall":"%s","target":%s,"tid":%d,'
+        body = (b'{"action":{%s"exe":%s%s,"notif":"%d","pid":%d,"syscall":"%s","target":%s,"tid":%d,'
                 b'"type":"%s"},"context_hash":"%s","decision":{"policy":%s,"reason":%s,'
                 b'"result":"allow","rule":"default"},"fast_path":true,"identity":%s,"outcome":%s,'
                 b'"prev_hash":"%s","receipt_id":"%s:%d","seq":%d,"session_id":"%s","ts":"%s",'
                 b'"type":"receipt","v":1}') % (
+            _DIRECTORY_J[flags & _AT_REMOVEDIR] if type_ == "file.delete" else b"",
             exe_j, b',"flags":%d' % flags if flags else b"", notif, tid, syscall.encode(), target_j,
             tid, type_.encode(), self.context.hex().encode(), self._policy_j, reason_j,
             self._identity_j if exe is not None else self._identity_no_exe_j, outcome,
@@ -348,6 +352,8 @@ class Journal:
                "exe": exe, "notif": str(notif)}
         if flags:
             act["flags"] = flags
+        if type_ == "file.delete":          # as decode_unlink records it
+            act["directory"] = bool(flags & _AT_REMOVEDIR)
         outcome = ({"executed": True, "return": result} if result >= 0 else
                    {"errno": _ERRNO.get(-result, str(-result)), "executed": False, "return": result})
         return {"type": "receipt", "ts_ns": ts_ns, "action": act,

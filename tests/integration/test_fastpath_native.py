@@ -246,6 +246,22 @@ int main(int argc, char **argv)
             int dfd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
             report_fd("dirfd", p, x_openat(dfd, p, O_WRONLY | O_CREAT, 0644));
             close(dfd);
+        } else if (!strcmp(c, "atdir")) {
+            /* atdir DIR DIRFLAGS OP NAME ARG: OP (unlinkat|mkdirat|openat) relative to an
+             * fd on DIR opened with DIRFLAGS (e.g. O_RDONLY|O_DIRECTORY, O_PATH, or a file) */
+            const char *d = argv[++i]; long dfl = num(argv[++i]);
+            const char *op = argv[++i], *p = argv[++i]; long arg = num(argv[++i]);
+            int dfd = open(d, (int)dfl | O_CLOEXEC);
+            char what[64];
+            snprintf(what, sizeof(what), "at-%s", op);
+            if (dfd < 0) { printf("%s %s err dirfd %d\n", what, p, errno); continue; }
+            if (!strcmp(op, "unlinkat"))
+                report_rc(what, p, ret(syscall(SYS_unlinkat, dfd, p, arg)));
+            else if (!strcmp(op, "mkdirat"))
+                report_rc(what, p, ret(syscall(SYS_mkdirat, dfd, p, arg)));
+            else
+                report_fd(what, p, x_openat(dfd, p, arg, 0644));
+            close(dfd);
         } else if (!strcmp(c, "nofile")) {
             struct rlimit rl;
             getrlimit(RLIMIT_NOFILE, &rl);
@@ -762,12 +778,12 @@ def test_handed_to_python(fbox, prog):
         "openat", ws / "exists.txt", O_CREAT, 0o644,                          # O_RDONLY|O_CREAT on
                                                                               # an existing file: a read
         "openat", ws / "trunc.txt", O_TRUNC, 0,                               # O_RDONLY|O_TRUNC: write
-        "unlinkat", ws / "rmme", 0x200,                                       # AT_REMOVEDIR
-        "rmdir", ws / "rmme2",
+        "unlinkat", ws / "rmme", 0x200,                                       # AT_REMOVEDIR: fast
+        "rmdir", ws / "rmme2",                                                # fast
         "unlink", ws / "adir",                                                # directory
         "unlink", ws / "nothere",                                             # ENOENT
         "mkdir", ws / "adir", 0o755,                                          # EEXIST
-        "dirfd", ws / "adir", "viadirfd.txt",                                 # dirfd != AT_FDCWD
+        "dirfd", ws / "adir", "viadirfd.txt",                                 # via a dirfd: fast
         "openat", ws / "exists.txt", O_WRONLY, 0,                             # (write: fast)
         "cat", fbox.outside / "secret.txt",
     ], danger=danger)
@@ -775,8 +791,7 @@ def test_handed_to_python(fbox, prog):
     handed = [ws / "exists.txt", ws / "link.txt", ws / ".git/config", ws / "adir/x/.git",
               ws / ".git", ws / "adir/.git/f", ws / "cache/a/tmpx",
               ws / "protected.txt", fbox.outside / "secret.txt", ws,
-              "./dot.txt", "adir/../dd.txt", f"{ws}/trail/", ws / "nodir/f.txt",
-              ws / "rmme", ws / "rmme2", "viadirfd.txt"]
+              "./dot.txt", "adir/../dd.txt", f"{ws}/trail/", ws / "nodir/f.txt"]
     for h in handed:
         assert str(h) in py, (h, py)
     assert py.count(str(ws / "exists.txt")) == 4        # EXCL, O_ACCMODE 3, O_DIRECTORY, read
@@ -785,7 +800,8 @@ def test_handed_to_python(fbox, prog):
     # without O_CREAT, EISDIR, ENXIO on a reader-less FIFO opened O_NONBLOCK, EEXIST.
     assert fast_paths == sorted(str(ws / n) for n in (
         "sub.git", ".gitignore", "tmp", "trunc.txt", "protected.txt2", "exists.txt",
-        "missing.txt", "adir", "fifo", "adir", "nothere", "adir")), fast_paths
+        "missing.txt", "adir", "fifo", "rmme", "rmme2", "adir", "nothere", "adir",
+        "adir/viadirfd.txt")), fast_paths
     results = {(rec["path"], rec["kind"]): rec["result"] for rec in r.records}
     assert results[(str(ws / "missing.txt"), 0)] == -errno.ENOENT
     assert results[(str(ws / "fifo"), 0)] == -errno.ENXIO
@@ -801,6 +817,79 @@ def test_handed_to_python(fbox, prog):
     assert r.line("writeback", str(ws / "adir/.git/f"))[2:] == ["err", str(errno.ENOENT)]
     assert (ws / "target.txt").read_text() == "target"
     assert (ws / "sub.git").is_dir() and not (ws / "rmme").exists() and not (ws / "rmme2").exists()
+    assert (ws / "adir" / "viadirfd.txt").is_file()
+
+
+O_DIRECTORY, O_PATH = 0o200000, 0o10000000
+AT_REMOVEDIR = 0x200
+
+
+def test_dirfd_relative_operations_and_rmdir_are_fast(fbox, prog):
+    """What `rm -rf` and `find -delete` do (unlinkat on a directory fd, AT_REMOVEDIR) is
+    performed in C on the very directory the fd refers to (pinned through
+    /proc/TID/fd/N), decided on that directory's real path; anything odd goes to Python."""
+    ws, outside = fbox.ws, fbox.outside
+    tree = ws / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "full").mkdir()
+    (tree / "full" / "keep").write_text("k")
+    for n in ("f", "g", "viapath", "flags"):
+        (tree / n).write_text(n)
+    (tree / "sub2").mkdir()
+    (ws / "file.txt").write_text("not a directory")
+    (outside / "secret").write_text("secret")
+    (ws / ".git" / "hooks").mkdir(parents=True)
+    (ws / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\n")
+    (ws / "gone").mkdir()
+    rd = O_DIRECTORY
+    r = run_fast(fbox, prog, [
+        "atdir", tree, rd, "unlinkat", "f", 0,                        # fast
+        "atdir", tree, rd, "unlinkat", "sub", AT_REMOVEDIR,           # fast rmdir
+        "atdir", tree, rd, "unlinkat", "full", AT_REMOVEDIR,          # fast: ENOTEMPTY
+        "atdir", tree, rd, "unlinkat", "g", AT_REMOVEDIR,             # fast: ENOTDIR
+        "atdir", tree, rd, "unlinkat", "flags", 0x1,                  # invalid flags: Python
+        "atdir", tree, O_PATH, "unlinkat", "viapath", 0,              # O_PATH dirfd: fast
+        "atdir", tree, rd, "mkdirat", "nd", 0o750,                    # fast
+        "atdir", tree, rd, "openat", "sub2/new.txt", O_WRONLY | O_CREAT,   # fast, nested
+        "atdir", ws / "file.txt", 0, "unlinkat", "x", 0,              # not a directory: Python
+        "atdir", outside, rd, "unlinkat", "secret", 0,                # outside the allow: Python
+        "atdir", ws / ".git", rd, "unlinkat", "hooks/pre-commit", 0,  # danger: Python
+        "atdir", ws, rd, "unlinkat", "../outside/secret", 0,          # "..": Python
+        "rmdir", ws / "gone",                                         # fast (rmdir(2))
+    ], python_policy="deny")                      # what reaches Python gets EACCES
+    fast = {(rec["path"], rec["nr"], rec["flags"], rec["result"]) for rec in r.records}
+    assert fast == {
+        (str(tree / "f"), NR_UNLINKAT, 0, 0),
+        (str(tree / "sub"), NR_UNLINKAT, AT_REMOVEDIR, 0),
+        (str(tree / "full"), NR_UNLINKAT, AT_REMOVEDIR, -errno.ENOTEMPTY),
+        (str(tree / "g"), NR_UNLINKAT, AT_REMOVEDIR, -errno.ENOTDIR),
+        (str(tree / "viapath"), NR_UNLINKAT, 0, 0),
+        (str(tree / "nd"), NR_MKDIRAT, 0, 0),
+        (str(tree / "sub2" / "new.txt"), NR_OPENAT, O_WRONLY | O_CREAT, r.fd_of("at-openat", "sub2/new.txt")),
+        (str(ws / "gone"), NR_RMDIR, AT_REMOVEDIR, 0),
+    }, r.records
+    assert {rec["kind"] for rec in r.records if rec["nr"] == NR_UNLINKAT} == {DELETE}
+    py = r.python_paths()
+    for handed in ("flags", "x", "secret", "hooks/pre-commit", "../outside/secret"):
+        assert handed in py, (handed, py)
+    # the results are the kernel's own
+    assert r.line("at-unlinkat", "f")[2:] == ["rc", "0"]
+    assert r.line("at-unlinkat", "full")[2:] == ["rc", str(-errno.ENOTEMPTY)]
+    assert r.line("at-unlinkat", "g")[2:] == ["rc", str(-errno.ENOTDIR)]
+    for handed in ("flags", "x", "secret", "hooks/pre-commit", "../outside/secret"):
+        assert r.line("at-unlinkat", handed)[2:] == ["rc", str(-errno.EACCES)]
+    assert not (tree / "f").exists() and not (tree / "sub").exists() and not (ws / "gone").exists()
+    assert not (tree / "viapath").exists() and (tree / "g").is_file() and (tree / "full" / "keep").exists()
+    assert (tree / "nd").is_dir() and (tree / "nd").stat().st_mode & 0o777 == 0o750 & ~_umask()
+    assert (tree / "sub2" / "new.txt").is_file()
+    assert (outside / "secret").read_text() == "secret"
+    assert (ws / ".git" / "hooks" / "pre-commit").exists()
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 
 def test_kind_switches_and_allow_forms(fbox, prog):
