@@ -222,14 +222,23 @@ static void close_fd(int *fd)
     }
 }
 
-static int sys_openat2(int dirfd, const char *path, uint64_t flags, uint64_t resolve)
+static int sys_openat2_mode(int dirfd, const char *path, uint64_t flags, uint64_t mode,
+                            uint64_t resolve)
 {
     struct open_how how;
     memset(&how, 0, sizeof(how));
     how.flags = flags;
+    how.mode = (flags & O_CREAT) ? mode : 0;     /* openat2 rejects a mode without O_CREAT */
     how.resolve = resolve;
     return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
 }
+
+static int sys_openat2(int dirfd, const char *path, uint64_t flags, uint64_t resolve)
+{
+    return sys_openat2_mode(dirfd, path, flags, 0, resolve);
+}
+
+#define FP_RESOLVE_STRICT (RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_IN_ROOT)
 
 /* 1 if the path has a shape the fast path handles: non-empty, no trailing
  * slash, no "." or ".." component anywhere. */
@@ -659,6 +668,19 @@ void aarm_fast_invalidate_exe(struct aarm_fast_ctx *c)
 }
 
 /* Handle one notification completely (FP_DONE) or not at all (FP_PASS). */
+/* The open itself: at `name` in the pinned parent, or (parent < 0: an absolute path
+ * whose text is canonical) along the whole path from the session root with the same
+ * guarantees the parent walk gives (no symlinks, no magic links, never above the root),
+ * one path walk instead of two. */
+static int open_target(struct aarm_fast_ctx *c, int parent, const char *path,
+                       const char *name, int oflags, mode_t mode)
+{
+    if (parent >= 0)
+        return openat(parent, name, oflags, mode);
+    return sys_openat2_mode(c->root_fd, path, (uint64_t)(unsigned)oflags, mode,
+                            FP_RESOLVE_STRICT);
+}
+
 static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
 {
     if (!atomic_load_explicit(&c->enabled, memory_order_acquire))
@@ -769,6 +791,10 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             }
         if (only_slashes) {
             parent = c->root_fd;
+        } else if (op == OP_OPEN && text_canonical) {
+            /* Pinned only if the decision needs an lstat (below); otherwise the open
+             * itself walks the whole path once, with the parent walk's guarantees. */
+            parent = -1;
         } else {
             *slash = '\0';
             pfd = sys_openat2(c->root_fd, path, O_PATH | O_DIRECTORY | O_CLOEXEC,
@@ -845,6 +871,15 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             probe = 1;
             kind = AARM_FAST_WRITE;
         } else {
+            if (parent < 0) {
+                *slash = '\0';
+                pfd = sys_openat2(c->root_fd, path, O_PATH | O_DIRECTORY | O_CLOEXEC,
+                                  FP_RESOLVE_STRICT);
+                *slash = '/';
+                if (pfd < 0)
+                    goto out;
+                parent = pfd;
+            }
             serr = fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : errno;
             if (serr == 0) {
                 if ((flags & O_CREAT) && (flags & O_EXCL))
@@ -911,7 +946,7 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         if (kind == AARM_FAST_WRITE)
             oflags &= ~(O_CREAT | O_EXCL);
         do {
-            opened = openat(parent, name, oflags, kind == AARM_FAST_CREATE ? m : 0);
+            opened = open_target(c, parent, path, name, oflags, kind == AARM_FAST_CREATE ? m : 0);
         } while (opened < 0 && errno == EINTR);
         if (opened < 0 && probe && errno == ENOENT && (flags & O_CREAT)) {
             /* Not there: create it, exclusively (a name appearing meanwhile -> Python).
@@ -919,13 +954,17 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             kind = AARM_FAST_CREATE;
             oflags |= O_CREAT | O_EXCL;
             do {
-                opened = openat(parent, name, oflags, m);
+                opened = open_target(c, parent, path, name, oflags, m);
             } while (opened < 0 && errno == EINTR);
             if (opened < 0 && errno == EEXIST)
                 goto out;
         }
         if (opened < 0) {
             int e = errno;
+            /* Walking the whole path (no pinned parent), ELOOP may come from a directory
+             * symlink the kernel would have followed: Python resolves it. */
+            if (parent < 0 && e == ELOOP)
+                goto out;
             /* Nothing happened.  Failures that only what we changed can
              * cause (the name was swapped since the lstat) go to Python,
              * which redoes the call with the caller's exact semantics. */

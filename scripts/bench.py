@@ -26,6 +26,15 @@ Latencies a-c are measured inside the target with clock_gettime (vDSO, no syscal
 percentiles are computed there; each configuration runs once per round and the order of the
 configurations rotates every round, so all columns come from the same period. The value
 reported per configuration is the median over rounds of the per-run statistic.
+
+CPU placement: on the 2-vCPU dev VM one vCPU runs syscalls 1.5-2x slower than the other for
+minutes at a time (a native read-only open measured 0.80 us on one and 1.46 us on the other,
+back to back), which alone moved a "native vs sandbox" ratio of a non-intercepted call from
+1.0x to 1.65x. So by default (`--cpu rotate`) every measured target process of round r is
+pinned to CPU r mod nproc (BENCH_CPU, set inside benchloop): within a round the three
+configurations run on the same CPU, and the rounds cover every CPU. The supervisor and
+strace are never pinned. `--cpu none` leaves placement to the scheduler; `--cpu N` pins
+every round to CPU N.
 """
 from __future__ import annotations
 
@@ -211,6 +220,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, help="round-robin rounds (default 5)")
     ap.add_argument("--fs-files", type=int, help="files in the cp/rm tree (default 2000)")
     ap.add_argument("--no-tmpfs", action="store_true", help="skip the extra cp/rm run on tmpfs")
+    ap.add_argument("--cpu", default="rotate",
+                    help="pin the measured target: rotate (CPU = round mod nproc, default), none, or N")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
 
@@ -262,8 +273,13 @@ def main() -> int:
 
         print(f"bench: {rounds} rounds, {n_dec} decisions/loop, {fs_files}-file tree, "
               f"configs {', '.join(configs)}", file=sys.stderr)
+        cpus = sorted(os.sched_getaffinity(0))
         for rnd in range(rounds):
             order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
+            if args.cpu == "rotate":
+                r.env["BENCH_CPU"] = str(cpus[rnd % len(cpus)])
+            elif args.cpu != "none":
+                r.env["BENCH_CPU"] = str(int(args.cpu))
             t_round = time.time()
             for w, argv in workloads.items():
                 for cfg in order:
@@ -340,6 +356,10 @@ def main() -> int:
                   if _busy(load_begin, load_end, mi["nproc"]) else ""))
     out.append(f"- {rounds} rounds, configurations interleaved round-robin (order rotated per round); "
                f"values are medians over rounds of per-run target-side statistics")
+    out.append("- measured targets pinned to " + (
+        f"CPU (round mod {len(cpus)}) — the three configurations of a round on the same CPU"
+        if args.cpu == "rotate" else "no CPU (scheduler placement)" if args.cpu == "none"
+        else f"CPU {args.cpu}") + "; supervisor and strace unpinned")
     out.append(f"- aarm-sandbox: `{sh(r.aarm_prefix('<tmp>/journal-N.jsonl'))} CMD` (workspace: a temp dir)")
     if have_strace:
         out.append(f"- strace: `strace -f --seccomp-bpf -e trace=<{len(trace)} syscalls the filter notifies> -o /dev/null CMD`"

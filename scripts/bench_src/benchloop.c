@@ -22,12 +22,15 @@
  *       times: `cp -r DIR/src DIR/dst` and `rm -rf DIR/dst`, each timed around
  *       fork+exec+wait. Prints JSON with the per-rep wall times in ns.
  *
+ * BENCH_CPU=N in the environment pins the process to CPU N first.
+ *
  * A PATH or DIR starting with "@TMPDIR" has that prefix replaced by $TMPDIR as the
  * target sees it (the sandbox gives every session its own private TMPDIR).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/prctl.h>
@@ -241,8 +244,24 @@ static int cmd_fs(int argc, char **argv)
     return 0;
 }
 
+/* BENCH_CPU=N pins this process to CPU N before anything is measured: scripts/bench
+ * gives the native, sandboxed and strace'd runs of one round the same CPU (on a VM one
+ * vCPU can run syscalls 1.5-2x slower than the other for minutes at a time). */
+static void pin_from_env(void)
+{
+    const char *c = getenv("BENCH_CPU");
+    if (!c || !*c)
+        return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(atoi(c), &set);
+    if (sched_setaffinity(0, sizeof(set), &set) != 0)
+        die("sched_setaffinity(BENCH_CPU)");
+}
+
 int main(int argc, char **argv)
 {
+    pin_from_env();
     if (argc >= 2 && !strcmp(argv[1], "lat")) return cmd_lat(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "fs")) return cmd_fs(argc, argv);
     fprintf(stderr, "usage: benchloop lat|fs ...\n");

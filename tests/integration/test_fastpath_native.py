@@ -749,6 +749,7 @@ def test_handed_to_python(fbox, prog):
     (ws / "protected.txt").write_text("p")
     (fbox.outside / "secret.txt").write_text("secret")
     os.mkfifo(ws / "fifo")
+    os.symlink("adir", ws / "linkdir")
     danger = git_danger(ws) + [G(f"{ws}/protected.txt", exact=True),
                                G(f"{ws}/", segments=("/cache", "/tmp"))]
     r = run_fast(fbox, prog, [
@@ -758,7 +759,7 @@ def test_handed_to_python(fbox, prog):
         "mkdir", ws / "adir/x/.git", 0o755,                                   # danger (dir itself)
         "unlink", ws / ".git",                                                # danger (dir itself)
         "writeback", ws / "adir/.git/f", "no parent",                         # danger (segment)
-        "writeback", ws / "cache/a/tmpx", "never",                            # danger (2 segments)
+        "writeback", ws / "d/cache/a/tmpx", "never",                          # danger (2 segments)
         "mkdir", ws / "sub.git", 0o755,                                       # fast
         "writeback", ws / ".gitignore", "fine",                               # fast
         "writeback", ws / "tmp", "fine",                                      # fast (order)
@@ -769,7 +770,8 @@ def test_handed_to_python(fbox, prog):
         "openat", "./dot.txt", O_WRONLY | O_CREAT, 0o644,                     # "." component
         "openat", "adir/../dd.txt", O_WRONLY | O_CREAT, 0o644,                # ".." component
         "mkdir", f"{ws}/trail/", 0o755,                                       # trailing slash
-        "openat", ws / "nodir/f.txt", O_WRONLY | O_CREAT, 0o644,              # parent missing
+        "openat", ws / "nodir/f.txt", O_WRONLY | O_CREAT, 0o644,              # parent missing: C
+        "openat", ws / "linkdir/nf.txt", O_WRONLY | O_CREAT | 0o400000, 0o644,  # dir symlink, O_NOFOLLOW
         "openat", ws / "missing.txt", O_WRONLY, 0,                            # ENOENT, no O_CREAT
         "openat", ws / "adir", O_WRONLY, 0,                                   # a directory
         "openat", ws / "fifo", O_WRONLY | 0o4000, 0,                          # fifo (O_NONBLOCK)
@@ -789,9 +791,9 @@ def test_handed_to_python(fbox, prog):
     ], danger=danger)
     py = r.python_paths()
     handed = [ws / "exists.txt", ws / "link.txt", ws / ".git/config", ws / "adir/x/.git",
-              ws / ".git", ws / "adir/.git/f", ws / "cache/a/tmpx",
+              ws / ".git", ws / "adir/.git/f", ws / "d/cache/a/tmpx",
               ws / "protected.txt", fbox.outside / "secret.txt", ws,
-              "./dot.txt", "adir/../dd.txt", f"{ws}/trail/", ws / "nodir/f.txt"]
+              "./dot.txt", "adir/../dd.txt", f"{ws}/trail/", ws / "linkdir/nf.txt"]
     for h in handed:
         assert str(h) in py, (h, py)
     assert py.count(str(ws / "exists.txt")) == 4        # EXCL, O_ACCMODE 3, O_DIRECTORY, read
@@ -801,9 +803,10 @@ def test_handed_to_python(fbox, prog):
     assert fast_paths == sorted(str(ws / n) for n in (
         "sub.git", ".gitignore", "tmp", "trunc.txt", "protected.txt2", "exists.txt",
         "missing.txt", "adir", "fifo", "rmme", "rmme2", "adir", "nothere", "adir",
-        "adir/viadirfd.txt")), fast_paths
+        "adir/viadirfd.txt", "nodir/f.txt")), fast_paths
     results = {(rec["path"], rec["kind"]): rec["result"] for rec in r.records}
     assert results[(str(ws / "missing.txt"), 0)] == -errno.ENOENT
+    assert results[(str(ws / "nodir/f.txt"), 1)] == -errno.ENOENT   # the kernel's answer too
     assert results[(str(ws / "fifo"), 0)] == -errno.ENXIO
     assert results[(str(ws / "nothere"), 2)] == -errno.ENOENT
     assert results[(str(ws / "adir"), 2)] == -errno.EISDIR
@@ -818,6 +821,8 @@ def test_handed_to_python(fbox, prog):
     assert (ws / "target.txt").read_text() == "target"
     assert (ws / "sub.git").is_dir() and not (ws / "rmme").exists() and not (ws / "rmme2").exists()
     assert (ws / "adir" / "viadirfd.txt").is_file()
+    # O_NOFOLLOW covers only the last name: the kernel follows linkdir (Python did it here)
+    assert r.line("openat", str(ws / "linkdir/nf.txt"))[2] == "fd" and (ws / "adir/nf.txt").is_file()
 
 
 O_DIRECTORY, O_PATH = 0o200000, 0o10000000
