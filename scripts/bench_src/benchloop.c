@@ -22,7 +22,8 @@
  *       times: `cp -r DIR/src DIR/dst` and `rm -rf DIR/dst`, each timed around
  *       fork+exec+wait. Prints JSON with the per-rep wall times in ns.
  *
- * BENCH_CPU=N in the environment pins the process to CPU N first.
+ * BENCH_CPU=N in the environment pins the process to CPU N first; BENCH_ALLOW_FILTER=1
+ * then installs an allow-everything seccomp filter (the floor of any seccomp supervisor).
  *
  * A PATH or DIR starting with "@TMPDIR" has that prefix replaced by $TMPDIR as the
  * target sees it (the sandbox gives every session its own private TMPDIR).
@@ -30,6 +31,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -259,9 +262,25 @@ static void pin_from_env(void)
         die("sched_setaffinity(BENCH_CPU)");
 }
 
+/* BENCH_ALLOW_FILTER=1 installs a one-instruction seccomp filter that allows every
+ * syscall: what any seccomp-based supervisor costs a call it never looks at (the
+ * kernel's syscall entry takes its slow path as soon as a task has a filter). */
+static void allow_filter_from_env(void)
+{
+    const char *f = getenv("BENCH_ALLOW_FILTER");
+    if (!f || strcmp(f, "1"))
+        return;
+    struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog prog = { .len = 1, .filter = &allow };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
+        die("seccomp(allow-all)");
+}
+
 int main(int argc, char **argv)
 {
     pin_from_env();
+    allow_filter_from_env();
     if (argc >= 2 && !strcmp(argv[1], "lat")) return cmd_lat(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "fs")) return cmd_fs(argc, argv);
     fprintf(stderr, "usage: benchloop lat|fs ...\n");
