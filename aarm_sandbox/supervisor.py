@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import signal
 import sys
 import threading
 import time
@@ -130,8 +131,25 @@ class Supervisor:
             self._drainer.join(5)
             self.fast.drain(self._fast_receipt)
 
+    def answer_lost(self, tid: int, killed: bool = False) -> None:
+        """An fd answer (ADDFD|SEND) was withdrawn by the kernel after it had marked the
+        call answered: the supervisor was stopped or traced mid-answer (signals are
+        blocked in its threads), and the target's call returned 0 with no fd installed.
+        Its process must not go on with that result: kill it (fail closed), say so."""
+        if not killed:
+            try:
+                os.kill(tid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        why = (f"an fd answer to thread {tid} was lost (the supervisor was stopped or traced "
+               f"while installing it); its process was killed")
+        print(f"aarm-sandbox: error: {why}", file=sys.stderr)
+        self.journal.append({"type": "session.error", "reason": why})
+
     def _fast_receipt(self, type_, path, syscall, tid, flags, result, ts_ns, notif, exe) -> None:
         """A decision the native fast path made (profile default ALLOW, proven rule-free)."""
+        if result == -errno.EINPROGRESS:
+            self.answer_lost(tid, killed=True)      # C killed it already
         ctx = self.ctx
         ctx.action_counts[type_] += 1
         ctx.decision_counts["allow"] += 1
@@ -336,7 +354,9 @@ class Supervisor:
                 return r
             if isinstance(effect, OpenFile):
                 fd = self.backend.answer_with_fd(n, r, effect.cloexec)
-                if fd < 0 and fd != -errno.ENOENT:
+                if fd == -errno.EINPROGRESS:
+                    self.answer_lost(n.tid)
+                elif fd < 0 and fd != -errno.ENOENT:
                     self.backend.answer_error(n, -fd)
                 r = fd
             else:

@@ -61,6 +61,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -991,7 +992,9 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
                 r = aarm_notif_addfd(c->listener, n->id, opened, 0,
                                      (flags & O_CLOEXEC) ? O_CLOEXEC : 0,
                                      SECCOMP_ADDFD_FLAG_SEND);
-                if (r < 0 && r != -ENOENT)
+                if (r == -EINPROGRESS)
+                    kill((pid_t)tid, SIGKILL);  /* answer lost (see aarm_notif_addfd) */
+                else if (r < 0 && r != -ENOENT)
                     aarm_notif_send(c->listener, n->id, 0, r, 0);
             } else {
                 aarm_notif_send(c->listener, n->id, 0, r, 0);

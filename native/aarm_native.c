@@ -717,7 +717,7 @@ static void init_main(struct init_ctx *c)
         prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 
     static const int fwd[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1,
-                               SIGUSR2, SIGWINCH, SIGCONT };
+                               SIGUSR2, SIGWINCH, SIGCONT, SIGTSTP };
     sigset_t block, old;
     sigemptyset(&block);
     for (size_t i = 0; i < sizeof(fwd) / sizeof(fwd[0]); i++)
@@ -1052,6 +1052,15 @@ int aarm_notif_id_valid(int listener, uint64_t id)
     }
 }
 
+/* With SECCOMP_ADDFD_FLAG_SEND the kernel marks the notification replied *before*
+ * waiting for the target to install the fd.  If that wait is interrupted (a signal
+ * handled by this thread, a stop of this process, ptrace), the kernel withdraws the
+ * unprocessed request and the target's syscall returns 0 with nothing installed; the
+ * restarted or retried ioctl then fails with EINPROGRESS.  The supervisor's threads
+ * block every signal (cli/run.py), which leaves stops and tracing of the supervisor:
+ * callers treat -EINPROGRESS after a SEND as "the answer was lost" and kill the target
+ * (fail closed).  Plain ADDFD (no SEND) has no such window: an interrupted request is
+ * withdrawn while the notification is still unanswered. */
 int aarm_notif_addfd(int listener, uint64_t id, int srcfd, uint32_t newfd,
                      uint32_t newfd_flags, uint32_t flags)
 {

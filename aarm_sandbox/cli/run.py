@@ -111,6 +111,16 @@ def build_policy(args, workspace: str, tmpdir: str) -> tuple[CompiledPolicy, obj
     return CompiledPolicy(prof, ph), loaded
 
 
+# Forwarded to the sandbox while it runs. SIGTSTP too: stopping the supervisor itself
+# while it installs an fd would lose that answer (see native/aarm_native.c), so a stop
+# request stops the sandboxed command instead. SIGTTIN/SIGTTOU stay blocked (a background
+# read gets EIO, a write goes through) for the same reason.
+FORWARDED = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                       signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
+                       signal.SIGTSTP})
+_NO_STOP = frozenset({signal.SIGTTIN, signal.SIGTTOU})
+
+
 def run(args) -> int:
     """Returns the process exit status (the command's, or 125 when the sandbox can't start)."""
     if not args.command:
@@ -133,9 +143,17 @@ def run(args) -> int:
                          "(set AARM_TMP_ROOT to a writable directory)") from None
     tmpdir = str(session_tmp.resolve())
     keep_tmp: list[str] = []
+    # Every thread the session starts inherits a mask that blocks every signal, so that
+    # signals reach the main thread only (it unblocks them once the sandbox runs). A
+    # supervisor thread interrupted while the kernel installs an fd with ADDFD|SEND loses
+    # that answer: the target's call would return 0 (see native/aarm_native.c).
+    main_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
-        return _run_session(args, workspace, session_id, tmpdir, keep_tmp)
+        return _run_session(args, workspace, session_id, tmpdir, keep_tmp, main_mask)
     finally:
+        # Signals meant for the sandbox stay blocked until the process exits: one that
+        # comes after the seal must not turn the command's exit status into a kill.
+        signal.pthread_sigmask(signal.SIG_SETMASK, main_mask | FORWARDED)
         if keep_tmp:
             # Removing it would delete what the agent moved there: never let session
             # cleanup become a deletion the agent can aim.
@@ -145,7 +163,8 @@ def run(args) -> int:
             shutil.rmtree(session_tmp, ignore_errors=True)
 
 
-def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: list[str]) -> int:
+def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: list[str],
+                 main_mask: set) -> int:
     policy, loaded = build_policy(args, workspace, tmpdir)
     settings = policy.profile.settings
     engine = PolicyEngine(policy, observe=args.observe)
@@ -350,6 +369,7 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     loop.start()
 
     status_box: list[int] = []
+    main_thread = threading.main_thread().ident
 
     def wait_status():
         try:
@@ -358,23 +378,34 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
             print(f"aarm-sandbox: {e}", file=sys.stderr)
         finally:
             done.set()
+            signal.pthread_kill(main_thread, signal.SIGCHLD)    # wake the loop below
     waiter = threading.Thread(target=wait_status, name="aarm-wait", daemon=True)
     waiter.start()
 
-    def forward(signum, _frame):
-        try:
-            os.kill(sandbox.pid, signum)
-        except ProcessLookupError:
-            pass
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
-                                                  signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)}
+    # Signals for the sandbox are taken with sigtimedwait, never by a handler: no handler
+    # runs inside another (a storm of signals once ended in RecursionError, killing the
+    # supervisor), and one arriving during the teardown cannot stop the journal's seal.
+    signal.pthread_sigmask(signal.SIG_SETMASK, main_mask | FORWARDED | _NO_STOP | {signal.SIGCHLD})
     try:
-        while waiter.is_alive():
-            waiter.join(0.2)
+        while not done.is_set():
+            info = signal.sigtimedwait(FORWARDED | {signal.SIGCHLD}, 0.5)
+            if info is not None and info.si_signo in FORWARDED and not done.is_set():
+                try:
+                    os.kill(sandbox.pid, info.si_signo)   # not reaped yet: still its pid
+                except ProcessLookupError:
+                    pass
+        waiter.join()
         loop.join(5)
+        return _end_session(args, journal, journal_path, sup, ctx, approvals, stub, store, keep_tmp,
+                            was_foreground, status_box, backend)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        # The sandbox is gone: signals sent for it since are dropped, not raised here.
+        while signal.sigtimedwait(FORWARDED | {signal.SIGCHLD}, 0) is not None:
+            pass
+
+
+def _end_session(args, journal, journal_path, sup, ctx, approvals, stub, store, keep_tmp,
+                 was_foreground, status_box, backend) -> int:
     approvals.close()
     if stub is not None:
         stub.stop()
