@@ -53,7 +53,12 @@ class ControlClient:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
         try:
-            conn.request(method, route, body=data, headers=headers)
+            try:
+                conn.request(method, route, body=data, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                # The server answered before reading the whole body (413: too large) and
+                # closed: its answer is still there to be read.
+                pass
             resp = conn.getresponse()
             status, raw = resp.status, resp.read()
         except (FileNotFoundError, ConnectionRefusedError):
