@@ -116,7 +116,7 @@ class PathMatcher:
     conditions. `match(handle, text, length, width)` is the native call (the engine calls
     it directly: one Python call less per decision); `accepted(id)` the set of pattern ids
     an answer names."""
-    __slots__ = ("conditions", "handle", "match", "npatterns", "_accepted", "_buf", "_ffi", "_lib")
+    __slots__ = ("conditions", "handle", "match", "npatterns", "_accepted", "_ffi", "_lib")
 
     def __init__(self, rules: Sequence[CompiledRule], budget: int = DFA_BUDGET):
         from aarm_sandbox._native import ffi, lib     # ImportError/AttributeError: no matcher
@@ -148,7 +148,6 @@ class PathMatcher:
         self.conditions = conditions
         self.npatterns = nfa.npatterns
         self._accepted: dict[int, frozenset[int]] = {}
-        self._buf = ffi.new("uint32_t[]", max(1, nfa.npatterns))
         self._ffi, self._lib = ffi, lib
 
     def accept_id(self, path: str) -> int:
@@ -161,10 +160,12 @@ class PathMatcher:
         """The pattern ids an accept-set id names."""
         got = self._accepted.get(accept_id)
         if got is None:
-            n = self._lib.aarm_pm_accept_set(self.handle, accept_id, self._buf, self.npatterns)
+            # a buffer of its own: the call releases the GIL, another thread may be here too
+            buf = self._ffi.new("uint32_t[]", max(1, self.npatterns))
+            n = self._lib.aarm_pm_accept_set(self.handle, accept_id, buf, self.npatterns)
             if n < 0 or n > self.npatterns:
                 raise ValueError(f"unknown accept set {accept_id}")
-            got = self._accepted[accept_id] = frozenset(self._buf[0:n])
+            got = self._accepted[accept_id] = frozenset(buf[0:n])
         return got
 
     def stats(self) -> dict[str, int]:

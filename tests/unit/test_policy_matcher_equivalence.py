@@ -554,3 +554,39 @@ def test_a_dir_star_star_rule_matches_the_directory_itself_in_large_profiles_too
         assert e.decide(_act("file.write", "/h/u"), ctx).rule == "d"
         assert ("d", "deny", True) in e.trace(_act("file.write", "/h/u"), ctx)
         assert e.decide(_act("file.write", "/h/v"), ctx).rule == "default"
+
+
+@needs_matcher
+def test_threads_matching_at_once_get_their_own_answers():
+    """The native calls release the GIL: the DFA is shared under a mutex (with flushes
+    under a small budget), and every thread reads back the accept set it asked for (a
+    shared result buffer once poisoned the accept-set cache)."""
+    import threading
+    rng = random.Random(5)
+    globs = [rand_glob(rng) for _ in range(30)]
+    groups = [rng.sample(globs, 3) for _ in range(20)]
+    rules = [CompiledRule(id=f"r{i}", result=Result.DENY, reason="", errno=0, inside=_regex_of(g),
+                          outside=None, exclude=None, existed_at_start=None, count_over=None, index=i,
+                          inside_prefixes=("",) * 3, inside_globs=tuple(g)) for i, g in enumerate(groups)]
+    paths = [instantiate(rng, rng.choice(globs)) for _ in range(300)]
+    want = {p: frozenset(r.index for r in rules if r.inside.match(p)) for p in paths}
+    wrong: list[str] = []
+    for _ in range(15):
+        m = PathMatcher(rules, 20000)           # fresh caches: every thread starts on misses
+        start = threading.Barrier(4)
+
+        def work(seed: int) -> None:
+            order = random.Random(seed).sample(paths, len(paths))
+            start.wait()
+            for p in order:
+                a = m.accept_id(p)
+                if a >= 0 and frozenset(x.index for x in rules
+                                        if m.conditions[x.index][0] in m.accepted(a)) != want[p]:
+                    wrong.append(p)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert wrong == []
