@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from typing import TYPE_CHECKING
 
 from aarm_sandbox.actions.action import Action
 from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.policy.compiler import CompiledPolicy, CompiledRule, default_errno
 from aarm_sandbox.policy.decision import RANK, Decision, Result
-from aarm_sandbox.policy.matcher import PathMatcher, build_path_matcher
+
+if TYPE_CHECKING:
+    from aarm_sandbox.policy.matcher import PathMatcher
 
 NO_APPROVER = "no approver available; run in a terminal or with --approver socket"
 
@@ -322,8 +325,9 @@ def path_matcher_for(policy: CompiledPolicy) -> PathMatcher | None:
     the policy."""
     if getattr(policy, "path_matcher_built", False):
         return policy.path_matcher
+    from aarm_sandbox.policy import matcher as matcher_mod    # (off the import path of startup)
     rules = {r.index: r for rs in policy.rules_by_type.values() for r in rs}
-    matcher = build_path_matcher([rules[i] for i in sorted(rules)])
+    matcher = matcher_mod.build_path_matcher([rules[i] for i in sorted(rules)])
     policy.path_matcher, policy.path_matcher_built = matcher, True
     return matcher
 

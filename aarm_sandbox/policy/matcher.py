@@ -3,9 +3,9 @@
 Why: the engine decides on every intercepted syscall, and testing each rule's path globs
 with its own Python regex cost most of a decision (a profile of a few hundred rules has
 dozens of globs that any path might match). Here the globs of all rules become one NFA
-over code points (from `compiler.glob_tokens`, the same parse the
-Python regexes are made from), which native/aarm_policy.c turns into a DFA lazily: one
-table lookup per character of the path, whatever the number of rules. The answer is an
+over code points (from `compiler.glob_tokens`, the same parse the Python regexes are made
+from), which native/aarm_policy.c turns into a DFA lazily: one table lookup per character
+of the path, whatever the number of rules. The answer is an
 "accept set" id naming the set of conditions the whole path matches; the engine memoises
 what that set means for its decision, so the matching is the only per-path work left.
 

@@ -12,7 +12,6 @@ get right.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 import time
@@ -322,7 +321,7 @@ def test_native_matcher_decides_like_the_reference_engine(seed):
 
 def test_without_the_matcher_the_engine_decides_like_the_reference(monkeypatch):
     """No native matcher (module not built, or built before it): the regex path, same answers."""
-    monkeypatch.setattr("aarm_sandbox.policy.engine.build_path_matcher", lambda rules: None)
+    monkeypatch.setattr(matcher_mod, "build_path_matcher", lambda rules: None)
     assert _differential(11, profiles=15, actions=40) == 600
 
 
@@ -590,3 +589,14 @@ def test_threads_matching_at_once_get_their_own_answers():
         for t in threads:
             t.join()
     assert wrong == []
+
+
+@needs_matcher
+def test_path_rules_without_globs_still_get_a_matcher():
+    """Only existed_at_start: a path condition with no glob (every path passes it)."""
+    pol = _policy([{"id": "old", "actions": ["file.write"], "existed_at_start": True,
+                    "decision": "deny"}])
+    e, ctx = PolicyEngine(pol), SessionContext("s")
+    assert e.decide(_act("file.write", "/"), ctx).rule == "old"            # "/" exists
+    assert e.decide(_act("file.write", "/no/such/path"), ctx).rule == "default"
+    assert pol.path_matcher is not None and pol.path_matcher.npatterns == 1
