@@ -177,6 +177,21 @@ void aarm_fast_invalidate_umask(struct aarm_fast_ctx *);
 void aarm_fast_invalidate_exe(struct aarm_fast_ctx *);
 int aarm_fast_set_intent(struct aarm_fast_ctx *, int fd, const char *prefix,
                          uint32_t prefix_len);
+
+/* ---- policy path matcher (aarm_policy.c) ---- */
+#define AARM_PM_CHAR ...
+#define AARM_PM_NOTSLASH ...
+#define AARM_PM_ANY ...
+#define AARM_PM_SPLIT ...
+#define AARM_PM_MATCH ...
+struct aarm_pm;
+struct aarm_pm *aarm_pm_new(const int32_t *nodes, uint32_t nnodes,
+                            const uint32_t *starts, uint32_t nstarts,
+                            uint32_t npatterns, size_t budget);
+void aarm_pm_free(struct aarm_pm *pm);
+int32_t aarm_pm_match(struct aarm_pm *pm, const void *text, size_t len, int width);
+int32_t aarm_pm_accept_set(struct aarm_pm *pm, int32_t id, uint32_t *out, uint32_t max);
+void aarm_pm_stats(struct aarm_pm *pm, uint64_t *out4);
 """
 
 SOURCE = r"""
@@ -185,6 +200,7 @@ SOURCE = r"""
 #endif
 #include "aarm_native.h"
 #include "aarm_fastpath.h"
+#include "aarm_policy.h"
 """
 
 _CFLAGS = ["-O2", "-Wall", "-fno-strict-aliasing"]
@@ -198,7 +214,8 @@ def make_ffi(relative: bool = True) -> FFI:
         "aarm_sandbox._native",
         SOURCE,
         sources=[fix(os.path.join(_HERE, "aarm_native.c")),
-                 fix(os.path.join(_HERE, "aarm_fastpath.c"))],
+                 fix(os.path.join(_HERE, "aarm_fastpath.c")),
+                 fix(os.path.join(_HERE, "aarm_policy.c"))],
         include_dirs=[fix(_HERE)],
         extra_compile_args=_CFLAGS,
     )

@@ -26,27 +26,51 @@ class Placeholders:
                 .replace("{tmpdir}", self.tmpdir).replace("{home}", self.home))
 
 
+# Tokens of a parsed glob (glob_tokens): what each piece matches.
+GLOB_LITERAL = "lit"        # these characters (a run of one or more)
+GLOB_ONE = "one"            # `?`: one character but "/"
+GLOB_STAR = "star"          # `*`: any run of characters without "/"
+GLOB_ANY = "any"            # `**`: any run of characters
+GLOB_TAIL = "tail"          # a final "/**": nothing, or "/" and then anything
+
+_GLOB_WILDCARD = re.compile(r"\*\*|\*|\?")
+
+
+def glob_tokens(glob: str) -> list[tuple[str, str]]:
+    """The one parse of a policy glob, shared by the Python regex (glob_to_regex) and the
+    native path matcher (policy/matcher.py) so the two can never read a glob differently.
+    `**` crosses directories, `*` and `?` stay within one component, a final "/**" also
+    matches the directory itself; every other character is itself (`[` included)."""
+    out: list[tuple[str, str]] = []
+    pos = 0
+    for m in _GLOB_WILDCARD.finditer(glob):
+        if m.start() > pos:
+            out.append((GLOB_LITERAL, glob[pos:m.start()]))
+        wild = m.group()
+        if wild == "**":
+            if m.end() == len(glob) and out and out[-1][0] == GLOB_LITERAL and out[-1][1].endswith("/"):
+                # "/**" matches the directory itself and everything below it.
+                run = out.pop()[1][:-1]
+                if run:
+                    out.append((GLOB_LITERAL, run))
+                out.append((GLOB_TAIL, ""))
+            else:
+                out.append((GLOB_ANY, ""))
+        else:
+            out.append((GLOB_STAR if wild == "*" else GLOB_ONE, ""))
+        pos = m.end()
+    if pos < len(glob):
+        out.append((GLOB_LITERAL, glob[pos:]))
+    return out
+
+
+_REGEX_OF_TOKEN = {GLOB_ONE: "[^/]", GLOB_STAR: "[^/]*", GLOB_ANY: ".*", GLOB_TAIL: "(?:/.*)?"}
+
+
 def glob_to_regex(glob: str) -> str:
     """`**` crosses directories, `*` and `?` stay within one component; byte-exact otherwise."""
-    out, i = [], 0
-    while i < len(glob):
-        c = glob[i]
-        if glob.startswith("**", i):
-            # "/**" matches the directory itself and everything below it.
-            if out and out[-1] == "/" and (i + 2 == len(glob)):
-                out[-1] = "(?:/.*)?"
-            else:
-                out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        else:
-            out.append(re.escape(c) if c != "/" else "/")
-        i += 1
-    return "".join(out)
+    return "".join(re.escape(text) if kind == GLOB_LITERAL else _REGEX_OF_TOKEN[kind]
+                   for kind, text in glob_tokens(glob))
 
 
 class LazyRegex:
@@ -77,7 +101,9 @@ class RuleIndex:
     rule's `paths` globs are indexed by their literal directory prefix (the path's
     ancestors are looked up), exact path, other literal prefix, or literal suffix; rules
     without `paths`, or with a glob that has no literal part, are always candidates.
-    Candidates keep profile order (ties go to the earlier rule)."""
+    Candidates keep profile order (ties go to the earlier rule). A glob "D/**" also
+    matches D itself, which has no ancestor "D/": D is indexed as an exact path too (the
+    rule then matches D when another of its globs' prefixes starts D, e.g. "*.py")."""
     __slots__ = ("by_dir", "by_exact", "by_prefix", "by_suffix", "always", "suffixes", "prefixes")
 
     def __init__(self, entries: list[tuple[CompiledRule, list[str]]]):
@@ -96,6 +122,8 @@ class RuleIndex:
                     by_exact.setdefault(g, set()).add(rule)
                 elif "/" in pre:
                     by_dir.setdefault(pre[:pre.rfind("/") + 1], set()).add(rule)
+                    if g.endswith("/**") and pre == g[:-2]:
+                        by_exact.setdefault(g[:-3], set()).add(rule)
                 elif pre:
                     by_prefix.setdefault(pre, set()).add(rule)
                 elif _literal_suffix(g):
@@ -129,6 +157,18 @@ class RuleIndex:
                     found |= hit
                 i = path.find("/", i + 1)
         return sorted(found, key=_rule_index)
+
+
+class _RuleIndexes(dict):
+    """Action type -> RuleIndex of its rules, each made on first lookup."""
+
+    def __init__(self, rules_by_type: dict[str, tuple[CompiledRule, ...]]):
+        super().__init__()
+        self._rules_by_type = rules_by_type
+
+    def __missing__(self, t: str) -> RuleIndex:
+        index = self[t] = RuleIndex([(c, list(c.inside_globs)) for c in self._rules_by_type[t]])
+        return index
 
 
 def _rule_index(rule) -> int:
@@ -171,6 +211,9 @@ class CompiledRule:
     destinations: object = None                      # net.Destinations naming matches
     outside_destinations: object = None              # net.Destinations: none may name it
     hold: object = None                              # decision.Hold: how step_up/defer wait
+    inside_globs: tuple[str, ...] = ()               # the expanded globs behind inside/outside/
+    outside_globs: tuple[str, ...] = ()              # exclude (the native path matcher compiles
+    exclude_globs: tuple[str, ...] = ()              # them itself)
 
 
 def default_errno(action_type: str) -> int:
@@ -199,10 +242,13 @@ class CompiledPolicy:
                                for name, globs in (getattr(profile, "data_classes", None) or {}).items()}
         # Per type, an index from paths to the rules that could match them (a profile of
         # hundreds of rules costs a few dict lookups per action, not a loop over all).
-        raw = {c.index: r for c, r in zip(compiled, profile.rules)}
-        self.index_by_type: dict[str, RuleIndex] = {
-            t: RuleIndex([(c, self.expand_patterns(raw[c.index].paths)) for c in self.rules_by_type[t]])
-            for t in ALL_TYPES}
+        # Built per type on first use: only decisions the native path matcher cannot take
+        # (engine._decide_slow) need it.
+        self.index_by_type: dict[str, RuleIndex] = _RuleIndexes(self.rules_by_type)
+        # The native matcher of every rule's path conditions (policy.matcher), built on the
+        # first decision that has paths to match (engine.path_matcher_for).
+        self.path_matcher = None
+        self.path_matcher_built = False
         self.has_exec_restrictions = any(
             c.result is not Result.ALLOW for c in self.rules_by_type["process.exec"]
         ) or self.default_by_type["process.exec"] is not Result.ALLOW
@@ -248,11 +294,14 @@ class CompiledPolicy:
         err = getattr(errno_mod, r.errno) if r.errno else 0
         inside_pats = self.expand_patterns(r.paths)
         outside_pats = self.expand_patterns(r.outside)
+        exclude_pats = self.expand_patterns(r.except_paths)
         return CompiledRule(
             id=r.id, result=Result(r.decision), reason=r.reason or r.id, errno=err,
             inside=self._regex(r.paths), outside=self._regex(r.outside),
             exclude=self._regex(r.except_paths), existed_at_start=r.existed_at_start,
             count_over=r.count_over, index=index,
+            inside_globs=tuple(inside_pats), outside_globs=tuple(outside_pats),
+            exclude_globs=tuple(exclude_pats),
             inside_prefixes=tuple(literal_prefix(p) for p in inside_pats) if inside_pats else None,
             outside_cover=tuple(p[:-3] for p in outside_pats
                                 if p.endswith("/**") and not any(c in p[:-3] for c in "*?[")),
