@@ -178,6 +178,7 @@ class Journal:
         self._wake = threading.Event()
         self._stop = False
         self._interval = flush_interval
+        self._writer_tid = 0             # the writer thread's, once it runs
         self._thread = threading.Thread(target=self._run, name="aarm-journal", daemon=True)
 
     def start(self, signer: Signer | None) -> "Journal":
@@ -240,6 +241,7 @@ class Journal:
 
     # --- writer thread ---------------------------------------------------------------
     def _run(self) -> None:
+        self._writer_tid = threading.get_native_id()
         background_priority()
         while True:
             self._wake.wait(self._interval)
@@ -265,10 +267,15 @@ class Journal:
         # Small batches: encoding holds the GIL, and the decision thread must get it back
         # quickly (group commit without a long pause on the hot path). The lock lets an
         # appending thread drain inline when the writer thread is starved.
+        # The lock is taken per batch (records are popped, chained and written under it,
+        # so order holds): a closing thread at normal priority can take over from a writer
+        # thread that a busy machine starves (SCHED_IDLE) after at most one batch.
         q = self.queue
         every = self.checkpoint_every
-        with self._drain_lock:
-            while q and not self.failed:
+        while True:
+            with self._drain_lock:
+                if not q or self.failed:
+                    return
                 lines: list[bytes] = []
                 sync = False
                 chain_one, chain_fast = self._chain, self._chain_fast
@@ -279,8 +286,8 @@ class Journal:
                         lines.append(self._checkpoint(time.time_ns()))
                         sync = True
                 self._write(lines, sync)
-                if q:
-                    time.sleep(0)
+            if q:
+                time.sleep(0)
 
     def _chain(self, rec: dict) -> bytes:
         """Number, stamp, hash and encode one record (the writer's per-record cost: keep
@@ -439,6 +446,17 @@ class Journal:
         self._stop = True
         self._wake.set()
         if self._thread.is_alive():
+            self._thread.join(timeout=0.5)
+        if self._thread.is_alive():
+            # The writer thread runs at SCHED_IDLE: on a machine kept busy by other work
+            # it may get almost no CPU, and the seal must not wait for idle time. Give it
+            # normal priority where allowed (root), and finish here meanwhile.
+            try:
+                if self._writer_tid:
+                    os.sched_setscheduler(self._writer_tid, os.SCHED_OTHER, os.sched_param(0))
+            except OSError:
+                pass
+            self._finish()
             self._thread.join(timeout=30)
         elif not self._thread.ident:     # never started (a launch failure)
             self._finish()
