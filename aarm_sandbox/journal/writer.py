@@ -55,12 +55,13 @@ class Signer:
     writer thread does that after the sandbox started, off the startup path."""
 
     def __init__(self, private_key=None, *, private_path=None, public_raw: bytes | None = None):
-        from aarm_sandbox.journal.keys import key_id_of_raw, raw_public
+        from aarm_sandbox.journal.keys import key_id_of_raw
         self._key = private_key
         self._lock = threading.Lock()
         self._error: Exception | None = None
         self._path = private_path
-        self._raw = raw_public(private_key.public_key()) if private_key is not None else public_raw
+        self._raw = (private_key.public_key().public_bytes_raw() if private_key is not None
+                     else public_raw)
         self.key_id = key_id_of_raw(self._raw)
         self.public_b64 = base64.b64encode(self._raw).decode("ascii")
 
@@ -88,10 +89,11 @@ class Signer:
                 return
             if self._error is not None:
                 raise self._error
-            from aarm_sandbox.journal.keys import KeyFileError, load_private, raw_public
+            from aarm_sandbox.journal.keys import KeyFileError, load_private
             try:
                 key = load_private(self._path)
-                if raw_public(key.public_key()) != self._raw:
+                # (public_bytes_raw: no serialization module on the startup path)
+                if key.public_key().public_bytes_raw() != self._raw:
                     raise KeyFileError(f"{self._path} does not match its public key file; "
                                        "recreate the pair with `aarm-sandbox keygen --force`")
             except Exception as e:
