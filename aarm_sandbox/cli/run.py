@@ -449,8 +449,11 @@ def _start_approvals(args, sup, engine, settings, session_id, sandbox, workspace
     mode = approver_mode(args)
     terminal_ok = False
     if mode in ("auto", "terminal"):
-        from aarm_sandbox.approvals.prompt import TerminalApprover
-        terminal_ok = TerminalApprover.available()
+        # (the prompt module and what it imports only when stdin is a terminal at all:
+        # TerminalApprover.available() is False otherwise)
+        if os.isatty(0):
+            from aarm_sandbox.approvals.prompt import TerminalApprover
+            terminal_ok = TerminalApprover.available()
         if mode == "terminal" and not terminal_ok:
             sandbox.warnings.append("--approver terminal: no terminal to ask on; STEP_UP denies")
         mode = "terminal" if terminal_ok else "none"
