@@ -13,9 +13,7 @@ import os
 import sys
 import threading
 import time
-import traceback
 from collections import deque
-from dataclasses import replace
 
 from aarm_sandbox.actions import action as A
 from aarm_sandbox.context.session import SessionContext
@@ -401,7 +399,7 @@ class Supervisor:
             if decision.modify == "read_only":
                 flags = (effect.flags & ~(os.O_ACCMODE | os.O_TRUNC | os.O_CREAT | os.O_EXCL |
                                           os.O_APPEND)) | os.O_RDONLY
-                return replace(effect, flags=flags), {"type": "file.read", "transform": "read_only",
+                return effect.replace(flags=flags), {"type": "file.read", "transform": "read_only",
                                                       "original": "file.write"}
             copy = self._private_copy(effect, action.target)
             if copy is None:
@@ -409,8 +407,9 @@ class Supervisor:
             effect.close()
             modified = {"type": "file.write", "transform": "private_copy", "original": "file.write",
                         "copy": copy[1]}
-            return replace(effect, dirfd=-1, objfd=copy[0],
-                           flags=effect.flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW), opened=-1), modified
+            return effect.replace(dirfd=-1, objfd=copy[0],
+                                  flags=effect.flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW),
+                                  opened=-1), modified
         return effect, None
 
     def _private_copy(self, effect: OpenFile, target: str) -> tuple[int, str] | None:
@@ -614,6 +613,7 @@ class Supervisor:
             self.journal.append({"type": "error", "syscall": name, "tid": n.tid, "errno": "EPERM",
                                  "reason": f"supervisor error (denied): {e!r}"})
             if self.verbose:
+                import traceback            # (only here: ~3 ms of every startup otherwise)
                 traceback.print_exc()
             print(f"aarm-sandbox: internal error on {name}, denied: {e!r}", file=sys.stderr)
 

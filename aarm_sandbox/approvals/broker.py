@@ -58,10 +58,6 @@ class Verdict:
         self.scope = scope
         self.decision = decision          # context: the decision now in force
 
-    def __repr__(self) -> str:
-        return (f"Verdict(approve={self.approve!r}, answer={self.answer!r}, by={self.by!r}, "
-                f"reason={self.reason!r}, scope={self.scope!r}, decision={self.decision!r})")
-
 
 class ApprovalBroker:
     def __init__(self, supervisor, session_id: str, settings, *, timeout: float | None,

@@ -26,13 +26,13 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-from dataclasses import dataclass
 
 from aarm_sandbox.decode.syscall_table import (
     KNOWN_MAX_NR, OPEN_SYSCALLS, SYSCALLS, UNKNOWN_LIMIT, ArgCond, FilterRule, SyscallSpec,
     Verdict,
 )
 from aarm_sandbox.intercept import bpf_eval
+from aarm_sandbox.records import FrozenRecord
 
 __all__ = ["FilterError", "compile_filter", "describe_filter", "filter_plan", "PlannedRule",
            "libseccomp_version"]
@@ -141,13 +141,18 @@ def libseccomp_version() -> tuple[int, int, int]:
 Comparison = tuple[int, int, int, int]          # (arg, SCMP_CMP_*, datum_a, datum_b)
 
 
-@dataclass(frozen=True)
-class PlannedRule:
-    """One seccomp_rule_add_array call: all comparisons AND'ed (at most one per argument)."""
-    name: str
-    nr: int
-    action: int
-    comparisons: tuple[Comparison, ...] = ()
+class PlannedRule(FrozenRecord):
+    """One seccomp_rule_add_array call: all comparisons AND'ed (at most one per argument).
+    Its repr is part of the filter cache key (`_cache_path`): the same text the frozen
+    dataclass it replaces printed."""
+    __slots__ = ("name", "nr", "action", "comparisons")
+
+    def __init__(self, name: str, nr: int, action: int, comparisons: tuple[Comparison, ...] = ()):
+        setattr_ = object.__setattr__
+        setattr_(self, "name", name)
+        setattr_(self, "nr", nr)
+        setattr_(self, "action", action)
+        setattr_(self, "comparisons", comparisons)
 
 
 def _bits(mask: int) -> list[int]:

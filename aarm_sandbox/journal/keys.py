@@ -110,10 +110,6 @@ class KeyPair:
         self.key_id = key_id
         self.public_raw = public_raw      # known without loading the private key
 
-    def __repr__(self) -> str:
-        return (f"KeyPair(private_path={self.private_path!r}, public_path={self.public_path!r}, "
-                f"key_id={self.key_id!r}, public_raw={self.public_raw!r})")
-
 
 def generate(directory: Path | None = None, force: bool = False) -> KeyPair:
     d = directory or key_dir()

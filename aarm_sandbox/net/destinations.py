@@ -41,8 +41,9 @@ import ipaddress
 import re
 import socket  # inet_ntop only: formatting addresses, no I/O
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import NamedTuple, Union
+
+from aarm_sandbox.records import FrozenRecord
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -205,19 +206,23 @@ def classify(ip: IPAddress | str) -> frozenset[str]:
 ADDRESS, NETWORK, NAME, SUBDOMAINS, ANY_NAME = "address", "network", "name", "subdomains", "any-name"
 
 
-@dataclass(frozen=True, slots=True)
-class DestSpec:
+class DestSpec(FrozenRecord):
     """One parsed rule. `host` is the canonical host text; `network` is set for ADDRESS and
-    NETWORK rules, `name` for NAME (the name) and SUBDOMAINS (the suffix, without "*.")."""
+    NETWORK rules, `name` for NAME (the name) and SUBDOMAINS (the suffix, without "*.").
+    Equal and hashed by value (Destinations drops duplicate rules)."""
+    __slots__ = ("text", "kind", "host", "protos", "port_lo", "port_hi", "network", "name")
 
-    text: str
-    kind: str
-    host: str
-    protos: frozenset[str]
-    port_lo: int
-    port_hi: int
-    network: IPNetwork | None = None
-    name: str | None = None
+    def __init__(self, text: str, kind: str, host: str, protos: frozenset[str], port_lo: int,
+                 port_hi: int, network: IPNetwork | None = None, name: str | None = None):
+        setattr_ = object.__setattr__
+        setattr_(self, "text", text)
+        setattr_(self, "kind", kind)
+        setattr_(self, "host", host)
+        setattr_(self, "protos", protos)
+        setattr_(self, "port_lo", port_lo)
+        setattr_(self, "port_hi", port_hi)
+        setattr_(self, "network", network)
+        setattr_(self, "name", name)
 
     def accepts(self, port: int, proto: str) -> bool:
         return self.port_lo <= port <= self.port_hi and proto in self.protos
