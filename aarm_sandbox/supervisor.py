@@ -50,6 +50,10 @@ class Supervisor:
         self.dstate = DecodeState()
         self.fast = None
         self.fast_factory = None        # callable(root_fd) -> FastPath, set by the launcher
+        # Called once the command runs (its first notification answered, the fast path
+        # started): work the session needs soon but the command must not wait for, such
+        # as loading the signing key (set by `run`).
+        self.on_running = None
         self.fast_reason = {t: f"profile {engine.policy.profile.id} default for {t}"
                             for t in (A.FILE_WRITE, A.FILE_CREATE, A.FILE_DELETE, A.FILE_MKDIR)}
         # Operations that may block indefinitely (a FIFO with no peer, a connect) each get
@@ -91,6 +95,9 @@ class Supervisor:
             handle(n)
             if self.dstate.session_root >= 0 and self.fast_factory is not None:
                 self._start_fast_path()
+            if self.on_running is not None:
+                on_running, self.on_running = self.on_running, None
+                on_running()
         fast = self.fast
         gone = self.backend.sandbox_gone
         while True:

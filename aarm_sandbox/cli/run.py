@@ -280,9 +280,13 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     # Files the supervisor creates for the sandbox already carry the target's umask.
     os.umask(0)
     _not_dumpable()
-    # The private key is read only now: the sandbox's processes were forked before it
-    # was in this process's memory, and its directory is masked in their mount namespace.
-    journal.start(_signer(key_pair))
+    # The private key is read only after this: the sandbox's processes were forked before
+    # it was in this process's memory, and its directory is masked in their mount
+    # namespace. It is loaded once the command runs (Supervisor.on_running, below): a key
+    # thread started now would take ~15 ms of GIL time from the supervisor's own startup,
+    # which the command waits for; the first signature loads it if that never happened.
+    signer = _signer(key_pair)
+    journal.start(signer, preload=False)
     for w in sandbox.warnings:
         print(f"aarm-sandbox: warning: {w}", file=sys.stderr)
 
@@ -301,6 +305,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     from aarm_sandbox.decode import handlers
     handlers.NETWORK_CONTAINED = bool(sandbox.namespaces & CLONE_NEWNET)
     sup = Supervisor(backend, engine, ctx, journal, explain=args.explain, verbose=args.verbose)
+    if signer is not None:
+        sup.on_running = signer.preload
     stub = None
     if settings.network == "loopback":
         sup.dstate.destinations = destinations

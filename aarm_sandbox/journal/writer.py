@@ -179,12 +179,15 @@ class Journal:
         self._interval = flush_interval
         self._thread = threading.Thread(target=self._run, name="aarm-journal", daemon=True)
 
-    def start(self, signer: Signer | None) -> "Journal":
+    def start(self, signer: Signer | None, *, preload: bool = True) -> "Journal":
         """Start the writer thread (after single-threaded setup such as dropping
         capabilities; the key is given only once the sandbox runs). Without a signer the
-        chain is still written but nothing is signed (verify reports it)."""
+        chain is still written but nothing is signed (verify reports it). `preload=False`:
+        the caller starts loading the key itself (`signer.preload()`) when the key thread
+        no longer competes for the GIL with work the sandbox waits for; the first
+        signature loads it otherwise."""
         self.signer = signer
-        if signer is not None:
+        if signer is not None and preload:
             signer.preload()
         self._thread.start()
         return self
