@@ -14,10 +14,9 @@ import os
 from hashlib import sha256
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
 from aarm_sandbox.xdg import config_dir
 
+TYPE_CHECKING = False      # (typing itself costs the startup path ~4 ms)
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (Ed25519PrivateKey,
                                                                    Ed25519PublicKey)
@@ -152,14 +151,36 @@ def ensure(directory: Path | None = None) -> tuple[KeyPair, bool]:
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:
+    return _parse_private(path, _read_private(path))
+
+
+def load_signing_key(path: Path):
+    """The key a session signs its journal with (see load_private for the checks and
+    errors): held by the process's libcrypto when the file is exactly what `generate`
+    writes, so a session never imports cryptography (journal.libcrypto_ed25519), else
+    cryptography's Ed25519PrivateKey. Either has sign() and public_key().public_bytes_raw()."""
+    data = _read_private(path)
+    seed = seed_from_pem(data)
+    if seed is not None:
+        from aarm_sandbox.journal import libcrypto_ed25519
+        key = libcrypto_ed25519.load(seed)
+        if key is not None:
+            return key
+    return _parse_private(path, data)
+
+
+def _read_private(path: Path) -> bytes:
     try:
         st = os.stat(path)
         if st.st_mode & 0o077:
             raise KeyFileError(f"{path} is readable by others (mode {st.st_mode & 0o777:o}): "
                             f"chmod 600 {path}")
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise KeyFileError(f"cannot read the signing key {path}: {e.strerror}") from None
+
+
+def _parse_private(path: Path, data: bytes) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     seed = seed_from_pem(data)
     if seed is not None:

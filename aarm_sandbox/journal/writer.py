@@ -89,9 +89,9 @@ class Signer:
                 return
             if self._error is not None:
                 raise self._error
-            from aarm_sandbox.journal.keys import KeyFileError, load_private
+            from aarm_sandbox.journal.keys import KeyFileError, load_signing_key
             try:
-                key = load_private(self._path)
+                key = load_signing_key(self._path)
                 # (public_bytes_raw: no serialization module on the startup path)
                 if key.public_key().public_bytes_raw() != self._raw:
                     raise KeyFileError(f"{self._path} does not match its public key file; "
