@@ -20,10 +20,13 @@ from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, ExecContinue, Notification
 from aarm_sandbox.decode.memory import DecodeError
 from aarm_sandbox.enforce.effects import AtCall, Continue, Effect, OpenFile, QuarantineDelete
-from aarm_sandbox.intercept.backend import InterceptBackend
 from aarm_sandbox.journal.writer import Journal
 from aarm_sandbox.policy.decision import RANK, Decision, Result
 from aarm_sandbox.policy.engine import PolicyEngine
+
+TYPE_CHECKING = False      # (typing itself costs the startup path ~4 ms)
+if TYPE_CHECKING:
+    from aarm_sandbox.intercept.backend import InterceptBackend
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 

@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from aarm_sandbox._native import lib
 from aarm_sandbox.actions import action as A

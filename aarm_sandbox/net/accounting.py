@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 INET_DIAG_INFO = 2
 _OUR_FIN_ACKED = {5, 6}                 # FIN_WAIT2, TIME_WAIT

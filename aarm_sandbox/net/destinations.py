@@ -40,13 +40,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket  # inet_ntop only: formatting addresses, no I/O
+from collections import namedtuple
 from collections.abc import Callable, Iterable
-from typing import NamedTuple, Union
 
 from aarm_sandbox.records import FrozenRecord
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 AF_INET = 2
 AF_INET6 = 10
@@ -387,10 +387,10 @@ def normalize_name(name: str) -> str:
 # ---------------------------------------------------------------------------------------
 # Decisions
 
-class Verdict(NamedTuple):
-    kind: str                 # BROKER, INSIDE or DENY
-    spec: str | None          # canonical text of the rule that named the destination
-    reason: str               # one sentence for the user and the journal
+# kind: BROKER, INSIDE or DENY; spec: canonical text of the rule that named the destination
+# (or None); reason: one sentence for the user and the journal. (collections.namedtuple,
+# what typing.NamedTuple builds, without importing typing on the startup path.)
+Verdict = namedtuple("Verdict", ("kind", "spec", "reason"))
 
 
 _CATEGORY_WORDS = (           # most telling first: the one a deny reason names

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections import Counter, OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 
 class _LazyDns:
