@@ -1,6 +1,7 @@
 """`aarm-sandbox run`: wire the pipeline together for one session."""
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shutil
@@ -353,6 +354,10 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
             except ProcessLookupError:
                 pass
     loop = threading.Thread(target=supervise, name="aarm-supervisor", daemon=True)
+    # The long-lived objects are made: keep the collector off them from now on, and on
+    # again if main() turned it off for the startup.
+    gc.freeze()
+    gc.enable()
     loop.start()
 
     status_box: list[int] = []
