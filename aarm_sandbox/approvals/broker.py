@@ -38,7 +38,7 @@ GONE_CHECK_SECONDS = 0.5
 # same question over and over.
 REPEAT_SECONDS = 10.0
 EVENTS_KEPT = 10000
-CONTEXT_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+CONTEXT_KEY = r"[A-Za-z0-9_.-]{1,64}"      # (compiled by re's cache at the first use)
 
 
 class Verdict:
@@ -208,7 +208,7 @@ class ApprovalBroker:
     def add_context(self, key: str, value: str, by: dict) -> tuple[int, dict]:
         """New context (a ticket id, a change window) may release deferred actions: each is
         decided again; it may now be allowed, denied, need a human, or wait for more."""
-        if not CONTEXT_KEY.fullmatch(key or "") or not isinstance(value, str) or len(value) > 4096:
+        if not re.fullmatch(CONTEXT_KEY, key or "") or not isinstance(value, str) or len(value) > 4096:
             return 400, {"error": "expected KEY=VALUE with KEY of letters, digits, _ . - "
                          "(at most 64) and VALUE at most 4096 characters"}
         ctx = self.sup.ctx

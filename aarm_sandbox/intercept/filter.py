@@ -142,9 +142,7 @@ Comparison = tuple[int, int, int, int]          # (arg, SCMP_CMP_*, datum_a, dat
 
 
 class PlannedRule(FrozenRecord):
-    """One seccomp_rule_add_array call: all comparisons AND'ed (at most one per argument).
-    Its repr is part of the filter cache key (`_cache_path`): the same text the frozen
-    dataclass it replaces printed."""
+    """One seccomp_rule_add_array call: all comparisons AND'ed (at most one per argument)."""
     __slots__ = ("name", "nr", "action", "comparisons")
 
     def __init__(self, name: str, nr: int, action: int, comparisons: tuple[Comparison, ...] = ()):
@@ -153,6 +151,12 @@ class PlannedRule(FrozenRecord):
         setattr_(self, "nr", nr)
         setattr_(self, "action", action)
         setattr_(self, "comparisons", comparisons)
+
+    def __repr__(self) -> str:
+        # Part of the filter cache key (`_cache_path`, every run): spelled out (faster than
+        # the generic one), the text the frozen dataclass this class replaced printed.
+        return (f"PlannedRule(name={self.name!r}, nr={self.nr!r}, action={self.action!r}, "
+                f"comparisons={self.comparisons!r})")
 
 
 def _bits(mask: int) -> list[int]:

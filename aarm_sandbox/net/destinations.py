@@ -241,9 +241,10 @@ class DestSpec(FrozenRecord):
         return self.text
 
 
-_PROTO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)\Z", re.S)
-_PORT_RE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?\Z")
-_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+# (patterns, compiled by re's cache at the first rule parsed: most sessions parse none)
+_PROTO_PATTERN = r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)\Z"
+_PORT_PATTERN = r"(\d{1,5})(?:-(\d{1,5}))?\Z"
+_LABEL_PATTERN = r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z"
 MAX_NAME_LEN = 253
 
 
@@ -260,7 +261,7 @@ def parse_spec(text: str, origin: str = "--allow-net") -> DestSpec:
     if not rest:
         raise fail("empty destination")
     protos = PROTOCOLS
-    m = _PROTO_RE.match(rest)
+    m = re.match(_PROTO_PATTERN, rest, re.S)
     if m:
         proto = m.group(1).lower()
         if proto not in PROTOCOLS:
@@ -296,7 +297,7 @@ def _split_host_port(rest: str, fail: _Fail) -> tuple[str, str | None]:
 
 
 def _parse_ports(port_text: str, fail: _Fail) -> tuple[int, int]:
-    m = _PORT_RE.match(port_text)
+    m = re.match(_PORT_PATTERN, port_text)
     if not m:
         raise fail(f"bad port {port_text!r}" if port_text else "empty port after ':'")
     lo = int(m.group(1))
@@ -360,7 +361,7 @@ def _parse_name(host: str, fail: _Fail) -> tuple[str, str, None, str]:
     kind = NAME
     if name.startswith("*."):
         kind, name = SUBDOMAINS, name[2:]
-    if not name or len(name) > MAX_NAME_LEN or not all(_LABEL_RE.match(label) for label in name.split(".")):
+    if not name or len(name) > MAX_NAME_LEN or not all(re.match(_LABEL_PATTERN, label) for label in name.split(".")):
         raise fail("not a host name, IP address or CIDR")
     if name.rsplit(".", 1)[-1].isdigit():
         raise fail("looks like an IPv4 address but is not a valid one")

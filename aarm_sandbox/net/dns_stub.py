@@ -64,7 +64,8 @@ _ADDRESS_TYPES = {_A: socket.AF_INET, _AAAA: socket.AF_INET6}
 _ADDRESS_VERSION = {_A: 4, _AAAA: 6}
 # A hostname as getaddrinfo() should see it: anything escaped by dnspython (dots inside
 # labels, control or non-ASCII bytes, '*', quotes...) is not a hostname.
-_PLAIN_HOSTNAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+# (compiled by re's cache at the first query: many sessions never resolve a name)
+_PLAIN_HOSTNAME = r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*"
 _NO_SUCH_NAME = {socket.EAI_NONAME}
 _NO_ADDRESS_OF_FAMILY = {getattr(socket, "EAI_NODATA", None), getattr(socket, "EAI_ADDRFAMILY", None)} - {None}
 
@@ -404,7 +405,7 @@ class DnsStub:
         if question.qtype not in _ADDRESS_TYPES:
             # HTTPS/SVCB/MX/TXT...: "no such data" lets clients fall back to A/AAAA.
             return self._finish(question, _Outcome(dns.rcode.NOERROR, allowed=True))
-        if not _PLAIN_HOSTNAME.fullmatch(question.name):
+        if not re.fullmatch(_PLAIN_HOSTNAME, question.name):
             # getaddrinfo re-parses escapes (glibc turns "a\.b" back into one label), so
             # an escaped name could resolve as something other than what policy saw.
             return self._finish(question, _Outcome(dns.rcode.NXDOMAIN, allowed=True))
