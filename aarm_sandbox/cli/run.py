@@ -283,9 +283,10 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     _not_dumpable()
     # The private key is read only after this: the sandbox's processes were forked before
     # it was in this process's memory, and its directory is masked in their mount
-    # namespace. It is loaded once the command runs (Supervisor.on_running, below): a key
-    # thread started now would take ~15 ms of GIL time from the supervisor's own startup,
-    # which the command waits for; the first signature loads it if that never happened.
+    # namespace. It is loaded once the command runs (Supervisor.on_running, below), not
+    # during the supervisor's own startup, which the command waits for (a key file keygen
+    # did not write means importing cryptography: ~15 ms of GIL time); the first
+    # signature loads it if that never happened.
     signer = _signer(key_pair)
     journal.start(signer, preload=False)
     for w in sandbox.warnings:
