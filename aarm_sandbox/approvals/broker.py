@@ -46,7 +46,6 @@ class Verdict:
     approval given earlier for the session), context (released by new context),
     repeat (the same process asked the same thing just after a refusal), rate-limit,
     limit, deferrals, ended. (A plain class: this module is on `run`'s startup path.)"""
-    __slots__ = ("approve", "answer", "by", "reason", "scope", "decision")
 
     def __init__(self, approve: bool, answer: str, by: dict | None = None,
                  reason: str | None = None, scope: str | None = None,

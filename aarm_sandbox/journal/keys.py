@@ -100,7 +100,6 @@ def seed_from_pem(data: bytes) -> bytes | None:
 class KeyPair:
     """The user's signing key pair, named by its public half (a plain class: this module
     is on `run`'s startup path, where every dataclass definition costs ~0.5 ms)."""
-    __slots__ = ("private_path", "public_path", "key_id", "public_raw")
 
     def __init__(self, private_path: Path, public_path: Path, key_id: str,
                  public_raw: bytes | None = None):

@@ -250,7 +250,6 @@ class _DaemonPool:
 
 class _Question:
     """One well-formed query, reduced to what policy and the reply need."""
-    __slots__ = ("message", "qname", "name", "qtype", "client")
 
     def __init__(self, message: dns.message.Message, qname: dns.name.Name, name: str,
                  qtype: int, client: str) -> None:
@@ -263,7 +262,6 @@ class _Question:
 
 class _PendingLookup:
     """A lookup in flight (compared and hashed by identity: kept in a set)."""
-    __slots__ = ("question", "address", "future", "deadline")
 
     def __init__(self, question: _Question, address: tuple, future: _Future,
                  deadline: float) -> None:
@@ -275,7 +273,6 @@ class _PendingLookup:
 
 class _Outcome:
     """What the stub answers, before it is rendered."""
-    __slots__ = ("rcode", "allowed", "addresses")
 
     def __init__(self, rcode: int, allowed: bool, addresses: list[str] | None = None) -> None:
         self.rcode = rcode
