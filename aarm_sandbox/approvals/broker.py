@@ -82,8 +82,10 @@ class ApprovalBroker:
         self._event_seq = 0
         self._events_cond = threading.Condition()
         self._closed = False
+        # Started with the first request in the table (it only has pending requests to
+        # expire or check): a session that holds nothing never starts it.
         self._timer = threading.Thread(target=self._tick, name="aarm-approvals", daemon=True)
-        self._timer.start()
+        self._timer_started = False
 
     # ------------------------------------------------------------------ from the supervisor
     def hold(self, n, action, decision: Decision, effect) -> None:
@@ -130,6 +132,9 @@ class ApprovalBroker:
             if count:
                 self._asked.append(now)
             self._pending[p.id] = p
+            if not self._timer_started:
+                self._timer_started = True
+                self._timer.start()
             self._wake.notify()
         return None
 
