@@ -288,6 +288,10 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     # did not write means importing cryptography: ~15 ms of GIL time); the first
     # signature loads it if that never happened.
     signer = _signer(key_pair)
+    # From the first thread on, a short GIL switch interval (as the supervisor keeps it):
+    # the journal writer (SCHED_IDLE) and the threads started below must not hold up the
+    # rest of the startup, which the command waits for, for 5 ms at a time.
+    sys.setswitchinterval(0.0002)
     journal.start(signer, preload=False)
     for w in sandbox.warnings:
         print(f"aarm-sandbox: warning: {w}", file=sys.stderr)
