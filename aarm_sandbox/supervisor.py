@@ -321,6 +321,11 @@ class Supervisor:
     def _enforce(self, n: Notification, effect: Effect, action, verify: bool = False) -> int:
         try:
             if isinstance(effect, Continue):
+                if isinstance(effect, ExecContinue):
+                    # Accepted before the answer: a check still running for an earlier exec
+                    # of the same process (`sh -c 'exec prog'`) may see this image the moment
+                    # the kernel loads it, and must not take it for a swapped file.
+                    self.allowed_images.add(effect.dev_ino)
                 self.backend.answer_continue(n)
                 if isinstance(effect, ExecContinue):
                     if action is not None:
@@ -328,7 +333,6 @@ class Supervisor:
                     self._exe_cache.clear()
                     if self.fast is not None:
                         self.fast.invalidate_exe()
-                    self.allowed_images.add(effect.dev_ino)
                     if self.verify_exec or verify:
                         threading.Thread(target=self._verify_exec, args=(n.tid, effect),
                                          daemon=True).start()
