@@ -14,19 +14,20 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections import deque
-from dataclasses import replace
 
 from aarm_sandbox.actions import action as A
 from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, ExecContinue, Notification
 from aarm_sandbox.decode.memory import DecodeError
 from aarm_sandbox.enforce.effects import AtCall, Continue, Effect, OpenFile, QuarantineDelete
-from aarm_sandbox.intercept.backend import InterceptBackend
 from aarm_sandbox.journal.writer import Journal
 from aarm_sandbox.policy.decision import RANK, Decision, Result
 from aarm_sandbox.policy.engine import PolicyEngine
+
+TYPE_CHECKING = False      # (typing itself costs the startup path ~4 ms)
+if TYPE_CHECKING:
+    from aarm_sandbox.intercept.backend import InterceptBackend
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 
@@ -53,6 +54,10 @@ class Supervisor:
         self.dstate = DecodeState()
         self.fast = None
         self.fast_factory = None        # callable(root_fd) -> FastPath, set by the launcher
+        # Called once the command runs (its first notification answered, the fast path
+        # started): work the session needs soon but the command must not wait for, such
+        # as loading the signing key (set by `run`).
+        self.on_running = None
         self.fast_reason = {t: f"profile {engine.policy.profile.id} default for {t}"
                             for t in (A.FILE_WRITE, A.FILE_CREATE, A.FILE_DELETE, A.FILE_MKDIR)}
         # Operations that may block indefinitely (a FIFO with no peer, a connect) each get
@@ -94,6 +99,9 @@ class Supervisor:
             handle(n)
             if self.dstate.session_root >= 0 and self.fast_factory is not None:
                 self._start_fast_path()
+            if self.on_running is not None:
+                on_running, self.on_running = self.on_running, None
+                on_running()
         fast = self.fast
         gone = self.backend.sandbox_gone
         while True:
@@ -331,6 +339,11 @@ class Supervisor:
     def _enforce(self, n: Notification, effect: Effect, action, verify: bool = False) -> int:
         try:
             if isinstance(effect, Continue):
+                if isinstance(effect, ExecContinue):
+                    # Accepted before the answer: a check still running for an earlier exec
+                    # of the same process (`sh -c 'exec prog'`) may see this image the moment
+                    # the kernel loads it, and must not take it for a swapped file.
+                    self.allowed_images.add(effect.dev_ino)
                 self.backend.answer_continue(n)
                 if isinstance(effect, ExecContinue):
                     if action is not None:
@@ -338,7 +351,6 @@ class Supervisor:
                     self._exe_cache.clear()
                     if self.fast is not None:
                         self.fast.invalidate_exe()
-                    self.allowed_images.add(effect.dev_ino)
                     if self.verify_exec or verify:
                         threading.Thread(target=self._verify_exec, args=(n.tid, effect),
                                          daemon=True).start()
@@ -421,7 +433,7 @@ class Supervisor:
             if decision.modify == "read_only":
                 flags = (effect.flags & ~(os.O_ACCMODE | os.O_TRUNC | os.O_CREAT | os.O_EXCL |
                                           os.O_APPEND)) | os.O_RDONLY
-                return replace(effect, flags=flags), {"type": "file.read", "transform": "read_only",
+                return effect.replace(flags=flags), {"type": "file.read", "transform": "read_only",
                                                       "original": "file.write"}
             copy = self._private_copy(effect, action.target)
             if copy is None:
@@ -429,8 +441,9 @@ class Supervisor:
             effect.close()
             modified = {"type": "file.write", "transform": "private_copy", "original": "file.write",
                         "copy": copy[1]}
-            return replace(effect, dirfd=-1, objfd=copy[0],
-                           flags=effect.flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW), opened=-1), modified
+            return effect.replace(dirfd=-1, objfd=copy[0],
+                                  flags=effect.flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW),
+                                  opened=-1), modified
         return effect, None
 
     def _private_copy(self, effect: OpenFile, target: str) -> tuple[int, str] | None:
@@ -634,6 +647,7 @@ class Supervisor:
             self.journal.append({"type": "error", "syscall": name, "tid": n.tid, "errno": "EPERM",
                                  "reason": f"supervisor error (denied): {e!r}"})
             if self.verbose:
+                import traceback            # (only here: ~3 ms of every startup otherwise)
                 traceback.print_exc()
             print(f"aarm-sandbox: internal error on {name}, denied: {e!r}", file=sys.stderr)
 

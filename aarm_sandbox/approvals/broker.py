@@ -19,14 +19,18 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 
-from aarm_sandbox.approvals.request import (Pending, build_view, new_request_id, shape_of,
-                                            view_hash)
-from aarm_sandbox.journal.render import escape
 from aarm_sandbox.journal.writer import rfc3339
 from aarm_sandbox.policy.decision import Decision, Result
 from aarm_sandbox.procfs import descends_from
+
+TYPE_CHECKING = False      # (typing itself costs the startup path ~4 ms)
+if TYPE_CHECKING:
+    from aarm_sandbox.approvals.request import Pending
+
+# The request views (approvals.request: secrets, canonical hashing) and the terminal-safe
+# escaping (journal.render: calendar, shlex, unicodedata) are imported by the first held
+# action: every session starts a broker, few sessions ever hold anything.
 
 GONE_CHECK_SECONDS = 0.5
 # A denied (or expired) request asked again by the same process within this window is
@@ -34,21 +38,24 @@ GONE_CHECK_SECONDS = 0.5
 # same question over and over.
 REPEAT_SECONDS = 10.0
 EVENTS_KEPT = 10000
-CONTEXT_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+CONTEXT_KEY = r"[A-Za-z0-9_.-]{1,64}"      # (compiled by re's cache at the first use)
 
 
-@dataclass
 class Verdict:
     """How a held request ended. `answer`: approve, deny, timeout, gone, grant (an
     approval given earlier for the session), context (released by new context),
     repeat (the same process asked the same thing just after a refusal), rate-limit,
-    limit, deferrals, ended."""
-    approve: bool
-    answer: str
-    by: dict | None = None
-    reason: str | None = None
-    scope: str | None = None
-    decision: Decision | None = None      # context: the decision now in force
+    limit, deferrals, ended. (A plain class: this module is on `run`'s startup path.)"""
+
+    def __init__(self, approve: bool, answer: str, by: dict | None = None,
+                 reason: str | None = None, scope: str | None = None,
+                 decision: Decision | None = None):
+        self.approve = approve
+        self.answer = answer
+        self.by = by
+        self.reason = reason
+        self.scope = scope
+        self.decision = decision          # context: the decision now in force
 
 
 class ApprovalBroker:
@@ -75,8 +82,10 @@ class ApprovalBroker:
         self._event_seq = 0
         self._events_cond = threading.Condition()
         self._closed = False
+        # Started with the first request in the table (it only has pending requests to
+        # expire or check): a session that holds nothing never starts it.
         self._timer = threading.Thread(target=self._tick, name="aarm-approvals", daemon=True)
-        self._timer.start()
+        self._timer_started = False
 
     # ------------------------------------------------------------------ from the supervisor
     def hold(self, n, action, decision: Decision, effect) -> None:
@@ -123,6 +132,9 @@ class ApprovalBroker:
             if count:
                 self._asked.append(now)
             self._pending[p.id] = p
+            if not self._timer_started:
+                self._timer_started = True
+                self._timer.start()
             self._wake.notify()
         return None
 
@@ -133,6 +145,8 @@ class ApprovalBroker:
                                      "kind": p.kind, "action_hash": p.hash, "view": p.view})
 
     def _new_pending(self, kind, n, action, decision, effect, now, timeout) -> Pending:
+        from aarm_sandbox.approvals.request import (Pending, build_view, new_request_id,
+                                                    shape_of, view_hash)
         rid = new_request_id()
         ctx = self.sup.ctx
         freeze = bool(decision.hold.freeze) and self.freezer is not None
@@ -145,6 +159,7 @@ class ApprovalBroker:
 
     def _announce(self, p: Pending) -> None:
         """Tell the approvers (the request is in the table already)."""
+        from aarm_sandbox.journal.render import escape
         self._event("request", p.id, summary=self._summary(p))
         if p.kind == "step_up" and self.prompt is not None:
             self.prompt.submit(p.id)
@@ -197,7 +212,7 @@ class ApprovalBroker:
     def add_context(self, key: str, value: str, by: dict) -> tuple[int, dict]:
         """New context (a ticket id, a change window) may release deferred actions: each is
         decided again; it may now be allowed, denied, need a human, or wait for more."""
-        if not CONTEXT_KEY.fullmatch(key or "") or not isinstance(value, str) or len(value) > 4096:
+        if not re.fullmatch(CONTEXT_KEY, key or "") or not isinstance(value, str) or len(value) > 4096:
             return 400, {"error": "expected KEY=VALUE with KEY of letters, digits, _ . - "
                          "(at most 64) and VALUE at most 4096 characters"}
         ctx = self.sup.ctx
@@ -247,6 +262,7 @@ class ApprovalBroker:
         q = self._new_pending(kind, p.n, p.action, d, p.effect, time.monotonic(), timeout)
         q.deferrals, q.frozen = deferrals, p.frozen
         q.view["previous_request"] = p.id
+        from aarm_sandbox.approvals.request import view_hash
         q.hash = view_hash(q.view)
         self._event("superseded", p.id, by_request=q.id)
         verdict = self._publish(q, count=False)

@@ -1,6 +1,7 @@
 """`aarm-sandbox run`: wire the pipeline together for one session."""
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shutil
@@ -299,9 +300,18 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     # Files the supervisor creates for the sandbox already carry the target's umask.
     os.umask(0)
     _not_dumpable()
-    # The private key is read only now: the sandbox's processes were forked before it
-    # was in this process's memory, and its directory is masked in their mount namespace.
-    journal.start(_signer(key_pair))
+    # The private key is read only after this: the sandbox's processes were forked before
+    # it was in this process's memory, and its directory is masked in their mount
+    # namespace. It is loaded once the command runs (Supervisor.on_running, below), not
+    # during the supervisor's own startup, which the command waits for (a key file keygen
+    # did not write means importing cryptography: ~15 ms of GIL time); the first
+    # signature loads it if that never happened.
+    signer = _signer(key_pair)
+    # From the first thread on, a short GIL switch interval (as the supervisor keeps it):
+    # the journal writer (SCHED_IDLE) and the threads started below must not hold up the
+    # rest of the startup, which the command waits for, for 5 ms at a time.
+    sys.setswitchinterval(0.0002)
+    journal.start(signer, preload=False)
     for w in sandbox.warnings:
         print(f"aarm-sandbox: warning: {w}", file=sys.stderr)
 
@@ -320,6 +330,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     from aarm_sandbox.decode import handlers
     handlers.NETWORK_CONTAINED = bool(sandbox.namespaces & CLONE_NEWNET)
     sup = Supervisor(backend, engine, ctx, journal, explain=args.explain, verbose=args.verbose)
+    if signer is not None:
+        sup.on_running = signer.preload
     stub = None
     if settings.network == "loopback":
         sup.dstate.destinations = destinations
@@ -366,6 +378,10 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
             except ProcessLookupError:
                 pass
     loop = threading.Thread(target=supervise, name="aarm-supervisor", daemon=True)
+    # The long-lived objects are made: keep the collector off them from now on, and on
+    # again if main() turned it off for the startup.
+    gc.freeze()
+    gc.enable()
     loop.start()
 
     status_box: list[int] = []
@@ -480,8 +496,11 @@ def _start_approvals(args, sup, engine, settings, session_id, sandbox, workspace
     mode = approver_mode(args)
     terminal_ok = False
     if mode in ("auto", "terminal"):
-        from aarm_sandbox.approvals.prompt import TerminalApprover
-        terminal_ok = TerminalApprover.available()
+        # (the prompt module and what it imports only when stdin is a terminal at all:
+        # TerminalApprover.available() is False otherwise)
+        if os.isatty(0):
+            from aarm_sandbox.approvals.prompt import TerminalApprover
+            terminal_ok = TerminalApprover.available()
         if mode == "terminal" and not terminal_ok:
             sandbox.warnings.append("--approver terminal: no terminal to ask on; STEP_UP denies")
         mode = "terminal" if terminal_ok else "none"

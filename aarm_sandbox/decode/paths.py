@@ -18,7 +18,6 @@ import ctypes
 import errno
 import os
 import stat
-from dataclasses import dataclass
 
 from aarm_sandbox._native import lib
 from aarm_sandbox.decode.memory import DecodeError
@@ -53,13 +52,16 @@ def join_path(parent: str, name: bytes) -> str:
     return parent.rstrip("/") + "/" + sname if parent != "/" else "/" + sname
 
 
-@dataclass(slots=True)
 class ParentRef:
-    """The pinned directory an operation happens in, and the final name inside it."""
-    fd: int
-    name: bytes            # as the kernel will use it (trailing slash kept in `name_for_op`)
-    path: str              # canonical path of name inside the directory
-    trailing_slash: bool
+    """The pinned directory an operation happens in, and the final name inside it. (The
+    records here are plain slotted classes: this module is on the startup path.)"""
+    __slots__ = ("fd", "name", "path", "trailing_slash")
+
+    def __init__(self, fd: int, name: bytes, path: str, trailing_slash: bool):
+        self.fd = fd
+        self.name = name            # as the kernel will use it (trailing slash kept in `name_for_op`)
+        self.path = path            # canonical path of name inside the directory
+        self.trailing_slash = trailing_slash
 
     @property
     def name_for_op(self) -> bytes:
@@ -71,12 +73,14 @@ class ParentRef:
             self.fd = -1
 
 
-@dataclass(slots=True)
 class ObjectRef:
     """A pinned O_PATH fd of the object a following lookup reaches."""
-    fd: int
-    path: str
-    st: os.stat_result
+    __slots__ = ("fd", "path", "st")
+
+    def __init__(self, fd: int, path: str, st: os.stat_result):
+        self.fd = fd
+        self.path = path
+        self.st = st
 
     def close(self) -> None:
         if self.fd >= 0:

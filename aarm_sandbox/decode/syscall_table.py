@@ -10,8 +10,9 @@ not silently fall through to ALLOW.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
 from enum import Enum
+
+from aarm_sandbox.records import FrozenRecord
 
 
 class Verdict(str, Enum):
@@ -20,34 +21,47 @@ class Verdict(str, Enum):
     ALLOW = "allow"
 
 
-@dataclass(frozen=True)
-class ArgCond:
+# (The records are FrozenRecords, not frozen dataclasses: this module is imported by every
+# `run` before the sandbox starts.)
+class ArgCond(FrozenRecord):
     """One comparison on a syscall argument; ops mirror libseccomp's SCMP_CMP_*.
 
     Integer arguments the kernel reads as 32-bit are compared through a 32-bit mask so junk
     in the upper half cannot change the verdict (ABI-02).
     """
-    arg: int
-    op: str          # "masked_eq" | "eq" | "ne"
-    value: int
-    mask: int = 0xFFFFFFFF
+    __slots__ = ("arg", "op", "value", "mask")
+
+    def __init__(self, arg: int, op: str, value: int, mask: int = 0xFFFFFFFF):
+        setattr_ = object.__setattr__
+        setattr_(self, "arg", arg)
+        setattr_(self, "op", op)            # "masked_eq" | "eq" | "ne"
+        setattr_(self, "value", value)
+        setattr_(self, "mask", mask)
 
 
-@dataclass(frozen=True)
-class FilterRule:
+class FilterRule(FrozenRecord):
     """A verdict for `nr`; applies when any group in `when` matches (all conds in a group)."""
-    verdict: Verdict
-    when: tuple[tuple[ArgCond, ...], ...] = ()   # () = unconditional
-    errno: int = 0
+    __slots__ = ("verdict", "when", "errno")
+
+    def __init__(self, verdict: Verdict, when: tuple[tuple[ArgCond, ...], ...] = (),
+                 errno: int = 0):
+        setattr_ = object.__setattr__
+        setattr_(self, "verdict", verdict)
+        setattr_(self, "when", when)        # () = unconditional
+        setattr_(self, "errno", errno)
 
 
-@dataclass(frozen=True)
-class SyscallSpec:
-    name: str
-    nr: int
-    rules: tuple[FilterRule, ...]
-    action: str = ""        # semantic action type for notified calls
-    handler: str = ""       # decode handler family (decode/handlers.py)
+class SyscallSpec(FrozenRecord):
+    __slots__ = ("name", "nr", "rules", "action", "handler")
+
+    def __init__(self, name: str, nr: int, rules: tuple[FilterRule, ...], action: str = "",
+                 handler: str = ""):
+        setattr_ = object.__setattr__
+        setattr_(self, "name", name)
+        setattr_(self, "nr", nr)
+        setattr_(self, "rules", rules)
+        setattr_(self, "action", action)    # semantic action type for notified calls
+        setattr_(self, "handler", handler)  # decode handler family (decode/handlers.py)
 
 
 # --- constants the filter needs (x86_64 / generic Linux values) ---------------------------

@@ -11,10 +11,12 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from dataclasses import dataclass, field
 
 from aarm_sandbox._native import ffi, lib
 from aarm_sandbox.enforce import libc
+
+# The effects are plain classes with explicit __init__ (not dataclasses): this module is
+# imported on every session's startup path, where each dataclass definition costs ~0.5 ms.
 
 
 class Effect:
@@ -44,18 +46,30 @@ class Continue(Effect):
         return 0
 
 
-@dataclass
 class OpenFile(Effect):
     """Open through a pinned fd and install the result with ADDFD|SEND."""
-    dirfd: int                   # parent dir (create) or -1
-    name: bytes                  # name in dirfd, or b"" to reopen `objfd`
-    objfd: int                   # O_PATH fd of the existing object, or -1
-    flags: int
-    mode: int
-    cloexec: bool
-    opath_passthrough: bool = False  # O_PATH open: hand our O_PATH fd over as is
-    blocking: bool = False
-    opened: int = -1
+
+    def __init__(self, dirfd: int, name: bytes, objfd: int, flags: int, mode: int,
+                 cloexec: bool, opath_passthrough: bool = False, blocking: bool = False,
+                 opened: int = -1):
+        self.dirfd = dirfd                   # parent dir (create) or -1
+        self.name = name                     # name in dirfd, or b"" to reopen `objfd`
+        self.objfd = objfd                   # O_PATH fd of the existing object, or -1
+        self.flags = flags
+        self.mode = mode
+        self.cloexec = cloexec
+        self.opath_passthrough = opath_passthrough  # O_PATH open: hand our O_PATH fd over as is
+        self.blocking = blocking
+        self.opened = opened
+
+    def replace(self, **changes) -> "OpenFile":
+        """A new OpenFile with `changes` applied to this one's fields (MODIFY transforms)."""
+        fields = {"dirfd": self.dirfd, "name": self.name, "objfd": self.objfd,
+                  "flags": self.flags, "mode": self.mode, "cloexec": self.cloexec,
+                  "opath_passthrough": self.opath_passthrough, "blocking": self.blocking,
+                  "opened": self.opened}
+        fields.update(changes)
+        return OpenFile(**fields)
 
     def perform(self) -> int:
         try:
@@ -73,17 +87,19 @@ class OpenFile(Effect):
         return (self.dirfd, self.objfd, self.opened)
 
 
-@dataclass
 class AtCall(Effect):
     """A *at() call on pinned directory fds (unlink, rename, mkdir, symlink, link, mknod)."""
-    op: str
-    fd1: int
-    name1: bytes
-    fd2: int = -1
-    name2: bytes = b""
-    arg: int = 0
-    arg2: int = 0
-    extra: bytes = b""
+
+    def __init__(self, op: str, fd1: int, name1: bytes, fd2: int = -1, name2: bytes = b"",
+                 arg: int = 0, arg2: int = 0, extra: bytes = b""):
+        self.op = op
+        self.fd1 = fd1
+        self.name1 = name1
+        self.fd2 = fd2
+        self.name2 = name2
+        self.arg = arg
+        self.arg2 = arg2
+        self.extra = extra
 
     def perform(self) -> int:
         op = self.op
@@ -136,17 +152,20 @@ def _call(fn) -> int:
     return 0
 
 
-@dataclass
 class ObjectCall(Effect):
     """Metadata/content change on a pinned object (truncate, chmod, chown, utime, xattr)."""
-    op: str
-    objfd: int
-    arg: int = 0
-    arg2: int = 0
-    times: tuple | None = None
-    name: bytes = b""
-    value: bytes = b""
-    is_fd_copy: bool = False     # objfd is a pidfd_getfd copy of the target's fd
+
+    def __init__(self, op: str, objfd: int, arg: int = 0, arg2: int = 0,
+                 times: tuple | None = None, name: bytes = b"", value: bytes = b"",
+                 is_fd_copy: bool = False):
+        self.op = op
+        self.objfd = objfd
+        self.arg = arg
+        self.arg2 = arg2
+        self.times = times
+        self.name = name
+        self.value = value
+        self.is_fd_copy = is_fd_copy     # objfd is a pidfd_getfd copy of the target's fd
 
     def perform(self) -> int:
         p = f"/proc/self/fd/{self.objfd}"
@@ -179,21 +198,26 @@ class ObjectCall(Effect):
         return (self.objfd,)
 
 
-@dataclass
 class SocketCall(Effect):
     """connect/bind/sendto/sendmsg on a pidfd_getfd copy of the target's socket, with the
     address bytes the policy saw (unix paths rewritten to a pinned /proc/self/fd path)."""
-    op: str
-    sockfd: int
-    addr: bytes = b""
-    payload: bytes = b""
-    flags: int = 0
-    pinned: int = -1            # O_PATH fd of a unix socket path / parent dir, kept alive
-    bind_name: bytes = b""      # bind: name to create inside `pinned`
-    messages: list = field(default_factory=list)   # sendmmsg: [(addr, payload)]
-    blocking: bool = True
-    more_pinned: tuple = ()     # sendmmsg: pinned unix paths of the other messages
-    passed_fds: list = field(default_factory=list)  # our copies of fds sent as SCM_RIGHTS
+
+    def __init__(self, op: str, sockfd: int, addr: bytes = b"", payload: bytes = b"",
+                 flags: int = 0, pinned: int = -1, bind_name: bytes = b"",
+                 messages: list | None = None, blocking: bool = True, more_pinned: tuple = (),
+                 passed_fds: list | None = None):
+        self.op = op
+        self.sockfd = sockfd
+        self.addr = addr
+        self.payload = payload
+        self.flags = flags
+        self.pinned = pinned            # O_PATH fd of a unix socket path / parent dir, kept alive
+        self.bind_name = bind_name      # bind: name to create inside `pinned`
+        self.messages = [] if messages is None else messages    # sendmmsg: [(addr, payload)]
+        self.blocking = blocking
+        self.more_pinned = more_pinned  # sendmmsg: pinned unix paths of the other messages
+        # our copies of fds sent as SCM_RIGHTS
+        self.passed_fds = [] if passed_fds is None else passed_fds
 
     def perform(self) -> int:
         op = self.op
@@ -278,22 +302,25 @@ _TCP_OPTIONS = (
 )
 
 
-@dataclass
 class BrokeredSocket(Effect):
     """Egress the supervisor performs itself: a fresh socket in the supervisor's network
     namespace (same family/type/protocol, the options that matter), connected or sent to
     the exact address the policy saw; the supervisor then installs it in place of the
     target's socket (ADDFD|SETFD) so data flows natively from then on. The sandbox's own
     namespace has no route out: this is the only door."""
-    op: str                      # "connect" | "sendto" | "fastopen" (connect, then send)
-    sockfd: int                  # our copy of the target's socket (options, status flags)
-    target_fd: int               # its number in the target
-    cloexec: bool                # the target's FD_CLOEXEC on it
-    addr: bytes = b""
-    payload: bytes = b""
-    flags: int = 0
-    blocking: bool = True
-    replacement: int = -1        # set by perform(): the socket to install
+
+    def __init__(self, op: str, sockfd: int, target_fd: int, cloexec: bool, addr: bytes = b"",
+                 payload: bytes = b"", flags: int = 0, blocking: bool = True,
+                 replacement: int = -1):
+        self.op = op                # "connect" | "sendto" | "fastopen" (connect, then send)
+        self.sockfd = sockfd        # our copy of the target's socket (options, status flags)
+        self.target_fd = target_fd  # its number in the target
+        self.cloexec = cloexec      # the target's FD_CLOEXEC on it
+        self.addr = addr
+        self.payload = payload
+        self.flags = flags
+        self.blocking = blocking
+        self.replacement = replacement  # set by perform(): the socket to install
 
     def perform(self) -> int:
         fam = libc.sockopt_int(self.sockfd, libc.SO_DOMAIN)

@@ -26,13 +26,13 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-from dataclasses import dataclass
 
 from aarm_sandbox.decode.syscall_table import (
     KNOWN_MAX_NR, OPEN_SYSCALLS, SYSCALLS, UNKNOWN_LIMIT, ArgCond, FilterRule, SyscallSpec,
     Verdict,
 )
 from aarm_sandbox.intercept import bpf_eval
+from aarm_sandbox.records import FrozenRecord
 
 __all__ = ["FilterError", "compile_filter", "describe_filter", "filter_plan", "PlannedRule",
            "libseccomp_version"]
@@ -141,13 +141,22 @@ def libseccomp_version() -> tuple[int, int, int]:
 Comparison = tuple[int, int, int, int]          # (arg, SCMP_CMP_*, datum_a, datum_b)
 
 
-@dataclass(frozen=True)
-class PlannedRule:
+class PlannedRule(FrozenRecord):
     """One seccomp_rule_add_array call: all comparisons AND'ed (at most one per argument)."""
-    name: str
-    nr: int
-    action: int
-    comparisons: tuple[Comparison, ...] = ()
+    __slots__ = ("name", "nr", "action", "comparisons")
+
+    def __init__(self, name: str, nr: int, action: int, comparisons: tuple[Comparison, ...] = ()):
+        setattr_ = object.__setattr__
+        setattr_(self, "name", name)
+        setattr_(self, "nr", nr)
+        setattr_(self, "action", action)
+        setattr_(self, "comparisons", comparisons)
+
+    def __repr__(self) -> str:
+        # Part of the filter cache key (`_cache_path`, every run): spelled out (faster than
+        # the generic one), the text the frozen dataclass this class replaced printed.
+        return (f"PlannedRule(name={self.name!r}, nr={self.nr!r}, action={self.action!r}, "
+                f"comparisons={self.comparisons!r})")
 
 
 def _bits(mask: int) -> list[int]:

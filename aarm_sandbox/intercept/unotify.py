@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from aarm_sandbox._native import ffi, lib
 from aarm_sandbox.decode.handlers import Notification

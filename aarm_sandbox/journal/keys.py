@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import base64
 import os
-from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
 from aarm_sandbox.xdg import config_dir
 
+TYPE_CHECKING = False      # (typing itself costs the startup path ~4 ms)
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (Ed25519PrivateKey,
                                                                    Ed25519PublicKey)
 
 # DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): 32 raw key bytes follow.
 _ED25519_SPKI = bytes.fromhex("302a300506032b6570032100")
+# DER prefix of an unencrypted Ed25519 PKCS#8 PrivateKeyInfo without attributes or public
+# key (RFC 8410), as `generate` writes it: the 32-byte seed follows.
+_ED25519_PKCS8 = bytes.fromhex("302e020100300506032b657004220420")
+_PEM_BEGIN_PRIVATE = b"-----BEGIN PRIVATE KEY-----"
+_PEM_END_PRIVATE = b"-----END PRIVATE KEY-----"
 
 PRIVATE_NAME = "journal-ed25519.pem"
 PUBLIC_NAME = "journal-ed25519.pub"
@@ -43,8 +46,9 @@ def trusted_dir() -> Path:
 
 
 def raw_public(pub: Ed25519PublicKey) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    """The 32 raw bytes (without importing cryptography's serialization module, which
+    costs the startup path tens of milliseconds of GIL time)."""
+    return pub.public_bytes_raw()
 
 
 def key_id(pub: Ed25519PublicKey) -> str:
@@ -75,12 +79,34 @@ def raw_public_from_pem(data: bytes) -> bytes | None:
     return None
 
 
-@dataclass
+def seed_from_pem(data: bytes) -> bytes | None:
+    """The 32-byte seed of an Ed25519 private key PEM exactly as `generate` writes it
+    (one unencrypted PKCS#8 block), or None for anything else (the caller then asks
+    cryptography's PEM parser, which also says what is wrong). Parsed here because the
+    parser's module costs the supervisor's startup ~20 ms of GIL time."""
+    lines = data.strip().splitlines()
+    if len(lines) < 3 or lines[0].strip() != _PEM_BEGIN_PRIVATE or \
+            lines[-1].strip() != _PEM_END_PRIVATE:
+        return None
+    try:
+        der = base64.b64decode(b"".join(line.strip() for line in lines[1:-1]), validate=True)
+    except ValueError:
+        return None
+    if len(der) == 48 and der[:16] == _ED25519_PKCS8:
+        return der[16:]
+    return None
+
+
 class KeyPair:
-    private_path: Path
-    public_path: Path
-    key_id: str
-    public_raw: bytes | None = None      # known without loading the private key
+    """The user's signing key pair, named by its public half (a plain class: this module
+    is on `run`'s startup path, where every dataclass definition costs ~0.5 ms)."""
+
+    def __init__(self, private_path: Path, public_path: Path, key_id: str,
+                 public_raw: bytes | None = None):
+        self.private_path = private_path
+        self.public_path = public_path
+        self.key_id = key_id
+        self.public_raw = public_raw      # known without loading the private key
 
 
 def generate(directory: Path | None = None, force: bool = False) -> KeyPair:
@@ -124,16 +150,41 @@ def ensure(directory: Path | None = None) -> tuple[KeyPair, bool]:
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:
+    return _parse_private(path, _read_private(path))
+
+
+def load_signing_key(path: Path):
+    """The key a session signs its journal with (see load_private for the checks and
+    errors): held by the process's libcrypto when the file is exactly what `generate`
+    writes, so a session never imports cryptography (journal.libcrypto_ed25519), else
+    cryptography's Ed25519PrivateKey. Either has sign() and public_key().public_bytes_raw()."""
+    data = _read_private(path)
+    seed = seed_from_pem(data)
+    if seed is not None:
+        from aarm_sandbox.journal import libcrypto_ed25519
+        key = libcrypto_ed25519.load(seed)
+        if key is not None:
+            return key
+    return _parse_private(path, data)
+
+
+def _read_private(path: Path) -> bytes:
     try:
         st = os.stat(path)
         if st.st_mode & 0o077:
             raise KeyFileError(f"{path} is readable by others (mode {st.st_mode & 0o777:o}): "
                             f"chmod 600 {path}")
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise KeyFileError(f"cannot read the signing key {path}: {e.strerror}") from None
-    from cryptography.hazmat.primitives import serialization
+
+
+def _parse_private(path: Path, data: bytes) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    seed = seed_from_pem(data)
+    if seed is not None:
+        return Ed25519PrivateKey.from_private_bytes(seed)
+    from cryptography.hazmat.primitives import serialization
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:

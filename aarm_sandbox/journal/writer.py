@@ -58,12 +58,13 @@ class Signer:
     writer thread does that after the sandbox started, off the startup path."""
 
     def __init__(self, private_key=None, *, private_path=None, public_raw: bytes | None = None):
-        from aarm_sandbox.journal.keys import key_id_of_raw, raw_public
+        from aarm_sandbox.journal.keys import key_id_of_raw
         self._key = private_key
         self._lock = threading.Lock()
         self._error: Exception | None = None
         self._path = private_path
-        self._raw = raw_public(private_key.public_key()) if private_key is not None else public_raw
+        self._raw = (private_key.public_key().public_bytes_raw() if private_key is not None
+                     else public_raw)
         self.key_id = key_id_of_raw(self._raw)
         self.public_b64 = base64.b64encode(self._raw).decode("ascii")
 
@@ -91,10 +92,11 @@ class Signer:
                 return
             if self._error is not None:
                 raise self._error
-            from aarm_sandbox.journal.keys import KeyFileError, load_private, raw_public
+            from aarm_sandbox.journal.keys import KeyFileError, load_signing_key
             try:
-                key = load_private(self._path)
-                if raw_public(key.public_key()) != self._raw:
+                key = load_signing_key(self._path)
+                # (public_bytes_raw: no serialization module on the startup path)
+                if key.public_key().public_bytes_raw() != self._raw:
                     raise KeyFileError(f"{self._path} does not match its public key file; "
                                        "recreate the pair with `aarm-sandbox keygen --force`")
             except Exception as e:
@@ -181,12 +183,15 @@ class Journal:
         self._writer_tid = 0             # the writer thread's, once it runs
         self._thread = threading.Thread(target=self._run, name="aarm-journal", daemon=True)
 
-    def start(self, signer: Signer | None) -> "Journal":
+    def start(self, signer: Signer | None, *, preload: bool = True) -> "Journal":
         """Start the writer thread (after single-threaded setup such as dropping
         capabilities; the key is given only once the sandbox runs). Without a signer the
-        chain is still written but nothing is signed (verify reports it)."""
+        chain is still written but nothing is signed (verify reports it). `preload=False`:
+        the caller starts loading the key itself (`signer.preload()`) when the key thread
+        no longer competes for the GIL with work the sandbox waits for; the first
+        signature loads it otherwise."""
         self.signer = signer
-        if signer is not None:
+        if signer is not None and preload:
             signer.preload()
         self._thread.start()
         return self

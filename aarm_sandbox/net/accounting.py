@@ -13,35 +13,39 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 INET_DIAG_INFO = 2
 _OUR_FIN_ACKED = {5, 6}                 # FIN_WAIT2, TIME_WAIT
 _PEER_FIN_RECEIVED = {6, 8, 9, 11}      # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
 
 
-@dataclass
+# (Plain classes, not dataclasses: `run` creates a meter for every session with a network
+# policy, before the sandbox's first decision.)
 class Connection:
-    target: str
-    cookie: int
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    notif: str = ""
-    measured: bool = False        # seen at least once (a connection that opened and closed
-                                  # between two polls leaves no counters behind)
+    def __init__(self, target: str, cookie: int, bytes_sent: int = 0, bytes_received: int = 0,
+                 notif: str = "", measured: bool = False):
+        self.target = target
+        self.cookie = cookie
+        self.bytes_sent = bytes_sent
+        self.bytes_received = bytes_received
+        self.notif = notif
+        # seen at least once (a connection that opened and closed between two polls
+        # leaves no counters behind)
+        self.measured = measured
 
 
-@dataclass
 class ConnectionMeter:
-    on_closed: Callable[[Connection, str], None]    # (connection, "closed" | "open at session end")
-    interval: float = 0.1
-    totals: dict = field(default_factory=lambda: {"bytes_sent": 0, "bytes_received": 0})
-    _by_cookie: dict = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    error: str | None = None
+    def __init__(self, on_closed: Callable[[Connection, str], None], interval: float = 0.1,
+                 totals: dict | None = None, error: str | None = None):
+        self.on_closed = on_closed      # (connection, "closed" | "open at session end")
+        self.interval = interval
+        self.totals = {"bytes_sent": 0, "bytes_received": 0} if totals is None else totals
+        self._by_cookie: dict = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error = error
 
     def track(self, fd: int, target: str, notif: str = "") -> None:
         """A TCP socket the supervisor connected for the sandbox (before the hand-over)."""

@@ -40,12 +40,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket  # inet_ntop only: formatting addresses, no I/O
+from collections import namedtuple
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import NamedTuple, Union
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+from aarm_sandbox.records import FrozenRecord
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 AF_INET = 2
 AF_INET6 = 10
@@ -205,19 +206,23 @@ def classify(ip: IPAddress | str) -> frozenset[str]:
 ADDRESS, NETWORK, NAME, SUBDOMAINS, ANY_NAME = "address", "network", "name", "subdomains", "any-name"
 
 
-@dataclass(frozen=True, slots=True)
-class DestSpec:
+class DestSpec(FrozenRecord):
     """One parsed rule. `host` is the canonical host text; `network` is set for ADDRESS and
-    NETWORK rules, `name` for NAME (the name) and SUBDOMAINS (the suffix, without "*.")."""
+    NETWORK rules, `name` for NAME (the name) and SUBDOMAINS (the suffix, without "*.").
+    Equal and hashed by value (Destinations drops duplicate rules)."""
+    __slots__ = ("text", "kind", "host", "protos", "port_lo", "port_hi", "network", "name")
 
-    text: str
-    kind: str
-    host: str
-    protos: frozenset[str]
-    port_lo: int
-    port_hi: int
-    network: IPNetwork | None = None
-    name: str | None = None
+    def __init__(self, text: str, kind: str, host: str, protos: frozenset[str], port_lo: int,
+                 port_hi: int, network: IPNetwork | None = None, name: str | None = None):
+        setattr_ = object.__setattr__
+        setattr_(self, "text", text)
+        setattr_(self, "kind", kind)
+        setattr_(self, "host", host)
+        setattr_(self, "protos", protos)
+        setattr_(self, "port_lo", port_lo)
+        setattr_(self, "port_hi", port_hi)
+        setattr_(self, "network", network)
+        setattr_(self, "name", name)
 
     def accepts(self, port: int, proto: str) -> bool:
         return self.port_lo <= port <= self.port_hi and proto in self.protos
@@ -236,9 +241,10 @@ class DestSpec:
         return self.text
 
 
-_PROTO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)\Z", re.S)
-_PORT_RE = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?\Z")
-_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+# (patterns, compiled by re's cache at the first rule parsed: most sessions parse none)
+_PROTO_PATTERN = r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)\Z"
+_PORT_PATTERN = r"(\d{1,5})(?:-(\d{1,5}))?\Z"
+_LABEL_PATTERN = r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z"
 MAX_NAME_LEN = 253
 
 
@@ -255,7 +261,7 @@ def parse_spec(text: str, origin: str = "--allow-net") -> DestSpec:
     if not rest:
         raise fail("empty destination")
     protos = PROTOCOLS
-    m = _PROTO_RE.match(rest)
+    m = re.match(_PROTO_PATTERN, rest, re.S)
     if m:
         proto = m.group(1).lower()
         if proto not in PROTOCOLS:
@@ -291,7 +297,7 @@ def _split_host_port(rest: str, fail: _Fail) -> tuple[str, str | None]:
 
 
 def _parse_ports(port_text: str, fail: _Fail) -> tuple[int, int]:
-    m = _PORT_RE.match(port_text)
+    m = re.match(_PORT_PATTERN, port_text)
     if not m:
         raise fail(f"bad port {port_text!r}" if port_text else "empty port after ':'")
     lo = int(m.group(1))
@@ -355,7 +361,7 @@ def _parse_name(host: str, fail: _Fail) -> tuple[str, str, None, str]:
     kind = NAME
     if name.startswith("*."):
         kind, name = SUBDOMAINS, name[2:]
-    if not name or len(name) > MAX_NAME_LEN or not all(_LABEL_RE.match(label) for label in name.split(".")):
+    if not name or len(name) > MAX_NAME_LEN or not all(re.match(_LABEL_PATTERN, label) for label in name.split(".")):
         raise fail("not a host name, IP address or CIDR")
     if name.rsplit(".", 1)[-1].isdigit():
         raise fail("looks like an IPv4 address but is not a valid one")
@@ -382,10 +388,10 @@ def normalize_name(name: str) -> str:
 # ---------------------------------------------------------------------------------------
 # Decisions
 
-class Verdict(NamedTuple):
-    kind: str                 # BROKER, INSIDE or DENY
-    spec: str | None          # canonical text of the rule that named the destination
-    reason: str               # one sentence for the user and the journal
+# kind: BROKER, INSIDE or DENY; spec: canonical text of the rule that named the destination
+# (or None); reason: one sentence for the user and the journal. (collections.namedtuple,
+# what typing.NamedTuple builds, without importing typing on the startup path.)
+Verdict = namedtuple("Verdict", ("kind", "spec", "reason"))
 
 
 _CATEGORY_WORDS = (           # most telling first: the one a deny reason names

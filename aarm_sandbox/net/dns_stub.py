@@ -24,11 +24,7 @@ import socket
 import threading
 import time
 from collections import Counter, OrderedDict
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from typing import Callable
-
+from collections.abc import Callable
 
 
 class _LazyDns:
@@ -68,7 +64,8 @@ _ADDRESS_TYPES = {_A: socket.AF_INET, _AAAA: socket.AF_INET6}
 _ADDRESS_VERSION = {_A: 4, _AAAA: 6}
 # A hostname as getaddrinfo() should see it: anything escaped by dnspython (dots inside
 # labels, control or non-ASCII bytes, '*', quotes...) is not a hostname.
-_PLAIN_HOSTNAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+# (compiled by re's cache at the first query: many sessions never resolve a name)
+_PLAIN_HOSTNAME = r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*"
 _NO_SUCH_NAME = {socket.EAI_NONAME}
 _NO_ADDRESS_OF_FAMILY = {getattr(socket, "EAI_NODATA", None), getattr(socket, "EAI_ADDRFAMILY", None)} - {None}
 
@@ -150,12 +147,69 @@ class _AddressBook:
             return frozenset(self._names_by_address.get(address, ()))
 
 
+class _Future:
+    """The result of one resolver call, set once by a pool worker: the part of
+    concurrent.futures.Future this stub uses (result/exception with a timeout, done
+    callbacks). Importing concurrent.futures (and logging with it) would cost every
+    session's startup ~10 ms for a stub that may never see a query."""
+    __slots__ = ("_done", "_lock", "_value", "_error", "_callbacks")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._value = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[_Future], object]] = []
+
+    def set_result(self, value) -> None:
+        self._settle(value, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._settle(None, error)
+
+    def _settle(self, value, error: BaseException | None) -> None:
+        with self._lock:
+            self._value, self._error = value, error
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            self._run_callback(callback)
+
+    def add_done_callback(self, callback: Callable[[_Future], object]) -> None:
+        """Called with this future once it is done (at once if it already is)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        self._run_callback(callback)
+
+    def _run_callback(self, callback: Callable[[_Future], object]) -> None:
+        try:
+            callback(self)
+        except Exception:       # as concurrent.futures: a failing callback hurts no other
+            pass
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self._done.wait(timeout):
+            raise TimeoutError
+        return self._error
+
+    def result(self, timeout: float | None = None):
+        """The value, or the resolver's exception raised; TimeoutError if not done within
+        `timeout` seconds."""
+        if not self._done.wait(timeout):
+            raise TimeoutError
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class _DaemonPool:
     """A tiny executor whose workers are daemon threads.
 
     concurrent.futures' pool joins its workers at interpreter exit, so one getaddrinfo
     stuck on an unreachable upstream would hold the supervisor's exit. Daemon workers
-    cannot; their futures are ordinary concurrent.futures.Future objects."""
+    cannot."""
 
     def __init__(self, workers: int) -> None:
         self._size = workers
@@ -164,8 +218,8 @@ class _DaemonPool:
         self._closed = False
         self._lock = threading.Lock()
 
-    def submit(self, fn: Callable, *args) -> Future:
-        future: Future = Future()
+    def submit(self, fn: Callable, *args) -> _Future:
+        future = _Future()
         with self._lock:
             if self._closed:
                 raise RuntimeError("resolver pool is shut down")
@@ -182,8 +236,6 @@ class _DaemonPool:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             future, fn, args = job
-            if not future.set_running_or_notify_cancel():
-                continue
             try:
                 future.set_result(fn(*args))
             except BaseException as error:    # a resolver must not be able to kill a worker
@@ -196,30 +248,36 @@ class _DaemonPool:
                 self._jobs.put(None)
 
 
-@dataclass(eq=False)
 class _Question:
     """One well-formed query, reduced to what policy and the reply need."""
-    message: dns.message.Message
-    qname: dns.name.Name
-    name: str               # canonical: lower-case, no final dot, odd bytes escaped
-    qtype: int
-    client: str
+
+    def __init__(self, message: dns.message.Message, qname: dns.name.Name, name: str,
+                 qtype: int, client: str) -> None:
+        self.message = message
+        self.qname = qname
+        self.name = name            # canonical: lower-case, no final dot, odd bytes escaped
+        self.qtype = qtype
+        self.client = client
 
 
-@dataclass(eq=False)
 class _PendingLookup:
-    question: _Question
-    address: tuple
-    future: Future
-    deadline: float
+    """A lookup in flight (compared and hashed by identity: kept in a set)."""
+
+    def __init__(self, question: _Question, address: tuple, future: _Future,
+                 deadline: float) -> None:
+        self.question = question
+        self.address = address
+        self.future = future
+        self.deadline = deadline
 
 
-@dataclass
 class _Outcome:
     """What the stub answers, before it is rendered."""
-    rcode: int
-    allowed: bool
-    addresses: list[str] = field(default_factory=list)
+
+    def __init__(self, rcode: int, allowed: bool, addresses: list[str] | None = None) -> None:
+        self.rcode = rcode
+        self.allowed = allowed
+        self.addresses = [] if addresses is None else addresses
 
 
 class DnsStub:
@@ -344,7 +402,7 @@ class DnsStub:
         if question.qtype not in _ADDRESS_TYPES:
             # HTTPS/SVCB/MX/TXT...: "no such data" lets clients fall back to A/AAAA.
             return self._finish(question, _Outcome(dns.rcode.NOERROR, allowed=True))
-        if not _PLAIN_HOSTNAME.fullmatch(question.name):
+        if not re.fullmatch(_PLAIN_HOSTNAME, question.name):
             # getaddrinfo re-parses escapes (glibc turns "a\.b" back into one label), so
             # an escaped name could resolve as something other than what policy saw.
             return self._finish(question, _Outcome(dns.rcode.NXDOMAIN, allowed=True))
@@ -376,17 +434,17 @@ class DnsStub:
         deadline = time.monotonic() + self._resolve_timeout
         return _PendingLookup(question, client, future, deadline)
 
-    def _await(self, future: Future) -> _Outcome:
+    def _await(self, future: _Future) -> _Outcome:
         try:
             future.result(timeout=self._resolve_timeout)
-        except FutureTimeout:
+        except TimeoutError:
             self._count("resolve_timeouts")
             return _Outcome(dns.rcode.SERVFAIL, allowed=True)
         except BaseException:
             pass                        # classified from the future below
         return self._outcome_of(future)
 
-    def _outcome_of(self, future: Future) -> _Outcome:
+    def _outcome_of(self, future: _Future) -> _Outcome:
         """Map the resolver's result onto DNS: only "no such name" is NXDOMAIN."""
         error = future.exception()
         if error is None:

@@ -1,8 +1,9 @@
 """The five AARM decisions and the verdict record the engine returns."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+
+from aarm_sandbox.records import FrozenRecord
 
 
 class Result(str, Enum):
@@ -19,30 +20,40 @@ PRECEDENCE = (Result.DENY, Result.DEFER, Result.STEP_UP, Result.MODIFY, Result.A
 RANK = {r: i for i, r in enumerate(PRECEDENCE)}
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(FrozenRecord):
     """How a STEP_UP or DEFER waits: its own timeout (None: the session's), who may answer,
     whether the whole tree freezes meanwhile, and what a DEFER's deadline does."""
-    timeout: float | None = None
-    approvers: tuple = ()
-    freeze: bool = False
-    on_deadline: str = "deny"          # "deny" | "step_up"
+    __slots__ = ("timeout", "approvers", "freeze", "on_deadline")
+
+    def __init__(self, timeout: float | None = None, approvers: tuple = (), freeze: bool = False,
+                 on_deadline: str = "deny"):
+        setattr_ = object.__setattr__
+        setattr_(self, "timeout", timeout)
+        setattr_(self, "approvers", approvers)
+        setattr_(self, "freeze", freeze)
+        setattr_(self, "on_deadline", on_deadline)      # "deny" | "step_up"
 
 
 NO_HOLD = Hold()
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    result: Result
-    rule: str
-    reason: str
-    errno: int = 0          # for DENY: the errno the target sees
-    shadow: Result | None = None   # observe mode: what the profile would have decided
-    modify: str | None = None      # MODIFY: the transform to apply (e.g. "quarantine")
-    params: tuple = ()             # the transform's parameters (scrub_env: name globs)
-    hold: Hold = NO_HOLD           # STEP_UP/DEFER: how the action waits
-    waiting_for: tuple = ()        # DEFER: the context keys it waits for
+class Decision(FrozenRecord):
+    __slots__ = ("result", "rule", "reason", "errno", "shadow", "modify", "params", "hold",
+                 "waiting_for")
+
+    def __init__(self, result: Result, rule: str, reason: str, errno: int = 0,
+                 shadow: Result | None = None, modify: str | None = None, params: tuple = (),
+                 hold: Hold = NO_HOLD, waiting_for: tuple = ()):
+        setattr_ = object.__setattr__
+        setattr_(self, "result", result)
+        setattr_(self, "rule", rule)
+        setattr_(self, "reason", reason)
+        setattr_(self, "errno", errno)              # for DENY: the errno the target sees
+        setattr_(self, "shadow", shadow)            # observe mode: what the profile would have decided
+        setattr_(self, "modify", modify)            # MODIFY: the transform to apply (e.g. "quarantine")
+        setattr_(self, "params", params)            # the transform's parameters (scrub_env: name globs)
+        setattr_(self, "hold", hold)                # STEP_UP/DEFER: how the action waits
+        setattr_(self, "waiting_for", waiting_for)  # DEFER: the context keys it waits for
 
     @property
     def allowed(self) -> bool:

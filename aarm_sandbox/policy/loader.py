@@ -8,10 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from aarm_sandbox.records import FrozenRecord
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "profiles_builtin"
 
@@ -20,11 +20,14 @@ class ProfileError(Exception):
     """A profile cannot be used; the message names file, line, field and the fix."""
 
 
-@dataclass(frozen=True)
-class LoadedProfile:
-    profile: SimpleNamespace   # validated profile as plain attributes (see to_view)
-    source: str          # file path
-    sha256: str          # of the file bytes as loaded (the leaf file)
+class LoadedProfile(FrozenRecord):
+    __slots__ = ("profile", "source", "sha256")
+
+    def __init__(self, profile: SimpleNamespace, source: str, sha256: str):
+        setattr_ = object.__setattr__
+        setattr_(self, "profile", profile)  # validated profile as plain attributes (see to_view)
+        setattr_(self, "source", source)    # file path
+        setattr_(self, "sha256", sha256)    # of the file bytes as loaded (the leaf file)
 
 
 def to_view(data: dict) -> SimpleNamespace:
