@@ -275,8 +275,10 @@ class Supervisor:
             return
         effect.close()
         err = decision.errno or shown.errno or errno.EPERM
-        self.backend.answer_error(n, err)
+        # Journaled before the answer releases the caller: whatever it does next (also
+        # decided by another thread, when this one answers a held request) comes after.
         self._receipt(action, shown, -err, approval=approval, executed=False)
+        self.backend.answer_error(n, err)
         self.report_denial(action.type, action.target, why or decision.reason)
 
     def release_held(self, p, verdict, approval: dict) -> None:
