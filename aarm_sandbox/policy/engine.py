@@ -71,6 +71,20 @@ class _TypeState:
         self.decided: dict[object, Decision] = {}     # keys whose plan needs no session
 
 
+class _DecisionSetting:
+    """An engine setting that memoised decisions depend on: setting it forgets them."""
+
+    def __init__(self, attr: str):
+        self.attr = attr
+
+    def __get__(self, engine, _owner=None):
+        return self if engine is None else getattr(engine, self.attr)
+
+    def __set__(self, engine, value) -> None:
+        setattr(engine, self.attr, value)
+        engine._forget_decisions()
+
+
 class PolicyEngine:
     def __init__(self, policy: CompiledPolicy, *, observe: bool = False,
                  hold_step_up: bool = False, hold_defer: bool = False, path_matcher: bool = True):
@@ -84,32 +98,9 @@ class PolicyEngine:
         self._types: dict[str, _TypeState] = {}
 
     # The finished decisions depend on these: changing one forgets them.
-    @property
-    def observe(self) -> bool:
-        return self._observe
-
-    @observe.setter
-    def observe(self, value: bool) -> None:
-        self._observe = value
-        self._forget_decisions()
-
-    @property
-    def hold_step_up(self) -> bool:
-        return self._hold_step_up
-
-    @hold_step_up.setter
-    def hold_step_up(self, value: bool) -> None:
-        self._hold_step_up = value
-        self._forget_decisions()
-
-    @property
-    def hold_defer(self) -> bool:
-        return self._hold_defer
-
-    @hold_defer.setter
-    def hold_defer(self, value: bool) -> None:
-        self._hold_defer = value
-        self._forget_decisions()
+    observe = _DecisionSetting("_observe")
+    hold_step_up = _DecisionSetting("_hold_step_up")
+    hold_defer = _DecisionSetting("_hold_defer")
 
     def _forget_decisions(self) -> None:
         self._final.clear()
