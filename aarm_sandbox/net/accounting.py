@@ -72,6 +72,13 @@ class ConnectionMeter:
     def _run(self) -> None:
         from aarm_sandbox.journal.writer import background_priority
         background_priority()
+        # The socket diagnostics library is imported at once, not at the first reading:
+        # ~100 ms of CPU at idle priority (more since the supervisor's startup no longer
+        # imports typing and logging), which must not delay the first reading further.
+        try:
+            from pyroute2 import DiagSocket  # noqa: F401
+        except Exception:  # noqa: BLE001 - poll() reports it
+            pass
         while not self._stop.wait(self.interval):
             if self._by_cookie:          # nothing open: no dump
                 self.poll()
