@@ -70,14 +70,18 @@ class ConnectionMeter:
             self.on_closed(c, "open at session end")
 
     def _run(self) -> None:
-        from aarm_sandbox.journal.writer import background_priority
-        background_priority()
-        # The socket diagnostics library is imported at once, not at the first reading:
-        # ~100 ms of CPU at idle priority (more since the supervisor's startup no longer
-        # imports typing and logging), which must not delay the first reading further.
+        # The socket diagnostics library is imported at once, not at the first reading
+        # (~100 ms of CPU), and at normal priority; then the thread drops to nice 10, not
+        # SCHED_IDLE: a reading is ~1 ms every `interval`, and a thread that other work can
+        # starve completely misses short connections (they close between two readings and
+        # are reported unmeasured; CI's network test saw it with the machine busy).
         try:
             from pyroute2 import DiagSocket  # noqa: F401
         except Exception:  # noqa: BLE001 - poll() reports it
+            pass
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except OSError:
             pass
         while not self._stop.wait(self.interval):
             if self._by_cookie:          # nothing open: no dump
