@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,3 +153,13 @@ def compile_c():
             os.chmod(out, 0o755)
         return str(out)
     return build
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    """Poll predicate() every 10 ms until it holds (True) or timeout seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False

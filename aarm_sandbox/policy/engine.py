@@ -210,23 +210,13 @@ class PolicyEngine:
                 want = rule.existed_at_start
                 if not any(ctx.existed_at_start(paths[i]) == want for i in survivors):
                     continue
-            if rule.needs_context and not _context_holds(rule, action, ctx):
+            result, missing = _session_result(rule, action, ctx)
+            if result is None:
                 continue
-            if rule.count_over is not None:
-                # Counted by the caller only once the action really happened (Supervisor._track).
-                if action.counted is None:
-                    action.counted = []
-                action.counted.append(rule.id)
-                if _count(rule, ctx) < rule.count_over:
-                    continue
-            result = rule.result
-            missing = rule.requires_context and not rule.requires_context <= ctx.facts.keys()
-            if missing:
-                result = Result.DEFER          # the rule needs context the session lacks
             rank = RANK[result]
             # profile order decides ties: an earlier rule keeps its place
             if best is None or rank < best_rank or (rank == best_rank and rule.index < best.index):
-                best, best_rank, deferred = rule, rank, bool(missing)
+                best, best_rank, deferred = rule, rank, missing
         return self._final_decision(best, action.type, deferred)
 
     def _final_decision(self, best: CompiledRule | None, t: str, deferred: bool) -> Decision:
@@ -250,21 +240,11 @@ class PolicyEngine:
         for rule in rules:
             if rule.needs_paths and not _matches(rule, action, ctx):
                 continue
-            if rule.needs_context and not _context_holds(rule, action, ctx):
+            result, missing = _session_result(rule, action, ctx)
+            if result is None:
                 continue
-            if rule.count_over is not None:
-                # Counted by the caller only once the action really happened (Supervisor._track).
-                if action.counted is None:
-                    action.counted = []
-                action.counted.append(rule.id)
-                if _count(rule, ctx) < rule.count_over:
-                    continue
-            result = rule.result
-            missing = rule.requires_context and not rule.requires_context <= ctx.facts.keys()
-            if missing:
-                result = Result.DEFER          # the rule needs context the session lacks
             if best is None or RANK[result] < RANK[best_result]:
-                best, best_result, deferred = rule, result, bool(missing)
+                best, best_result, deferred = rule, result, missing
         return self._final_decision(best, t, deferred)
 
     def trace(self, action: Action, ctx: SessionContext) -> list[tuple[str, str, bool]]:
@@ -333,6 +313,25 @@ def _many_paths_key(matcher: PathMatcher, paths) -> tuple[int, ...] | int:
             return -1
         ids.append(k)
     return tuple(ids)
+
+
+def _session_result(rule: CompiledRule, action: Action,
+                    ctx: SessionContext) -> tuple[Result | None, bool]:
+    """What a rule whose path conditions hold yields given the session: (None, False) when
+    its context or count conditions do not hold; (DEFER, True) when it needs context the
+    session lacks. A counted rule is noted on the action (Supervisor._track counts it once
+    the action really happened)."""
+    if rule.needs_context and not _context_holds(rule, action, ctx):
+        return None, False
+    if rule.count_over is not None:
+        if action.counted is None:
+            action.counted = []
+        action.counted.append(rule.id)
+        if _count(rule, ctx) < rule.count_over:
+            return None, False
+    if rule.requires_context and not rule.requires_context <= ctx.facts.keys():
+        return Result.DEFER, True
+    return rule.result, False
 
 
 def _context_holds(rule: CompiledRule, action: Action, ctx: SessionContext) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from aarm_sandbox.approvals.prompt import PROMPT, TerminalApprover
+from conftest import wait_for
 
 RID = "r-0a1b2c3d4e"
 HASH = "5d" * 32
@@ -68,15 +69,6 @@ class OneRequestBroker:
 
 # ---------------------------------------------------------------------- the child side
 
-def _wait_for(predicate, timeout: float = TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def _command(tmp: Path, steal: bool) -> None:
     """The "sandboxed command": waits to be foreground, then reads the terminal. With
     `steal`, it ignores SIGTTOU and takes the foreground back once the prompt took it."""
@@ -120,7 +112,7 @@ def _child(tmp: Path, with_command: bool, wait_type_ahead: bool, steal: bool) ->
             pass
         (tmp / "command.pid").write_text(str(command))
         os.tcsetpgrp(0, command)
-        assert _wait_for((tmp / "command.ready").exists)
+        assert wait_for((tmp / "command.ready").exists)
         time.sleep(0.1)                        # let it block inside read()
     if wait_type_ahead:                        # the test typed before any prompt exists
         select.select([0], [], [], TIMEOUT)
@@ -128,10 +120,10 @@ def _child(tmp: Path, with_command: bool, wait_type_ahead: bool, steal: bool) ->
     TerminalApprover.prepare_main_thread()
     approver = TerminalApprover(broker).start()
     approver.submit(RID)
-    results["done"] = _wait_for(lambda: broker.done.is_set() or not approver._thread.is_alive(),
+    results["done"] = wait_for(lambda: broker.done.is_set() or not approver._thread.is_alive(),
                                 TIMEOUT * 2)
     if with_command:                            # the test types "after" once it is over
-        _wait_for(lambda: b"after" in _read(tmp / "command.out"))
+        wait_for(lambda: b"after" in _read(tmp / "command.out"))
     approver.stop()
     results["thread_alive"] = approver._thread.is_alive()
     results["answers"] = broker.answers

@@ -17,6 +17,7 @@ import pytest
 from aarm_sandbox.cli import journal_show
 from aarm_sandbox.cli.journal_show import export, show_to, tail_to
 from aarm_sandbox.journal.render import escape, ts_to_ms, ts_to_ns
+from conftest import wait_for
 
 SESSION = "s-0001"
 ESC_TARGET = "/ws/\x1b[31mred\x1b[0m"
@@ -395,13 +396,6 @@ def test_show_json_only_denied_prints_notable_records(tmp_path):
 # --------------------------------------------------------------------------------------
 # tail
 
-def _wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_tail_follows_appends_and_waits_for_a_torn_line_to_complete(tmp_path):
@@ -413,7 +407,7 @@ def test_tail_follows_appends_and_waits_for_a_torn_line_to_complete(tmp_path):
     follower = threading.Thread(target=lambda: result.append(
         tail_to(path, out, False, poll=0.01, stop=stop)))
     follower.start()
-    assert _wait_for(lambda: "session start" in out.getvalue())
+    assert wait_for(lambda: "session start" in out.getvalue())
     j.receipt("file.delete", "/ws/victim", "deny")
     line = j.lines[-1] + b"\n"
     with open(path, "ab") as f:
@@ -422,7 +416,7 @@ def test_tail_follows_appends_and_waits_for_a_torn_line_to_complete(tmp_path):
         time.sleep(0.1)                                  # ten polls with half a line
         assert "/ws/victim" not in out.getvalue() and "torn" not in out.getvalue()
         f.write(line[20:])
-    assert _wait_for(lambda: "/ws/victim" in out.getvalue())
+    assert wait_for(lambda: "/ws/victim" in out.getvalue())
     stop.set()
     follower.join(5)
     assert result == [0]
@@ -438,7 +432,7 @@ def test_tail_prints_records_appended_just_before_stop(tmp_path):
     follower = threading.Thread(target=tail_to, args=(path, out, False),
                                 kwargs={"poll": 0.5, "stop": stop})
     follower.start()
-    assert _wait_for(lambda: "session start" in out.getvalue())
+    assert wait_for(lambda: "session start" in out.getvalue())
     j.end()
     j.write(tmp_path / "live.jsonl")
     stop.set()
@@ -455,7 +449,7 @@ def test_tail_stops_with_status_1_when_the_file_shrinks(tmp_path, capsys):
     follower = threading.Thread(target=lambda: result.append(
         tail_to(path, out, False, poll=0.01, stop=stop)))
     follower.start()
-    assert _wait_for(lambda: "/ws/f" in out.getvalue())
+    assert wait_for(lambda: "/ws/f" in out.getvalue())
     with open(path, "r+b") as f:
         f.truncate(10)
     follower.join(5)
