@@ -150,7 +150,8 @@ class Supervisor:
             except ProcessLookupError:
                 pass
         why = (f"an fd answer to thread {tid} was lost (the supervisor was stopped or traced "
-               f"while installing it); its process was killed")
+               f"while installing it); its process was killed. Do not stop (SIGSTOP) or attach "
+               f"a debugger/profiler to a running supervisor")
         print(f"aarm-sandbox: error: {why}", file=sys.stderr)
         self.journal.append({"type": "session.error", "reason": why})
 
