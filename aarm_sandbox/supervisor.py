@@ -136,6 +136,7 @@ class Supervisor:
     def _finish(self) -> None:
         if self.fast is not None:
             self._drain_stop.set()
+            self.fast.wake_drainer()
             self._drainer.join(5)
             self.fast.drain(self._fast_receipt)
 

@@ -67,6 +67,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -183,6 +184,13 @@ struct aarm_fast_ctx {
     uint64_t head;
     uint64_t tail;
     atomic_uint_fast64_t dropped;
+    /* Drainer wake-up: one eventfd write when the ring holds wake_at records
+     * and none is outstanding (wake_sent, under ring_lock; cleared by a drain),
+     * so the drainer keeps the ring short under load instead of the decision
+     * thread finding it full and draining everything inline. */
+    int wake_fd;
+    uint32_t wake_at;
+    int wake_sent;
 
     atomic_uint umask_gen;
     _Atomic uint64_t umask_tab[FP_UMASK_SLOTS];
@@ -421,14 +429,24 @@ void aarm_fast_invalidate_umask(struct aarm_fast_ctx *c)
 
 static int ring_reserve(struct aarm_fast_ctx *c, uint64_t *slot)
 {
-    int ok = 0;
+    int ok = 0, wake = 0;
     pthread_mutex_lock(&c->ring_lock);
     if (atomic_load_explicit(&c->enabled, memory_order_relaxed) && c->cap &&
         c->tail - c->head < c->cap) {
         *slot = c->tail++;
         ok = 1;
+        if (!c->wake_sent && c->tail - c->head >= c->wake_at) {
+            c->wake_sent = 1;
+            wake = 1;
+        }
     }
     pthread_mutex_unlock(&c->ring_lock);
+    if (wake) {
+        uint64_t one = 1;
+        /* EAGAIN (counter saturated) still leaves it readable: nothing to do. */
+        ssize_t w = write(c->wake_fd, &one, sizeof(one));
+        (void)w;
+    }
     return ok;
 }
 
@@ -481,9 +499,15 @@ int aarm_fast_drain(struct aarm_fast_ctx *c, struct aarm_fast_record *out, int m
     }
     pthread_mutex_lock(&c->ring_lock);   /* also orders the SLOT_FREE stores before reuse */
     c->head = i;
+    c->wake_sent = 0;
     pthread_mutex_unlock(&c->ring_lock);
     pthread_mutex_unlock(&c->drain_lock);
     return got;
+}
+
+int aarm_fast_wake_fd(struct aarm_fast_ctx *c)
+{
+    return c ? c->wake_fd : -1;
 }
 
 uint64_t aarm_fast_dropped(struct aarm_fast_ctx *c)
@@ -1138,6 +1162,7 @@ void aarm_fast_free(struct aarm_fast_ctx *c)
     close_fd(&c->root_fd);
     close_fd(&c->proc_fd);
     close_fd(&c->selffd_fd);
+    close_fd(&c->wake_fd);
     for (struct fp_intent *in = c->intent_all, *next; in; in = next) {
         next = in->next_alloc;
         close_fd(&in->fd);
@@ -1168,7 +1193,7 @@ struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
         return NULL;
     }
     c->listener = listener;
-    c->root_fd = c->proc_fd = c->selffd_fd = -1;
+    c->root_fd = c->proc_fd = c->selffd_fd = c->wake_fd = -1;
     pthread_mutex_init(&c->ring_lock, NULL);
     pthread_mutex_init(&c->drain_lock, NULL);
     pthread_mutex_init(&c->intent_lock, NULL);
@@ -1225,6 +1250,12 @@ struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
         c->kinds[k].enabled = s->enabled ? 1 : 0;
     }
     c->cap = ring_capacity;
+    c->wake_at = ring_capacity / 8 ? ring_capacity / 8 : 1;
+    c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->wake_fd < 0) {
+        e = errno;
+        goto fail;
+    }
     slots = ring_capacity ? ring_capacity : 1;
     c->ring_bytes = slots * sizeof(struct aarm_fast_record);
     c->ring = mmap(NULL, c->ring_bytes, PROT_READ | PROT_WRITE,

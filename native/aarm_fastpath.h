@@ -98,6 +98,10 @@ void aarm_fast_set_enabled(struct aarm_fast_ctx *ctx, int enabled);
 int aarm_fast_next(struct aarm_fast_ctx *ctx, struct aarm_notif *out);
 int aarm_fast_drain(struct aarm_fast_ctx *ctx, struct aarm_fast_record *out, int max);
 uint64_t aarm_fast_dropped(struct aarm_fast_ctx *ctx);
+/* An eventfd (nonblocking, owned by ctx) that becomes readable when the ring
+ * holds ring_capacity/8 records: wait on it (with a timeout for stragglers),
+ * read it, then drain.  Writing to it wakes the waiter too. */
+int aarm_fast_wake_fd(struct aarm_fast_ctx *ctx);
 void aarm_fast_invalidate_umask(struct aarm_fast_ctx *ctx);
 void aarm_fast_invalidate_exe(struct aarm_fast_ctx *ctx);
 /* Intent lines: before an unlink or an O_TRUNC open is performed, one line

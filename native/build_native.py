@@ -173,6 +173,7 @@ void aarm_fast_set_enabled(struct aarm_fast_ctx *, int enabled);
 int aarm_fast_next(struct aarm_fast_ctx *, struct aarm_notif *out);
 int aarm_fast_drain(struct aarm_fast_ctx *, struct aarm_fast_record *out, int max);
 uint64_t aarm_fast_dropped(struct aarm_fast_ctx *);
+int aarm_fast_wake_fd(struct aarm_fast_ctx *);
 void aarm_fast_invalidate_umask(struct aarm_fast_ctx *);
 void aarm_fast_invalidate_exe(struct aarm_fast_ctx *);
 int aarm_fast_set_intent(struct aarm_fast_ctx *, int fd, const char *prefix,

@@ -160,6 +160,14 @@ class FastPath:
         a = d.args
         return Notification(n.id, n.pid, d.nr, d.arch, (a[0], a[1], a[2], a[3], a[4], a[5]))
 
+    @property
+    def wake_fd(self) -> int:
+        """Readable when the record ring is filling up (owned by the fast path)."""
+        return lib.aarm_fast_wake_fd(self.ctx)
+
+    def wake_drainer(self) -> None:
+        os.eventfd_write(self.wake_fd, 1)
+
     def disable(self) -> None:
         lib.aarm_fast_set_enabled(self.ctx, 0)
 
@@ -198,9 +206,23 @@ class FastPath:
 
 
 def drain_periodically(fast: FastPath, sink, stop: threading.Event, interval: float = 0.02) -> None:
+    """Drain whenever C says the ring is filling (its wake eventfd), and every `interval`
+    for stragglers. A full ring would hand the next decision to the Python loop, which
+    drains all of it inline first (~10 ms for 1024 receipts, measured as one stalled
+    call per 1025 under a write-open loop); waking early keeps that off the hot path."""
+    import select
     from aarm_sandbox.journal.writer import background_priority
     background_priority()
-    while not stop.wait(interval):
+    wake = fast.wake_fd
+    poller = select.poll()
+    poller.register(wake, select.POLLIN)
+    timeout_ms = int(interval * 1000)
+    while not stop.is_set():
+        if poller.poll(timeout_ms):
+            try:
+                os.eventfd_read(wake)
+            except BlockingIOError:
+                pass
         fast.drain(sink)
     fast.drain(sink)
     time.sleep(0)

@@ -1020,6 +1020,35 @@ def test_ring_full_hands_to_python(fbox, prog):
     assert r.dropped == 0
 
 
+def test_filling_ring_wakes_the_drainer_once(fbox, prog):
+    """The wake eventfd turns readable when the ring holds capacity/8 records, and not
+    before; one write per crossing, however many records follow before a drain. (The
+    supervisor's drainer sleeps on it: without it, a write loop filled the 1024-slot ring
+    between two timed drains and every 1025th call stalled ~10 ms in Python.)"""
+    def wakes(n_files: int) -> int | None:
+        got: dict = {}
+        box_steps = []
+        for i in range(n_files):
+            box_steps += ["writeback", fbox.ws / f"w{n_files}-{i}", str(i)]
+
+        def read_wake():
+            try:
+                got["n"] = os.eventfd_read(lib.aarm_fast_wake_fd(got["ctx"]))
+            except BlockingIOError:
+                got["n"] = None
+
+        r = run_fast(fbox, prog, box_steps, ring=16, live_drain=False,
+                     on_ctx=lambda ctx: got.update(ctx=ctx), before_free=read_wake)
+        assert len(r.records) == n_files
+        shutil.rmtree(fbox.out)
+        fbox.out.mkdir()
+        return got["n"]
+
+    assert wakes(1) is None          # 1 of 16: below 16/8
+    assert wakes(2) == 1
+    assert wakes(5) == 1             # no second write until a drain
+
+
 def test_ring_capacity_zero_and_disabled(fbox, prog):
     ws = fbox.ws
     r = run_fast(fbox, prog, ["writeback", ws / "z", "0"], ring=0)
