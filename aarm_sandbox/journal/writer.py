@@ -34,6 +34,7 @@ _AT_REMOVEDIR = 0x200
 # "directory" of a fast-path file.delete receipt, by flags & AT_REMOVEDIR (JCS: first key).
 _DIRECTORY_J = {0: b'"directory":false,', _AT_REMOVEDIR: b'"directory":true,'}
 BATCH = 64
+WRITE_CHUNK = 4096       # bytes of whole lines per write(2): see Journal._write
 HIGH_WATER = 20000      # queued records: beyond, the appending thread encodes them itself
 
 
@@ -425,18 +426,33 @@ class Journal:
             self._fail(f"witness write failed: {e.strerror}")
 
     def _write(self, lines: list[bytes], sync: bool) -> None:
+        """Write whole lines, at most WRITE_CHUNK bytes per write(2) (a longer line alone).
+        The native fast path appends its intent lines to the same file while a decision
+        waits; one write holds the file's inode lock for all its bytes, and this thread
+        runs at SCHED_IDLE, so a 45 KB batch write preempted midway held up an intent for
+        tens of µs (create+unlink p99 per iteration 41 µs with 4 KB writes against 107 µs
+        with whole batches, in alternating runs). Lines stay whole: an appended intent
+        can only land between two of them."""
         if self.failed or not lines:
             return
-        data = b"".join(lines)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
+            start, size = 0, 0
+            for i, line in enumerate(lines):
+                if size and size + len(line) > WRITE_CHUNK:
+                    self._write_all(b"".join(lines[start:i]))
+                    start, size = i, 0
+                size += len(line)
+            self._write_all(b"".join(lines[start:]))
             if sync:
                 os.fsync(self.fd)
         except OSError as e:
             self._fail(e.strerror or str(e))
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
 
     def _fail(self, why: str) -> None:
         if self.failed:

@@ -20,3 +20,22 @@ def test_an_append_over_high_water_encodes_one_batch_not_the_whole_queue(tmp_pat
     j._drain()                                                # the writer's own drain: all
     assert not j.queue
     assert len((tmp_path / "j.jsonl").read_bytes().splitlines()) == 5 * writer.BATCH + 1
+
+
+def test_a_batch_is_written_in_whole_line_chunks_of_at_most_write_chunk_bytes(tmp_path):
+    """An intent line appended by the native fast path between two of the writer's write(2)
+    calls must land between two records, never inside one; and no single write may hold
+    the file for a whole 45 KB batch."""
+    j = writer.Journal(str(tmp_path / "j.jsonl"), "s-1")
+    calls: list[bytes] = []
+    real = j._write_all
+    j._write_all = lambda data: (calls.append(data), real(data))
+    lines = [b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * (650 + i)) for i in range(64)]
+    lines.insert(10, b'{"big":"%s"}\n' % (b"y" * (3 * writer.WRITE_CHUNK)))
+    j._write(lines, sync=False)
+    assert b"".join(calls) == b"".join(lines) == (tmp_path / "j.jsonl").read_bytes()
+    assert len(calls) > 10
+    for data in calls:
+        assert data.endswith(b"\n")
+        assert len(data) <= writer.WRITE_CHUNK or data.count(b"\n") == 1
+    assert any(len(d) > writer.WRITE_CHUNK for d in calls)          # the big line, alone
