@@ -192,6 +192,7 @@ struct aarm_fast_ctx {
     uint32_t wake_at;
     int wake_sent;
 
+    atomic_int probe_created;   /* the last O_CREAT probe created its file (a hint) */
     atomic_uint umask_gen;
     _Atomic uint64_t umask_tab[FP_UMASK_SLOTS];
 
@@ -970,10 +971,27 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         mode_t m = (mode_t)((mode & 07777) & ~um);
         if (kind == AARM_FAST_WRITE)
             oflags &= ~(O_CREAT | O_EXCL);
-        do {
-            opened = open_target(c, parent, path, name, oflags, kind == AARM_FAST_CREATE ? m : 0);
-        } while (opened < 0 && errno == EINTR);
-        if (opened < 0 && probe && errno == ENOENT && (flags & O_CREAT)) {
+        /* A probe (O_CREAT, write and create both allowed) tries first what the last
+         * probe turned out to be: a loop creating new files then walks the path once,
+         * not twice (ENOENT, then create).  Creating exclusively first, an existing
+         * name of any type answers EEXIST and the plain open below decides, exactly
+         * as when it goes first; the order changes nothing else. */
+        int create_first = probe && (flags & O_CREAT) &&
+                           atomic_load_explicit(&c->probe_created, memory_order_relaxed);
+        if (create_first) {
+            do {
+                opened = open_target(c, parent, path, name, oflags | O_CREAT | O_EXCL, m);
+            } while (opened < 0 && errno == EINTR);
+            if (opened >= 0 || errno != EEXIST)
+                kind = AARM_FAST_CREATE;
+        }
+        if (!create_first || kind == AARM_FAST_WRITE) {
+            do {
+                opened = open_target(c, parent, path, name, oflags,
+                                     kind == AARM_FAST_CREATE ? m : 0);
+            } while (opened < 0 && errno == EINTR);
+        }
+        if (opened < 0 && probe && !create_first && errno == ENOENT && (flags & O_CREAT)) {
             /* Not there: create it, exclusively (a name appearing meanwhile -> Python).
              * Without O_CREAT, ENOENT is simply the kernel's own answer. */
             kind = AARM_FAST_CREATE;
@@ -984,6 +1002,9 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             if (opened < 0 && errno == EEXIST)
                 goto out;
         }
+        if (probe && (flags & O_CREAT) && opened >= 0)
+            atomic_store_explicit(&c->probe_created, kind == AARM_FAST_CREATE,
+                                  memory_order_relaxed);
         if (opened < 0) {
             int e = errno;
             /* Walking the whole path (no pinned parent), ELOOP may come from a directory
@@ -1212,6 +1233,7 @@ struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
     atomic_init(&c->enabled, 0);
     atomic_init(&c->dropped, 0);
     atomic_init(&c->umask_gen, 0);
+    atomic_init(&c->probe_created, 0);
     for (unsigned i = 0; i < FP_UMASK_SLOTS; i++)
         atomic_init(&c->umask_tab[i], 0);
 

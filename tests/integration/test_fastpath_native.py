@@ -825,6 +825,48 @@ def test_handed_to_python(fbox, prog):
     assert r.line("openat", str(ws / "linkdir/nf.txt"))[2] == "fd" and (ws / "adir/nf.txt").is_file()
 
 
+def test_create_first_order_changes_no_answer(fbox, prog):
+    """After a creation the next O_CREAT probe tries an exclusive create first (one path
+    walk for loops that create new files); on names that exist, as any type, every
+    answer and side effect is still the kernel's own, as in the same steps run natively."""
+    def setup(d: Path) -> None:
+        (d / "exists.txt").write_text("keep me")
+        (d / "target.txt").write_text("target")
+        os.symlink("target.txt", d / "link.txt")
+        os.symlink("dangling-target.txt", d / "dangling.txt")
+        (d / "adir").mkdir()
+        os.mkfifo(d / "fifo")
+
+    def steps(d) -> list:
+        out: list = []
+        for name, flags in (("exists.txt", O_WRONLY | O_CREAT), ("link.txt", O_WRONLY | O_CREAT),
+                            ("dangling.txt", O_WRONLY | O_CREAT), ("adir", O_WRONLY | O_CREAT),
+                            ("fifo", O_WRONLY | O_CREAT | 0o4000), ("nodir/f", O_WRONLY | O_CREAT),
+                            ("exists.txt", O_RDWR | O_CREAT)):
+            out += ["openat", f"{d}/new-{len(out)}", O_WRONLY | O_CREAT, 0o644,   # primes it
+                    "openat", f"{d}/{name}", flags, 0o600]
+        return out + ["cat", f"{d}/exists.txt", "cat", f"{d}/target.txt"]
+
+    def answers(lines, d) -> list:
+        return [(ln.split()[0], ln.split()[1].replace(str(d), "D"), ln.split()[2],
+                 ln.split()[3] if ln.split()[2] == "err" else "")
+                for ln in lines if ln.startswith(("openat ", "cat "))]
+
+    setup(fbox.ws)
+    r = run_fast(fbox, prog, steps(fbox.ws))
+    native_dir = fbox.root / "native"
+    setup(native_dir)
+    p = subprocess.run([prog] + [str(s) for s in steps(native_dir)],
+                       capture_output=True, text=True, check=True)
+    assert answers(r.lines, fbox.ws) == answers(p.stdout.splitlines(), native_dir)
+    assert sorted(os.listdir(fbox.ws)) == sorted(os.listdir(native_dir))
+    assert (fbox.ws / "exists.txt").read_text() == "keep me"
+    assert (fbox.ws / "dangling-target.txt").is_file()     # O_CREAT follows it (via Python)
+    kinds = {rec["path"]: rec["kind"] for rec in r.records}
+    assert kinds[str(fbox.ws / "exists.txt")] == WRITE
+    assert all(kinds[str(fbox.ws / n)] == CREATE for n in os.listdir(fbox.ws) if n.startswith("new-"))
+
+
 O_DIRECTORY, O_PATH = 0o200000, 0o10000000
 AT_REMOVEDIR = 0x200
 
