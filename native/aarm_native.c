@@ -1177,6 +1177,10 @@ int64_t aarm_read_cstr(int pid, uint64_t addr, char *buf, size_t maxlen)
         if (cur < addr)
             return -EFAULT; /* wrapped around */
         size_t chunk = page - (size_t)(cur % page);
+        /* Most paths are short: the first read copies at most 256 bytes, not the
+         * rest of the page (one syscall either way for them). */
+        if (got == 0 && chunk > 256)
+            chunk = 256;
         if (chunk > maxlen - got)
             chunk = maxlen - got;
         struct iovec local = { .iov_base = buf + got, .iov_len = chunk };

@@ -505,6 +505,16 @@ def test_read_cstr_edge_cases():
     assert ffi.string(buf) == b"abc"
     m[page - 3:page] = b"xyz"                   # no NUL before the hole
     assert lib.aarm_read_cstr(pid, base + page - 3, buf, 256) == -errno.EFAULT
+    # lengths around the short first read (256 bytes), and a string running into the
+    # hole after more than one read
+    big = ffi.new("char[]", 4096)
+    for n in (254, 255, 256, 257, 600, page - 300):
+        m[page - 300 - n:page - 300] = b"p" * n
+        m[page - 300] = 0
+        assert lib.aarm_read_cstr(pid, base + page - 300 - n, big, 4096) == n, n
+        assert ffi.string(big) == b"p" * n
+    m[page - 1000:page] = b"q" * 1000
+    assert lib.aarm_read_cstr(pid, base + page - 1000, big, 4096) == -errno.EFAULT
     assert libc.mprotect(base + page, page, mmap.PROT_READ | mmap.PROT_WRITE) == 0
     del base
     m.close()
