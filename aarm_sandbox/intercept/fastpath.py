@@ -79,7 +79,7 @@ def fast_spec(policy: CompiledPolicy, extra_danger: list[str]) -> dict[int, tupl
         if not ok:
             spec[kind] = None
             continue
-        spec[kind] = (allow if allow is not None else ["/**"], danger)
+        spec[kind] = (allow if allow is not None else ["/**"], list(dict.fromkeys(danger)))
     return spec
 
 

@@ -963,6 +963,42 @@ def test_kind_switches_and_allow_forms(fbox, prog):
     assert [rec["path"] for rec in r.records] == [str(ws / "exact.txt")]
 
 
+def test_danger_globs_of_every_shape_still_hand_over(fbox, prog):
+    """Danger globs are tried per first path component ("/tmp" globs for a path under
+    /tmp) plus those that may match anywhere; each shape still sends its paths to Python:
+    a prefix without a whole first component ("/tm..."), a prefix with one, an exact path,
+    a trailing "/" that also covers the directory itself, literal segments."""
+    ws = fbox.ws
+    top = str(ws).split("/")[1]                   # e.g. "tmp"
+    (ws / "sub").mkdir()
+    danger = [G("/nonexistent-top/"),                        # another component
+              G(f"/{top[:2]}", segments=("/zz-danger",)),    # incomplete component: anywhere
+              G("/", segments=("/stop-here",)),              # "/" alone: anywhere
+              G(f"{ws}/exact.txt", exact=True),
+              G(f"{ws}/pre"),                                # {ws}/pre*
+              G(f"{ws}/dirdanger/"),                         # {ws}/dirdanger/** and itself
+              G(f"{ws}/", segments=("/.git/",))]
+    r = run_fast(fbox, prog, [
+        "writeback", ws / "sub/zz-danger", "1",
+        "writeback", ws / "sub/stop-here", "2",
+        "writeback", ws / "exact.txt", "3",
+        "writeback", ws / "prefixed.txt", "4",
+        "mkdir", ws / "dirdanger", 0o755,
+        "writeback", ws / "dirdanger/in.txt", "5",
+        "writeback", ws / "sub/.git/x", "6",
+        "writeback", ws / "fine.txt", "7",
+        "writeback", ws / "exact.txt.not", "8",
+        "writeback", ws / "sub/zz-dangerous", "9",           # may-match: conservative
+    ], danger=danger)
+    handed = ["sub/zz-danger", "sub/stop-here", "exact.txt", "prefixed.txt", "dirdanger",
+              "dirdanger/in.txt", "sub/.git/x", "sub/zz-dangerous"]
+    py = r.python_paths()
+    for h in handed:
+        assert str(ws / h) in py, h
+    assert sorted(rec["path"] for rec in r.records) == sorted(
+        str(ws / n) for n in ("fine.txt", "exact.txt.not"))
+
+
 def test_thread_private_cwd(fbox, prog):
     ws = fbox.ws
     (ws / "tdir").mkdir()
