@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 
 __all__ = [
-    "BpfError", "evaluate", "action_of", "seccomp_data", "decode", "validate",
+    "BpfError", "evaluate", "action_of", "kernel_caches_allow", "seccomp_data", "decode", "validate",
     "SECCOMP_RET_KILL_PROCESS", "SECCOMP_RET_KILL_THREAD", "SECCOMP_RET_TRAP",
     "SECCOMP_RET_ERRNO", "SECCOMP_RET_USER_NOTIF", "SECCOMP_RET_TRACE", "SECCOMP_RET_LOG",
     "SECCOMP_RET_ALLOW", "AUDIT_ARCH_X86_64", "AUDIT_ARCH_I386",
@@ -244,6 +244,41 @@ def evaluate(program: bytes, nr: int, arch: int = AUDIT_ARCH_X86_64,
             else:
                 X = A
         pc += 1
+
+
+def kernel_caches_allow(program: bytes, nr: int, arch: int = AUDIT_ARCH_X86_64) -> bool:
+    """Whether the kernel's per-filter action cache (5.11+, `seccomp_is_const_allow` in
+    kernel/seccomp.c) marks `nr` as always allowed, so the program never runs for it: the
+    same walk with only `nr` and `arch` known, giving up at any other load or instruction.
+    Non-intercepted syscalls cost only the seccomp entry itself when this holds."""
+    insns = decode(program)
+    a = 0
+    pc = 0
+    while pc < len(insns):
+        code, jt, jf, k = insns[pc]
+        if code == BPF_LD | BPF_W | BPF_ABS:
+            if k == 0:
+                a = nr & _M32
+            elif k == 4:
+                a = arch
+            else:
+                return False
+        elif code == BPF_RET | BPF_K:
+            return k == SECCOMP_RET_ALLOW
+        elif code == BPF_JMP | BPF_JA:
+            pc += k
+        elif code in (BPF_JMP | BPF_JEQ | BPF_K, BPF_JMP | BPF_JGE | BPF_K,
+                      BPF_JMP | BPF_JGT | BPF_K, BPF_JMP | BPF_JSET | BPF_K):
+            op = code & 0xF0
+            taken = (a == k if op == BPF_JEQ else a >= k if op == BPF_JGE else
+                     a > k if op == BPF_JGT else (a & k) != 0)
+            pc += jt if taken else jf
+        elif code == BPF_ALU | BPF_AND | BPF_K:
+            a &= k
+        else:
+            return False
+        pc += 1
+    return False
 
 
 def action_of(ret: int) -> str:

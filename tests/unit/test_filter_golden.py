@@ -188,6 +188,33 @@ def test_unlisted_known_numbers_allowed():
             assert _run(nr, (U64,) * 6) == "allow", nr
 
 
+@pytest.mark.parametrize("notify_reads", [False, True])
+def test_syscalls_without_rules_skip_the_program_in_the_kernel_cache(notify_reads):
+    """Every syscall the table leaves alone (read, write, getpid, futex, mmap, ...) is in
+    the kernel's constant-allow cache, so it pays the seccomp entry and never the
+    program: the floor of the non-intercepted benchmark rows. One with argument rules
+    (openat: read-only opens) runs the program."""
+    program = compile_filter(notify_reads)
+    ruled = {s.nr for s in SYSCALLS if any(r.verdict is not Verdict.ALLOW for r in s.rules)}
+    for nr in range(KNOWN_MAX_NR + 1):
+        assert bpf_eval.kernel_caches_allow(program, nr) == (nr not in ruled), nr
+    for nr in (0, 1, 3, 39, 202):
+        assert bpf_eval.kernel_caches_allow(program, nr)
+    assert not bpf_eval.kernel_caches_allow(program, 257)
+    assert not bpf_eval.kernel_caches_allow(program, 39, arch=AUDIT_ARCH_I386)   # killed
+
+
+def test_kernel_cache_walk_gives_up_on_argument_loads():
+    ld_arg = struct.pack("<HBBI", 0x20, 0, 0, 16)           # A = args[0].lo
+    ld_nr = struct.pack("<HBBI", 0x20, 0, 0, 0)
+    jeq39 = struct.pack("<HBBI", 0x15, 0, 1, 39)
+    allow = struct.pack("<HBBI", 0x06, 0, 0, bpf_eval.SECCOMP_RET_ALLOW)
+    kill = struct.pack("<HBBI", 0x06, 0, 0, bpf_eval.SECCOMP_RET_KILL_PROCESS)
+    assert bpf_eval.kernel_caches_allow(ld_nr + jeq39 + allow + kill, 39)
+    assert not bpf_eval.kernel_caches_allow(ld_nr + jeq39 + allow + kill, 40)
+    assert not bpf_eval.kernel_caches_allow(ld_arg + jeq39 + allow + kill, 39)
+
+
 @pytest.mark.parametrize("nr", range(KNOWN_MAX_NR + 1, UNKNOWN_LIMIT))
 def test_future_syscalls_start_closed(nr):
     listed = {s.nr: s for s in SYSCALLS}
