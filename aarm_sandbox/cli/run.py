@@ -9,7 +9,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from types import SimpleNamespace
 from pathlib import Path
 
@@ -33,7 +32,7 @@ class UsageError(Exception):
 
 
 def new_session_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(4).hex()    # (uuid: +3.7 ms)
 
 
 def exit_code(wait_status: int) -> int:

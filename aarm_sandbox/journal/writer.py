@@ -23,17 +23,16 @@ import time
 from collections import deque
 from hashlib import sha256
 
-import orjson
-
+from aarm_sandbox.journal import canonical as _canonical_mod
 from aarm_sandbox.journal import chain
-from aarm_sandbox.journal.canonical import canonical
+from aarm_sandbox.journal.canonical import canonical, encode_string
 
-_dumps = orjson.dumps
 _ERRNO = __import__("errno").errorcode
 _AT_REMOVEDIR = 0x200
 # "directory" of a fast-path file.delete receipt, by flags & AT_REMOVEDIR (JCS: first key).
 _DIRECTORY_J = {0: b'"directory":false,', _AT_REMOVEDIR: b'"directory":true,'}
 BATCH = 64
+ORJSON_AFTER = 256       # records: then the faster encoder is worth its import (canonical.py)
 WRITE_CHUNK = 4096       # bytes of whole lines per write(2): see Journal._write
 HIGH_WATER = 20000      # queued records: beyond, the appending thread encodes them itself
 
@@ -176,7 +175,7 @@ class Journal:
         self._drain_lock = threading.RLock()
         self._last_checkpoint = time.monotonic()
         self._clock = _Clock()
-        self._intent_prefix = orjson.dumps({"type": "intent", "session_id": session_id})[:-1] + b","
+        self._intent_prefix = b'{"type":"intent","session_id":%s,' % encode_string(session_id)
         self._end: dict | None = None
         self._wake = threading.Event()
         self._stop = False
@@ -297,6 +296,8 @@ class Journal:
                         lines.append(self._checkpoint(time.time_ns()))
                         sync = True
                 self._write(lines, sync)
+            if self.seq > ORJSON_AFTER and _canonical_mod._orjson is None:
+                _canonical_mod.use_orjson()     # outside the lock: ~15 ms, once
             batches -= 1
             if not batches:
                 return
@@ -337,15 +338,15 @@ class Journal:
 
     def _chain_fast(self, t: tuple) -> bytes:
         """_chain for a fast-path tuple: the same record, its JCS bytes built directly
-        (keys in sorted order; strings escaped by orjson)."""
+        (keys in sorted order; strings escaped as canonical.encode_string does)."""
         type_, path, syscall, tid, flags, result, ts_ns, notif, exe, reason = t
         try:
-            target_j, exe_j = _dumps(path), _dumps(exe)
+            target_j, exe_j = encode_string(path), encode_string(exe)
         except TypeError:                # not UTF-8: the general path carries it as b64
             return self._chain(self._fast_dict(t))
         reason_j = self._reason_j.get(reason)
         if reason_j is None:
-            reason_j = self._reason_j[reason] = _dumps(reason)
+            reason_j = self._reason_j[reason] = encode_string(reason)
         self.seq = seq = self.seq + 1
         executed = result >= 0
         if executed:

@@ -9,17 +9,20 @@ import errno as errno_mod
 import fnmatch
 import os
 import re
-from dataclasses import dataclass
 
 from aarm_sandbox.actions.action import ALL_TYPES
 from aarm_sandbox.policy.decision import Hold, Result
+from aarm_sandbox.records import FrozenRecord
 
 
-@dataclass(frozen=True)
-class Placeholders:
-    workspace: str
-    tmpdir: str
-    home: str
+class Placeholders(FrozenRecord):
+    __slots__ = ("workspace", "tmpdir", "home")
+
+    def __init__(self, workspace: str, tmpdir: str, home: str):
+        setattr_ = object.__setattr__
+        setattr_(self, "workspace", workspace)
+        setattr_(self, "tmpdir", tmpdir)
+        setattr_(self, "home", home)
 
     def expand(self, pattern: str) -> str:
         return (pattern.replace("{workspace}", self.workspace)
@@ -182,38 +185,73 @@ def _literal_suffix(glob: str) -> str:
     return glob
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledRule:
-    id: str
-    result: Result
-    reason: str
-    errno: int
-    inside: LazyRegex | None
-    outside: LazyRegex | None
-    exclude: LazyRegex | None
-    existed_at_start: bool | None
-    count_over: int | None
-    index: int
-    inside_prefixes: tuple[str, ...] | None = None   # literal prefixes: a cheap pre-test
-    outside_cover: tuple[str, ...] = ()              # dirs whose whole subtree is "inside"
-    needs_paths: bool = True
-    modify: str | None = None                        # the MODIFY transform
-    session_has: frozenset = frozenset()             # composition: data classes already held
-    leaves_sandbox: bool | None = None
-    within_seconds: float | None = None
-    first_time: bool | None = None
-    needs_context: bool = False
-    requires_context: frozenset = frozenset()        # context keys; missing -> DEFER
-    env_remove: tuple = ()                           # modify scrub_env: name globs
-    programs: tuple = ()                             # globs on the acting exe
-    argv: str | None = None                          # glob on the joined argv (exec)
-    touches: tuple = ()                              # data classes of touched paths
-    destinations: object = None                      # net.Destinations naming matches
-    outside_destinations: object = None              # net.Destinations: none may name it
-    hold: object = None                              # decision.Hold: how step_up/defer wait
-    inside_globs: tuple[str, ...] = ()               # the expanded globs behind inside/outside/
-    outside_globs: tuple[str, ...] = ()              # exclude (the native path matcher compiles
-    exclude_globs: tuple[str, ...] = ()              # them itself)
+class CompiledRule(FrozenRecord):
+    """One profile rule, compiled: what the engine tests per action (a plain record, see
+    aarm_sandbox.records: a frozen dataclass pulled `dataclasses` and `inspect` into every
+    run's startup, ~11 ms)."""
+    __slots__ = ("id", "result", "reason", "errno", "inside", "outside", "exclude",
+                 "existed_at_start", "count_over", "index", "inside_prefixes",
+                 "outside_cover", "needs_paths", "modify", "session_has", "leaves_sandbox",
+                 "within_seconds", "first_time", "needs_context", "requires_context",
+                 "env_remove", "programs", "argv", "touches", "destinations",
+                 "outside_destinations", "hold", "inside_globs", "outside_globs",
+                 "exclude_globs")
+
+    def __init__(self, id: str, result: Result, reason: str, errno: int,
+                 inside: LazyRegex | None, outside: LazyRegex | None,
+                 exclude: LazyRegex | None, existed_at_start: bool | None,
+                 count_over: int | None, index: int, *,
+                 inside_prefixes: tuple[str, ...] | None = None,
+                 outside_cover: tuple[str, ...] = (),
+                 needs_paths: bool = True,
+                 modify: str | None = None,
+                 session_has: frozenset = frozenset(),
+                 leaves_sandbox: bool | None = None,
+                 within_seconds: float | None = None,
+                 first_time: bool | None = None,
+                 needs_context: bool = False,
+                 requires_context: frozenset = frozenset(),
+                 env_remove: tuple = (),
+                 programs: tuple = (),
+                 argv: str | None = None,
+                 touches: tuple = (),
+                 destinations: object = None,
+                 outside_destinations: object = None,
+                 hold: object = None,
+                 inside_globs: tuple[str, ...] = (),
+                 outside_globs: tuple[str, ...] = (),
+                 exclude_globs: tuple[str, ...] = ()):
+        setattr_ = object.__setattr__
+        setattr_(self, "id", id)
+        setattr_(self, "result", result)
+        setattr_(self, "reason", reason)
+        setattr_(self, "errno", errno)
+        setattr_(self, "inside", inside)
+        setattr_(self, "outside", outside)
+        setattr_(self, "exclude", exclude)
+        setattr_(self, "existed_at_start", existed_at_start)
+        setattr_(self, "count_over", count_over)
+        setattr_(self, "index", index)
+        setattr_(self, "inside_prefixes", inside_prefixes)  # literal prefixes: a cheap pre-test
+        setattr_(self, "outside_cover", outside_cover)  # dirs whose whole subtree is "inside"
+        setattr_(self, "needs_paths", needs_paths)
+        setattr_(self, "modify", modify)  # the MODIFY transform
+        setattr_(self, "session_has", session_has)  # composition: data classes already held
+        setattr_(self, "leaves_sandbox", leaves_sandbox)
+        setattr_(self, "within_seconds", within_seconds)
+        setattr_(self, "first_time", first_time)
+        setattr_(self, "needs_context", needs_context)
+        setattr_(self, "requires_context", requires_context)  # context keys; missing -> DEFER
+        setattr_(self, "env_remove", env_remove)  # modify scrub_env: name globs
+        setattr_(self, "programs", programs)  # globs on the acting exe
+        setattr_(self, "argv", argv)  # glob on the joined argv (exec)
+        setattr_(self, "touches", touches)  # data classes of touched paths
+        setattr_(self, "destinations", destinations)  # net.Destinations naming matches
+        setattr_(self, "outside_destinations", outside_destinations)  # none may name it
+        setattr_(self, "hold", hold)  # decision.Hold: how step_up/defer wait
+        setattr_(self, "inside_globs", inside_globs)  # the expanded globs behind inside/outside/
+        setattr_(self, "outside_globs", outside_globs)  # exclude (the native path matcher compiles
+        setattr_(self, "exclude_globs", exclude_globs)  # them itself)
 
 
 def default_errno(action_type: str) -> int:

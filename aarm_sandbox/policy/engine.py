@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False      # (typing costs ~3.5 ms of every run's startup)
 
 from aarm_sandbox.actions.action import Action
 from aarm_sandbox.context.session import SessionContext

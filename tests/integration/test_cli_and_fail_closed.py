@@ -131,3 +131,32 @@ def test_without_a_mount_namespace_credential_reads_are_decided_not_left_open(bo
 def test_unknown_namespace_name_is_a_configuration_error(box):
     r = box.run(["true"], env={"AARM_DISABLE_NAMESPACES": "mnt"})
     assert r.returncode == 125 and "unknown namespace 'mnt'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_startup_imports_none_of_the_slow_modules(box, tmp_path):
+    """`run`'s startup is mostly imports: orjson (with dataclasses, inspect, datetime),
+    typing and uuid cost ~25 ms of every run and are kept off its path (the journal
+    writes with the standard library's encoder until a session has written a few hundred
+    records). The journal such a run writes still verifies."""
+    import sys
+    journal = tmp_path / "j.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "aarm_sandbox", "run",
+                        "--workspace", str(box.workspace), "--journal", str(journal),
+                        "--", "true"], capture_output=True, text=True, env=env,
+                       cwd=box.workspace, timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    def imports(stderr: str) -> set[str]:
+        return {line.split("|")[-1].strip() for line in stderr.splitlines()
+                if line.startswith("import time:")}
+
+    # what this interpreter imports before any code runs (site, .pth files) is not ours
+    bare = imports(subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"],
+                                  capture_output=True, text=True, env=env).stderr)
+    imported = imports(p.stderr) - bare
+    assert "aarm_sandbox.cli.run" in imported                 # the listing is real
+    slow = {"orjson", "dataclasses", "inspect", "typing", "uuid"}
+    assert not imported & slow, imported & slow
+    v = subprocess.run(sandbox_cmd() + ["journal", "verify", str(journal)],
+                       capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0, v.stdout + v.stderr

@@ -39,3 +39,16 @@ def test_a_batch_is_written_in_whole_line_chunks_of_at_most_write_chunk_bytes(tm
         assert data.endswith(b"\n")
         assert len(data) <= writer.WRITE_CHUNK or data.count(b"\n") == 1
     assert any(len(d) > writer.WRITE_CHUNK for d in calls)          # the big line, alone
+
+
+def test_the_writer_takes_orjson_once_a_session_has_written_a_few_hundred_records(tmp_path, monkeypatch):
+    from aarm_sandbox.journal import canonical as canonical_mod
+    monkeypatch.setattr(canonical_mod, "_orjson", None)
+    j = writer.Journal(str(tmp_path / "j.jsonl"), "s-1")
+    for i in range(writer.ORJSON_AFTER):
+        j.append({"type": "note", "i": i})
+    j._drain()
+    assert canonical_mod._orjson is None                     # a short session never pays it
+    j.append({"type": "note", "i": -1})
+    j._drain()
+    assert canonical_mod._orjson is not None
