@@ -21,6 +21,13 @@ def config_dir() -> Path:
     return Path(base) / "aarm-sandbox"
 
 
+def cache_dir() -> Path:
+    """Compiled filters and validated profiles: $XDG_CACHE_HOME/aarm-sandbox. What the next
+    run loads from here decides its confinement: hidden from the sandbox like state_dir."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "aarm-sandbox"
+
+
 def control_dir() -> Path:
     """One control socket per running session (approvals, context)."""
     return state_dir() / "control"

@@ -22,7 +22,7 @@ from aarm_sandbox.launch.sandbox import (CLONE_NEWNET, CLONE_NEWNS, NS_NAMES, La
 from aarm_sandbox.policy.compiler import CompiledPolicy, Placeholders, glob_to_regex
 from aarm_sandbox.policy.engine import PolicyEngine
 from aarm_sandbox.policy.loader import load_profile
-from aarm_sandbox.xdg import control_dir, state_dir
+from aarm_sandbox.xdg import cache_dir, control_dir, state_dir
 
 EXIT_SANDBOX_ERROR = 125
 
@@ -224,17 +224,19 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     masks = policy.set_paths(settings.mask)
     mask_dirs = [p for p in masks if os.path.isdir(p)]
     mask_files = [p for p in masks if os.path.isfile(p)]
-    # The journal, the state directory, the signing keys and the witness stay out of the
-    # sandbox's sight.
-    protected = [journal_path, str(keys.config_dir()), str(state_dir())]
+    # The journal, the state directory, the signing keys, the witness and the cache (the
+    # next run's compiled filter and validated profile: planted there, they would leave it
+    # unconfined) stay out of the sandbox's sight.
+    protected = [journal_path, str(keys.config_dir()), str(state_dir()), str(cache_dir())]
     mask_files.append(journal_path)
     # (made now, so that what the supervisor keeps there later, e.g. a quarantine's
     # trash, is already hidden)
-    try:
-        state_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create the state directory {state_dir()}: {e.strerror}") from None
-    for d in (state_dir(), keys.config_dir()):
+    for d, what in ((state_dir(), "state"), (cache_dir(), "cache")):
+        try:
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create the {what} directory {d}: {e.strerror}") from None
+    for d in (state_dir(), keys.config_dir(), cache_dir()):
         if os.path.isdir(d) and not _inside(workspace, str(d)):
             mask_dirs.append(str(d))
     if witness:

@@ -355,7 +355,8 @@ def compile_filter(notify_reads: bool = False, use_cache: bool = True) -> bytes:
 
 def _cache_path(plan):
     import hashlib
-    from pathlib import Path
+
+    from aarm_sandbox.xdg import cache_dir
     lib_id = ""
     for d in ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib"):
         p = os.path.join(d, "libseccomp.so.2")
@@ -368,8 +369,7 @@ def _cache_path(plan):
     if not lib_id:
         return None
     key = hashlib.sha256(f"filter-v1|{lib_id}|{plan!r}".encode()).hexdigest()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "aarm-sandbox" / "filters" / f"{key}.bpf"
+    return cache_dir() / "filters" / f"{key}.bpf"
 
 
 def _compile(plan) -> bytes:

@@ -254,6 +254,20 @@ class CompiledRule(FrozenRecord):
         setattr_(self, "exclude_globs", exclude_globs)  # them itself)
 
 
+def _types_matching(globs: tuple[str, ...]) -> list[str]:
+    """The action types (ALL_TYPES order) that any of the globs matches."""
+    hit: set[str] = set()
+    for g in globs:
+        if any(ch in g for ch in "*?["):
+            hit.update(fnmatch.filter(ALL_TYPES, g))
+        elif g in _ALL_TYPES_SET:
+            hit.add(g)
+    return [t for t in ALL_TYPES if t in hit]
+
+
+_ALL_TYPES_SET = frozenset(ALL_TYPES)
+
+
 def default_errno(action_type: str) -> int:
     return errno_mod.EACCES if action_type.startswith("file.") else errno_mod.EPERM
 
@@ -265,10 +279,14 @@ class CompiledPolicy:
         self.sets = {name: [ph.expand(p) for p in pats] for name, pats in profile.path_sets.items()}
         self.rules_by_type: dict[str, tuple[CompiledRule, ...]] = {}
         compiled = [self._compile_rule(i, r) for i, r in enumerate(profile.rules)]
+        by_type: dict[str, list[CompiledRule]] = {t: [] for t in ALL_TYPES}
+        for c, r in zip(compiled, profile.rules):
+            # the types a rule's action globs name, once per rule (not a fnmatch per type
+            # and rule: 1,365 of them cost 4 ms of every run's startup)
+            for t in _types_matching(tuple(r.actions)):
+                by_type[t].append(c)
         for t in ALL_TYPES:
-            self.rules_by_type[t] = tuple(
-                c for c, r in zip(compiled, profile.rules)
-                if any(fnmatch.fnmatchcase(t, g) for g in r.actions))
+            self.rules_by_type[t] = tuple(by_type[t])      # profile order (rules appended in it)
         self.default_by_type: dict[str, Result] = {}
         for t in ALL_TYPES:
             # most specific glob wins: exact name, then longest pattern

@@ -166,8 +166,8 @@ def _validate(path: Path, data: dict):
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "aarm-sandbox" / "profiles"
+    from aarm_sandbox.xdg import cache_dir
+    return cache_dir() / "profiles"
 
 
 def load_profile(name_or_file: str, use_cache: bool = True) -> LoadedProfile:

@@ -848,3 +848,62 @@ def test_sandboxed_root_has_no_new_privs_and_no_capabilities(box, probe):
     r = box.native([probe, "status"])
     native = dict(re.findall(r"^(\w+):\s*(\S+)", r.stdout, re.M))
     assert int(native["CapEff"], 16) != 0 and native["NoNewPrivs"] == "0", r.stdout
+
+
+# ====================================================================== 9. the sandbox's own caches
+_PLANT = r"""
+import glob, json, os, struct, sys
+cache = sys.argv[1]
+# a filter that passes a naive load check (foreign arch and x32 killed, getpid allowed)
+# and allows everything else: no syscall would reach the supervisor
+ins = lambda code, jt, jf, k: struct.pack("<HBBI", code, jt, jf, k)
+weak = (ins(0x20, 0, 0, 4) + ins(0x15, 1, 0, 0xC000003E) + ins(0x06, 0, 0, 0x80000000) +
+        ins(0x20, 0, 0, 0) + ins(0x35, 0, 1, 0x40000000) + ins(0x06, 0, 0, 0x80000000) +
+        ins(0x06, 0, 0, 0x7FFF0000))
+planted = 0
+for p in glob.glob(os.path.join(cache, "aarm-sandbox", "filters", "*.bpf")):
+    try:
+        with open(p, "wb") as f:
+            f.write(weak)
+        planted += 1
+    except OSError as e:
+        print("filter", e.errno)
+for p in glob.glob(os.path.join(cache, "aarm-sandbox", "profiles", "*.json")):
+    try:
+        entry = json.load(open(p))
+        prof = entry["profile"]
+        prof["rules"] = []
+        prof["defaults"] = {"*": "allow"}
+        with open(p, "w") as f:
+            json.dump(entry, f)
+        planted += 1
+    except (OSError, ValueError) as e:
+        print("profile", e)
+print("PLANTED", planted)
+"""
+
+
+def test_a_weak_filter_or_profile_planted_in_the_cache_does_not_weaken_the_next_session(box):
+    """With the cache inside the workspace (the workspace is the home directory, say), a
+    session must not be able to rewrite the compiled filter or the validated profile that
+    the *next* `aarm-sandbox run` loads from it: either would leave that session
+    unconfined. The cache is hidden from the sandbox like the state directory."""
+    cache = box.workspace / ".cache"
+    env = {"XDG_CACHE_HOME": str(cache)}
+    assert box.run(["true"], env=env).returncode == 0              # fills the cache
+    cached = list(cache.glob("aarm-sandbox/filters/*.bpf")) + list(cache.glob("aarm-sandbox/profiles/*.json"))
+    assert len(cached) >= 2, cached
+    before = {p: p.read_bytes() for p in cached}
+
+    res = box.run(["python3", "-c", _PLANT, str(cache)], env=env)
+    assert {p: p.read_bytes() for p in cached} == before, res.stdout + res.stderr
+    target = box.outside / "written-by-the-next-session"
+    nxt = box.run(["sh", "-c", f"echo pwned > {target}"], env=env)
+    assert not target.exists(), nxt.stderr
+    assert nxt.denied("file.create"), nxt.records
+
+    # The attack is real: the same program, run natively, plants both, and a run that
+    # loads them then writes outside the workspace unhindered.
+    native = box.native(["python3", "-c", _PLANT, str(cache)])
+    assert "PLANTED 2" in native.stdout or int(native.stdout.split()[-1]) >= 2, native.stdout
+    assert {p: p.read_bytes() for p in cached} != before
