@@ -121,6 +121,14 @@ FORWARDED = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQ
 _NO_STOP = frozenset({signal.SIGTTIN, signal.SIGTTOU})
 
 
+def _broad_workspace(workspace: str) -> str | None:
+    """'/' or the home directory (the default workspace is the cwd: `run` started from ~)."""
+    if workspace == "/":
+        return "/"
+    home = os.path.realpath(os.path.expanduser("~"))
+    return f"your home directory {home}" if workspace == home and home != "/" else None
+
+
 def run(args) -> int:
     """Returns the process exit status (the command's, or 125 when the sandbox can't start)."""
     if not args.command:
@@ -128,6 +136,12 @@ def run(args) -> int:
     workspace = os.path.realpath(args.workspace or os.getcwd())
     if not os.path.isdir(workspace):
         raise UsageError(f"--workspace {workspace}: not a directory")
+    broad = _broad_workspace(workspace)
+    if broad:
+        print(f"aarm-sandbox: warning: the workspace is {broad}: everything in it is writable "
+              f"by the sandbox, also what runs later outside it (shell startup files, "
+              f"~/.local, ~/.config); give the project directory with --workspace",
+              file=sys.stderr)
     session_id = args.session_id or new_session_id()
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", session_id):
         raise UsageError("--session-id may only contain letters, digits, '.', '_' and '-'")

@@ -160,3 +160,13 @@ def test_run_startup_imports_none_of_the_slow_modules(box, tmp_path):
     v = subprocess.run(sandbox_cmd() + ["journal", "verify", str(journal)],
                        capture_output=True, text=True, timeout=60)
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_home_directory_as_workspace_is_warned_about(box):
+    """Started from ~, the default workspace (the cwd) is the home directory: everything
+    the user's later programs read at startup is then writable by the sandbox. Say so."""
+    home_ws = box.run(["true"], env={"HOME": str(box.workspace)})
+    assert home_ws.returncode == 0
+    assert "warning: the workspace is your home directory" in home_ws.stderr
+    project = box.run(["true"])
+    assert "warning: the workspace is" not in project.stderr
