@@ -422,6 +422,18 @@ def main() -> int:
     out.append(f"(c' rows: the aarm-sandbox column holds `native + allow-all filter`: any seccomp "
                f"supervisor's floor for calls it never sees, here getpid {fmt_ratio(gp_floor)}, "
                f"read-only open {fmt_ratio(ro_floor)} of native.)")
+    # The spread behind the medians: on a VM the host's speed drifts for seconds at a time
+    # (the same native loop at 1.0 and 1.8 µs in consecutive rounds), and a per-decision
+    # median near a target can land on either side of it from one run to the next.
+    spread = []
+    for w, name, per in (("open_write", "write-open", 1), ("create_unlink", "create+unlink", 2)):
+        for c in ("native", "aarm"):
+            xs = samples[w].get(c) or []
+            if xs:
+                spread.append(f"{name} {LABEL[c]}: " + ", ".join(fmt_us(x["p50_ns"] / per) for x in xs))
+    if spread:
+        out.append("")
+        out.append("Per-decision p50 of each round (in round order): " + "; ".join(spread) + ".")
     out.append("")
     out.append("| target (from the issue) | measured (aarm-sandbox) | result |")
     out.append("|---|---:|:---:|")
