@@ -1512,6 +1512,22 @@ def test_compiles_without_warnings():
     assert p.returncode == 0, p.stderr
 
 
+def test_grouped_danger_matching_equals_one_by_one_under_sanitizers(tmp_path):
+    """Danger globs are tried per first path component: on 3,000 random glob sets and
+    600,000 random paths (components that are and are not whole, exact globs, segments,
+    trailing '/'), the grouped check answers exactly as trying every glob, with ASan and
+    UBSan watching (tests/integration/c/danger_groups.c)."""
+    here = Path(__file__).resolve().parents[2] / "native"
+    src = Path(__file__).resolve().parent / "c" / "danger_groups.c"
+    exe = tmp_path / "danger_groups"
+    b = subprocess.run(["gcc", "-O1", "-g", "-fsanitize=address,undefined",
+                        "-fno-sanitize-recover=all", "-I", str(here), "-o", str(exe), str(src),
+                        str(here / "aarm_native.c"), "-lpthread"], capture_output=True, text=True)
+    assert b.returncode == 0, b.stderr
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("OK "), r.stdout + r.stderr[-3000:]
+
+
 def test_context_validation():
     kinds, keep = make_kinds([G("/x/")], [])
     r, w = os.pipe()
