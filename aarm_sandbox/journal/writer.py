@@ -511,7 +511,7 @@ class NullJournal(Journal):
         self.sealed = False
         self.signer = None
 
-    def start(self, signer=None):
+    def start(self, signer=None, *, preload: bool = True):
         return self
 
     @property

@@ -170,3 +170,14 @@ def test_home_directory_as_workspace_is_warned_about(box):
     assert "warning: the workspace is your home directory" in home_ws.stderr
     project = box.run(["true"])
     assert "warning: the workspace is" not in project.stderr
+
+
+def test_journal_off_for_benchmarks_still_runs_the_command(box):
+    """`AARM_JOURNAL=off` (scripts/bench journal measures journaling against it) runs the
+    command with the same decisions and writes no journal."""
+    r = box.run(["sh", "-c", "echo hi > a.txt && rm a.txt && echo no > /etc/aarm-off-test; true"],
+                env={"AARM_JOURNAL": "off"})
+    assert r.returncode == 0, r.stderr
+    assert not (box.workspace / "a.txt").exists()
+    assert not os.path.exists("/etc/aarm-off-test")
+    assert not r.journal_path.exists()
