@@ -68,6 +68,7 @@ class Supervisor:
         self.denials: list[tuple[str, str, str]] = []
         self.tmpdir = engine.policy.placeholders.tmpdir
         self.allowed_images: set[tuple[int, int]] = set()   # (dev, ino) of every allowed exec
+        self._argv_restarts: dict[int, float] = {}   # tid -> when an exec of it was restarted
         # The journal, keys and state: denied outright when no mount namespace hides them.
         self.protected: tuple[str, ...] = ()
         self._exe_cache: dict[int, tuple[str, float]] = {}
@@ -359,6 +360,8 @@ class Supervisor:
                         threading.Thread(target=self._verify_exec, args=(n.tid, effect),
                                          daemon=True).start()
                 return 0
+            if effect.__class__.__name__ == "ExecRestart":
+                return self._restart_exec(n, effect)
             if action is not None and _destructive(action) and not self._intent(n, action):
                 r = -errno.EIO
             else:
@@ -382,6 +385,30 @@ class Supervisor:
             return r
         finally:
             effect.close()
+
+    def _restart_exec(self, n: Notification, effect) -> int:
+        """MODIFY append_args: the exec is made again with the new argv (its own receipt
+        follows when it is notified again). A failure before the call is answered refuses
+        the exec; after (the answer restarts it), it kills the process."""
+        from aarm_sandbox.enforce.exec_argv import ERESTARTNOINTR, RestartUnavailable
+        try:
+            return effect.perform(lambda: self.backend.answer_error(n, ERESTARTNOINTR))
+        except (RestartUnavailable, DecodeError) as e:
+            # nothing answered yet (argv unreadable, or no ptrace here): refuse the exec
+            why = f"exec refused: its arguments cannot be added ({e})"
+            print(f"aarm-sandbox: {why}", file=sys.stderr)
+            self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
+            self.backend.answer_error(n, errno.EPERM)
+            return -errno.EPERM
+        except OSError as e:
+            why = f"exec could not be restarted with the added arguments ({e}); process killed"
+            try:
+                os.kill(_tgid_of(n.tid), signal.SIGKILL)
+            except OSError:
+                pass
+            print(f"aarm-sandbox: error: {why}", file=sys.stderr)
+            self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
+            return -errno.EPERM
 
     def _decide_semantic(self, action, decision: Decision) -> Decision:
         """An exec is also every semantic action its argv means (through launchers like
@@ -408,7 +435,9 @@ class Supervisor:
             if RANK[d.result] < RANK[best.result]:
                 best = Decision(d.result, d.rule, f"{s.type} {s.target}: {d.reason}",
                                 d.errno or errno.EPERM, d.shadow, d.modify)
-        if best.result is Result.MODIFY:       # no transform applies to an exec
+        if best is not decision and best.result is Result.MODIFY:
+            # a semantic action's transform (e.g. a quarantine for `rm`) cannot be made of
+            # the exec itself; the exec's own (scrub_env, append_args) can
             best = Decision(Result.DENY, best.rule, best.reason + " (modify: not for exec)",
                             errno.EPERM)
         return best
@@ -427,6 +456,8 @@ class Supervisor:
                 return effect, None
             return effect, {"type": "process.exec", "transform": "scrub_env",
                             "original": "process.exec", "removed": removed}
+        if decision.modify == "append_args" and isinstance(effect, ExecContinue):
+            return self._append_args(action, decision, effect, n)
         if (decision.modify == "quarantine" and action.type == A.FILE_DELETE and
                 isinstance(effect, AtCall) and effect.op == "unlink" and self.quarantine is not None):
             modified = {"type": "file.quarantine", "transform": "quarantine",
@@ -449,6 +480,25 @@ class Supervisor:
                                   flags=effect.flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW),
                                   opened=-1), modified
         return effect, None
+
+    def _append_args(self, action, decision: Decision, effect, n: Notification):
+        """The exec already ends with the arguments (it is the restarted call): continue it,
+        checked after the exec. Otherwise restart it with them (enforce.exec_argv)."""
+        extra = tuple(decision.params)
+        argv = action.detail.get("argv") or []
+        modified = {"type": "process.exec", "transform": "append_args", "original": "process.exec",
+                    "appended": list(extra)}
+        if extra and tuple(argv[len(argv) - len(extra):]) == extra:
+            effect.require_argv_tail = extra
+            return effect, modified
+        if time.monotonic() - self._argv_restarts.get(n.tid, -10.0) < 2.0:
+            print(f"aarm-sandbox: the argv of {action.target} did not come back with "
+                  f"{' '.join(extra)} after a restart", file=sys.stderr)
+            return effect, None                   # restarted once already: deny
+        from aarm_sandbox.enforce.exec_argv import ExecRestart
+        self._argv_restarts[n.tid] = time.monotonic()
+        argvp = n.args[1] if action.syscall == "execve" else n.args[2]
+        return ExecRestart(effect, n.tid, n.nr, argvp, extra), {**modified, "restarted": True}
 
     def _private_copy(self, effect: OpenFile, target: str) -> tuple[int, str] | None:
         """A session-private copy of the file (outside the sandbox's view), pinned with
@@ -569,6 +619,15 @@ class Supervisor:
             except OSError:
                 return                       # gone
             now = (st.st_dev, st.st_ino)
+            tail = getattr(effect, "require_argv_tail", None)
+            ok = self._argv_tail_ok(tgid, tail) if tail and now != effect.before else True
+            if ok is None:                       # the new image's arguments are not set up yet
+                time.sleep(0.0002)
+                continue
+            if not ok:
+                self._kill_after_exec(tgid, tid, "exec ran without the arguments a modify: "
+                                      "append_args rule added (rewritten by another thread)")
+                return
             if now == effect.dev_ino or now in self.allowed_images:
                 # (a later exec of the same process, e.g. `sh -c 'exec prog'`, may already
                 # have replaced the image: any image an exec decision allowed is fine)
@@ -576,14 +635,29 @@ class Supervisor:
             if now != effect.before:
                 if effect.is_script:
                     return
-                try:
-                    os.kill(tgid, 9)
-                finally:
-                    self.journal.append({"type": "enforcement", "tid": tid, "reason":
-                                         "exec loaded a different file than the one decided on; "
-                                         "process killed"})
+                self._kill_after_exec(tgid, tid, "exec loaded a different file than the one "
+                                      "decided on")
                 return
             time.sleep(0.0005)
+
+    def _kill_after_exec(self, tgid: int, tid: int, why: str) -> None:
+        try:
+            os.kill(tgid, 9)
+        finally:
+            self.journal.append({"type": "enforcement", "tid": tid,
+                                 "reason": f"{why}; process killed"})
+
+    @staticmethod
+    def _argv_tail_ok(tgid: int, tail: tuple[str, ...]) -> bool | None:
+        """Whether the running program's argv ends with `tail`; None while it is empty (the
+        exec has switched images but not yet set up the arguments)."""
+        from aarm_sandbox.enforce.exec_argv import argv_ends_with
+        try:
+            with open(f"/proc/{tgid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            return True                          # gone: nothing runs that could be wrong
+        return argv_ends_with(cmdline, tail) if cmdline else None
 
     # ------------------------------------------------------------------------------------
     def _receipt(self, action, decision: Decision, outcome: int, approval: dict | None = None,

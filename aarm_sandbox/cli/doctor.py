@@ -27,6 +27,27 @@ def _probe_userns() -> tuple[bool, str]:
         "max_user_namespaces=0): no network isolation, no credential masks"
 
 
+def _probe_ptrace() -> tuple[bool, str]:
+    """PTRACE_SEIZE of a child, as the supervisor does for modify: append_args."""
+    import ctypes
+    import signal
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.restype = ctypes.c_long
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    try:
+        if libc.ptrace(0x4206, pid, None, None) < 0:          # PTRACE_SEIZE
+            return False, f"ptrace refused: {os.strerror(ctypes.get_errno())}"
+        libc.ptrace(17, pid, None, None)                     # PTRACE_DETACH
+        return True, ""
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path) as f:
@@ -90,9 +111,12 @@ def collect() -> list[dict]:
     except Exception as e:  # noqa: BLE001
         add("libseccomp", False, str(e), True)
     yama = _read("/proc/sys/kernel/yama/ptrace_scope")
-    add("ptrace", yama in (None, "0", "1"),
-        f"yama ptrace_scope={yama or 'absent'}; the ptrace fallback backend is not in this "
-        "release (without unotify, run refuses to start)")
+    ok, why = _probe_ptrace()
+    add("ptrace", ok,
+        (f"the supervisor can attach to a child: modify: append_args restarts execs with "
+         f"the added arguments" if ok else f"{why}: execs that an append_args rule matches "
+         f"are refused") + f"; yama ptrace_scope={yama or 'absent'}; the ptrace fallback "
+        "backend is not in this release (without unotify, run refuses to start)")
     add("native fast path", hasattr(lib, "aarm_fast_new"),
         "hot allowed file operations decided in C (AARM_FAST_PATH=0 disables)"
         if os.environ.get("AARM_FAST_PATH", "1") != "0" else "disabled by AARM_FAST_PATH=0")

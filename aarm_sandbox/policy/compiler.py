@@ -193,7 +193,7 @@ class CompiledRule(FrozenRecord):
                  "existed_at_start", "count_over", "index", "inside_prefixes",
                  "outside_cover", "needs_paths", "modify", "session_has", "leaves_sandbox",
                  "within_seconds", "first_time", "needs_context", "requires_context",
-                 "env_remove", "programs", "argv", "touches", "destinations",
+                 "env_remove", "append_args", "programs", "argv", "touches", "destinations",
                  "outside_destinations", "hold", "inside_globs", "outside_globs",
                  "exclude_globs")
 
@@ -212,6 +212,7 @@ class CompiledRule(FrozenRecord):
                  needs_context: bool = False,
                  requires_context: frozenset = frozenset(),
                  env_remove: tuple = (),
+                 append_args: tuple = (),
                  programs: tuple = (),
                  argv: str | None = None,
                  touches: tuple = (),
@@ -243,6 +244,7 @@ class CompiledRule(FrozenRecord):
         setattr_(self, "needs_context", needs_context)
         setattr_(self, "requires_context", requires_context)  # context keys; missing -> DEFER
         setattr_(self, "env_remove", env_remove)  # modify scrub_env: name globs
+        setattr_(self, "append_args", append_args)  # modify append_args: argv tail
         setattr_(self, "programs", programs)  # globs on the acting exe
         setattr_(self, "argv", argv)  # glob on the joined argv (exec)
         setattr_(self, "touches", touches)  # data classes of touched paths
@@ -369,6 +371,7 @@ class CompiledPolicy:
             first_time=getattr(r, "first_time", None),
             requires_context=frozenset(getattr(r, "requires_context", None) or ()),
             env_remove=tuple(getattr(r, "env_remove", None) or ()),
+            append_args=tuple(getattr(r, "append_args", None) or ()),
             programs=tuple(getattr(r, "programs", None) or ()),
             argv=getattr(r, "argv", None),
             touches=tuple(getattr(r, "touches", None) or ()),

@@ -276,7 +276,9 @@ class PolicyEngine:
                                 default_errno(t) if result is not Result.ALLOW else 0)
         else:
             decision = Decision(best.result, best.id, best.reason, best.errno or default_errno(t),
-                                modify=best.modify, params=best.env_remove, hold=best.hold)
+                                modify=best.modify,
+                                params=(best.append_args if best.modify == "append_args"
+                                        else best.env_remove), hold=best.hold)
         r = decision.result
         if (r is Result.STEP_UP and not self.hold_step_up) or (r is Result.DEFER and not self.hold_defer):
             why = ("profile turns step_up into deny" if self.step_up_denies and r is Result.STEP_UP

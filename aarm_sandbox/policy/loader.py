@@ -232,7 +232,7 @@ def _store(cached: Path, view: SimpleNamespace, chain: list[tuple[str, str]]) ->
 
 
 # Bump when the schema or its defaults change, so cached validations are not reused.
-_CODE_VERSION = "profile-schema-12"
+_CODE_VERSION = "profile-schema-13"
 
 
 def _merge(base, child, child_data: dict):

@@ -16,7 +16,8 @@ from aarm_sandbox.actions.action import ALL_TYPES
 DecisionName = Literal["allow", "deny", "modify", "step_up", "defer"]
 # Each MODIFY transform and the one action type it can transform.
 MODIFY_APPLIES_TO = {"quarantine": "file.delete", "private_copy": "file.write",
-                     "read_only": "file.write", "scrub_env": "process.exec"}
+                     "read_only": "file.write", "scrub_env": "process.exec",
+                     "append_args": "process.exec"}
 
 
 class _Strict(BaseModel):
@@ -79,12 +80,20 @@ class Rule(_Strict):
     env_remove: list[str] = Field(
         default_factory=list, description="modify: scrub_env: variable name globs to remove "
                                           "(default: loader hooks, tokens, secrets, cloud keys)")
-    modify: Literal["quarantine", "private_copy", "read_only", "scrub_env"] | None = Field(
+    append_args: list[str] = Field(
+        default_factory=list, description="modify: append_args: arguments added at the end "
+                                          "of the argv the program is executed with (e.g. "
+                                          "[--dry-run])")
+    modify: Literal["quarantine", "private_copy", "read_only", "scrub_env",
+                    "append_args"] | None = Field(
         default=None, description="with decision modify: the transform (quarantine: a delete "
                                   "moves the file into the session's trash, undone by "
                                   "`aarm-sandbox restore`; private_copy: a write-open opens a "
                                   "session-private copy, the original stays untouched; "
-                                  "read_only: a write-open is opened read-only)")
+                                  "read_only: a write-open is opened read-only; scrub_env: "
+                                  "an exec passes on an environment without env_remove; "
+                                  "append_args: an exec runs with append_args added to its "
+                                  "argv)")
     reason: str = ""
     errno: str | None = Field(default=None, description="errno name for deny, e.g. EACCES")
     timeout: float | None = Field(
@@ -114,6 +123,11 @@ class Rule(_Strict):
         if (self.decision == "modify") != (self.modify is not None):
             raise ValueError(f"decision: modify needs `modify: {'|'.join(MODIFY_APPLIES_TO)}` "
                              "(and `modify` needs decision: modify)")
+        if (self.modify == "append_args") != bool(self.append_args):
+            raise ValueError("modify: append_args needs a non-empty `append_args: [ARG, ...]` "
+                             "(and `append_args` needs modify: append_args)")
+        if any("\0" in a for a in self.append_args):
+            raise ValueError("append_args: an argument cannot contain a NUL byte")
         target = MODIFY_APPLIES_TO.get(self.modify)
         if target and any(not fnmatch.fnmatchcase(target, a) for a in self.actions):
             raise ValueError(f"modify: {self.modify} applies to {target} only (actions: [{target}])")

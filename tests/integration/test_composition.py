@@ -348,6 +348,150 @@ def test_exec_env_scrubbing_removes_secrets_and_loader_hooks(box, tmp_path):
     assert "KEEP_ME" not in removed
 
 
+APPEND = """id: append
+extends: default
+rules:
+  - id: dry-run-first
+    actions: [process.exec]
+    paths: ["/usr/bin/env"]
+    decision: modify
+    modify: append_args
+    append_args: ["--dry-run", "two words"]
+    reason: this tool runs only as a dry run
+"""
+
+# env runs its arguments as a command: here a python that prints what it was given (the
+# system one: an unprivileged user can run it)
+ARGS_PRINTER = ["/usr/bin/python3", "-c", "import os, sys; os.execv('/usr/bin/env', "
+                "['env', sys.executable, '-c', 'import sys; print(sys.argv[1:])'])"]
+
+
+def test_exec_arguments_are_appended_by_restarting_the_exec(any_user_box):
+    """modify: append_args: the exec of /usr/bin/env is made again with --dry-run and
+    "two words" at the end of its argv (restarted through ptrace with a new array), so
+    env passes them on to the program it runs; natively nothing is added. As root and
+    unprivileged (the supervisor may ptrace what runs in the user namespace it made)."""
+    box = any_user_box
+    profile = box.root / "a.yaml"
+    profile.write_text(APPEND)
+    os.chmod(profile, 0o644)
+    native = box.native(ARGS_PRINTER)
+    assert native.stdout.strip() == "[]", native.stdout + native.stderr
+    r = box.run(ARGS_PRINTER, profile=str(profile))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['--dry-run', 'two words']", r.stdout + r.stderr
+    execs = [x for x in r.receipts("process.exec") if x["action"]["target"] == "/usr/bin/env"]
+    assert [x["decision"]["result"] for x in execs] == ["modify", "modify"], execs
+    first, second = execs
+    assert first["action"]["modified"]["restarted"] is True
+    assert first["action"]["argv"][-1] != "two words"
+    assert second["action"]["argv"][-2:] == ["--dry-run", "two words"]
+    assert "restarted" not in second["action"]["modified"]
+    key = ([] if box.uid is None else      # signed with the unprivileged user's own key
+           ["--key", str(box.root / "home/.config/aarm-sandbox/keys/journal-ed25519.pub")])
+    v = subprocess.run(sandbox_cmd() + ["journal", "verify", *key, str(r.journal_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
+ARGV_RACER = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static pid_t main_tid;
+static char **argv_orig;
+enum { ARGC = 4 };
+/* Knowing how the supervisor lays out the restarted exec's argv (enforce/exec_argv.py:
+ * 8 KiB below the stack pointer, the added strings, then the array), wait for the main
+ * thread's first execve to be held, compute where the new array will be and keep cutting
+ * it back to the original arguments from before it is written until the exec is over. */
+static void *racer(void *unused)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)main_tid);
+    for (;;) {
+        int fd = open(path, O_RDONLY);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0)
+            continue;
+        buf[n] = 0;
+        long nr;
+        unsigned long a[6], sp, pc;
+        if (sscanf(buf, "%ld %lx %lx %lx %lx %lx %lx %lx %lx", &nr, &a[0], &a[1], &a[2], &a[3],
+                   &a[4], &a[5], &sp, &pc) == 9 && nr == 59 && a[1] == (unsigned long)argv_orig) {
+            unsigned long strings = sizeof("--dry-run") + sizeof("two words");
+            unsigned long size = strings + 16 + 8 * (ARGC + 2 + 1);
+            unsigned long base = (sp - 8192 - size) & ~15UL;
+            volatile unsigned long *arr = (volatile unsigned long *)((base + strings + 15) & ~15UL);
+            for (;;)
+                arr[ARGC] = 0;
+        }
+    }
+    return unused;
+}
+int main(int argc, char **argv)
+{
+    char *args[] = { "env", argv[1], "-c", "import sys; print(sys.argv[1:])", NULL };
+    main_tid = gettid();
+    argv_orig = args;
+    pthread_t t;
+    pthread_create(&t, NULL, racer, NULL);
+    usleep(2000);
+    execv("/usr/bin/env", args);
+    perror("execv");
+    return 3;
+}
+"""
+
+
+def test_a_thread_cutting_the_appended_arguments_never_gets_the_program_run_without_them(
+        box, tmp_path, compile_c):
+    """A second thread finds the restarted exec's new argv (in /proc/self/task/N/syscall)
+    and keeps cutting it back while the kernel copies it. Whatever it wins, the program
+    never runs without the arguments: the restarted exec is denied when the supervisor
+    reads a cut array, and a program that was loaded with one is killed at once (its
+    /proc/PID/cmdline is checked after the exec). Natively it runs without them."""
+    prog = compile_c("argv_racer", ARGV_RACER)
+    profile = tmp_path / "a.yaml"
+    profile.write_text(APPEND)
+    native = box.native([prog, PY])
+    assert native.stdout.strip() == "[]", native.stdout + native.stderr
+    outcomes = set()
+    for _ in range(5):
+        r = box.run([prog, PY], profile=str(profile))
+        assert "[]" not in r.stdout, r.stdout + r.stderr
+        if r.stdout.strip() == "['--dry-run', 'two words']":
+            outcomes.add("ran with them")
+        elif r.returncode == 128 + 9:
+            assert any(x.get("type") == "enforcement" and "append_args" in x.get("reason", "")
+                       for x in r.records), r.records
+            outcomes.add("killed")
+        else:
+            assert r.returncode == 3 and "execv" in r.stderr, (r.returncode, r.stdout, r.stderr)
+            outcomes.add("exec denied")
+    print('argv race outcomes:', sorted(outcomes))
+    assert outcomes, outcomes
+
+
+def test_append_args_needs_its_arguments_and_an_exec_rule(tmp_path):
+    for body, complaint in (("    modify: append_args\n", "append_args"),
+                            ("    modify: scrub_env\n    append_args: [x]\n", "append_args"),
+                            ("    modify: append_args\n    append_args: [x]\n    actions: [file.delete]\n",
+                             "process.exec")):
+        p = tmp_path / "bad.yaml"
+        p.write_text("id: bad\nextends: default\nrules:\n  - id: r\n    decision: modify\n"
+                     + (body if "actions" in body else body + "    actions: [process.exec]\n"))
+        r = subprocess.run(sandbox_cmd() + ["profiles", "check", str(p)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 125 and complaint in r.stderr + r.stdout, (body, r.stderr)
+
+
 def test_a_forbidden_action_stays_denied_whatever_the_context(box, tmp_path, server):
     """credential-store is a hard deny: no declared context, allowed destination, taint or
     earlier history turns it into anything else."""

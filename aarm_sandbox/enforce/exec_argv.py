@@ -1,0 +1,159 @@
+"""MODIFY/append_args: an exec runs with arguments added at the end of its argv.
+
+Seccomp user notification cannot change a syscall's arguments, and the argv array the
+target passed has no slot for one more. So the call is made again with a new array: the
+supervisor attaches to the calling thread (PTRACE_SEIZE, PTRACE_INTERRUPT), answers the
+notification with -ERESTARTNOINTR, and meets the thread in its interrupt stop on the way
+back to user space, where its registers still describe the exec. There it writes the new
+array (the original argument pointers, the added strings, NULL) below the thread's stack
+pointer, points the argv register at it and lets the thread go: the kernel restarts the
+exec, which is notified and decided again, on the argv it will now really use. A thread of
+the same process could still rewrite that array before the kernel copies it, so the
+supervisor checks /proc/PID/cmdline once the exec is done and kills the process if the
+added arguments are not at its end (`Supervisor._verify_exec`).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import time
+
+from aarm_sandbox.decode.handlers import ExecContinue
+from aarm_sandbox.decode.memory import DecodeError, read_u64_array
+from aarm_sandbox.enforce.effects import Effect
+
+ERESTARTNOINTR = 513
+_RESTART_ERRORS = (512, 513, 514, 516)      # ERESTARTSYS NOINTR NOHAND RESTART_RESTARTBLOCK
+_PTRACE_GETREGS, _PTRACE_SETREGS, _PTRACE_DETACH = 12, 13, 17
+_PTRACE_SEIZE, _PTRACE_INTERRUPT = 0x4206, 0x4207
+_WALL = 0x40000000
+_STOP_TIMEOUT = 2.0
+_BELOW_STACK = 8192                          # clear of the red zone and a signal frame
+MAX_ARGS = 4096
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.restype = ctypes.c_long
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+_libc.process_vm_writev.restype = ctypes.c_ssize_t
+
+
+class _Regs(ctypes.Structure):
+    """struct user_regs_struct (x86_64)."""
+    _fields_ = [(name, ctypes.c_ulonglong) for name in (
+        "r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags "
+        "rsp ss fs_base gs_base ds es fs gs").split()]
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def _ptrace(req: int, tid: int, addr: int = 0, data: int = 0) -> None:
+    if _libc.ptrace(req, tid, addr, data) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"ptrace({req}) on thread {tid}: {os.strerror(e)}")
+
+
+class RestartUnavailable(OSError):
+    """ptrace refused before anything was answered: the exec can simply be denied."""
+
+
+class ExecRestart(Effect):
+    """Make the exec again, with `extra` appended to its argv (see the module docstring).
+    perform(answer_restart) returns 0 once the thread runs on towards the restarted exec;
+    raises RestartUnavailable before anything was answered (deny the exec), or another
+    OSError/DecodeError after (the caller kills the target: fail closed)."""
+
+    def __init__(self, exec_effect: ExecContinue, tid: int, nr: int, argv_ptr: int,
+                 extra: tuple[str, ...]):
+        self.exec_effect = exec_effect
+        self.tid = tid
+        self.nr = nr
+        self.argv_ptr = argv_ptr
+        self.extra = tuple(os.fsencode(a) for a in extra)
+
+    def _fds(self):
+        return self.exec_effect._fds()
+
+    def perform(self, answer_restart=None) -> int:
+        pointers = self._argv_pointers()
+        tid = self.tid
+        try:
+            _ptrace(_PTRACE_SEIZE, tid)
+        except OSError as e:
+            raise RestartUnavailable(e.errno, f"{e.strerror}: the supervisor may not ptrace "
+                                              f"here (container runtime or LSM policy)") from None
+        try:
+            _ptrace(_PTRACE_INTERRUPT, tid)
+            answer_restart()
+            self._wait_stop()
+            regs = _Regs()
+            _ptrace(_PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+            ret = -ctypes.c_longlong(regs.rax).value
+            if regs.orig_rax != self.nr or ret not in _RESTART_ERRORS:
+                raise OSError(errno.EPROTO, f"thread {tid} did not stop in its exec "
+                                            f"(syscall {regs.orig_rax}, return {-ret})")
+            addr = self._write_array(regs.rsp, pointers)
+            if self.nr == 59:                # execve(path, argv, envp)
+                regs.rsi = addr
+            else:                            # execveat(dirfd, path, argv, envp, flags)
+                regs.rdx = addr
+            _ptrace(_PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+        finally:
+            try:
+                _ptrace(_PTRACE_DETACH, tid)
+            except OSError:
+                pass
+        return 0
+
+    def _argv_pointers(self) -> list[int]:
+        out: list[int] = []
+        while len(out) < MAX_ARGS:
+            (p,) = read_u64_array(self.tid, self.argv_ptr + 8 * len(out), 1)
+            if p == 0:
+                return out
+            out.append(p)
+        raise DecodeError(errno.E2BIG, "too many arguments to add to")
+
+    def _wait_stop(self) -> None:
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while True:
+            pid, status = os.waitpid(self.tid, os.WNOHANG | _WALL)
+            if pid == self.tid:
+                if os.WIFSTOPPED(status):
+                    return
+                raise OSError(errno.ESRCH, f"thread {self.tid} ended before its exec restarted")
+            if time.monotonic() > deadline:
+                raise OSError(errno.ETIMEDOUT, f"thread {self.tid} did not stop for the restart")
+            time.sleep(0.0002)
+
+    def _write_array(self, rsp: int, pointers: list[int]) -> int:
+        """Strings first, then the pointer array (8-byte aligned), below the stack."""
+        strings = b"".join(a + b"\0" for a in self.extra)
+        count = len(pointers) + len(self.extra) + 1
+        size = len(strings) + 16 + 8 * count
+        base = (rsp - _BELOW_STACK - size) & ~15
+        extra_ptrs, off = [], 0
+        for a in self.extra:
+            extra_ptrs.append(base + off)
+            off += len(a) + 1
+        array_at = (base + len(strings) + 15) & ~15
+        array = b"".join(p.to_bytes(8, "little") for p in pointers + extra_ptrs + [0])
+        blob = strings + b"\0" * (array_at - base - len(strings)) + array
+        buf = ctypes.create_string_buffer(blob, len(blob))
+        n = _libc.process_vm_writev(self.tid, ctypes.byref(_IoVec(ctypes.cast(buf, ctypes.c_void_p), len(blob))),
+                                    1, ctypes.byref(_IoVec(base, len(blob))), 1, 0)
+        if n != len(blob):
+            e = ctypes.get_errno() or errno.EFAULT
+            raise OSError(e, f"cannot write the new argv below the stack at {base:#x}")
+        return array_at
+
+
+def argv_ends_with(cmdline: bytes, extra: tuple[str, ...]) -> bool:
+    """Whether /proc/PID/cmdline (NUL-separated) ends with the added arguments."""
+    args = cmdline.split(b"\0")
+    if args and args[-1] == b"":
+        args.pop()
+    tail = [os.fsencode(a) for a in extra]
+    return len(args) >= len(tail) and args[len(args) - len(tail):] == tail
