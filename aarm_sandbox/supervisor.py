@@ -392,7 +392,8 @@ class Supervisor:
         the exec; after (the answer restarts it), it kills the process."""
         from aarm_sandbox.enforce.exec_argv import ERESTARTNOINTR, RestartUnavailable
         try:
-            return effect.perform(lambda: self.backend.answer_error(n, ERESTARTNOINTR))
+            return effect.perform(lambda: self.backend.answer_error(n, ERESTARTNOINTR),
+                                  lambda: self.backend.still_pending(n))
         except (RestartUnavailable, DecodeError) as e:
             # nothing answered yet (argv unreadable, or no ptrace here): refuse the exec
             why = f"exec refused: its arguments cannot be added ({e})"

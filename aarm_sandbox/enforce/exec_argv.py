@@ -76,7 +76,7 @@ class ExecRestart(Effect):
     def _fds(self):
         return self.exec_effect._fds()
 
-    def perform(self, answer_restart=None) -> int:
+    def perform(self, answer_restart=None, still_pending=None) -> int:
         pointers = self._argv_pointers()
         tid = self.tid
         try:
@@ -85,6 +85,9 @@ class ExecRestart(Effect):
             raise RestartUnavailable(e.errno, f"{e.strerror}: the supervisor may not ptrace "
                                               f"here (container runtime or LSM policy)") from None
         try:
+            if still_pending is not None and not still_pending():
+                # the caller went away (and its TID could be another task's by now)
+                raise RestartUnavailable(errno.ESRCH, f"thread {tid} left its exec")
             _ptrace(_PTRACE_INTERRUPT, tid)
             answer_restart()
             self._wait_stop()
