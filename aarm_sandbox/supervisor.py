@@ -71,6 +71,9 @@ class Supervisor:
         self._argv_restarts: dict[int, float] = {}   # tid -> when an exec of it was restarted
         # The journal, keys and state: denied outright when no mount namespace hides them.
         self.protected: tuple[str, ...] = ()
+        # The profile files (extends chain) governing this session, wherever they are: the
+        # session must not be able to rewrite what confines the next run.
+        self.governing: frozenset[str] = frozenset()
         self._exe_cache: dict[int, tuple[str, float]] = {}
         self.meter = None            # net.accounting.ConnectionMeter, set by `run`
         self.quarantine = None       # enforce.quarantine.Quarantine, set by `run`
@@ -327,6 +330,11 @@ class Supervisor:
             if egress == "deny":
                 return Decision(Result.DENY, "egress", action.detail.get("egress_reason", ""), err)
 
+        if self.governing and not self.governing.isdisjoint(action.paths) and \
+                action.type != A.FILE_READ:
+            return Decision(Result.DENY, "governing-profile", "the profile that governs this "
+                            "session cannot be changed from inside it (edit it outside the "
+                            "sandbox)", errno.EACCES)
         if self.protected and any(_inside(p, q) for p in action.paths for q in self.protected):
             return Decision(Result.DENY, "protected", "the session's journal, signing keys and "
                             "supervisor state are off limits to the sandbox", errno.EACCES)

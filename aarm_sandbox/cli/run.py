@@ -365,10 +365,14 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     if not sandbox.namespaces & CLONE_NEWNS:
         # Nothing is masked: the supervisor itself refuses every access to its files.
         sup.protected = tuple(protected)
+    from aarm_sandbox.policy.loader import builtin_dir
+    builtin = str(builtin_dir().resolve())
+    sup.governing = frozenset(f for f in loaded.files if not _inside(f, builtin))
     if os.environ.get("AARM_FAST_PATH", "1") != "0":
         from aarm_sandbox.intercept.fastpath import FastPath
         danger = [os.path.abspath(os.path.expanduser(g)) for g in args.sensitive]
         danger += [g for p in protected for g in (p, p.rstrip("/") + "/**")]
+        danger += list(sup.governing)
         # labelled paths must be seen by Python (receipts and composition rules need them)
         for globs in (getattr(policy.profile, "data_classes", None) or {}).values():
             danger += policy.expand_patterns(list(globs))

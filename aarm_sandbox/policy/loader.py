@@ -21,13 +21,15 @@ class ProfileError(Exception):
 
 
 class LoadedProfile(FrozenRecord):
-    __slots__ = ("profile", "source", "sha256")
+    __slots__ = ("profile", "source", "sha256", "files")
 
-    def __init__(self, profile: SimpleNamespace, source: str, sha256: str):
+    def __init__(self, profile: SimpleNamespace, source: str, sha256: str,
+                 files: tuple[str, ...] = ()):
         setattr_ = object.__setattr__
         setattr_(self, "profile", profile)  # validated profile as plain attributes (see to_view)
         setattr_(self, "source", source)    # file path
         setattr_(self, "sha256", sha256)    # of the file bytes as loaded (the leaf file)
+        setattr_(self, "files", files)      # resolved paths of every file of the extends chain
 
 
 def to_view(data: dict) -> SimpleNamespace:
@@ -177,11 +179,15 @@ def load_profile(name_or_file: str, use_cache: bool = True) -> LoadedProfile:
     path = locate(name_or_file)
     leaf_raw = path.read_bytes()
     leaf_sha = hashlib.sha256(leaf_raw).hexdigest()
-    cached = _cache_dir() / f"{hashlib.sha256((_CODE_VERSION + leaf_sha).encode()).hexdigest()}.json"
+    # Keyed by where the leaf is too: the same bytes elsewhere may extend other files, and
+    # the chain's files are what the session may not change (LoadedProfile.files). An entry
+    # whose chain used a relative `extends` path (resolved from the cwd) holds only there.
+    key = "\0".join((_CODE_VERSION, str(path.resolve()), leaf_sha))
+    cached = _cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
     if use_cache:
-        view = _from_cache(cached)
-        if view is not None:
-            return LoadedProfile(view, str(path), leaf_sha)
+        hit = _from_cache(cached)
+        if hit is not None:
+            return LoadedProfile(hit[0], str(path), leaf_sha, hit[1])
     chain: list[tuple[Path, bytes, dict]] = []
     seen: set[str] = set()
     while True:
@@ -196,19 +202,25 @@ def load_profile(name_or_file: str, use_cache: bool = True) -> LoadedProfile:
         seen.add(str(pid))
         path = locate(ext)
     view = _validate_chain(chain)
-    _store(cached, view, [(str(p.resolve()), hashlib.sha256(raw).hexdigest()) for p, raw, _ in chain])
-    return LoadedProfile(view, str(chain[0][0]), leaf_sha)
+    files = [(str(p.resolve()), hashlib.sha256(raw).hexdigest()) for p, raw, _ in chain]
+    relative = any(_is_path(d.get("extends")) and not os.path.isabs(d["extends"])
+                   for _p, _r, d in chain)
+    _store(cached, view, files, os.getcwd() if relative else None)
+    return LoadedProfile(view, str(chain[0][0]), leaf_sha, tuple(f for f, _ in files))
 
 
-def _from_cache(cached: Path) -> SimpleNamespace | None:
-    """The cached validated view, if every file of its chain still has the same bytes."""
+def _from_cache(cached: Path) -> tuple[SimpleNamespace, tuple[str, ...]] | None:
+    """The cached validated view and its chain's files, if every file of the chain still
+    has the same bytes."""
     try:
         entry = json.loads(cached.read_text())
+        if entry.get("cwd") not in (None, os.getcwd()):
+            return None
         for fpath, sha in entry["chain"]:
             with open(fpath, "rb") as f:
                 if hashlib.sha256(f.read()).hexdigest() != sha:
                     return None
-        return to_view(entry["profile"])
+        return to_view(entry["profile"]), tuple(str(f) for f, _ in entry["chain"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -221,11 +233,17 @@ def _validate_chain(chain) -> SimpleNamespace:
     return to_view(merged.model_dump(by_alias=False))
 
 
-def _store(cached: Path, view: SimpleNamespace, chain: list[tuple[str, str]]) -> None:
+def _is_path(name) -> bool:
+    """An `extends`/--profile value naming a file (as `locate` reads it), not a built-in."""
+    return isinstance(name, str) and (name.endswith((".yaml", ".yml")) or "/" in name)
+
+
+def _store(cached: Path, view: SimpleNamespace, chain: list[tuple[str, str]],
+           cwd: str | None) -> None:
     try:
         cached.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"chain": chain, "profile": view_to_dict(view)}))
+        tmp.write_text(json.dumps({"chain": chain, "profile": view_to_dict(view), "cwd": cwd}))
         os.replace(tmp, cached)
     except OSError:
         pass      # a cache that cannot be written only costs startup time

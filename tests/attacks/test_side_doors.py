@@ -907,3 +907,27 @@ def test_a_weak_filter_or_profile_planted_in_the_cache_does_not_weaken_the_next_
     native = box.native(["python3", "-c", _PLANT, str(cache)])
     assert "PLANTED 2" in native.stdout or int(native.stdout.split()[-1]) >= 2, native.stdout
     assert {p: p.read_bytes() for p in cached} != before
+
+
+def test_the_session_cannot_rewrite_the_profile_file_that_governs_it(box):
+    """A `--profile FILE` inside the workspace (a policy kept in the project) is what the
+    next run is confined by: appending to it, truncating, replacing, deleting, renaming or
+    hardlinking it from inside the session is denied; reading it is not. Natively every
+    one of those changes goes through."""
+    prof = box.workspace / "aarm.yaml"
+    text = "id: mine\nextends: default\nrules: []\n"
+    prof.write_text(text)
+    attack = ("cat aarm.yaml > /dev/null && echo READ-OK; echo 'defaults: {\"*\": allow}' >> aarm.yaml; "
+              "python3 -c 'import os; os.open(\"aarm.yaml\", os.O_WRONLY | os.O_TRUNC)'; "
+              "cp /dev/null new.yaml && mv new.yaml aarm.yaml; ln aarm.yaml hard.yaml; "
+              "mv aarm.yaml moved.yaml; rm -f aarm.yaml; true")
+    r = box.run(["sh", "-c", attack], profile=str(prof))
+    assert "READ-OK" in r.stdout, r.stdout + r.stderr
+    assert prof.read_text() == text
+    assert not (box.workspace / "hard.yaml").exists() and not (box.workspace / "moved.yaml").exists()
+    rules = {x["decision"]["rule"] for x in r.denied()}
+    assert rules == {"governing-profile"}, r.denied()
+    assert {x["action"]["type"] for x in r.denied()} >= {"file.write", "file.rename", "file.link",
+                                                         "file.delete"}
+    native = box.native(["sh", "-c", attack])
+    assert not prof.exists() and (box.workspace / "moved.yaml").exists(), native.stderr

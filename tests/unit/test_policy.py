@@ -286,3 +286,24 @@ def test_the_rule_index_finds_every_rule_a_full_scan_finds(tmp_path):
         assert (got.result, got.rule) == (want.result, want.rule), (t, path)
         checked += got.rule != "default"
     assert checked > 100
+
+
+def test_the_profile_cache_never_serves_another_places_chain(tmp_path, monkeypatch):
+    """The same leaf bytes in two directories, each extending its own ./base.yaml (resolved
+    from the cwd): each run gets its own base, and knows its own chain's files (which the
+    session may not change)."""
+    from aarm_sandbox.policy.loader import load_profile
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    leaf = "id: leaf\nextends: ./base.yaml\nrules: []\n"
+    views = {}
+    for name, default in (("a", "allow"), ("b", "deny")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "leaf.yaml").write_text(leaf)
+        (d / "base.yaml").write_text(f"id: base-{name}\nextends: default\ndefaults:\n  net.connect: {default}\n")
+        monkeypatch.chdir(d)
+        for _ in range(2):                                   # the second load is a cache hit
+            loaded = load_profile(str(d / "leaf.yaml"))
+            views[name] = (loaded.profile.defaults["net.connect"], loaded.files)
+            assert loaded.files[:2] == (str(d / "leaf.yaml"), str(d / "base.yaml"))
+    assert views["a"][0] == "allow" and views["b"][0] == "deny"
