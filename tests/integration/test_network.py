@@ -53,7 +53,8 @@ import time
 s = socket.create_connection(("127.0.0.1", {srv.port}), timeout=5)
 s.sendall(b"blocking")
 print(s.recv(100).decode())
-time.sleep(0.6)              # (the kernel's counters are read every 250 ms)
+time.sleep(1.5)              # (the kernel's counters are read every 250 ms, by a thread
+                             # at nice 10 that a busy 2-core machine can delay for 0.6 s)
 n = socket.socket()
 n.setblocking(False)
 r = n.connect_ex(("127.0.0.1", {srv.port}))
@@ -63,7 +64,7 @@ assert n.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
 n.setblocking(True)
 n.sendall(b"nonblocking")
 print(n.recv(100).decode())
-time.sleep(0.6)
+time.sleep(1.5)
 """
     r = _py(box, code, ["--allow-net", f"127.0.0.1:{srv.port}"])
     assert r.returncode == 0, r.stderr
