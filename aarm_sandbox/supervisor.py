@@ -395,29 +395,47 @@ class Supervisor:
             effect.close()
 
     def _restart_exec(self, n: Notification, effect) -> int:
-        """MODIFY append_args: the exec is made again with the new argv (its own receipt
-        follows when it is notified again). A failure before the call is answered refuses
-        the exec; after (the answer restarts it), it kills the process."""
+        """MODIFY append_args: the exec is made again with the new argv, by a thread of its
+        own that stays the thread's tracer until the exec stop (enforce.exec_argv); this one
+        goes on deciding (the restarted exec is notified again). A failure before the call
+        is answered refuses the exec; after, it kills the process."""
         from aarm_sandbox.enforce.exec_argv import ERESTARTNOINTR, RestartUnavailable
-        try:
-            return effect.perform(lambda: self.backend.answer_error(n, ERESTARTNOINTR),
-                                  lambda: self.backend.still_pending(n))
-        except (RestartUnavailable, DecodeError) as e:
-            # nothing answered yet (argv unreadable, or no ptrace here): refuse the exec
-            why = f"exec refused: its arguments cannot be added ({e})"
-            print(f"aarm-sandbox: {why}", file=sys.stderr)
-            self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
-            self.backend.answer_error(n, errno.EPERM)
-            return -errno.EPERM
-        except OSError as e:
-            why = f"exec could not be restarted with the added arguments ({e}); process killed"
+        ready = threading.Event()
+        result: list[int] = []
+
+        def restarted(r: int) -> None:
+            result.append(r)
+            ready.set()
+
+        def trace() -> None:
             try:
-                os.kill(_tgid_of(n.tid), signal.SIGKILL)
-            except OSError:
-                pass
-            print(f"aarm-sandbox: error: {why}", file=sys.stderr)
-            self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
-            return -errno.EPERM
+                outcome = effect.perform(lambda: self.backend.answer_error(n, ERESTARTNOINTR),
+                                         lambda: self.backend.still_pending(n), restarted)
+                if outcome == "killed":
+                    self.journal.append({"type": "enforcement", "tid": n.tid, "reason":
+                                         "exec ran without the arguments a modify: append_args "
+                                         "rule added (rewritten by another thread); killed in "
+                                         "its exec stop, before its first instruction"})
+            except (RestartUnavailable, DecodeError) as e:
+                # nothing answered yet (argv unreadable, or no ptrace here): refuse the exec
+                why = f"exec refused: its arguments cannot be added ({e})"
+                print(f"aarm-sandbox: {why}", file=sys.stderr)
+                self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
+                self.backend.answer_error(n, errno.EPERM)
+                restarted(-errno.EPERM)
+            except Exception as e:  # noqa: BLE001 - answered already: fail closed
+                why = f"exec could not be restarted with the added arguments ({e}); process killed"
+                try:
+                    os.kill(_tgid_of(n.tid), signal.SIGKILL)
+                except OSError:
+                    pass
+                print(f"aarm-sandbox: error: {why}", file=sys.stderr)
+                self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
+                restarted(-errno.EPERM)
+
+        threading.Thread(target=trace, name="aarm-exec-restart", daemon=True).start()
+        ready.wait(10)
+        return result[0] if result else -errno.EPERM
 
     def _decide_semantic(self, action, decision: Decision) -> Decision:
         """An exec is also every semantic action its argv means (through launchers like

@@ -9,8 +9,11 @@ array (the original argument pointers, the added strings, NULL) below the thread
 pointer, points the argv register at it and lets the thread go: the kernel restarts the
 exec, which is notified and decided again, on the argv it will now really use. A thread of
 the same process could still rewrite that array before the kernel copies it, so the
-supervisor checks /proc/PID/cmdline once the exec is done and kills the process if the
-added arguments are not at its end (`Supervisor._verify_exec`).
+supervisor stays attached (PTRACE_O_TRACEEXEC) and checks the new program's
+/proc/PID/cmdline in its exec stop, before it runs a single instruction: without the added
+arguments at its end it is killed there. Every ptrace call comes from one thread (the
+kernel's rule), started per restart: the decision loop goes on meanwhile and decides the
+restarted exec when it is notified.
 """
 from __future__ import annotations
 
@@ -25,8 +28,11 @@ from aarm_sandbox.enforce.effects import Effect
 
 ERESTARTNOINTR = 513
 _RESTART_ERRORS = (512, 513, 514, 516)      # ERESTARTSYS NOINTR NOHAND RESTART_RESTARTBLOCK
-_PTRACE_GETREGS, _PTRACE_SETREGS, _PTRACE_DETACH = 12, 13, 17
+_PTRACE_CONT, _PTRACE_GETREGS, _PTRACE_SETREGS, _PTRACE_DETACH = 7, 12, 13, 17
 _PTRACE_SEIZE, _PTRACE_INTERRUPT = 0x4206, 0x4207
+_PTRACE_O_TRACEEXEC = 0x10
+_PTRACE_EVENT_EXEC = 4
+_EXEC_GATE_TIMEOUT = 30.0   # a restarted exec held for approval longer: the polling check
 _WALL = 0x40000000
 _STOP_TIMEOUT = 2.0
 _BELOW_STACK = 8192                          # clear of the red zone and a signal frame
@@ -76,14 +82,20 @@ class ExecRestart(Effect):
     def _fds(self):
         return self.exec_effect._fds()
 
-    def perform(self, answer_restart=None, still_pending=None) -> int:
+    def perform(self, answer_restart=None, still_pending=None, restarted=None) -> str:
+        """The whole restart, in the calling thread (the tracer): `restarted(r)` is called
+        once the call is answered and the thread runs on (r = 0), or refused before any
+        answer (r = -errno, raised too). Returns how the exec ended: "ok" (ran with the
+        arguments), "killed" (cut: killed in its exec stop), "gone", or "timeout" (no exec
+        within _EXEC_GATE_TIMEOUT: detached, the polling check remains)."""
         pointers = self._argv_pointers()
         tid = self.tid
         try:
-            _ptrace(_PTRACE_SEIZE, tid)
+            _ptrace(_PTRACE_SEIZE, tid, 0, _PTRACE_O_TRACEEXEC)
         except OSError as e:
             raise RestartUnavailable(e.errno, f"{e.strerror}: the supervisor may not ptrace "
                                               f"here (container runtime or LSM policy)") from None
+        attached = True
         try:
             if still_pending is not None and not still_pending():
                 # the caller went away (and its TID could be another task's by now)
@@ -103,12 +115,69 @@ class ExecRestart(Effect):
             else:                            # execveat(dirfd, path, argv, envp, flags)
                 regs.rdx = addr
             _ptrace(_PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+            _ptrace(_PTRACE_CONT, tid, 0, 0)
+            if restarted is not None:
+                restarted(0)
+            outcome = self._gate_exec()
+            attached = outcome == "timeout"
+            return outcome
         finally:
+            if attached:
+                self._detach()
+
+    def _detach(self) -> None:
+        """Detach, which needs the thread stopped: interrupt it first if it runs."""
+        try:
+            _ptrace(_PTRACE_DETACH, self.tid)
+            return
+        except OSError:
+            pass
+        try:
+            _ptrace(_PTRACE_INTERRUPT, self.tid)
+            self._wait_stop()
+            _ptrace(_PTRACE_DETACH, self.tid)
+        except OSError:
+            pass
+
+    def _gate_exec(self) -> str:
+        """Follow the thread to its exec stop and check the new program's argv there."""
+        deadline = time.monotonic() + _EXEC_GATE_TIMEOUT
+        who = self.tid
+        tgid = _tgid(self.tid)
+        while True:
             try:
-                _ptrace(_PTRACE_DETACH, tid)
+                pid, status = os.waitpid(who, os.WNOHANG | _WALL)
+            except ChildProcessError:
+                if who != tgid:              # a non-leader's exec takes over the leader's id
+                    who = tgid
+                    continue
+                return "gone"
+            if pid == 0:
+                if time.monotonic() > deadline:
+                    return "timeout"
+                time.sleep(0.0002)
+                continue
+            if not os.WIFSTOPPED(status):
+                return "gone"
+            if status >> 16 == _PTRACE_EVENT_EXEC:
+                try:
+                    with open(f"/proc/{who}/cmdline", "rb") as f:
+                        ok = argv_ends_with(f.read(), tuple(os.fsdecode(a) for a in self.extra))
+                except OSError:
+                    ok = False
+                if not ok:
+                    os.kill(who, 9)
+                    return "killed"
+                self.tid = who
+                _ptrace(_PTRACE_DETACH, who)
+                return "ok"
+            # any other stop (a signal on its way, a group stop): let it go on
+            sig = os.WSTOPSIG(status)
+            inject = 0 if status >> 16 or sig == 5 else sig       # 5: SIGTRAP
+            try:
+                _ptrace(_PTRACE_CONT, who, 0, inject)
             except OSError:
-                pass
-        return 0
+                return "gone"
 
     def _argv_pointers(self) -> list[int]:
         out: list[int] = []
@@ -160,3 +229,14 @@ def argv_ends_with(cmdline: bytes, extra: tuple[str, ...]) -> bool:
         args.pop()
     tail = [os.fsencode(a) for a in extra]
     return len(args) >= len(tail) and args[len(args) - len(tail):] == tail
+
+
+def _tgid(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return tid
