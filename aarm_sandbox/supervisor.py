@@ -21,6 +21,8 @@ from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, ExecContinue, Notification
 from aarm_sandbox.decode.memory import DecodeError
 from aarm_sandbox.enforce.effects import AtCall, Continue, Effect, OpenFile, QuarantineDelete
+from aarm_sandbox.enforce.exec_argv import (ERESTARTNOINTR, ExecRestart, RestartUnavailable,
+                                            argv_ends_with)
 from aarm_sandbox.journal.writer import Journal
 from aarm_sandbox.policy.decision import RANK, Decision, Result
 from aarm_sandbox.policy.engine import PolicyEngine
@@ -368,7 +370,7 @@ class Supervisor:
                         threading.Thread(target=self._verify_exec, args=(n.tid, effect),
                                          daemon=True).start()
                 return 0
-            if effect.__class__.__name__ == "ExecRestart":
+            if isinstance(effect, ExecRestart):
                 return self._restart_exec(n, effect)
             if action is not None and _destructive(action) and not self._intent(n, action):
                 r = -errno.EIO
@@ -399,7 +401,6 @@ class Supervisor:
         own that stays the thread's tracer until the exec stop (enforce.exec_argv); this one
         goes on deciding (the restarted exec is notified again). A failure before the call
         is answered refuses the exec; after, it kills the process."""
-        from aarm_sandbox.enforce.exec_argv import ERESTARTNOINTR, RestartUnavailable
         ready = threading.Event()
         result: list[int] = []
 
@@ -516,13 +517,16 @@ class Supervisor:
         modified = {"type": "process.exec", "transform": "append_args", "original": "process.exec",
                     "appended": list(extra)}
         if extra and tuple(argv[len(argv) - len(extra):]) == extra:
+            self._argv_restarts.pop(n.tid, None)
+            # The restart's tracer checks the new program in its exec stop; this check
+            # after the exec only matters when that tracer gave up waiting (the restarted
+            # exec held for approval longer than it waits).
             effect.require_argv_tail = extra
             return effect, modified
         if time.monotonic() - self._argv_restarts.get(n.tid, -10.0) < 2.0:
             print(f"aarm-sandbox: the argv of {action.target} did not come back with "
                   f"{' '.join(extra)} after a restart", file=sys.stderr)
             return effect, None                   # restarted once already: deny
-        from aarm_sandbox.enforce.exec_argv import ExecRestart
         self._argv_restarts[n.tid] = time.monotonic()
         argvp = n.args[1] if action.syscall == "execve" else n.args[2]
         return ExecRestart(effect, n.tid, n.nr, argvp, extra), {**modified, "restarted": True}
@@ -678,7 +682,6 @@ class Supervisor:
     def _argv_tail_ok(tgid: int, tail: tuple[str, ...]) -> bool | None:
         """Whether the running program's argv ends with `tail`; None while it is empty (the
         exec has switched images but not yet set up the arguments)."""
-        from aarm_sandbox.enforce.exec_argv import argv_ends_with
         try:
             with open(f"/proc/{tgid}/cmdline", "rb") as f:
                 cmdline = f.read()

@@ -17,17 +17,21 @@
  *      the decision and the operation only ever use that private copy;
  *   2. empty paths, a trailing '/', any "." or ".." component -> Python;
  *   3. absolute paths start at the session root (root_fd), relative ones at
- *      /proc/TID/cwd (per thread, honours unshare(CLONE_FS)); a dirfd other
- *      than AT_FDCWD -> Python;
+ *      /proc/TID/cwd (per thread, honours unshare(CLONE_FS)) or at the
+ *      directory a dirfd refers to (/proc/TID/fd/N, pinned: the very object);
  *   4. the parent directory is pinned with openat2(RESOLVE_NO_SYMLINKS |
- *      RESOLVE_NO_MAGICLINKS [| RESOLVE_IN_ROOT]); any error -> Python;
+ *      RESOLVE_NO_MAGICLINKS [| RESOLVE_IN_ROOT]); any error -> Python.  An
+ *      absolute canonical write-open skips the pin and opens the whole path
+ *      with the same flags from the root (ELOOP there -> Python);
  *   5. canonical path = the text for absolute paths without "//" (the parent
  *      was reached with no symlink, "." or ".."), else
  *      readlink(/proc/self/fd/PARENT) + "/" + name - as Resolver.parent;
- *   6. the last component is lstat'ed (fstatat AT_SYMLINK_NOFOLLOW) in the
- *      pinned parent: only regular files opened with write access or O_TRUNC
- *      (write), absent names (create, mkdir) and non-directories (unlink) are
- *      handled;
+ *   6. when every kind the outcome could be is allowed for the path, no lstat:
+ *      the operation itself (O_NOFOLLOW, O_EXCL, unlinkat's own errors) tells
+ *      what was there; otherwise the last component is lstat'ed in the pinned
+ *      parent and only regular files opened for writing or O_TRUNC (write) and
+ *      absent names (create) are handled; unlink/rmdir/mkdir answer the
+ *      kernel's own errors;
  *   7. the canonical path must "may-match" an allow glob of the kind and no
  *      danger glob;
  *   8. SECCOMP_IOCTL_NOTIF_ID_VALID (after every /proc/TID access, so a
@@ -36,8 +40,9 @@
  *      journal (when configured with aarm_fast_set_intent) so that a
  *      supervisor killed between the operation and its receipt still leaves
  *      a trace; a failed or short write hands the notification to Python;
- *  10. the operation is performed on (pinned parent, name) - O_NOFOLLOW for
- *      opens - and the notification answered (ADDFD|SEND for opens);
+ *  10. the operation is performed on (pinned parent, name), or on the whole
+ *      path from the root (step 4) - O_NOFOLLOW for opens - and the
+ *      notification answered (ADDFD|SEND for opens);
  *  11. a journal record is queued in a ring whose slot was reserved *before*
  *      the operation: when the ring is full the notification goes to Python,
  *      so nothing is ever performed without a record.  It carries the
@@ -345,12 +350,6 @@ static int may_match(const struct fp_glob *g, const char *p, size_t n, int dange
     return 1;
 }
 
-/* Allowed iff the kind is on, the path may-matches an allow glob that is an
- * exact path or a pure prefix (a glob with literal segments after its
- * wildcard is an over-approximation and could allow more than the glob:
- * it never allows here), and may-matches no danger glob.  Danger matching is
- * conservative beyond the plain definition: when the last literal piece ends
- * in '/', the path may also end right before that '/' (glob X/<star><star> matches X). */
 /* The length of p's first component, the leading '/' included ("/root" of
  * "/root/.ssh"; all of p when there is no second '/'). */
 static size_t first_comp_len(const char *p, size_t n)
@@ -377,6 +376,12 @@ static int danger_hit(const struct fp_kind *k, const char *p, size_t n)
     return 0;
 }
 
+/* Allowed iff the kind is on, the path may-matches an allow glob that is an
+ * exact path or a pure prefix (a glob with literal segments after its
+ * wildcard is an over-approximation and could allow more than the glob:
+ * it never allows here), and may-matches no danger glob.  Danger matching is
+ * conservative beyond the plain definition: when the last literal piece ends
+ * in '/', the path may also end right before that '/' (glob X/<star><star> matches X). */
 static int kind_allows(const struct fp_kind *k, const char *p, size_t n)
 {
     if (!k->enabled)
@@ -733,20 +738,30 @@ void aarm_fast_invalidate_exe(struct aarm_fast_ctx *c)
     pthread_mutex_unlock(&c->exe_lock);
 }
 
-/* Handle one notification completely (FP_DONE) or not at all (FP_PASS). */
+/* The open flags the kernel keeps (VALID_OPEN_FLAGS, x86_64): open/openat drop any other
+ * bit silently, openat2 refuses it with EINVAL; masked here, the two behave alike. */
+#define FP_VALID_OPEN_FLAGS 037777703u
+
 /* The open itself: at `name` in the pinned parent, or (parent < 0: an absolute path
  * whose text is canonical) along the whole path from the session root with the same
  * guarantees the parent walk gives (no symlinks, no magic links, never above the root),
- * one path walk instead of two. */
+ * one path walk instead of two.  EINTR is retried. */
 static int open_target(struct aarm_fast_ctx *c, int parent, const char *path,
                        const char *name, int oflags, mode_t mode)
 {
-    if (parent >= 0)
-        return openat(parent, name, oflags, mode);
-    return sys_openat2_mode(c->root_fd, path, (uint64_t)(unsigned)oflags, mode,
-                            FP_RESOLVE_STRICT);
+    int fd;
+    do {
+        if (parent >= 0)
+            fd = openat(parent, name, oflags, mode);
+        else
+            fd = sys_openat2_mode(c->root_fd, path,
+                                  (uint64_t)((unsigned)oflags & FP_VALID_OPEN_FLAGS), mode,
+                                  FP_RESOLVE_STRICT);
+    } while (fd < 0 && errno == EINTR);
+    return fd;
 }
 
+/* Handle one notification completely (FP_DONE) or not at all (FP_PASS). */
 static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
 {
     if (!atomic_load_explicit(&c->enabled, memory_order_acquire))
@@ -1020,26 +1035,19 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         int create_first = probe && (flags & O_CREAT) &&
                            atomic_load_explicit(&c->probe_created, memory_order_relaxed);
         if (create_first) {
-            do {
-                opened = open_target(c, parent, path, name, oflags | O_CREAT | O_EXCL, m);
-            } while (opened < 0 && errno == EINTR);
+            opened = open_target(c, parent, path, name, oflags | O_CREAT | O_EXCL, m);
             if (opened >= 0 || errno != EEXIST)
                 kind = AARM_FAST_CREATE;
         }
         if (!create_first || kind == AARM_FAST_WRITE) {
-            do {
-                opened = open_target(c, parent, path, name, oflags,
-                                     kind == AARM_FAST_CREATE ? m : 0);
-            } while (opened < 0 && errno == EINTR);
+            opened = open_target(c, parent, path, name, oflags, kind == AARM_FAST_CREATE ? m : 0);
         }
         if (opened < 0 && probe && !create_first && errno == ENOENT && (flags & O_CREAT)) {
             /* Not there: create it, exclusively (a name appearing meanwhile -> Python).
              * Without O_CREAT, ENOENT is simply the kernel's own answer. */
             kind = AARM_FAST_CREATE;
             oflags |= O_CREAT | O_EXCL;
-            do {
-                opened = open_target(c, parent, path, name, oflags, m);
-            } while (opened < 0 && errno == EINTR);
+            opened = open_target(c, parent, path, name, oflags, m);
             if (opened < 0 && errno == EEXIST)
                 goto out;
         }
@@ -1222,10 +1230,8 @@ static uint32_t glob_comp_len(const struct fp_glob *g)
 {
     if (g->prefix_len == 0 || g->prefix[0] != '/')
         return 0;
-    const char *slash = g->prefix_len > 1 ? memchr(g->prefix + 1, '/', g->prefix_len - 1) : NULL;
-    if (slash)
-        return (uint32_t)(slash - g->prefix);
-    return g->exact ? g->prefix_len : 0;
+    size_t l = first_comp_len(g->prefix, g->prefix_len);
+    return l < g->prefix_len || g->exact ? (uint32_t)l : 0;
 }
 
 static int cmp_comp(const void *a, const void *b)

@@ -132,22 +132,36 @@ static uint32_t cls_of(const struct aarm_pm *pm, uint32_t cp)
 
 /* ---- accept sets ---- */
 
-static int acc_rehash(struct aarm_pm *pm, uint32_t ncap)
+/* Rebuild an open-addressing index (slots hold entry numbers, -1 empty) of n entries
+ * with ncap slots (a power of two); the accept-set and DFA-state tables share it. */
+static int reindex(int32_t **tab, uint32_t *cap, uint32_t ncap, uint32_t n,
+                   uint32_t (*hash_at)(const struct aarm_pm *, uint32_t),
+                   const struct aarm_pm *pm)
 {
     int32_t *t = malloc((size_t)ncap * sizeof *t);
     if (t == NULL)
         return -1;
     memset(t, 0xff, (size_t)ncap * sizeof *t);
-    for (uint32_t a = 0; a < pm->nacc; a++) {
-        uint32_t i = pm->acc_hash[a] & (ncap - 1);
+    for (uint32_t e = 0; e < n; e++) {
+        uint32_t i = hash_at(pm, e) & (ncap - 1);
         while (t[i] >= 0)
             i = (i + 1) & (ncap - 1);
-        t[i] = (int32_t)a;
+        t[i] = (int32_t)e;
     }
-    free(pm->acc_htab);
-    pm->acc_htab = t;
-    pm->acc_hcap = ncap;
+    free(*tab);
+    *tab = t;
+    *cap = ncap;
     return 0;
+}
+
+static uint32_t acc_hash_at(const struct aarm_pm *pm, uint32_t a)
+{
+    return pm->acc_hash[a];
+}
+
+static int acc_rehash(struct aarm_pm *pm, uint32_t ncap)
+{
+    return reindex(&pm->acc_htab, &pm->acc_hcap, ncap, pm->nacc, acc_hash_at, pm);
 }
 
 /* The id of the set pats[0..n) (sorted, distinct); PM_FAIL past the limits. */
@@ -244,22 +258,14 @@ static uint32_t closure_end(struct aarm_pm *pm, uint32_t sp)
     return n;
 }
 
+static uint32_t state_hash_at(const struct aarm_pm *pm, uint32_t s)
+{
+    return pm->states[s].hash;
+}
+
 static int rehash_states(struct aarm_pm *pm, uint32_t ncap)
 {
-    int32_t *t = malloc((size_t)ncap * sizeof *t);
-    if (t == NULL)
-        return -1;
-    memset(t, 0xff, (size_t)ncap * sizeof *t);
-    for (uint32_t s = 0; s < pm->nstates; s++) {
-        uint32_t i = pm->states[s].hash & (ncap - 1);
-        while (t[i] >= 0)
-            i = (i + 1) & (ncap - 1);
-        t[i] = (int32_t)s;
-    }
-    free(pm->htab);
-    pm->htab = t;
-    pm->hcap = ncap;
-    return 0;
+    return reindex(&pm->htab, &pm->hcap, ncap, pm->nstates, state_hash_at, pm);
 }
 
 static size_t dfa_bytes(const struct aarm_pm *pm, uint32_t nstates, size_t pool_len)

@@ -29,20 +29,22 @@ def _probe_userns() -> tuple[bool, str]:
 
 def _probe_ptrace() -> tuple[bool, str]:
     """PTRACE_SEIZE of a child, as the supervisor does for modify: append_args."""
-    import ctypes
     import signal
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.ptrace.restype = ctypes.c_long
-    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+
+    from aarm_sandbox.enforce.exec_argv import PTRACE_DETACH, PTRACE_SEIZE, ptrace
     pid = os.fork()
     if pid == 0:
         signal.pause()
         os._exit(0)
     try:
-        if libc.ptrace(0x4206, pid, None, None) < 0:          # PTRACE_SEIZE
-            return False, f"ptrace refused: {os.strerror(ctypes.get_errno())}"
-        libc.ptrace(17, pid, None, None)                     # PTRACE_DETACH
+        ptrace(PTRACE_SEIZE, pid)
+        try:
+            ptrace(PTRACE_DETACH, pid)
+        except OSError:
+            pass                         # (a running tracee cannot be detached: killed below)
         return True, ""
+    except OSError as e:
+        return False, f"ptrace refused: {e.strerror}"
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

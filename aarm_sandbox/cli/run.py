@@ -21,7 +21,7 @@ from aarm_sandbox.launch.sandbox import (CLONE_NEWNET, CLONE_NEWNS, NS_NAMES, La
                                          drop_effective_capabilities, launch)
 from aarm_sandbox.policy.compiler import CompiledPolicy, Placeholders, glob_to_regex
 from aarm_sandbox.policy.engine import PolicyEngine
-from aarm_sandbox.policy.loader import load_profile
+from aarm_sandbox.policy.loader import builtin_dir, load_profile
 from aarm_sandbox.xdg import cache_dir, control_dir, state_dir
 
 EXIT_SANDBOX_ERROR = 125
@@ -365,7 +365,6 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     if not sandbox.namespaces & CLONE_NEWNS:
         # Nothing is masked: the supervisor itself refuses every access to its files.
         sup.protected = tuple(protected)
-    from aarm_sandbox.policy.loader import builtin_dir
     builtin = str(builtin_dir().resolve())
     sup.governing = frozenset(f for f in loaded.files if not _inside(f, builtin))
     if os.environ.get("AARM_FAST_PATH", "1") != "0":

@@ -1,4 +1,5 @@
-"""Bounded reads of the target's memory (process_vm_readv through the native module).
+"""Bounded reads of the target's memory (process_vm_readv through the native module), and
+the one kind of write MODIFY needs (exec arguments: enforce.exec_env, enforce.exec_argv).
 
 Every read returns a private copy; the caller decides on that copy only. Unreadable memory
 raises DecodeError carrying the errno the kernel itself would have returned (EFAULT,
@@ -81,3 +82,26 @@ def read_path_unbounded(pid: int, addr: int) -> bytes:
     if n < 0:
         raise DecodeError(-n, f"cannot read string at {addr:#x}")
     return ffi.unpack(_arg_buf, n)
+
+
+_writev = None
+
+
+def write_mem(pid: int, addr: int, data: bytes) -> None:
+    """Write `data` at `addr` in the target (one process_vm_writev); DecodeError unless all
+    of it was written."""
+    global _writev
+    import ctypes
+    if _writev is None:
+        class IoVec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.process_vm_writev.restype = ctypes.c_ssize_t
+        _writev = (libc.process_vm_writev, IoVec)
+    call, iovec = _writev
+    buf = ctypes.create_string_buffer(data, len(data))
+    n = call(pid, ctypes.byref(iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))), 1,
+             ctypes.byref(iovec(addr, len(data))), 1, 0)
+    if n != len(data):
+        e = ctypes.get_errno() or errno.EFAULT
+        raise DecodeError(e, f"cannot write {len(data)} bytes at {addr:#x}")

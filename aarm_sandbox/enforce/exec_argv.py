@@ -23,13 +23,13 @@ import os
 import time
 
 from aarm_sandbox.decode.handlers import ExecContinue
-from aarm_sandbox.decode.memory import DecodeError, read_u64_array
+from aarm_sandbox.decode.memory import DecodeError, read_u64_array, write_mem
 from aarm_sandbox.enforce.effects import Effect
 
 ERESTARTNOINTR = 513
 _RESTART_ERRORS = (512, 513, 514, 516)      # ERESTARTSYS NOINTR NOHAND RESTART_RESTARTBLOCK
-_PTRACE_CONT, _PTRACE_GETREGS, _PTRACE_SETREGS, _PTRACE_DETACH = 7, 12, 13, 17
-_PTRACE_SEIZE, _PTRACE_INTERRUPT = 0x4206, 0x4207
+_PTRACE_CONT, _PTRACE_GETREGS, _PTRACE_SETREGS, PTRACE_DETACH = 7, 12, 13, 17
+PTRACE_SEIZE, _PTRACE_INTERRUPT = 0x4206, 0x4207
 _PTRACE_O_TRACEEXEC = 0x10
 _PTRACE_EVENT_EXEC = 4
 _EXEC_GATE_TIMEOUT = 30.0   # a restarted exec held for approval longer: the polling check
@@ -38,12 +38,6 @@ _STOP_TIMEOUT = 2.0
 _BELOW_STACK = 8192                          # clear of the red zone and a signal frame
 MAX_ARGS = 4096
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.ptrace.restype = ctypes.c_long
-_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-_libc.process_vm_writev.restype = ctypes.c_ssize_t
-
-
 class _Regs(ctypes.Structure):
     """struct user_regs_struct (x86_64)."""
     _fields_ = [(name, ctypes.c_ulonglong) for name in (
@@ -51,12 +45,18 @@ class _Regs(ctypes.Structure):
         "rsp ss fs_base gs_base ds es fs gs").split()]
 
 
-class _IoVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+_libc_ptrace = None
 
 
-def _ptrace(req: int, tid: int, addr: int = 0, data: int = 0) -> None:
-    if _libc.ptrace(req, tid, addr, data) < 0:
+def ptrace(req: int, tid: int, addr: int = 0, data: int = 0) -> None:
+    """ptrace(2); OSError on failure (libc loaded on first use: not on run's startup path)."""
+    global _libc_ptrace
+    if _libc_ptrace is None:
+        call = ctypes.CDLL(None, use_errno=True).ptrace
+        call.restype = ctypes.c_long
+        call.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        _libc_ptrace = call
+    if _libc_ptrace(req, tid, addr, data) < 0:
         e = ctypes.get_errno()
         raise OSError(e, f"ptrace({req}) on thread {tid}: {os.strerror(e)}")
 
@@ -91,7 +91,7 @@ class ExecRestart(Effect):
         pointers = self._argv_pointers()
         tid = self.tid
         try:
-            _ptrace(_PTRACE_SEIZE, tid, 0, _PTRACE_O_TRACEEXEC)
+            ptrace(PTRACE_SEIZE, tid, 0, _PTRACE_O_TRACEEXEC)
         except OSError as e:
             raise RestartUnavailable(e.errno, f"{e.strerror}: the supervisor may not ptrace "
                                               f"here (container runtime or LSM policy)") from None
@@ -100,11 +100,11 @@ class ExecRestart(Effect):
             if still_pending is not None and not still_pending():
                 # the caller went away (and its TID could be another task's by now)
                 raise RestartUnavailable(errno.ESRCH, f"thread {tid} left its exec")
-            _ptrace(_PTRACE_INTERRUPT, tid)
+            ptrace(_PTRACE_INTERRUPT, tid)
             answer_restart()
             self._wait_stop()
             regs = _Regs()
-            _ptrace(_PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+            ptrace(_PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
             ret = -ctypes.c_longlong(regs.rax).value
             if regs.orig_rax != self.nr or ret not in _RESTART_ERRORS:
                 raise OSError(errno.EPROTO, f"thread {tid} did not stop in its exec "
@@ -114,8 +114,8 @@ class ExecRestart(Effect):
                 regs.rsi = addr
             else:                            # execveat(dirfd, path, argv, envp, flags)
                 regs.rdx = addr
-            _ptrace(_PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
-            _ptrace(_PTRACE_CONT, tid, 0, 0)
+            ptrace(_PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+            ptrace(_PTRACE_CONT, tid, 0, 0)
             if restarted is not None:
                 restarted(0)
             outcome = self._gate_exec()
@@ -128,14 +128,14 @@ class ExecRestart(Effect):
     def _detach(self) -> None:
         """Detach, which needs the thread stopped: interrupt it first if it runs."""
         try:
-            _ptrace(_PTRACE_DETACH, self.tid)
+            ptrace(PTRACE_DETACH, self.tid)
             return
         except OSError:
             pass
         try:
-            _ptrace(_PTRACE_INTERRUPT, self.tid)
+            ptrace(_PTRACE_INTERRUPT, self.tid)
             self._wait_stop()
-            _ptrace(_PTRACE_DETACH, self.tid)
+            ptrace(PTRACE_DETACH, self.tid)
         except OSError:
             pass
 
@@ -168,14 +168,13 @@ class ExecRestart(Effect):
                 if not ok:
                     os.kill(who, 9)
                     return "killed"
-                self.tid = who
-                _ptrace(_PTRACE_DETACH, who)
+                ptrace(PTRACE_DETACH, who)
                 return "ok"
             # any other stop (a signal on its way, a group stop): let it go on
             sig = os.WSTOPSIG(status)
             inject = 0 if status >> 16 or sig == 5 else sig       # 5: SIGTRAP
             try:
-                _ptrace(_PTRACE_CONT, who, 0, inject)
+                ptrace(_PTRACE_CONT, who, 0, inject)
             except OSError:
                 return "gone"
 
@@ -213,12 +212,10 @@ class ExecRestart(Effect):
         array_at = (base + len(strings) + 15) & ~15
         array = b"".join(p.to_bytes(8, "little") for p in pointers + extra_ptrs + [0])
         blob = strings + b"\0" * (array_at - base - len(strings)) + array
-        buf = ctypes.create_string_buffer(blob, len(blob))
-        n = _libc.process_vm_writev(self.tid, ctypes.byref(_IoVec(ctypes.cast(buf, ctypes.c_void_p), len(blob))),
-                                    1, ctypes.byref(_IoVec(base, len(blob))), 1, 0)
-        if n != len(blob):
-            e = ctypes.get_errno() or errno.EFAULT
-            raise OSError(e, f"cannot write the new argv below the stack at {base:#x}")
+        try:
+            write_mem(self.tid, base, blob)
+        except DecodeError as e:             # answered already: the caller kills
+            raise OSError(e.errno, f"cannot write the new argv below the stack: {e}") from None
         return array_at
 
 

@@ -9,24 +9,15 @@ program racing to rewrite its own envp would only restore its own environment.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import fnmatch
 
-from aarm_sandbox.decode.memory import DecodeError, read_path_unbounded, read_u64_array
+from aarm_sandbox.decode.memory import DecodeError, read_path_unbounded, read_u64_array, write_mem
 
 DEFAULT_REMOVE = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "LD_DEBUG*", "*TOKEN*",
                   "*SECRET*", "*PASSWORD*", "*PASSWD*", "AWS_*", "*_API_KEY", "*_ACCESS_KEY*",
                   "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_*", "SSH_AUTH_SOCK")
 MAX_ENV = 8192
-
-
-class _IoVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.process_vm_writev.restype = ctypes.c_ssize_t
 
 
 def scrub(tid: int, envp: int, patterns: tuple[str, ...] = ()) -> list[str]:
@@ -53,15 +44,5 @@ def scrub(tid: int, envp: int, patterns: tuple[str, ...] = ()) -> list[str]:
         else:
             keep.append(p)
     if removed:
-        _write(tid, envp, b"".join(p.to_bytes(8, "little") for p in keep) + b"\0" * 8)
+        write_mem(tid, envp, b"".join(p.to_bytes(8, "little") for p in keep) + b"\0" * 8)
     return removed
-
-
-def _write(tid: int, addr: int, data: bytes) -> None:
-    buf = ctypes.create_string_buffer(data, len(data))
-    local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), len(data))
-    remote = _IoVec(ctypes.c_void_p(addr), len(data))
-    n = _libc.process_vm_writev(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-    if n != len(data):
-        e = ctypes.get_errno() or errno.EFAULT
-        raise DecodeError(e, f"cannot rewrite the environment at {addr:#x}")

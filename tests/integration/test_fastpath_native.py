@@ -825,6 +825,24 @@ def test_handed_to_python(fbox, prog):
     assert r.line("openat", str(ws / "linkdir/nf.txt"))[2] == "fd" and (ws / "adir/nf.txt").is_file()
 
 
+def test_unknown_open_flag_bits_are_ignored_as_the_kernel_does(fbox, prog):
+    """open/openat drop flag bits the kernel does not know; openat2 (the fast path's one
+    walk for an absolute path) would refuse them with EINVAL: the answer stays native."""
+    ws = fbox.ws
+    (ws / "exists.txt").write_text("x")
+    odd = 0x40000000
+    steps = ["openat", ws / "exists.txt", O_WRONLY | odd, 0,
+             "openat", ws / "new.txt", O_WRONLY | O_CREAT | odd, 0o644]
+    r = run_fast(fbox, prog, steps)
+    assert r.line("openat", str(ws / "exists.txt"))[2] == "fd", r.lines
+    assert r.line("openat", str(ws / "new.txt"))[2] == "fd", r.lines
+    assert {rec["path"] for rec in r.records} == {str(ws / "exists.txt"), str(ws / "new.txt")}
+    native = subprocess.run([prog] + [str(x) for x in ["openat", fbox.root / "native/n.txt",
+                                                        O_WRONLY | O_CREAT | odd, 0o644]],
+                            capture_output=True, text=True, check=True)
+    assert "fd" in native.stdout.split(), native.stdout
+
+
 def test_create_first_order_changes_no_answer(fbox, prog):
     """After a creation the next O_CREAT probe tries an exclusive create first (one path
     walk for loops that create new files); on names that exist, as any type, every
