@@ -35,5 +35,12 @@ class FrozenRecord:
         return f"{self.__class__.__qualname__}({fields})"
 
     def __reduce__(self):
-        # (copy and pickle: rebuilt through __init__, the fields in __slots__ order)
-        return (self.__class__, self._values())
+        # (copy and pickle: rebuilt from the field values, whatever __init__'s signature)
+        return (_rebuild, (self.__class__, self._values()))
+
+
+def _rebuild(cls, values: tuple):
+    obj = object.__new__(cls)
+    for name, value in zip(cls.__slots__, values):
+        object.__setattr__(obj, name, value)
+    return obj

@@ -42,7 +42,8 @@ def _encode(record) -> bytes:
 def canonical(record: dict) -> bytes:
     """JCS bytes of a record. Rewrites non-UTF-8 strings in place as {"b64": ...} so that
     the caller's dict and the bytes stay the same value (what is stored re-encodes
-    identically)."""
+    identically). Outside the value space above (non-string keys, integers beyond 64
+    bits, NaN) the two encoders differ, and orjson raises: the writer then fails closed."""
     try:
         return _encode(record)
     except (TypeError, UnicodeEncodeError):

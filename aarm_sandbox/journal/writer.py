@@ -215,7 +215,10 @@ class Journal:
             if not w.is_set():       # Event.set takes a lock and notifies: ~1.5 us a call
                 w.set()
             if len(q) > HIGH_WATER:
-                self._drain(batches=1)
+                try:
+                    self._drain(batches=1)
+                except Exception as e:  # noqa: BLE001 - as in _run: fail closed
+                    self._fail(f"internal error in the journal writer: {e!r}")
 
     def append_fast(self, type_: str, path: str, syscall: str, tid: int, flags: int,
                     result: int, ts_ns: int, notif: int, exe: str | None, reason: str) -> None:
@@ -250,17 +253,20 @@ class Journal:
     def _run(self) -> None:
         self._writer_tid = threading.get_native_id()
         background_priority()
-        while True:
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            self._drain()
-            with self._drain_lock:
-                if (self._since_checkpoint and not self.failed and
-                        (time.monotonic() - self._last_checkpoint) * 1000 >= self.checkpoint_ms):
-                    self._write([self._checkpoint(time.time_ns())], sync=True)
-            if self._stop:
-                self._finish()
-                return
+        try:
+            while True:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                self._drain()
+                with self._drain_lock:
+                    if (self._since_checkpoint and not self.failed and
+                            (time.monotonic() - self._last_checkpoint) * 1000 >= self.checkpoint_ms):
+                        self._write([self._checkpoint(time.time_ns())], sync=True)
+                if self._stop:
+                    self._finish()
+                    return
+        except Exception as e:  # noqa: BLE001 - no journal, no further actions (fail closed)
+            self._fail(f"internal error in the journal writer: {e!r}")
 
     def _finish(self) -> None:
         """Everything queued, then the seal."""
@@ -296,8 +302,9 @@ class Journal:
                         lines.append(self._checkpoint(time.time_ns()))
                         sync = True
                 self._write(lines, sync)
-            if self.seq > ORJSON_AFTER and _canonical_mod._orjson is None:
-                _canonical_mod.use_orjson()     # outside the lock: ~15 ms, once
+            if (self.seq > ORJSON_AFTER and _canonical_mod._orjson is None and
+                    threading.get_native_id() == self._writer_tid):
+                _canonical_mod.use_orjson()     # the writer's own thread, outside the lock
             batches -= 1
             if not batches:
                 return

@@ -3,6 +3,8 @@ with one batch per append, never by emptying the whole queue in one go (which he
 the decision path for ~200 ms at 20,000 queued records)."""
 from __future__ import annotations
 
+import threading
+
 from aarm_sandbox.journal import writer
 
 
@@ -45,6 +47,7 @@ def test_the_writer_takes_orjson_once_a_session_has_written_a_few_hundred_record
     from aarm_sandbox.journal import canonical as canonical_mod
     monkeypatch.setattr(canonical_mod, "_orjson", None)
     j = writer.Journal(str(tmp_path / "j.jsonl"), "s-1")
+    j._writer_tid = threading.get_native_id()                # draining as the writer thread
     for i in range(writer.ORJSON_AFTER):
         j.append({"type": "note", "i": i})
     j._drain()
@@ -52,3 +55,17 @@ def test_the_writer_takes_orjson_once_a_session_has_written_a_few_hundred_record
     j.append({"type": "note", "i": -1})
     j._drain()
     assert canonical_mod._orjson is not None
+
+
+def test_an_error_in_the_writer_fails_the_journal_closed(tmp_path, monkeypatch):
+    """An exception while encoding (here: a record the encoder refuses) must not just end
+    the writer thread: the journal is marked failed, so every further action is denied."""
+    j = writer.Journal(str(tmp_path / "j.jsonl"), "s-1")
+    failures = []
+    j.on_failure = lambda: failures.append(j.failed)
+    monkeypatch.setattr(j, "_chain", lambda rec: (_ for _ in ()).throw(RuntimeError("boom")))
+    j.start(None)
+    j.append({"type": "note"})
+    j._wake.set()
+    j._thread.join(5)
+    assert j.failed and "boom" in j.failed and failures

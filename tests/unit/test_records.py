@@ -41,3 +41,11 @@ def test_copy_and_pickle_keep_the_value():
     d = Decision(Result.STEP_UP, "r", "why", 1, hold=Hold(5.0, ("user:a",), True, "step_up"))
     assert copy.copy(d) == d and copy.deepcopy(d) == d
     assert pickle.loads(pickle.dumps(d)) == d
+
+
+def test_a_record_with_keyword_only_fields_copies_and_pickles():
+    from aarm_sandbox.policy.compiler import CompiledRule
+    rule = CompiledRule("r", Result.DENY, "why", 13, None, None, None, None, None, 0,
+                        append_args=("--dry-run",), needs_paths=False)
+    assert copy.copy(rule) == rule and pickle.loads(pickle.dumps(rule)) == rule
+    assert copy.copy(rule).append_args == ("--dry-run",)
