@@ -92,11 +92,17 @@ class LazyRegex:
 
 
 def literal_prefix(glob: str) -> str:
-    """The text a path must start with to match `glob` (everything before a wildcard)."""
+    """The text before the first wildcard of `glob`."""
     for i, c in enumerate(glob):
         if c in "*?[":
             return glob[:i]
     return glob
+
+
+def match_prefix(glob: str) -> str:
+    """The text every path `glob` matches starts with: its literal prefix, except that a
+    final "/**" also matches the directory itself ("D/**" matches D: prefix "D")."""
+    return literal_prefix(glob[:-3] if glob.endswith("/**") else glob)
 
 
 class RuleIndex:
@@ -105,8 +111,7 @@ class RuleIndex:
     ancestors are looked up), exact path, other literal prefix, or literal suffix; rules
     without `paths`, or with a glob that has no literal part, are always candidates.
     Candidates keep profile order (ties go to the earlier rule). A glob "D/**" also
-    matches D itself, which has no ancestor "D/": D is indexed as an exact path too (the
-    rule then matches D when another of its globs' prefixes starts D, e.g. "*.py")."""
+    matches D itself, which has no ancestor "D/": D is indexed as an exact path too."""
     __slots__ = ("by_dir", "by_exact", "by_prefix", "by_suffix", "always", "suffixes", "prefixes")
 
     def __init__(self, entries: list[tuple[CompiledRule, list[str]]]):
@@ -360,7 +365,7 @@ class CompiledPolicy:
             count_over=r.count_over, index=index,
             inside_globs=tuple(inside_pats), outside_globs=tuple(outside_pats),
             exclude_globs=tuple(exclude_pats),
-            inside_prefixes=tuple(literal_prefix(p) for p in inside_pats) if inside_pats else None,
+            inside_prefixes=tuple(match_prefix(p) for p in inside_pats) if inside_pats else None,
             outside_cover=tuple(p[:-3] for p in outside_pats
                                 if p.endswith("/**") and not any(c in p[:-3] for c in "*?[")),
             needs_paths=bool(r.paths or r.outside or r.existed_at_start is not None),

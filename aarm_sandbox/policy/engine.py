@@ -181,9 +181,7 @@ class PolicyEngine:
             if rule.needs_paths:
                 if not accepted:
                     continue
-                inside, gate, exclude, outside = conditions[pos]
-                if gate >= 0 and not any(gate in a for a in accepted):
-                    continue
+                inside, exclude, outside = conditions[pos]
                 survivors = tuple(i for i, a in enumerate(accepted)
                                   if (inside < 0 or inside in a) and (exclude < 0 or exclude not in a)
                                   and (outside < 0 or outside not in a))

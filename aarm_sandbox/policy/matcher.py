@@ -9,13 +9,9 @@ of the path, whatever the number of rules. The answer is an
 "accept set" id naming the set of conditions the whole path matches; the engine memoises
 what that set means for its decision, so the matching is the only per-path work left.
 
-A rule's path conditions become up to four patterns (one per distinct glob list: a path
+A rule's path conditions become up to three patterns (one per distinct glob list: a path
 set several rules use is one pattern):
   inside   its `paths` globs (the path must match one)
-  gate     the literal prefixes of those globs, only where the inside regex can match a
-           path without its prefix (a final "/**" matches the directory itself): the
-           engine asks that some path of the action starts with one (compiled
-           `inside_prefixes`), so that must be known too
   exclude  its `except` globs (a path matching one does not count)
   outside  its `outside` globs (a path matching one does not count)
 
@@ -27,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from aarm_sandbox.policy.compiler import (GLOB_ANY, GLOB_LITERAL, GLOB_ONE, GLOB_STAR, GLOB_TAIL,
-                                          CompiledRule, glob_tokens, literal_prefix)
+                                          CompiledRule, glob_tokens)
 
 # NFA node kinds: native/aarm_policy.h (AARM_PM_*).
 OP_CHAR, OP_NOTSLASH, OP_ANY, OP_SPLIT, OP_MATCH = range(5)
@@ -95,24 +91,11 @@ class _Nfa:
     def globs(self, globs: tuple[str, ...]) -> int:
         return self.pattern(("globs", globs), [glob_tokens(g) for g in globs])
 
-    def prefixes(self, prefixes: tuple[str, ...]) -> int:
-        """Texts starting with one of these (str.startswith of a tuple)."""
-        return self.pattern(("prefixes", prefixes),
-                            [[(GLOB_LITERAL, pre), (GLOB_ANY, "")] if pre else [(GLOB_ANY, "")]
-                             for pre in prefixes])
-
-
-def _prefix_implied(glob: str) -> bool:
-    """A path the glob's regex matches starts with the glob's literal prefix, except where a
-    final "/**" right after the prefix's last "/" lets the directory itself match."""
-    return not (glob.endswith("/**") and literal_prefix(glob) == glob[:-2])
-
-
 class PathMatcher:
     """The path conditions of a profile's rules, matched in one pass.
 
-    `conditions[rule.index]` holds the rule's pattern ids (inside, gate, exclude,
-    outside; NO_PATTERN where the rule has none), or None for a rule without path
+    `conditions[rule.index]` holds the rule's pattern ids (inside, exclude, outside;
+    NO_PATTERN where the rule has none), or None for a rule without path
     conditions. `match(handle, text, length, width)` is the native call (the engine calls
     it directly: one Python call less per decision); `accepted(id)` the set of pattern ids
     an answer names."""
@@ -126,16 +109,14 @@ class PathMatcher:
             if not rule.needs_paths:
                 conditions[rule.index] = None
                 continue
-            inside = gate = exclude = outside = NO_PATTERN
+            inside = exclude = outside = NO_PATTERN
             if rule.inside is not None:
                 inside = nfa.globs(rule.inside_globs)
-                if not all(_prefix_implied(g) for g in rule.inside_globs):
-                    gate = nfa.prefixes(rule.inside_prefixes)
             if rule.exclude is not None:
                 exclude = nfa.globs(rule.exclude_globs)
             if rule.outside is not None:
                 outside = nfa.globs(rule.outside_globs)
-            conditions[rule.index] = (inside, gate, exclude, outside)
+            conditions[rule.index] = (inside, exclude, outside)
         if not nfa.flat:                               # path rules without globs (existed_at_start)
             nfa.pattern(("none",), [])
         handle = lib.aarm_pm_new(ffi.new("int32_t[]", nfa.flat), len(nfa.flat) // 4,

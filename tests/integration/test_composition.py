@@ -595,3 +595,29 @@ def test_after_reading_a_class_egress_outside_a_named_set_is_denied(box, tmp_pat
     finally:
         partner.close()
         other.close()
+
+
+DIR_RULE = """id: dir-rule
+extends: default
+rules:
+  - id: keep-secret
+    actions: [file.*]
+    paths: ["{workspace}/secret/**"]
+    decision: deny
+    reason: the secret tree stays where it is
+"""
+
+
+def test_a_deny_rule_on_a_tree_also_holds_the_directory_itself(box, tmp_path):
+    """`D/**` covers D: renaming the directory would otherwise carry the whole protected
+    tree somewhere no rule names (it did, before the rule's prefix pre-test became D)."""
+    profile = tmp_path / "d.yaml"
+    profile.write_text(DIR_RULE)
+    (box.workspace / "secret").mkdir()
+    (box.workspace / "secret" / "k").write_text("key")
+    r = box.run(["sh", "-c", "mv secret moved; rmdir secret; true"], profile=str(profile))
+    assert (box.workspace / "secret" / "k").read_text() == "key"
+    assert not (box.workspace / "moved").exists()
+    assert {x["decision"]["rule"] for x in r.denied()} == {"keep-secret"}, r.denied()
+    native = box.native(["sh", "-c", "mv secret moved"])
+    assert native.returncode == 0 and (box.workspace / "moved" / "k").exists()

@@ -395,18 +395,20 @@ def _act(t: str, *paths: str) -> Action:
 
 
 @needs_matcher
-def test_dir_star_star_needs_a_path_with_its_prefix_as_before():
-    """`/d/**` matches `/d` by its regex, but the engine always also asked that some path
-    start with the literal prefix `/d/`: `/d` alone does not match, `/d` with `/d/x` does
-    (and then `/d` itself is the path existed_at_start looks at)."""
+def test_dir_star_star_covers_the_directory_itself():
+    """`/d/**` matches `/d` (its regex always did; the prefix pre-test was `/d/`, so a deny
+    rule on `/d/**` let `mv /d elsewhere` carry the whole protected tree out). Now the
+    pre-test is `/d`: the directory itself is covered, in both engines alike."""
     pol = _policy([{"id": "d", "actions": ["file.*"], "paths": ["/d/**"], "except": ["/d/x"],
                     "decision": "deny"}])
     e, ref, ctx = PolicyEngine(pol), ReferenceEngine(pol), SessionContext("s")
     for paths in [("/d",), ("/d/x",), ("/d", "/d/x"), ("/d/x", "/d"), ("/d/y",), ("/e", "/d/x")]:
         a = _act("file.rename", *paths)
         assert e.decide(a, ctx) == ref.decide(_act("file.rename", *paths), ctx), paths
-    assert e.decide(_act("file.write", "/d"), ctx).rule == "default"
+    assert e.decide(_act("file.write", "/d"), ctx).rule == "d"
+    assert e.decide(_act("file.rename", "/d", "/e"), ctx).rule == "d"
     assert e.decide(_act("file.rename", "/d", "/d/x"), ctx).rule == "d"
+    assert e.decide(_act("file.write", "/dx"), ctx).rule == "default"
 
 
 @needs_matcher
