@@ -17,6 +17,7 @@ import time
 from collections import deque
 
 from aarm_sandbox.actions import action as A
+from aarm_sandbox.context.count_budget import BUDGET_KIND_DELETE, CountLedger, budget_rule
 from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, ExecContinue, Notification
 from aarm_sandbox.decode.memory import DecodeError
@@ -62,6 +63,11 @@ class Supervisor:
         self.on_running = None
         self.fast_reason = {t: f"profile {engine.policy.profile.id} default for {t}"
                             for t in (A.FILE_WRITE, A.FILE_CREATE, A.FILE_DELETE, A.FILE_MKDIR)}
+        # The count rule (mass deletion) the fast path keeps with a budget: see count_budget.
+        self.ledger: CountLedger | None = None
+        rule = budget_rule(engine.policy, A.FILE_DELETE)
+        if rule is not None:
+            self.ledger = CountLedger(rule, BUDGET_KIND_DELETE, ctx)
         # Operations that may block indefinitely (a FIFO with no peer, a connect) each get
         # a daemon thread: a stuck one must never keep the supervisor from exiting, and a
         # fixed pool could be pinned by a few FIFOs. Bounded, over the bound they fail.
@@ -110,6 +116,7 @@ class Supervisor:
                 on_running()
         fast = self.fast
         gone = self.backend.sandbox_gone
+        ledger = self.ledger
         while True:
             n = fast.next()
             if n.__class__ is int:
@@ -119,6 +126,8 @@ class Supervisor:
             fast.drain(self._fast_receipt)       # keep the journal and context in order
             if n.nr == 95:                        # umask(): the fast path's cache is stale
                 fast.invalidate_umask()
+            if ledger is not None:
+                ledger.expire(self.ctx)
             handle(n)
         self._finish()
 
@@ -132,6 +141,8 @@ class Supervisor:
         self.journal.on_failure = self.fast.disable
         if self.journal.failed:
             self.fast.disable()
+        if self.ledger is not None and self.ledger.rule is self.fast.budget_rules.get(self.ledger.kind):
+            self.ledger.attach(self.fast)
         self._drain_stop = threading.Event()
         from aarm_sandbox.intercept.fastpath import drain_periodically
         self._drainer = threading.Thread(target=drain_periodically, name="aarm-fast-drain",
@@ -162,11 +173,19 @@ class Supervisor:
         print(f"aarm-sandbox: error: {why}", file=sys.stderr)
         self.journal.append({"type": "session.error", "reason": why})
 
-    def _fast_receipt(self, type_, path, syscall, tid, flags, result, ts_ns, notif, exe) -> None:
-        """A decision the native fast path made (profile default ALLOW, proven rule-free)."""
+    def _fast_receipt(self, type_, path, syscall, tid, flags, result, ts_ns, notif, exe,
+                      counted: bool = False) -> None:
+        """A decision the native fast path made (profile default ALLOW, proven rule-free, or
+        below the limit of the count rule it spent a budget unit of: counted here)."""
         if result == -errno.EINPROGRESS:
             self.answer_lost(tid, killed=True)      # C killed it already
         ctx = self.ctx
+        if counted:
+            ledger = self.ledger
+            if result >= 0 and path not in ctx.created_paths and ledger.matches(path):
+                ledger.count(ctx)
+            else:
+                ledger.add(1)       # failed, not really a match, or the session's own file
         ctx.action_counts[type_] += 1
         ctx.decision_counts["allow"] += 1
         ctx.recent.append((type_, path, "allow", result >= 0))
@@ -230,6 +249,9 @@ class Supervisor:
             if not self.backend.still_pending(n):
                 effect.close()
                 return
+            if action.counted and self.ledger is not None and self.ledger.rule.id in action.counted:
+                self.ledger.add(-1)             # given back by _track or _receipt
+                action.budget_unit = True
             if decision.result in _HELD and self.broker is not None:
                 # Nothing waits here: the caller stays blocked in its syscall until the
                 # broker answers (approval, context, deadline), from the pinned snapshot.
@@ -610,13 +632,26 @@ class Supervisor:
     def _track(self, action) -> None:
         """Context updates after an action really happened."""
         counted = action.counted
-        if counted and not (action.type == A.FILE_DELETE and action.paths[0] in self.ctx.created_paths):
+        if counted:
             # count_over rules count executed matches; removing what this session itself
             # created (build output, lock files) is not a deletion of anyone's data.
+            exempt = action.type == A.FILE_DELETE and action.paths[0] in self.ctx.created_paths
+            ledger = self.ledger
             now = time.monotonic()
             for rid in counted:
-                self.ctx.rule_counts[rid] += 1
-                self.ctx.rule_times.setdefault(rid, deque()).append(now)
+                if ledger is not None and rid == ledger.rule.id:
+                    continue            # the ledger counts it (under its lock)
+                if not exempt:
+                    self.ctx.rule_counts[rid] += 1
+                    self.ctx.rule_times.setdefault(rid, deque()).append(now)
+            if ledger is not None and ledger.rule.id in counted:
+                if not action.budget_unit:
+                    ledger.add(-1)      # (handle() takes it; keep the invariant regardless)
+                action.budget_unit = False
+                if exempt:
+                    ledger.add(1)
+                else:
+                    ledger.count(self.ctx)
         t = action.type
         if t in _TAINTABLE and action.paths:
             self.ctx.note_written(action.paths[-1])
@@ -693,6 +728,9 @@ class Supervisor:
     def _receipt(self, action, decision: Decision, outcome: int, approval: dict | None = None,
                  executed: bool | None = None) -> None:
         ctx = self.ctx
+        if action.budget_unit:                  # decided, never performed: the unit comes back
+            action.budget_unit = False
+            self.ledger.add(1)
         ctx.action_counts[action.type] += 1
         ctx.decision_counts[decision.result.value] += 1
         if executed is None:

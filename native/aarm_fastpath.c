@@ -158,6 +158,8 @@ struct fp_kind {
     uint32_t nanywhere;         /* danger[0..nanywhere): comp_len 0 */
     struct fp_group *groups;
     uint32_t ngroups;
+    struct fp_glob *counted;    /* see aarm_fast_kind.counted */
+    uint32_t ncounted;
     int enabled;
 };
 
@@ -189,6 +191,10 @@ struct aarm_fast_ctx {
     int selffd_fd;              /* "/proc/self/fd" (of this process), O_PATH */
     struct fp_kind kinds[AARM_FAST_NKINDS];
     atomic_int enabled;
+    /* Units of a count_over rule this loop may still spend per kind: Python
+     * keeps budget + spent-but-not-yet-counted + counted <= the rule's limit,
+     * so the loop never performs what the rule would stop (see fastpath.py). */
+    _Atomic int64_t budget[AARM_FAST_NKINDS];
 
     /* Record ring.  Producers reserve a slot (tail++) under ring_lock,
      * fill it without the lock and publish it with ready[slot] = READY;
@@ -394,6 +400,32 @@ static int kind_allows(const struct fp_kind *k, const char *p, size_t n)
     if (danger_hit(k, p, n))
         return 0;
     return 1;
+}
+
+/* A path that may match a counted glob spends a unit: 1 when one was
+ * taken (or none was needed: *unit stays 0), 0 when the budget is used up. */
+static int take_unit(struct aarm_fast_ctx *c, int kind, const char *p, size_t n, int *unit)
+{
+    const struct fp_kind *k = &c->kinds[kind];
+    int hit = 0;
+    for (uint32_t i = 0; i < k->ncounted && !hit; i++)
+        hit = may_match(&k->counted[i], p, n, 1);
+    if (!hit)
+        return 1;
+    int64_t b = atomic_load(&c->budget[kind]);
+    while (b > 0)
+        if (atomic_compare_exchange_weak(&c->budget[kind], &b, b - 1)) {
+            *unit = 1;
+            return 1;
+        }
+    return 0;
+}
+
+int64_t aarm_fast_budget_add(struct aarm_fast_ctx *c, int kind, int64_t delta)
+{
+    if (!c || kind < 0 || kind >= AARM_FAST_NKINDS)
+        return INT64_MIN;
+    return atomic_fetch_add(&c->budget[kind], delta) + delta;
 }
 
 /* ------------------------------------------------------------------ */
@@ -850,12 +882,13 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     int ret = FP_PASS;
     int cwd = -1, pfd = -1, opened = -1;
     int reserved = 0;
+    int unit = 0;                   /* 1: a budget unit taken and not yet spent */
     uint64_t slot = 0;
     int parent;
     const char *name;
     size_t namelen, clen;
     char canon[AARM_FAST_RECORD_PATH_MAX];
-    int kind, serr;
+    int kind = AARM_FAST_WRITE, serr;
     struct stat st;
     unsigned um = 0;
     int64_t result;
@@ -979,11 +1012,11 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         }
     } else if (op == OP_UNLINK) {
         kind = AARM_FAST_DELETE;        /* unlinkat answers EISDIR/ENOTDIR/ENOENT/ENOTEMPTY itself */
-        if (!kind_allows(&c->kinds[kind], canon, clen))
+        if (!kind_allows(&c->kinds[kind], canon, clen) || !take_unit(c, kind, canon, clen, &unit))
             goto out;
     } else {
         kind = AARM_FAST_MKDIR;         /* mkdirat answers EEXIST itself */
-        if (!kind_allows(&c->kinds[kind], canon, clen))
+        if (!kind_allows(&c->kinds[kind], canon, clen) || !take_unit(c, kind, canon, clen, &unit))
             goto out;
     }
     if (((kind == AARM_FAST_CREATE || kind == AARM_FAST_MKDIR) || (probe && (flags & O_CREAT))) &&
@@ -1124,14 +1157,18 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         rec->kind = kind;
         rec->result = result;
         rec->flags = op == OP_MKDIR ? 0 : flags;
+        rec->counted = (uint32_t)unit;
         rec->path_len = (uint32_t)clen;
         memcpy(rec->path, canon, clen);
         ring_publish(c, slot);
         reserved = 0;
+        unit = 0;                       /* spent: Python counts it, or gives it back */
     }
     ret = FP_DONE;
 
 out:
+    if (unit)                           /* taken, nothing performed: give it back */
+        atomic_fetch_add(&c->budget[kind], 1);
     if (reserved)
         ring_cancel(c, slot);
     close_fd(&opened);
@@ -1302,6 +1339,7 @@ void aarm_fast_free(struct aarm_fast_ctx *c)
     for (int k = 0; k < AARM_FAST_NKINDS; k++) {
         free_globs(c->kinds[k].allow, c->kinds[k].nallow);
         free_globs(c->kinds[k].danger, c->kinds[k].ndanger);
+        free_globs(c->kinds[k].counted, c->kinds[k].ncounted);
         free(c->kinds[k].groups);
     }
     close_fd(&c->root_fd);
@@ -1395,6 +1433,17 @@ struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
             e = -r;
             goto fail;
         }
+        if (s->ncounted && k != AARM_FAST_DELETE && k != AARM_FAST_MKDIR) {
+            e = EINVAL;                 /* opens decide their kind late: no budget there */
+            goto fail;
+        }
+        r = copy_globs(&c->kinds[k].counted, s->counted, s->ncounted);
+        c->kinds[k].ncounted = c->kinds[k].counted ? s->ncounted : 0;
+        if (r < 0) {
+            e = -r;
+            goto fail;
+        }
+        atomic_init(&c->budget[k], 0);
         c->kinds[k].enabled = s->enabled ? 1 : 0;
     }
     c->create_like_write = kinds_equal(&c->kinds[AARM_FAST_WRITE], &c->kinds[AARM_FAST_CREATE]);

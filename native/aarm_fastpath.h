@@ -60,6 +60,10 @@ struct aarm_fast_glob {
 struct aarm_fast_kind {
     const struct aarm_fast_glob *allow;  uint32_t nallow;
     const struct aarm_fast_glob *danger; uint32_t ndanger;
+    /* Counted globs (DELETE and MKDIR only): an allowed path that may-matches
+     * one of them spends one unit of the kind's budget (aarm_fast_budget_add);
+     * with none left the notification goes to the caller. */
+    const struct aarm_fast_glob *counted; uint32_t ncounted;
     int enabled;
 };
 
@@ -81,6 +85,7 @@ struct aarm_fast_record {
     int32_t nr;
     int32_t kind;                /* AARM_FAST_* */
     uint32_t flags;              /* open flags / unlinkat flags / 0 */
+    uint32_t counted;            /* 1: spent a budget unit (a counted glob may match) */
     int64_t result;              /* fd number / 0 / -errno */
     uint32_t exe_len;            /* 0: unknown (process gone, or link >= EXE_MAX bytes) */
     uint32_t path_len;
@@ -113,5 +118,9 @@ void aarm_fast_invalidate_exe(struct aarm_fast_ctx *ctx);
 #define AARM_FAST_INTENT_PREFIX_MAX 1024
 int aarm_fast_set_intent(struct aarm_fast_ctx *ctx, int fd, const char *prefix,
                          uint32_t prefix_len);
+/* Adds delta (may be negative) to a kind's budget of counted operations and
+ * returns the new value; the loop spends a unit only while the budget is > 0
+ * (it starts at 0).  Thread-safe. */
+int64_t aarm_fast_budget_add(struct aarm_fast_ctx *ctx, int kind, int64_t delta);
 
 #endif /* AARM_FASTPATH_H */

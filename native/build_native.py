@@ -144,6 +144,7 @@ struct aarm_fast_glob {
 struct aarm_fast_kind {
     const struct aarm_fast_glob *allow;  uint32_t nallow;
     const struct aarm_fast_glob *danger; uint32_t ndanger;
+    const struct aarm_fast_glob *counted; uint32_t ncounted;
     int enabled;
 };
 enum { AARM_FAST_WRITE = 0, AARM_FAST_CREATE = 1, AARM_FAST_DELETE = 2, AARM_FAST_MKDIR = 3,
@@ -158,6 +159,7 @@ struct aarm_fast_record {
     int32_t nr;
     int32_t kind;
     uint32_t flags;
+    uint32_t counted;
     int64_t result;
     uint32_t exe_len;
     uint32_t path_len;
@@ -178,6 +180,7 @@ void aarm_fast_invalidate_umask(struct aarm_fast_ctx *);
 void aarm_fast_invalidate_exe(struct aarm_fast_ctx *);
 int aarm_fast_set_intent(struct aarm_fast_ctx *, int fd, const char *prefix,
                          uint32_t prefix_len);
+int64_t aarm_fast_budget_add(struct aarm_fast_ctx *, int kind, int64_t delta);
 
 /* ---- policy path matcher (aarm_policy.c) ---- */
 #define AARM_PM_CHAR ...

@@ -20,6 +20,7 @@ import time
 from aarm_sandbox._native import ffi, lib
 from aarm_sandbox.actions import action as A
 from aarm_sandbox.decode.handlers import Notification
+from aarm_sandbox.context.count_budget import budget_rule
 from aarm_sandbox.policy.compiler import CompiledPolicy, literal_prefix
 from aarm_sandbox.policy.decision import Result
 
@@ -53,9 +54,10 @@ def _expand_dir_globs(globs: list[str]) -> list[str]:
 
 def fast_spec(policy: CompiledPolicy, extra_danger: list[str]) -> dict[int, tuple[list, list] | None]:
     """For each fast kind: (allow globs, danger globs), or None when the kind must always
-    go to Python."""
+    go to Python. The count rule of budget_rules() is not a danger: see counted_globs."""
     spec: dict[int, tuple[list, list] | None] = {}
     profile = policy.profile
+    budgeted = {r.id for r in budget_rules(policy).values()}
     for kind, type_ in KINDS:
         if policy.default_by_type[type_] is not Result.ALLOW:
             spec[kind] = None
@@ -68,6 +70,8 @@ def fast_spec(policy: CompiledPolicy, extra_danger: list[str]) -> dict[int, tupl
                 continue
             inside = policy.expand_patterns(rule.paths)
             outside = policy.expand_patterns(rule.outside)
+            if rule.id in budgeted and kind in BUDGET_KINDS:
+                continue        # kept by spending budget units (counted_globs)
             if inside:
                 danger.extend(_expand_dir_globs(inside))
             elif outside and rule.existed_at_start is None and rule.count_over is None:
@@ -81,6 +85,24 @@ def fast_spec(policy: CompiledPolicy, extra_danger: list[str]) -> dict[int, tupl
             continue
         spec[kind] = (allow if allow is not None else ["/**"], list(dict.fromkeys(danger)))
     return spec
+
+
+BUDGET_KINDS = {lib.AARM_FAST_DELETE: A.FILE_DELETE}
+
+
+def budget_rules(policy: CompiledPolicy) -> dict:
+    """kind -> the count rule the C loop keeps with a budget (count_budget.budget_rule)."""
+    out = {}
+    for kind, type_ in BUDGET_KINDS.items():
+        rule = budget_rule(policy, type_)
+        if rule is not None:
+            out[kind] = rule
+    return out
+
+
+def counted_globs(rule) -> list[str]:
+    """What a delete must may-match to spend a unit (danger-style, conservative)."""
+    return _expand_dir_globs(list(rule.inside_globs))
 
 
 class _Keep:
@@ -114,6 +136,7 @@ class FastPath:
     def __init__(self, listener: int, root_fd: int, policy: CompiledPolicy, extra_danger: list[str],
                  ring_capacity: int = 1024):
         self.spec = fast_spec(policy, extra_danger)
+        self.budget_rules = budget_rules(policy)
         keep = _Keep()
         kinds = ffi.new("struct aarm_fast_kind[]", lib.AARM_FAST_NKINDS)
         for kind, _type in KINDS:
@@ -127,6 +150,11 @@ class FastPath:
             kinds[kind].nallow = len(allow)
             kinds[kind].danger = _globs(keep, danger)
             kinds[kind].ndanger = len(danger)
+            rule = self.budget_rules.get(kind)
+            if rule is not None:
+                counted = counted_globs(rule)
+                kinds[kind].counted = _globs(keep, counted)
+                kinds[kind].ncounted = len(counted)
         ctx = lib.aarm_fast_new(listener, root_fd, kinds, ring_capacity)
         if ctx == ffi.NULL:
             raise OSError(ffi.errno, f"cannot create the native fast path: {os.strerror(ffi.errno)}")
@@ -171,6 +199,10 @@ class FastPath:
     def disable(self) -> None:
         lib.aarm_fast_set_enabled(self.ctx, 0)
 
+    def budget_add(self, kind: int, delta: int) -> int:
+        """Add to the kind's count budget (see count_budget); returns the new value."""
+        return lib.aarm_fast_budget_add(self.ctx, kind, delta)
+
     def invalidate_umask(self) -> None:
         lib.aarm_fast_invalidate_umask(self.ctx)
 
@@ -180,10 +212,11 @@ class FastPath:
 
     def drain(self, sink) -> int:
         """Turn handled decisions into receipts via
-        sink(type, path, syscall, tid, flags, result, ts_ns, notif, exe): ts_ns CLOCK_REALTIME
-        nanoseconds, notif the seccomp notification id, exe the acting program as
-        /proc/TID/exe showed it when the operation was answered, or None when unknown (never
-        looked up again here: by now the TID may run another program)."""
+        sink(type, path, syscall, tid, flags, result, ts_ns, notif, exe, counted): ts_ns
+        CLOCK_REALTIME nanoseconds, notif the seccomp notification id, exe the acting program
+        as /proc/TID/exe showed it when the operation was answered, or None when unknown (never
+        looked up again here: by now the TID may run another program); counted: it spent a
+        unit of the kind's count budget (the sink counts it or gives it back)."""
         total = 0
         unpack = ffi.unpack
         with self._lock:
@@ -194,7 +227,8 @@ class FastPath:
                     path = os.fsdecode(unpack(rec.path, rec.path_len))
                     exe = os.fsdecode(unpack(rec.exe, rec.exe_len)) if rec.exe_len else None
                     sink(KIND_TYPE[rec.kind], path, SYSCALL_NAMES.get(rec.nr, str(rec.nr)),
-                         rec.tid, rec.flags, rec.result, rec.ts_ns, rec.notif_id, exe)
+                         rec.tid, rec.flags, rec.result, rec.ts_ns, rec.notif_id, exe,
+                         bool(rec.counted))
                 total += n
                 if n < _DRAIN_BATCH:
                     return total

@@ -398,7 +398,7 @@ def _cstr(keep: list, s: str | bytes):
     return p, len(b)
 
 
-def make_kinds(allow, danger, enabled=ALL_KINDS):
+def make_kinds(allow, danger, enabled=ALL_KINDS, counted=()):
     keep: list = []
 
     def globs(specs):
@@ -423,6 +423,8 @@ def make_kinds(allow, danger, enabled=ALL_KINDS):
         kinds[k].allow, kinds[k].nallow = globs(allow)
         kinds[k].danger, kinds[k].ndanger = globs(danger)
         kinds[k].enabled = int(k in enabled)
+    if counted:
+        kinds[DELETE].counted, kinds[DELETE].ncounted = globs(counted)
     return kinds, keep
 
 
@@ -446,10 +448,10 @@ def wrapper(ctx) -> FastPath:
 def drain(ctx) -> list[dict]:
     recs: list[dict] = []
 
-    def sink(type_, path, syscall, tid, flags, result, ts_ns, notif, exe):
+    def sink(type_, path, syscall, tid, flags, result, ts_ns, notif, exe, counted):
         recs.append({"tid": tid, "nr": NAME_NR[syscall], "kind": TYPE_KIND[type_],
                      "result": result, "flags": flags, "ts_ns": ts_ns, "path": path,
-                     "notif": notif, "exe": exe})
+                     "notif": notif, "exe": exe, "counted": counted})
 
     wrapper(ctx).drain(sink)
     return recs
@@ -458,7 +460,7 @@ def drain(ctx) -> list[dict]:
 class FastSandbox:
     """One sandboxed program with the fast path in front of a toy Python side."""
 
-    def __init__(self, box, argv, *, allow=None, danger=None, enabled=ALL_KINDS, ring=4096,
+    def __init__(self, box, argv, *, allow=None, danger=None, counted=(), enabled=ALL_KINDS, ring=4096,
                  python_policy="inside", live_drain=True, fast_enabled=True, on_ctx=None,
                  before_free=None,
                  while_running=None):
@@ -467,6 +469,7 @@ class FastSandbox:
         self.allow = allow if allow is not None else [G(f"{box.ws}/")]
         self.danger = danger if danger is not None else git_danger(box.ws)
         self.enabled = enabled
+        self.counted = counted
         self.ring = ring
         self.policy = python_policy
         self.live_drain = live_drain
@@ -551,7 +554,7 @@ class FastSandbox:
         # as UnotifyBackend does: wake the supervisor on the notifying task's CPU
         lib.aarm_notif_set_flags(sb.listener, lib.AARM_SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
         root = os.open(f"/proc/{sb.pid}/root", os.O_PATH | os.O_CLOEXEC)
-        kinds, keep = make_kinds(self.allow, self.danger, self.enabled)
+        kinds, keep = make_kinds(self.allow, self.danger, self.enabled, self.counted)
         self.ctx = lib.aarm_fast_new(sb.listener, root, kinds, self.ring)
         os.close(root)              # the context keeps its own copy
         del keep, kinds             # ... and deep-copied the kinds
@@ -704,6 +707,48 @@ def test_writes_creates_unlinks_mkdirs_are_fast(fbox, prog):
     assert {rec["tid"] for rec in r.records} and all(rec["tid"] > 0 for rec in r.records)
     # the fast path leaks no descriptors in the supervisor
     assert set(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def test_counted_deletes_spend_the_budget_then_hand_over(fbox, prog):
+    """A delete that may match a counted glob needs a budget unit: with two units, two
+    such deletes are performed in C (their records say so), the third goes to Python, and a
+    delete no counted glob matches needs none. A unit taken for an operation that is then
+    handed over (notification gone, ring full...) comes back."""
+    ws = fbox.ws
+    for name in ("c0", "c1", "c2", "free"):
+        (ws / name).write_text("x")
+
+    def give_two(ctx):
+        assert lib.aarm_fast_budget_add(ctx, DELETE, 2) == 2
+
+    left = []
+    r = run_fast(fbox, prog, ["unlink", ws / "c0", "unlink", ws / "cX", "unlink", ws / "c1",
+                              "unlink", ws / "free"],
+                 counted=[G(f"{ws}/c")], on_ctx=give_two)
+    # c0 and the missing cX spent the two units (cX: ENOENT, answered by C: Python gives
+    # that one back when it drains), c1 found none left, "free" needed none
+    assert [(x["path"].rsplit("/", 1)[1], x["counted"], x["result"]) for x in r.records
+            if x["kind"] == DELETE] == [("c0", True, 0), ("cX", True, -errno.ENOENT),
+                                        ("free", False, 0)], r.records
+    assert str(ws / "c1") in r.python_paths()
+    assert r.line("unlink", str(ws / "c1"))[2:] == ["rc", "0"]      # the toy Python allowed it
+    assert not any((ws / n).exists() for n in ("c0", "c1", "free"))
+    assert str(ws / "c2") not in r.python_paths() and (ws / "c2").exists()
+
+    # a unit comes back when the operation is handed over after taking it: the ring has
+    # no slot for its record (capacity 0), so Python gets every delete and the budget stays
+    (ws / "c2").write_text("x")
+
+    def give_one(ctx):
+        assert lib.aarm_fast_budget_add(ctx, DELETE, 1) == 1
+        left.append(ctx)
+
+    budget = []
+    r = FastSandbox(fbox, [prog, "unlink", str(ws / "c2")], counted=[G(f"{ws}/c")],
+                    on_ctx=give_one, ring=0,
+                    before_free=lambda: budget.append(lib.aarm_fast_budget_add(left[0], DELETE, 0))).run()
+    assert str(ws / "c2") in r.python_paths() and not r.records
+    assert budget == [1]
 
 
 def test_modes_match_native_under_umask_022_and_077(fbox, prog):
@@ -1590,6 +1635,18 @@ def test_context_validation():
             bad = ffi.new("struct aarm_fast_kind[4]")
             bad[0].nallow = 3          # allow == NULL with nallow > 0
             assert lib.aarm_fast_new(w, d, bad, 16) == ffi.NULL
+            # a count budget only where the kind is known before the operation
+            for k, ok in ((DELETE, True), (MKDIR, True), (WRITE, False), (CREATE, False)):
+                kinds2, keep2 = make_kinds([G("/x/")], [])
+                kinds2[k].counted, kinds2[k].ncounted = kinds2[k].allow, 1
+                ctx = lib.aarm_fast_new(w, d, kinds2, 16)
+                assert (ctx != ffi.NULL) == ok, k
+                if ok:
+                    assert lib.aarm_fast_budget_add(ctx, k, 0) == 0       # starts empty
+                    assert lib.aarm_fast_budget_add(ctx, k, 5) == 5
+                    assert lib.aarm_fast_budget_add(ctx, k, -7) == -2
+                    assert lib.aarm_fast_budget_add(ctx, 4, 1) == -(1 << 63)
+                    lib.aarm_fast_free(ctx)
         finally:
             os.close(d)
     finally:
