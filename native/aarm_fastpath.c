@@ -137,6 +137,7 @@ struct fp_glob {
     char **segs;
     uint32_t *seg_lens;
     uint32_t nsegs;
+    int anchored;               /* the last segment ends every match */
     uint32_t comp_len;          /* danger: length of the first path component its
                                  * matches all share ("/root"), 0: any path may match */
 };
@@ -346,6 +347,10 @@ static int may_match(const struct fp_glob *g, const char *p, size_t n, int dange
     for (uint32_t i = 0; i < g->nsegs; i++) {
         const char *seg = g->segs[i];
         size_t sl = g->seg_lens[i];
+        if (g->anchored && i == g->nsegs - 1)
+            /* Every match ends with this piece, and the leftmost placement of the
+             * earlier ones leaves the most room: it fits iff it ends the path. */
+            return n - pos >= sl && memcmp(p + n - sl, seg, sl) == 0;
         const char *hit = memmem(p + pos, n - pos, seg, sl);
         if (!hit) {
             return danger && i == g->nsegs - 1 && sl > 0 && seg[sl - 1] == '/' &&
@@ -868,7 +873,21 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     int64_t plen = aarm_read_cstr((int)tid, pptr, path, FP_PATH_MAX);
     if (plen <= 0 || plen >= FP_PATH_MAX)
         return FP_PASS;
-    /* 2. Shape. */
+    /* 2. Shape.  A relative path's leading "./" (tar, find, make: "./src/x.o") names
+     * the same directory it starts from, so it is dropped; any other "." or ".."
+     * component goes to Python. */
+    if (path[0] != '/') {
+        int64_t off = 0;
+        while (off + 1 < plen && path[off] == '.' && path[off + 1] == '/') {
+            off += 2;
+            while (off < plen && path[off] == '/')
+                off++;
+        }
+        if (off) {
+            memmove(path, path + off, (size_t)(plen - off) + 1);
+            plen -= off;
+        }
+    }
     if (!path_is_simple(path, (size_t)plen))
         return FP_PASS;
     int absolute = path[0] == '/';
@@ -1235,6 +1254,7 @@ static int copy_globs(struct fp_glob **dst, const struct aarm_fast_glob *src, ui
         g[i].prefix[s->prefix_len] = '\0';
         g[i].prefix_len = s->prefix_len;
         g[i].exact = s->exact ? 1 : 0;
+        g[i].anchored = s->anchored && s->nsegments ? 1 : 0;
         if (s->nsegments) {
             g[i].segs = calloc(s->nsegments, sizeof(char *));
             g[i].seg_lens = calloc(s->nsegments, sizeof(uint32_t));
@@ -1287,6 +1307,7 @@ static int globs_equal(const struct fp_glob *a, uint32_t na, const struct fp_glo
         return 0;
     for (uint32_t i = 0; i < na; i++) {
         if (a[i].prefix_len != b[i].prefix_len || a[i].exact != b[i].exact ||
+            a[i].anchored != b[i].anchored ||
             a[i].nsegs != b[i].nsegs || memcmp(a[i].prefix, b[i].prefix, a[i].prefix_len) != 0)
             return 0;
         for (uint32_t j = 0; j < a[i].nsegs; j++)

@@ -12,7 +12,8 @@
  *    only from "X/<star><star>" globs (prefix "X/").  Allow globs with segments are
  *    ignored (they never allow).
  *  - danger globs: a conservative may-match (prefix, then segments in order,
- *    searched after the prefix).  A last literal piece ending in '/' also
+ *    searched after the prefix; an anchored glob's last segment must end the
+ *    path).  A last literal piece ending in '/' also
  *    matches a path that ends right before that '/' (a trailing
  *    "/<star><star>" matches the directory itself).
  *  - kinds are deep-copied by aarm_fast_new; root_fd is dup'ed (the caller
@@ -55,6 +56,7 @@ struct aarm_fast_glob {
     int exact;                   /* 1: no wildcard: match iff path == prefix */
     const char *const *segments; /* NUL-terminated literal pieces after the prefix, in order */
     uint32_t nsegments;
+    int anchored;                /* 1: the glob ends with its last piece: so must the path */
 };
 
 struct aarm_fast_kind {

@@ -140,6 +140,7 @@ struct aarm_fast_glob {
     int exact;
     const char *const *segments;
     uint32_t nsegments;
+    int anchored;
 };
 struct aarm_fast_kind {
     const struct aarm_fast_glob *allow;  uint32_t nallow;

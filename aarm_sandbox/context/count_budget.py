@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 from aarm_sandbox._native import lib
 
@@ -77,7 +78,7 @@ class CountLedger:
         with self._lock:
             rid = self.rule.id
             ctx.rule_counts[rid] += 1
-            ctx.rule_times.setdefault(rid, _deque()).append(time.monotonic())
+            ctx.rule_times.setdefault(rid, deque()).append(time.monotonic())
 
     def expire(self, ctx) -> None:
         """Windowed rules: counts that left the window give their units back."""
@@ -101,7 +102,3 @@ class _Paths:
     def __init__(self, paths: tuple[str, ...]):
         self.paths = paths
 
-
-def _deque():
-    from collections import deque
-    return deque()

@@ -33,13 +33,17 @@ _DRAIN_BATCH = 256
 _WILD = re.compile(r"\*\*|\*|\?|\[[^\]]*\]")
 
 
-def glob_parts(glob: str) -> tuple[str, bool, list[str]]:
-    """(literal prefix, exact, literal pieces after the prefix) of a policy glob."""
+def glob_parts(glob: str) -> tuple[str, bool, list[str], bool]:
+    """(literal prefix, exact, literal pieces after the prefix, anchored) of a policy glob:
+    anchored when it ends with a literal piece, which then ends every path it matches
+    (rule regexes are anchored at both ends): "{workspace}/**/.git" says nothing about
+    .git/objects/..., which may go fast."""
     prefix = literal_prefix(glob)
     if prefix == glob:
-        return glob, True, []
+        return glob, True, [], False
     rest = glob[len(prefix):]
-    return prefix, False, [p for p in _WILD.split(rest) if p]
+    tokens = _WILD.split(rest)
+    return prefix, False, [p for p in tokens if p], tokens[-1] != ""
 
 
 def _expand_dir_globs(globs: list[str]) -> list[str]:
@@ -121,10 +125,11 @@ def _globs(keep: _Keep, globs: list[str]):
     arr = ffi.new("struct aarm_fast_glob[]", max(1, len(globs)))
     keep.objs.append(arr)
     for i, g in enumerate(globs):
-        prefix, exact, segs = glob_parts(g)
+        prefix, exact, segs, anchored = glob_parts(g)
         arr[i].prefix = keep.cstr(prefix)
         arr[i].prefix_len = len(os.fsencode(prefix))
         arr[i].exact = int(exact)
+        arr[i].anchored = int(anchored)
         seg_arr = ffi.new("char *[]", [keep.cstr(s) for s in segs] + [ffi.NULL])
         keep.objs.append(seg_arr)
         arr[i].segments = seg_arr

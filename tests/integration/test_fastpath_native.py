@@ -356,6 +356,7 @@ class G:
     prefix: str
     exact: bool = False
     segments: tuple = ()
+    anchored: bool = False
 
 
 @dataclass
@@ -409,6 +410,7 @@ def make_kinds(allow, danger, enabled=ALL_KINDS, counted=()):
             arr[i].prefix = p
             arr[i].prefix_len = ln
             arr[i].exact = int(g.exact)
+            arr[i].anchored = int(g.anchored)
             if g.segments:
                 segs = [_cstr(keep, s)[0] for s in g.segments]
                 sarr = ffi.new("char *[]", segs + [ffi.NULL])
@@ -812,7 +814,7 @@ def test_handed_to_python(fbox, prog):
         "writeback", ws / "protected.txt2", "fine",                           # not exact: fast
         "openat", fbox.outside / "secret.txt", O_WRONLY | O_TRUNC, 0,         # outside allow
         "openat", ws, O_WRONLY, 0,                                            # the ws itself
-        "openat", "./dot.txt", O_WRONLY | O_CREAT, 0o644,                     # "." component
+        "openat", "adir/./dot.txt", O_WRONLY | O_CREAT, 0o644,                # "." component
         "openat", "adir/../dd.txt", O_WRONLY | O_CREAT, 0o644,                # ".." component
         "mkdir", f"{ws}/trail/", 0o755,                                       # trailing slash
         "openat", ws / "nodir/f.txt", O_WRONLY | O_CREAT, 0o644,              # parent missing: C
@@ -838,7 +840,7 @@ def test_handed_to_python(fbox, prog):
     handed = [ws / "exists.txt", ws / "link.txt", ws / ".git/config", ws / "adir/x/.git",
               ws / ".git", ws / "adir/.git/f", ws / "d/cache/a/tmpx",
               ws / "protected.txt", fbox.outside / "secret.txt", ws,
-              "./dot.txt", "adir/../dd.txt", f"{ws}/trail/", ws / "linkdir/nf.txt"]
+              "adir/./dot.txt", "adir/../dd.txt", f"{ws}/trail/", ws / "linkdir/nf.txt"]
     for h in handed:
         assert str(h) in py, (h, py)
     assert py.count(str(ws / "exists.txt")) == 4        # EXCL, O_ACCMODE 3, O_DIRECTORY, read
@@ -1002,6 +1004,38 @@ def _umask() -> int:
     return m
 
 
+def test_a_leading_dot_slash_is_the_same_directory(fbox, prog):
+    """`tar x`, `find` and make name files "./dir/file": the leading "./" (also "././"
+    and ".//") is dropped, so those stay fast and are decided on the same canonical path;
+    a "." or ".." anywhere else, and "./.." or a bare ".", still go to Python, and an
+    absolute "/./" is not touched."""
+    ws, outside = fbox.ws, fbox.outside
+    (ws / "sub").mkdir()
+    (ws / "old").write_text("x")
+    (outside / "secret").write_text("secret")
+    r = run_fast(fbox, prog, [
+        "writeback", "./sub/a.txt", "1",                      # fast
+        "writeback", "././b.txt", "2",                        # fast
+        "writeback", ".//sub//c.txt", "3",                    # fast
+        "mkdir", "./d", 0o755,                                # fast
+        "unlink", "./old",                                    # fast
+        "atdir", ws / "sub", O_DIRECTORY, "openat", "./e.txt", O_WRONLY | O_CREAT,   # fast
+        "writeback", "sub/./f.txt", "4",                      # "." inside: Python
+        "writeback", "./../outside/secret", "5",              # "..": Python
+        "writeback", f"{ws}/./g.txt", "6",                    # absolute: Python
+    ], python_policy="deny")
+    fast = sorted((rec["path"], rec["kind"]) for rec in r.records)
+    assert fast == sorted([(str(ws / "sub/a.txt"), CREATE), (str(ws / "b.txt"), CREATE),
+                           (str(ws / "sub/c.txt"), CREATE), (str(ws / "d"), MKDIR),
+                           (str(ws / "old"), DELETE), (str(ws / "sub/e.txt"), CREATE)]), r.records
+    assert (ws / "sub/a.txt").read_text() == "1" and (ws / "b.txt").read_text() == "2"
+    assert (ws / "sub/c.txt").read_text() == "3" and (ws / "d").is_dir() and not (ws / "old").exists()
+    py = r.python_paths()
+    for handed in ("sub/./f.txt", "./../outside/secret", f"{ws}/./g.txt"):
+        assert handed in py, (handed, py)
+    assert (outside / "secret").read_text() == "secret"
+
+
 def test_kind_switches_and_allow_forms(fbox, prog):
     ws = fbox.ws
     (ws / "e.txt").write_text("e")
@@ -1060,6 +1094,35 @@ def test_danger_globs_of_every_shape_still_hand_over(fbox, prog):
         assert str(ws / h) in py, h
     assert sorted(rec["path"] for rec in r.records) == sorted(
         str(ws / n) for n in ("fine.txt", "exact.txt.not"))
+
+
+def test_anchored_danger_globs_match_only_paths_that_end_like_them(fbox, prog):
+    """A rule glob that ends with a literal ("{ws}/**/.git", "{ws}/**/.git/config") can only
+    match paths that end with it (rule regexes are anchored at both ends), so a path that
+    merely passes through (.git/objects/...) stays fast; the same pieces unanchored send
+    everything below to Python. Paths that really match still hand over, also when the
+    anchored piece appears earlier in the path as well."""
+    ws = fbox.ws
+    for d in ("repo/.git/objects/ab", "other/.git/objects", "x/.git/y/.git"):
+        (ws / d).mkdir(parents=True)
+    anchored = [G(f"{ws}/", segments=("/.git",), anchored=True),
+                G(f"{ws}/", segments=("/.git/config",), anchored=True)]
+    steps = ["writeback", ws / "repo/.git/objects/ab/obj", "1",      # passes through: fast
+             "writeback", ws / "repo/.git/config", "2",              # ends like one: Python
+             "mkdir", ws / "repo/sub", 0o755,                        # fast
+             "mkdir", ws / "x/.git/y/.git/z", 0o755,                 # fast
+             "unlinkat", ws / "x/.git/y/.git", 0x200,                # ends with /.git: Python
+             "writeback", ws / "other/.git/objects/o", "3"]          # fast
+    r = run_fast(fbox, prog, steps, danger=anchored)
+    py = r.python_paths()
+    assert str(ws / "repo/.git/config") in py and str(ws / "x/.git/y/.git") in py, py
+    assert sorted(rec["path"] for rec in r.records) == sorted(str(ws / n) for n in (
+        "repo/.git/objects/ab/obj", "repo/sub", "x/.git/y/.git/z", "other/.git/objects/o"))
+    # the same globs unanchored: anything containing "/.git" goes to Python
+    (ws / "x/.git/y/.git/z").rmdir()
+    r = run_fast(fbox, prog, ["writeback", ws / "repo/.git/objects/ab/obj2", "1"],
+                 danger=[G(g.prefix, segments=g.segments) for g in anchored])
+    assert not r.records and str(ws / "repo/.git/objects/ab/obj2") in r.python_paths()
 
 
 def test_thread_private_cwd(fbox, prog):
@@ -1589,6 +1652,53 @@ def test_grouped_danger_matching_equals_one_by_one_under_sanitizers(tmp_path):
     assert b.returncode == 0, b.stderr
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.startswith("OK "), r.stdout + r.stderr[-3000:]
+
+
+def test_danger_may_match_never_misses_a_path_the_rule_regex_matches(tmp_path):
+    """The fast path may only skip a rule whose regex cannot match: on 40,000 random
+    (glob, path) pairs built from the pieces policy globs use ("**", "*", "?", "/.git",
+    trailing "/**", literals that also occur inside paths), whenever the rule's own regex
+    (anchored at both ends) matches, the C may-match of the glob as Python hands it over
+    (glob_parts, _expand_dir_globs) says 1. Anchoring is what lets .git/objects go fast;
+    this is what keeps it from ever letting .git/config go fast."""
+    import random
+    import re as re_mod
+    from aarm_sandbox.intercept.fastpath import _expand_dir_globs, glob_parts
+    from aarm_sandbox.policy.compiler import glob_to_regex
+    here = Path(__file__).resolve().parents[2] / "native"
+    src = Path(__file__).resolve().parent / "c" / "may_match_cli.c"
+    exe = tmp_path / "may_match_cli"
+    b = subprocess.run(["gcc", "-O1", "-g", "-fsanitize=address,undefined",
+                        "-fno-sanitize-recover=all", "-I", str(here), "-o", str(exe), str(src),
+                        str(here / "aarm_native.c"), "-lpthread"], capture_output=True, text=True)
+    assert b.returncode == 0, b.stderr
+    rng = random.Random(20261126)
+    glob_pieces = ["/w", "/", "**", "*", "?", ".git", "/.git", "config", "/config", "a", "/a",
+                   "hooks/", "x.sample", "**/", "/**"]
+    path_pieces = ["/w", "/", ".git", "/.git", "config", "/config", "a", "/a", "hooks", "/hooks/",
+                   "x.sample", "b", "/.git/config"]
+    cases, want = [], []
+    for _ in range(2000):
+        glob = "/w/" + "".join(rng.choice(glob_pieces) for _ in range(rng.randint(1, 5)))
+        regex = re_mod.compile("(?:" + glob_to_regex(glob) + r")\Z", re_mod.S)
+        for _ in range(20):
+            path = "/w/" + "".join(rng.choice(path_pieces) for _ in range(rng.randint(0, 6)))
+            hit = bool(regex.match(path))
+            got_any = []
+            for g in _expand_dir_globs([glob]):
+                prefix, exact, segs, anchored = glob_parts(g)
+                cases.append("\x1f".join([prefix, str(int(exact)), str(int(anchored)), path] + segs))
+                got_any.append(len(cases) - 1)
+            want.append((hit, got_any, glob, path))
+    r = subprocess.run([str(exe)], input="\n".join(cases) + "\n", capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    bits = r.stdout.strip()
+    assert len(bits) == len(cases)
+    missed = [(g, p) for hit, idx, g, p in want if hit and not any(bits[i] == "1" for i in idx)]
+    assert not missed, missed[:10]
+    # and anchoring does cut: some pairs the unanchored test would send to Python go fast
+    assert sum(1 for hit, idx, g, p in want if not hit and all(bits[i] == "0" for i in idx)) > 1000
 
 
 def test_context_validation():

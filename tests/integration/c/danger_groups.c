@@ -37,6 +37,7 @@ int main(void)
             src[i].prefix_len = (uint32_t)strlen(p);
             src[i].exact = rnd(4) == 0;
             src[i].nsegments = src[i].exact ? 0 : rnd(3);
+            src[i].anchored = (int)rnd(2);
             for (uint32_t j = 0; j < src[i].nsegments; j++)
                 segs[i][j] = SEGS[rnd(NS)];
             segs[i][src[i].nsegments] = NULL;
@@ -62,7 +63,8 @@ int main(void)
             if (got != want) {
                 printf("MISMATCH path=%s want=%d got=%d\n", path, want, got);
                 for (uint32_t i = 0; i < n; i++)
-                    printf("  glob %s exact=%d nsegs=%u\n", src[i].prefix, src[i].exact, src[i].nsegments);
+                    printf("  glob %s exact=%d nsegs=%u anchored=%d\n", src[i].prefix, src[i].exact,
+                           src[i].nsegments, src[i].anchored);
                 return 1;
             }
             checked++;
