@@ -1638,18 +1638,24 @@ def test_compiles_without_warnings():
     assert p.returncode == 0, p.stderr
 
 
+def build_sanitized_harness(tmp_path, name: str) -> Path:
+    """tests/integration/c/NAME.c (which includes aarm_fastpath.c) built with ASan+UBSan."""
+    here = Path(__file__).resolve().parents[2] / "native"
+    src = Path(__file__).resolve().parent / "c" / f"{name}.c"
+    exe = tmp_path / name
+    b = subprocess.run(["gcc", "-O1", "-g", "-fsanitize=address,undefined",
+                        "-fno-sanitize-recover=all", "-I", str(here), "-o", str(exe), str(src),
+                        str(here / "aarm_native.c"), "-lpthread"], capture_output=True, text=True)
+    assert b.returncode == 0, b.stderr
+    return exe
+
+
 def test_grouped_danger_matching_equals_one_by_one_under_sanitizers(tmp_path):
     """Danger globs are tried per first path component: on 3,000 random glob sets and
     600,000 random paths (components that are and are not whole, exact globs, segments,
     trailing '/'), the grouped check answers exactly as trying every glob, with ASan and
     UBSan watching (tests/integration/c/danger_groups.c)."""
-    here = Path(__file__).resolve().parents[2] / "native"
-    src = Path(__file__).resolve().parent / "c" / "danger_groups.c"
-    exe = tmp_path / "danger_groups"
-    b = subprocess.run(["gcc", "-O1", "-g", "-fsanitize=address,undefined",
-                        "-fno-sanitize-recover=all", "-I", str(here), "-o", str(exe), str(src),
-                        str(here / "aarm_native.c"), "-lpthread"], capture_output=True, text=True)
-    assert b.returncode == 0, b.stderr
+    exe = build_sanitized_harness(tmp_path, "danger_groups")
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.startswith("OK "), r.stdout + r.stderr[-3000:]
 
@@ -1665,13 +1671,7 @@ def test_danger_may_match_never_misses_a_path_the_rule_regex_matches(tmp_path):
     import re as re_mod
     from aarm_sandbox.intercept.fastpath import _expand_dir_globs, glob_parts
     from aarm_sandbox.policy.compiler import glob_to_regex
-    here = Path(__file__).resolve().parents[2] / "native"
-    src = Path(__file__).resolve().parent / "c" / "may_match_cli.c"
-    exe = tmp_path / "may_match_cli"
-    b = subprocess.run(["gcc", "-O1", "-g", "-fsanitize=address,undefined",
-                        "-fno-sanitize-recover=all", "-I", str(here), "-o", str(exe), str(src),
-                        str(here / "aarm_native.c"), "-lpthread"], capture_output=True, text=True)
-    assert b.returncode == 0, b.stderr
+    exe = build_sanitized_harness(tmp_path, "may_match_cli")
     rng = random.Random(20261126)
     glob_pieces = ["/w", "/", "**", "*", "?", ".git", "/.git", "config", "/config", "a", "/a",
                    "hooks/", "x.sample", "**/", "/**"]
