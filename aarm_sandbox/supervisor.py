@@ -62,7 +62,8 @@ class Supervisor:
         # as loading the signing key (set by `run`).
         self.on_running = None
         self.fast_reason = {t: f"profile {engine.policy.profile.id} default for {t}"
-                            for t in (A.FILE_WRITE, A.FILE_CREATE, A.FILE_DELETE, A.FILE_MKDIR)}
+                            for t in (A.FILE_WRITE, A.FILE_CREATE, A.FILE_DELETE, A.FILE_MKDIR,
+                                      A.FILE_CHMOD)}
         # The count rule (mass deletion) the fast path keeps with a budget: see count_budget.
         self.ledger: CountLedger | None = None
         rule = budget_rule(engine.policy, A.FILE_DELETE)

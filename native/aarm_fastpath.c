@@ -3,8 +3,9 @@
  *
  * aarm_fast_next() receives notifications in a loop and completely handles
  * the hottest *allowed* file operations itself (open/openat/creat for writing
- * a regular file or creating one, unlink/unlinkat, mkdir/mkdirat), without
- * returning to Python.  Everything else - and everything the fast path is not
+ * a regular file or creating one, unlink/unlinkat, mkdir/mkdirat, and
+ * chmod/fchmodat/fchmodat2 without flags on a name that is not a symlink),
+ * without returning to Python.  Everything else - and everything the fast path is not
  * completely sure about - is returned to Python untouched, exactly as
  * SECCOMP_IOCTL_NOTIF_RECV delivered it, so that the Python supervisor decides
  * it as if the fast path did not exist.
@@ -100,6 +101,9 @@
 #define NR_OPENAT 257
 #define NR_MKDIRAT 258
 #define NR_UNLINKAT 263
+#define NR_CHMOD 90
+#define NR_FCHMODAT 268
+#define NR_FCHMODAT2 452
 
 #define FP_PATH_MAX 4096                 /* incl. the NUL, as the kernel's PATH_MAX */
 #define FP_O_TMPFILE_BIT 020000000       /* __O_TMPFILE */
@@ -123,10 +127,10 @@
 #define FP_UMASK_VALID (1ull << 31)
 
 enum { FP_PASS = 0, FP_DONE = 1 };
-enum { OP_OPEN, OP_UNLINK, OP_MKDIR };
+enum { OP_OPEN, OP_UNLINK, OP_MKDIR, OP_CHMOD };
 enum { SLOT_FREE = 0, SLOT_READY = 1, SLOT_CANCELLED = 2 };
 
-_Static_assert(AARM_FAST_NKINDS == 4, "four fast kinds");
+_Static_assert(AARM_FAST_NKINDS == 5, "five fast kinds");
 _Static_assert(AARM_FAST_RECORD_PATH_MAX >= FP_PATH_MAX + 1 + NAME_MAX,
                "a record holds any canonical path the fast path can build");
 
@@ -678,6 +682,9 @@ static const char *syscall_name(int nr)
     case NR_RMDIR: return "rmdir";
     case NR_MKDIR: return "mkdir";
     case NR_MKDIRAT: return "mkdirat";
+    case NR_CHMOD: return "chmod";
+    case NR_FCHMODAT: return "fchmodat";
+    case NR_FCHMODAT2: return "fchmodat2";
     default: return "?";
     }
 }
@@ -843,6 +850,17 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     case NR_MKDIRAT:
         op = OP_MKDIR; dirfd = as_int32(a[0]); pptr = a[1]; mode = (uint32_t)a[2];
         break;
+    case NR_CHMOD:
+        op = OP_CHMOD; pptr = a[0]; mode = (uint32_t)a[1];
+        break;
+    case NR_FCHMODAT:
+        op = OP_CHMOD; dirfd = as_int32(a[0]); pptr = a[1]; mode = (uint32_t)a[2];
+        break;
+    case NR_FCHMODAT2:
+        if (a[3] != 0)
+            return FP_PASS;             /* AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH: Python */
+        op = OP_CHMOD; dirfd = as_int32(a[0]); pptr = a[1]; mode = (uint32_t)a[2];
+        break;
     default:
         return FP_PASS;
     }
@@ -862,7 +880,9 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     } else if (op == OP_UNLINK) {
         if (!c->kinds[AARM_FAST_DELETE].enabled)
             return FP_PASS;
-    } else if (!c->kinds[AARM_FAST_MKDIR].enabled) {
+    } else if (op == OP_MKDIR && !c->kinds[AARM_FAST_MKDIR].enabled) {
+        return FP_PASS;
+    } else if (op == OP_CHMOD && !c->kinds[AARM_FAST_CHMOD].enabled) {
         return FP_PASS;
     }
     if (pptr == 0)
@@ -924,7 +944,7 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             }
         if (only_slashes) {
             parent = c->root_fd;
-        } else if (op == OP_OPEN && text_canonical) {
+        } else if ((op == OP_OPEN || op == OP_CHMOD) && text_canonical) {
             /* Pinned only if the decision needs an lstat (below); otherwise the open
              * itself walks the whole path once, with the parent walk's guarantees. */
             parent = -1;
@@ -1033,9 +1053,23 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         kind = AARM_FAST_DELETE;        /* unlinkat answers EISDIR/ENOTDIR/ENOENT/ENOTEMPTY itself */
         if (!kind_allows(&c->kinds[kind], canon, clen) || !take_unit(c, kind, canon, clen, &unit))
             goto out;
-    } else {
+    } else if (op == OP_MKDIR) {
         kind = AARM_FAST_MKDIR;         /* mkdirat answers EEXIST itself */
         if (!kind_allows(&c->kinds[kind], canon, clen) || !take_unit(c, kind, canon, clen, &unit))
+            goto out;
+    } else {
+        /* chmod: the object itself, pinned without following a last symlink (chmod
+         * would follow it: Python), is what gets the mode; a missing name or any
+         * other lookup error -> Python, which answers as the kernel would. */
+        kind = AARM_FAST_CHMOD;
+        if (!kind_allows(&c->kinds[kind], canon, clen))
+            goto out;
+        do {
+            opened = parent >= 0 ? openat(parent, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+                                 : sys_openat2(c->root_fd, path, O_PATH | O_NOFOLLOW | O_CLOEXEC,
+                                               FP_RESOLVE_STRICT);
+        } while (opened < 0 && errno == EINTR);
+        if (opened < 0 || fstat(opened, &st) != 0 || S_ISLNK(st.st_mode))
             goto out;
     }
     if (((kind == AARM_FAST_CREATE || kind == AARM_FAST_MKDIR) || (probe && (flags & O_CREAT))) &&
@@ -1155,10 +1189,20 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         } while (r < 0 && errno == EINTR);
         result = r < 0 ? -errno : 0;
         answer(c, n->id, result);
-    } else {
+    } else if (kind == AARM_FAST_MKDIR) {
         int r;
         do {
             r = mkdirat(parent, name, (mode_t)((mode & 07777) & ~um));
+        } while (r < 0 && errno == EINTR);
+        result = r < 0 ? -errno : 0;
+        answer(c, n->id, result);
+    } else {
+        /* chmod through the pinned object's /proc/self/fd link: the very inode decided on */
+        char fdname[24];
+        fdname[put_u(fdname, (unsigned long)opened)] = '\0';
+        int r;
+        do {
+            r = fchmodat(c->selffd_fd, fdname, (mode_t)(mode & 07777), 0);
         } while (r < 0 && errno == EINTR);
         result = r < 0 ? -errno : 0;
         answer(c, n->id, result);
@@ -1175,7 +1219,7 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         rec->nr = n->data.nr;
         rec->kind = kind;
         rec->result = result;
-        rec->flags = op == OP_MKDIR ? 0 : flags;
+        rec->flags = op == OP_MKDIR ? 0 : op == OP_CHMOD ? (mode & 07777) : flags;
         rec->counted = (uint32_t)unit;
         rec->path_len = (uint32_t)clen;
         memcpy(rec->path, canon, clen);

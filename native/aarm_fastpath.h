@@ -74,7 +74,8 @@ enum {
     AARM_FAST_CREATE = 1,
     AARM_FAST_DELETE = 2,
     AARM_FAST_MKDIR = 3,
-    AARM_FAST_NKINDS = 4
+    AARM_FAST_CHMOD = 4,
+    AARM_FAST_NKINDS = 5
 };
 
 #define AARM_FAST_RECORD_PATH_MAX 4352
@@ -86,7 +87,7 @@ struct aarm_fast_record {
     uint32_t tid;
     int32_t nr;
     int32_t kind;                /* AARM_FAST_* */
-    uint32_t flags;              /* open flags / unlinkat flags / 0 */
+    uint32_t flags;              /* open flags / unlinkat flags / chmod mode / 0 */
     uint32_t counted;            /* 1: spent a budget unit (a counted glob may match) */
     int64_t result;              /* fd number / 0 / -errno */
     uint32_t exe_len;            /* 0: unknown (process gone, or link >= EXE_MAX bytes) */

@@ -142,15 +142,18 @@ class Resolver:
             return ParentRef(base, b".", fd_path(base), False)
         head, _sep, name = stripped.rpartition(b"/")
         absolute = path.startswith(b"/")
-        base = self.base_fd(dirfd_arg, path)
         walked = False
-        if head == b"" and not absolute:
-            dfd = base
+        if absolute and self.session_root >= 0:      # the shared root: no private copy
+            dfd, walked = self._lookup_dir(self.session_root, head or b"/", True)
         else:
-            try:
-                dfd, walked = self._lookup_dir(base, head or b"/", absolute)
-            finally:
-                os.close(base)
+            base = self.base_fd(dirfd_arg, path)
+            if head == b"" and not absolute:
+                dfd = base
+            else:
+                try:
+                    dfd, walked = self._lookup_dir(base, head or b"/", absolute)
+                finally:
+                    os.close(base)
         try:
             if absolute and not walked and _clean(stripped):
                 # Absolute, no "." / ".." / "//", reached without meeting a symlink: the
@@ -186,10 +189,23 @@ class Resolver:
                 raise DecodeError(errno.ENOENT, "empty path")
             return self._object_ref(self.base_fd(dirfd_arg, b""))
         absolute = path.startswith(b"/")
+        flags = _OPATH_FLAGS | (0 if follow else os.O_NOFOLLOW)
+        if absolute and self.session_root >= 0:
+            # The shared root needs no private copy (two syscalls), and a clean absolute
+            # path reached without a symlink is its own canonical text (no readlink), as
+            # in parent().
+            fd = lib.aarm_openat2(self.session_root, path, flags, 0,
+                                  RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_IN_ROOT)
+            if fd >= 0:
+                clean = _clean(path) and not path.endswith(b"/")
+                return self._object_ref(fd, os.fsdecode(path) if clean else None)
+            if -fd != errno.ELOOP:
+                raise DecodeError(-fd, f"resolve {path!r}")
+            return self._object_ref(self._walk(self.session_root, path, follow_last=follow,
+                                               absolute=True))
         base = self.base_fd(dirfd_arg, path)
         try:
             resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | (RESOLVE_IN_ROOT if absolute else 0)
-            flags = _OPATH_FLAGS | (0 if follow else os.O_NOFOLLOW)
             fd = lib.aarm_openat2(base, path, flags, 0, resolve)
             if fd < 0:
                 if -fd != errno.ELOOP:
@@ -200,9 +216,9 @@ class Resolver:
         return self._object_ref(fd)
 
     @staticmethod
-    def _object_ref(fd: int) -> ObjectRef:
+    def _object_ref(fd: int, path: str | None = None) -> ObjectRef:
         try:
-            return ObjectRef(fd, fd_path(fd), os.fstat(fd))
+            return ObjectRef(fd, fd_path(fd) if path is None else path, os.fstat(fd))
         except BaseException:
             os.close(fd)
             raise

@@ -361,13 +361,17 @@ class Journal:
         else:
             outcome = b'{"errno":"%s","executed":false,"return":%d}' % (
                 _ERRNO.get(-result, str(-result)).encode(), result)
+        if type_ == "file.chmod":           # as decode_chmod records it: the mode, no flags
+            flags_j = b',"mode":"%s"' % oct(flags).encode()
+        else:
+            flags_j = b',"flags":%d' % flags if flags else b""
         body = (b'{"action":{%s"exe":%s%s,"notif":"%d","pid":%d,"syscall":"%s","target":%s,"tid":%d,'
                 b'"type":"%s"},"context_hash":"%s","decision":{"policy":%s,"reason":%s,'
                 b'"result":"allow","rule":"default"},"fast_path":true,"identity":%s,"outcome":%s,'
                 b'"prev_hash":"%s","receipt_id":"%s:%d","seq":%d,"session_id":"%s","ts":"%s",'
                 b'"type":"receipt","v":1}') % (
             _DIRECTORY_J[flags & _AT_REMOVEDIR] if type_ == "file.delete" else b"",
-            exe_j, b',"flags":%d' % flags if flags else b"", notif, tid, syscall.encode(), target_j,
+            exe_j, flags_j, notif, tid, syscall.encode(), target_j,
             tid, type_.encode(), self.context.hex().encode(), self._policy_j, reason_j,
             self._identity_j if exe is not None else self._identity_no_exe_j, outcome,
             self.prev_hash.encode(), self._sid_b, seq, seq, self._sid_b,
@@ -379,7 +383,9 @@ class Journal:
         type_, path, syscall, tid, flags, result, ts_ns, notif, exe, reason = t
         act = {"type": type_, "target": path, "syscall": syscall, "pid": tid, "tid": tid,
                "exe": exe, "notif": str(notif)}
-        if flags:
+        if type_ == "file.chmod":
+            act["mode"] = oct(flags)
+        elif flags:
             act["flags"] = flags
         if type_ == "file.delete":          # as decode_unlink records it
             act["directory"] = bool(flags & _AT_REMOVEDIR)

@@ -38,11 +38,13 @@ NR_OPEN, NR_MKDIR, NR_RMDIR, NR_CREAT, NR_UNLINK, NR_UMASK = 2, 83, 84, 85, 87, 
 NR_OPENAT, NR_MKDIRAT, NR_UNLINKAT, NR_EXECVE = 257, 258, 263, 59
 PATH_ARG = {NR_OPEN: 0, NR_MKDIR: 0, NR_RMDIR: 0, NR_CREAT: 0, NR_UNLINK: 0,
             NR_OPENAT: 1, NR_MKDIRAT: 1, NR_UNLINKAT: 1, NR_EXECVE: 0,
-            82: 0, 264: 1, 316: 1, 86: 0, 265: 1, 88: 1, 266: 2, 133: 0, 259: 1}
+            82: 0, 264: 1, 316: 1, 86: 0, 265: 1, 88: 1, 266: 2, 133: 0, 259: 1,
+            90: 0, 268: 1, 452: 1}
+NR_CHMOD, NR_FCHMODAT, NR_FCHMODAT2 = 90, 268, 452
 FILE_NRS = set(PATH_ARG) - {NR_EXECVE}
-WRITE, CREATE, DELETE, MKDIR = (lib.AARM_FAST_WRITE, lib.AARM_FAST_CREATE,
-                                lib.AARM_FAST_DELETE, lib.AARM_FAST_MKDIR)
-ALL_KINDS = (WRITE, CREATE, DELETE, MKDIR)
+WRITE, CREATE, DELETE, MKDIR, CHMOD = (lib.AARM_FAST_WRITE, lib.AARM_FAST_CREATE,
+                                       lib.AARM_FAST_DELETE, lib.AARM_FAST_MKDIR, lib.AARM_FAST_CHMOD)
+ALL_KINDS = (WRITE, CREATE, DELETE, MKDIR, CHMOD)
 O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC = 0o1, 0o2, 0o100, 0o200, 0o1000
 O_CLOEXEC, O_APPEND = 0o2000000, 0o2000
 CLONE_FS = 0x200
@@ -221,6 +223,19 @@ int main(int argc, char **argv)
         } else if (!strcmp(c, "mkdirat")) {
             const char *p = argv[++i]; long m = num(argv[++i]);
             report_rc("mkdirat", p, ret(syscall(SYS_mkdirat, AT_FDCWD, p, m)));
+        } else if (!strcmp(c, "chmod")) {
+            const char *p = argv[++i]; long m = num(argv[++i]);
+            report_rc("chmod", p, ret(syscall(SYS_chmod, p, m)));
+        } else if (!strcmp(c, "fchmodat")) {       /* fchmodat P MODE FLAGS: fchmodat2 if FLAGS */
+            const char *p = argv[++i]; long m = num(argv[++i]), fl = num(argv[++i]);
+            report_rc("fchmodat", p, ret(fl ? syscall(452, AT_FDCWD, p, m, fl)
+                                            : syscall(SYS_fchmodat, AT_FDCWD, p, m)));
+        } else if (!strcmp(c, "chmodloop")) {
+            const char *p = argv[++i]; long iters = num(argv[++i]), ok = 0, fail = 0;
+            for (long k = 0; k < iters; k++) {
+                if (syscall(SYS_chmod, p, 0777) == 0) ok++; else fail++;
+            }
+            printf("chmodloop ok %ld fail %ld\n", ok, fail);
         } else if (!strcmp(c, "mode")) {
             const char *p = argv[++i];
             struct stat st;
@@ -419,7 +434,7 @@ def make_kinds(allow, danger, enabled=ALL_KINDS, counted=()):
                 arr[i].nsegments = len(segs)
         return arr, len(specs)
 
-    kinds = ffi.new("struct aarm_fast_kind[4]")
+    kinds = ffi.new("struct aarm_fast_kind[]", lib.AARM_FAST_NKINDS)
     keep.append(kinds)
     for k in ALL_KINDS:
         kinds[k].allow, kinds[k].nallow = globs(allow)
@@ -1190,6 +1205,86 @@ def test_symlink_swap_race_outside_the_sandbox(fbox, prog):
           f"{r.lines[:2]}")
 
 
+def test_chmod_is_fast_on_the_object_itself_and_answers_as_native(fbox, prog):
+    """chmod, fchmodat and fchmodat2 without flags on a workspace file or directory are
+    decided and performed in C, on the object pinned without following its last name;
+    the modes and answers are the kernel's own (a native run of the same steps agrees).
+    A symlink (chmod follows it), a missing name, a path outside the workspace, a rule's
+    path and any fchmodat2 flag go to Python."""
+    def setup(base: Path, outside: Path):
+        (base / "sub").mkdir()
+        (base / "f").write_text("x")
+        (base / "sub" / "g").write_text("x")
+        (base / "d").mkdir()
+        (base / "s").write_text("x")
+        os.symlink(outside / "secret", base / "link")
+
+    ws, outside = fbox.ws, fbox.outside
+    (outside / "secret").write_text("secret")
+    os.chmod(outside / "secret", 0o600)
+    setup(ws, outside)
+    (ws / ".git" / "hooks").mkdir(parents=True)
+    (ws / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\n")
+    steps = lambda b: ["chmod", f"{b}/f", 0o600,
+                       "fchmodat", "sub/g", 0o640, 0,
+                       "chmod", f"{b}/d", 0o711,
+                       "chmod", f"{b}/s", 0o104755,        # only the permission bits count
+                       "mode", f"{b}/f", "mode", f"{b}/sub/g", "mode", f"{b}/d", "mode", f"{b}/s"]
+    r = run_fast(fbox, prog, steps(ws) + [
+        "chmod", ws / "link", 0o777,                           # symlink: Python
+        "chmod", ws / "missing", 0o600,                        # missing: Python
+        "chmod", outside / "secret", 0o644,                    # outside: Python
+        "chmod", ws / ".git/hooks/pre-commit", 0o755,          # a rule's path: Python
+        "fchmodat", ws / "f", 0o644, 0x100,                    # AT_SYMLINK_NOFOLLOW: Python
+    ], python_policy="deny")
+    fast = sorted((rec["path"], rec["kind"], rec["nr"], rec["flags"], rec["result"]) for rec in r.records)
+    assert fast == sorted([(str(ws / "f"), CHMOD, NR_CHMOD, 0o600, 0),
+                           (str(ws / "sub/g"), CHMOD, NR_FCHMODAT, 0o640, 0),
+                           (str(ws / "d"), CHMOD, NR_CHMOD, 0o711, 0),
+                           (str(ws / "s"), CHMOD, NR_CHMOD, 0o4755, 0)]), r.records
+    py = r.python_paths()
+    for handed in ("link", "missing", ".git/hooks/pre-commit"):
+        assert str(ws / handed) in py, (handed, py)
+    assert str(outside / "secret") in py and py.count(str(ws / "f")) == 1
+    assert (outside / "secret").stat().st_mode & 0o7777 == 0o600
+    native_dir = fbox.root / "native"
+    setup(native_dir, outside)
+    p = subprocess.run([prog] + [str(s) for s in steps(native_dir)], capture_output=True,
+                       text=True, check=True, cwd=native_dir)
+    native = [ln.split()[2] for ln in p.stdout.splitlines() if ln.startswith("mode ")]
+    fast_modes = [ln.split()[2] for ln in r.lines if ln.startswith("mode ")]
+    assert fast_modes == native, (fast_modes, native)
+    assert [ln.split()[2:] for ln in r.lines if ln.startswith(("chmod ", "fchmodat "))][:4] == \
+        [["rc", "0"]] * 4
+
+
+def test_chmod_symlink_swap_race_never_touches_the_victim(fbox, prog):
+    """An unconfined process keeps exchanging ws/ln (regular file <-> symlink to a file
+    outside) while the sandbox chmods ws/ln 0777 in a loop: the object decided on is the
+    object changed, so the outside file keeps its mode (natively it would not)."""
+    ws, out = fbox.ws, fbox.outside
+    victim = out / "victim"
+    victim.write_text("canary\n")
+    os.chmod(victim, 0o600)
+    (ws / "ln").write_text("regular\n")
+    os.symlink(victim, ws / "ln.alt")
+    swapper = subprocess.Popen([prog, "swapper", str(ws), "30", "ln"], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        r = run_fast(fbox, prog, ["chmodloop", ws / "ln", 3000], python_policy="deny")
+        assert victim.stat().st_mode & 0o7777 == 0o600
+        # the same loop natively reaches the victim through the symlink
+        native = subprocess.run([prog, "out", str(fbox.root / "native.out"), "chmodloop",
+                                 str(ws / "ln"), "3000"], capture_output=True, text=True)
+        assert native.returncode == 0
+    finally:
+        swapper.send_signal(signal.SIGKILL)
+        swapper.wait()
+    assert victim.stat().st_mode & 0o7777 == 0o777, "the attack does work without the sandbox"
+    assert {rec["path"] for rec in r.records} <= {str(ws / "ln"), str(ws / "ln.alt")}
+    assert [rec for rec in r.records if rec["result"] >= 0], "the fast path never won the race"
+
+
 def test_fifo_swap_never_blocks_the_fast_path(fbox, prog):
     """ws/ff is exchanged with a FIFO (no reader) between the fast path's lstat and its
     open: the open must neither block the supervisor nor hand over a FIFO."""
@@ -1742,11 +1837,12 @@ def test_context_validation():
                 for x in (jr, jw, ja):
                     os.close(x)
             lib.aarm_fast_free(ctx)                 # closes its dups of ja
-            bad = ffi.new("struct aarm_fast_kind[4]")
+            bad = ffi.new("struct aarm_fast_kind[]", lib.AARM_FAST_NKINDS)
             bad[0].nallow = 3          # allow == NULL with nallow > 0
             assert lib.aarm_fast_new(w, d, bad, 16) == ffi.NULL
             # a count budget only where the kind is known before the operation
-            for k, ok in ((DELETE, True), (MKDIR, True), (WRITE, False), (CREATE, False)):
+            for k, ok in ((DELETE, True), (MKDIR, True), (WRITE, False), (CREATE, False),
+                          (CHMOD, False)):
                 kinds2, keep2 = make_kinds([G("/x/")], [])
                 kinds2[k].counted, kinds2[k].ncounted = kinds2[k].allow, 1
                 ctx = lib.aarm_fast_new(w, d, kinds2, 16)
@@ -1755,7 +1851,7 @@ def test_context_validation():
                     assert lib.aarm_fast_budget_add(ctx, k, 0) == 0       # starts empty
                     assert lib.aarm_fast_budget_add(ctx, k, 5) == 5
                     assert lib.aarm_fast_budget_add(ctx, k, -7) == -2
-                    assert lib.aarm_fast_budget_add(ctx, 4, 1) == -(1 << 63)
+                    assert lib.aarm_fast_budget_add(ctx, lib.AARM_FAST_NKINDS, 1) == -(1 << 63)
                     lib.aarm_fast_free(ctx)
         finally:
             os.close(d)
