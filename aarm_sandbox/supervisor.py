@@ -63,7 +63,7 @@ class Supervisor:
         self.on_running = None
         self.fast_reason = {t: f"profile {engine.policy.profile.id} default for {t}"
                             for t in (A.FILE_WRITE, A.FILE_CREATE, A.FILE_DELETE, A.FILE_MKDIR,
-                                      A.FILE_CHMOD)}
+                                      A.FILE_CHMOD, A.FILE_UTIME)}
         # The count rule (mass deletion) the fast path keeps with a budget: see count_budget.
         self.ledger: CountLedger | None = None
         rule = budget_rule(engine.policy, A.FILE_DELETE)

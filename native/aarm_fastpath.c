@@ -104,6 +104,7 @@
 #define NR_CHMOD 90
 #define NR_FCHMODAT 268
 #define NR_FCHMODAT2 452
+#define NR_UTIMENSAT 280
 
 #define FP_PATH_MAX 4096                 /* incl. the NUL, as the kernel's PATH_MAX */
 #define FP_O_TMPFILE_BIT 020000000       /* __O_TMPFILE */
@@ -127,10 +128,10 @@
 #define FP_UMASK_VALID (1ull << 31)
 
 enum { FP_PASS = 0, FP_DONE = 1 };
-enum { OP_OPEN, OP_UNLINK, OP_MKDIR, OP_CHMOD };
+enum { OP_OPEN, OP_UNLINK, OP_MKDIR, OP_CHMOD, OP_UTIME };
 enum { SLOT_FREE = 0, SLOT_READY = 1, SLOT_CANCELLED = 2 };
 
-_Static_assert(AARM_FAST_NKINDS == 5, "five fast kinds");
+_Static_assert(AARM_FAST_NKINDS == 6, "six fast kinds");
 _Static_assert(AARM_FAST_RECORD_PATH_MAX >= FP_PATH_MAX + 1 + NAME_MAX,
                "a record holds any canonical path the fast path can build");
 
@@ -685,6 +686,7 @@ static const char *syscall_name(int nr)
     case NR_CHMOD: return "chmod";
     case NR_FCHMODAT: return "fchmodat";
     case NR_FCHMODAT2: return "fchmodat2";
+    case NR_UTIMENSAT: return "utimensat";
     default: return "?";
     }
 }
@@ -861,6 +863,13 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             return FP_PASS;             /* AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH: Python */
         op = OP_CHMOD; dirfd = as_int32(a[0]); pptr = a[1]; mode = (uint32_t)a[2];
         break;
+    case NR_UTIMENSAT:
+        /* With a path and no flags (futimens, AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW and
+         * invalid flags: Python); the times, if any, are read once below. */
+        if (a[1] == 0 || a[3] != 0)
+            return FP_PASS;
+        op = OP_UTIME; dirfd = as_int32(a[0]); pptr = a[1];
+        break;
     default:
         return FP_PASS;
     }
@@ -884,6 +893,16 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         return FP_PASS;
     } else if (op == OP_CHMOD && !c->kinds[AARM_FAST_CHMOD].enabled) {
         return FP_PASS;
+    } else if (op == OP_UTIME && !c->kinds[AARM_FAST_UTIME].enabled) {
+        return FP_PASS;
+    }
+    /* utimensat's two timespecs, read once (NULL: now); the kernel validates them. */
+    int64_t times[4];
+    int have_times = 0;
+    if (op == OP_UTIME && a[2] != 0) {
+        if (aarm_read_mem((int)tid, a[2], times, sizeof times) != (int64_t)sizeof times)
+            return FP_PASS;
+        have_times = 1;
     }
     if (pptr == 0)
         return FP_PASS;
@@ -944,7 +963,7 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             }
         if (only_slashes) {
             parent = c->root_fd;
-        } else if ((op == OP_OPEN || op == OP_CHMOD) && text_canonical) {
+        } else if ((op == OP_OPEN || op == OP_CHMOD || op == OP_UTIME) && text_canonical) {
             /* Pinned only if the decision needs an lstat (below); otherwise the open
              * itself walks the whole path once, with the parent walk's guarantees. */
             parent = -1;
@@ -1058,10 +1077,10 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         if (!kind_allows(&c->kinds[kind], canon, clen) || !take_unit(c, kind, canon, clen, &unit))
             goto out;
     } else {
-        /* chmod: the object itself, pinned without following a last symlink (chmod
-         * would follow it: Python), is what gets the mode; a missing name or any
-         * other lookup error -> Python, which answers as the kernel would. */
-        kind = AARM_FAST_CHMOD;
+        /* chmod, utimensat: the object itself, pinned without following a last symlink
+         * (both would follow it: Python), is what gets the mode or the times; a missing
+         * name or any other lookup error -> Python, which answers as the kernel would. */
+        kind = op == OP_CHMOD ? AARM_FAST_CHMOD : AARM_FAST_UTIME;
         if (!kind_allows(&c->kinds[kind], canon, clen))
             goto out;
         do {
@@ -1196,7 +1215,7 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         } while (r < 0 && errno == EINTR);
         result = r < 0 ? -errno : 0;
         answer(c, n->id, result);
-    } else {
+    } else if (kind == AARM_FAST_CHMOD) {
         /* chmod through the pinned object's /proc/self/fd link: the very inode decided on */
         char fdname[24];
         fdname[put_u(fdname, (unsigned long)opened)] = '\0';
@@ -1205,6 +1224,11 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             r = fchmodat(c->selffd_fd, fdname, (mode_t)(mode & 07777), 0);
         } while (r < 0 && errno == EINTR);
         result = r < 0 ? -errno : 0;
+        answer(c, n->id, result);
+    } else {
+        /* utimensat on the pinned object itself (as ObjectCall "utime" does) */
+        int r = aarm_utimensat(opened, "", have_times ? times : NULL, AT_EMPTY_PATH);
+        result = r;
         answer(c, n->id, result);
     }
 
@@ -1219,7 +1243,7 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         rec->nr = n->data.nr;
         rec->kind = kind;
         rec->result = result;
-        rec->flags = op == OP_MKDIR ? 0 : op == OP_CHMOD ? (mode & 07777) : flags;
+        rec->flags = op == OP_MKDIR || op == OP_UTIME ? 0 : op == OP_CHMOD ? (mode & 07777) : flags;
         rec->counted = (uint32_t)unit;
         rec->path_len = (uint32_t)clen;
         memcpy(rec->path, canon, clen);

@@ -1,6 +1,7 @@
 """Native fast path: the hottest *allowed* file operations decided and performed in C.
 
-The C loop (native/aarm_fastpath.c) handles write-opens, creates, unlinks, mkdirs and chmods whose
+The C loop (native/aarm_fastpath.c) handles write-opens, creates, unlinks, mkdirs, chmods and
+utimensats whose
 canonical path provably gets the profile's default ALLOW: it must lie under a directory the
 profile's "outside" rules treat as inside (the writable set), and it must not possibly
 match any rule that applies to that action type (each rule glob is reduced to a literal
@@ -26,11 +27,11 @@ from aarm_sandbox.policy.decision import Result
 
 KINDS = ((lib.AARM_FAST_WRITE, A.FILE_WRITE), (lib.AARM_FAST_CREATE, A.FILE_CREATE),
          (lib.AARM_FAST_DELETE, A.FILE_DELETE), (lib.AARM_FAST_MKDIR, A.FILE_MKDIR),
-         (lib.AARM_FAST_CHMOD, A.FILE_CHMOD))
+         (lib.AARM_FAST_CHMOD, A.FILE_CHMOD), (lib.AARM_FAST_UTIME, A.FILE_UTIME))
 KIND_TYPE = dict(KINDS)
 SYSCALL_NAMES = {2: "open", 257: "openat", 85: "creat", 87: "unlink", 263: "unlinkat",
                  84: "rmdir", 83: "mkdir", 258: "mkdirat", 90: "chmod", 268: "fchmodat",
-                 452: "fchmodat2"}
+                 452: "fchmodat2", 280: "utimensat"}
 _DRAIN_BATCH = 256
 _WILD = re.compile(r"\*\*|\*|\?|\[[^\]]*\]")
 

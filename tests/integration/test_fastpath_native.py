@@ -39,12 +39,13 @@ NR_OPENAT, NR_MKDIRAT, NR_UNLINKAT, NR_EXECVE = 257, 258, 263, 59
 PATH_ARG = {NR_OPEN: 0, NR_MKDIR: 0, NR_RMDIR: 0, NR_CREAT: 0, NR_UNLINK: 0,
             NR_OPENAT: 1, NR_MKDIRAT: 1, NR_UNLINKAT: 1, NR_EXECVE: 0,
             82: 0, 264: 1, 316: 1, 86: 0, 265: 1, 88: 1, 266: 2, 133: 0, 259: 1,
-            90: 0, 268: 1, 452: 1}
-NR_CHMOD, NR_FCHMODAT, NR_FCHMODAT2 = 90, 268, 452
+            90: 0, 268: 1, 452: 1, 280: 1}
+NR_CHMOD, NR_FCHMODAT, NR_FCHMODAT2, NR_UTIMENSAT = 90, 268, 452, 280
 FILE_NRS = set(PATH_ARG) - {NR_EXECVE}
-WRITE, CREATE, DELETE, MKDIR, CHMOD = (lib.AARM_FAST_WRITE, lib.AARM_FAST_CREATE,
-                                       lib.AARM_FAST_DELETE, lib.AARM_FAST_MKDIR, lib.AARM_FAST_CHMOD)
-ALL_KINDS = (WRITE, CREATE, DELETE, MKDIR, CHMOD)
+WRITE, CREATE, DELETE, MKDIR, CHMOD, UTIME = (
+    lib.AARM_FAST_WRITE, lib.AARM_FAST_CREATE, lib.AARM_FAST_DELETE, lib.AARM_FAST_MKDIR,
+    lib.AARM_FAST_CHMOD, lib.AARM_FAST_UTIME)
+ALL_KINDS = (WRITE, CREATE, DELETE, MKDIR, CHMOD, UTIME)
 O_WRONLY, O_RDWR, O_CREAT, O_EXCL, O_TRUNC = 0o1, 0o2, 0o100, 0o200, 0o1000
 O_CLOEXEC, O_APPEND = 0o2000000, 0o2000
 CLONE_FS = 0x200
@@ -230,6 +231,16 @@ int main(int argc, char **argv)
             const char *p = argv[++i]; long m = num(argv[++i]), fl = num(argv[++i]);
             report_rc("fchmodat", p, ret(fl ? syscall(452, AT_FDCWD, p, m, fl)
                                             : syscall(SYS_fchmodat, AT_FDCWD, p, m)));
+        } else if (!strcmp(c, "utimens")) {   /* utimens P SEC NSEC FLAGS: SEC -1: NULL times */
+            const char *p = argv[++i]; long s = num(argv[++i]), ns = num(argv[++i]), fl = num(argv[++i]);
+            struct timespec ts[2] = { { s, ns }, { s + 1, ns } };
+            report_rc("utimens", p, ret(syscall(SYS_utimensat, AT_FDCWD, p, s == -1 ? NULL : ts, fl)));
+        } else if (!strcmp(c, "mtime")) {
+            const char *p = argv[++i];
+            struct stat st;
+            if (lstat(p, &st) != 0) printf("mtime %s err %d\n", p, errno);
+            else printf("mtime %s %ld.%09ld %ld.%09ld\n", p, (long)st.st_atim.tv_sec,
+                        st.st_atim.tv_nsec, (long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
         } else if (!strcmp(c, "chmodloop")) {
             const char *p = argv[++i]; long iters = num(argv[++i]), ok = 0, fail = 0;
             for (long k = 0; k < iters; k++) {
@@ -1258,6 +1269,56 @@ def test_chmod_is_fast_on_the_object_itself_and_answers_as_native(fbox, prog):
         [["rc", "0"]] * 4
 
 
+def test_utimensat_is_fast_on_the_object_itself_and_answers_as_native(fbox, prog):
+    """utimensat with a path and no flags, on a workspace name that is not a symlink, is
+    decided and performed in C (what tar, cp -p and touch do); the times are read once and
+    the kernel judges them (an invalid nsec is EINVAL, as natively); NULL times, UTIME_NOW
+    and UTIME_OMIT pass through. Symlinks, AT_SYMLINK_NOFOLLOW, missing names and paths
+    outside go to Python."""
+    UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+    def setup(base: Path, outside: Path):
+        for n in ("a", "b", "c", "d", "e"):
+            (base / n).write_text("x")
+        os.symlink(outside / "secret", base / "link")
+
+    ws, outside = fbox.ws, fbox.outside
+    (outside / "secret").write_text("secret")
+    os.utime(outside / "secret", (5, 5))
+    setup(ws, outside)
+    steps = lambda b: ["utimens", f"{b}/a", 1000000000, 5, 0,
+                       "utimens", f"{b}/b", 1234, UTIME_OMIT, 0,          # both omitted
+                       "utimens", f"{b}/c", -1, 0, 0,
+                       "utimens", f"{b}/d", 1, 2000000000, 0,          # EINVAL
+                       "utimens", f"{b}/e", 0, UTIME_NOW, 0,
+                       "mtime", f"{b}/a"]
+    r = run_fast(fbox, prog, steps(ws) + [
+        "utimens", ws / "link", 7, 0, 0,                               # symlink: Python
+        "utimens", ws / "link", 7, 0, 0x100,                           # NOFOLLOW: Python
+        "utimens", ws / "missing", 7, 0, 0,                            # missing: Python
+        "utimens", outside / "secret", 7, 0, 0,                        # outside: Python
+    ], python_policy="deny")
+    fast = sorted((rec["path"], rec["kind"], rec["nr"], rec["flags"], rec["result"]) for rec in r.records)
+    assert fast == sorted([(str(ws / "a"), UTIME, NR_UTIMENSAT, 0, 0),
+                           (str(ws / "b"), UTIME, NR_UTIMENSAT, 0, 0),
+                           (str(ws / "c"), UTIME, NR_UTIMENSAT, 0, 0),
+                           (str(ws / "d"), UTIME, NR_UTIMENSAT, 0, -errno.EINVAL),
+                           (str(ws / "e"), UTIME, NR_UTIMENSAT, 0, 0)]), r.records
+    py = r.python_paths()
+    assert py.count(str(ws / "link")) == 2 and str(ws / "missing") in py and str(outside / "secret") in py
+    assert os.stat(outside / "secret").st_mtime == 5
+    native_dir = fbox.root / "native"
+    setup(native_dir, outside)
+    p = subprocess.run([prog] + [str(s) for s in steps(native_dir)], capture_output=True,
+                       text=True, check=True, cwd=native_dir)
+    pick = lambda lines, w: [ln.split()[2:] for ln in lines if ln.startswith(w)]
+    assert pick(r.lines, "utimens ")[:5] == pick(p.stdout.splitlines(), "utimens ")
+    # explicit times land exactly; omitted ones stay (b keeps the mtime it was created with)
+    assert pick(r.lines, "mtime ")[0] == pick(p.stdout.splitlines(), "mtime ")[0] == \
+        ["1000000000.000000005", "1000000001.000000005"]
+    assert int(os.stat(ws / "b").st_mtime) > 1235
+
+
 def test_chmod_symlink_swap_race_never_touches_the_victim(fbox, prog):
     """An unconfined process keeps exchanging ws/ln (regular file <-> symlink to a file
     outside) while the sandbox chmods ws/ln 0777 in a loop: the object decided on is the
@@ -1842,7 +1903,7 @@ def test_context_validation():
             assert lib.aarm_fast_new(w, d, bad, 16) == ffi.NULL
             # a count budget only where the kind is known before the operation
             for k, ok in ((DELETE, True), (MKDIR, True), (WRITE, False), (CREATE, False),
-                          (CHMOD, False)):
+                          (CHMOD, False), (UTIME, False)):
                 kinds2, keep2 = make_kinds([G("/x/")], [])
                 kinds2[k].counted, kinds2[k].ncounted = kinds2[k].allow, 1
                 ctx = lib.aarm_fast_new(w, d, kinds2, 16)
