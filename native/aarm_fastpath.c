@@ -1268,15 +1268,20 @@ int aarm_fast_next(struct aarm_fast_ctx *c, struct aarm_notif *out)
 {
     if (!c || !out)
         return -EINVAL;
+    aarm_claim_clear();                 /* in C now: background Python may run */
     for (;;) {
         memset(out, 0, sizeof(*out));
         if (ioctl(c->listener, SECCOMP_IOCTL_NOTIF_RECV, out) != 0) {
             if (errno == EINTR)
                 continue;
-            return -errno;
+            int e = errno;
+            aarm_claim_set();
+            return -e;
         }
-        if (fp_handle(c, out) == FP_PASS)
+        if (fp_handle(c, out) == FP_PASS) {
+            aarm_claim_set();           /* Python's turn: see aarm_claim_set */
             return 0;
+        }
     }
 }
 

@@ -67,6 +67,10 @@ int aarm_spawn(const struct aarm_spawn_config *cfg, int *out_listener,
 int aarm_read_status(int status_fd, int *out_wait_status);
 
 int aarm_notif_recv(int listener, struct aarm_notif *n);
+void aarm_claim_set(void);
+void aarm_claim_clear(void);
+const int *aarm_claim_ptr(void);
+int aarm_yield_to_decisions(int64_t timeout_ns);
 int aarm_notif_send(int listener, uint64_t id, int64_t val, int32_t error,
                     uint32_t flags);
 int aarm_notif_id_valid(int listener, uint64_t id);

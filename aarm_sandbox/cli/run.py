@@ -326,6 +326,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     # the journal writer (SCHED_IDLE) and the threads started below must not hold up the
     # rest of the startup, which the command waits for, for 5 ms at a time.
     sys.setswitchinterval(0.0002)
+    from aarm_sandbox.intercept.claim import CLAIM
+    journal.polite = CLAIM            # the writer yields to decisions (intercept.claim)
     journal.start(signer, preload=False)
     for w in sandbox.warnings:
         print(f"aarm-sandbox: warning: {w}", file=sys.stderr)

@@ -218,18 +218,21 @@ class FastPath:
         """An exec was allowed: cached program names may be stale."""
         lib.aarm_fast_invalidate_exe(self.ctx)
 
-    def drain(self, sink) -> int:
+    def drain(self, sink, batch: int = _DRAIN_BATCH, polite=None) -> int:
         """Turn handled decisions into receipts via
         sink(type, path, syscall, tid, flags, result, ts_ns, notif, exe, counted): ts_ns
         CLOCK_REALTIME nanoseconds, notif the seccomp notification id, exe the acting program
         as /proc/TID/exe showed it when the operation was answered, or None when unknown (never
         looked up again here: by now the TID may run another program); counted: it spent a
-        unit of the kind's count budget (the sink counts it or gives it back)."""
+        unit of the kind's count budget (the sink counts it or gives it back). `polite`: the
+        decision thread's claim (intercept.claim), waited for between batches of `batch`."""
         total = 0
         unpack = ffi.unpack
-        with self._lock:
-            while True:
-                n = lib.aarm_fast_drain(self.ctx, self._records, _DRAIN_BATCH)
+        while True:
+            if polite is not None:
+                polite.wait()           # between batches, never holding the lock
+            with self._lock:            # a batch at a time, in ring order
+                n = lib.aarm_fast_drain(self.ctx, self._records, batch)
                 for i in range(n):
                     rec = self._records[i]
                     path = os.fsdecode(unpack(rec.path, rec.path_len))
@@ -237,9 +240,9 @@ class FastPath:
                     sink(KIND_TYPE[rec.kind], path, SYSCALL_NAMES.get(rec.nr, str(rec.nr)),
                          rec.tid, rec.flags, rec.result, rec.ts_ns, rec.notif_id, exe,
                          bool(rec.counted))
-                total += n
-                if n < _DRAIN_BATCH:
-                    return total
+            total += n
+            if n < batch:
+                return total
 
     def close(self) -> None:
         if self.ctx != ffi.NULL:
@@ -253,6 +256,7 @@ def drain_periodically(fast: FastPath, sink, stop: threading.Event, interval: fl
     drains all of it inline first (~10 ms for 1024 receipts, measured as one stalled
     call per 1025 under a write-open loop); waking early keeps that off the hot path."""
     import select
+    from aarm_sandbox.intercept.claim import CLAIM
     from aarm_sandbox.journal.writer import background_priority
     background_priority()
     wake = fast.wake_fd
@@ -265,6 +269,6 @@ def drain_periodically(fast: FastPath, sink, stop: threading.Event, interval: fl
                 os.eventfd_read(wake)
             except BlockingIOError:
                 pass
-        fast.drain(sink)
+        fast.drain(sink, batch=16, polite=CLAIM)
     fast.drain(sink)
     time.sleep(0)

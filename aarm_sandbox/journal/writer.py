@@ -181,6 +181,9 @@ class Journal:
         self._stop = False
         self._interval = flush_interval
         self._writer_tid = 0             # the writer thread's, once it runs
+        # claimed()/wait() of the decision thread's claim on the GIL (intercept.claim),
+        # set by the supervisor: the writer thread yields to decisions between records.
+        self.polite = None
         self._thread = threading.Thread(target=self._run, name="aarm-journal", daemon=True)
 
     def start(self, signer: Signer | None, *, preload: bool = True) -> "Journal":
@@ -288,7 +291,10 @@ class Journal:
         # as one long stall while holding up the decisions that wait on that thread.
         q = self.queue
         every = self.checkpoint_every
+        polite = self.polite if threading.get_native_id() == self._writer_tid else None
         while True:
+            if polite is not None:
+                polite.wait()           # outside the lock: an inline drain never waits on it
             with self._drain_lock:
                 if not q or self.failed:
                     return
@@ -296,6 +302,8 @@ class Journal:
                 sync = False
                 chain_one, chain_fast = self._chain, self._chain_fast
                 while q and len(lines) < BATCH:
+                    if lines and polite is not None and polite.claimed():
+                        break           # a decision wants the GIL: write what we have
                     rec = q.popleft()
                     lines.append(chain_one(rec) if rec.__class__ is dict else chain_fast(rec))
                     if self._since_checkpoint >= every:

@@ -69,3 +69,45 @@ def test_an_error_in_the_writer_fails_the_journal_closed(tmp_path, monkeypatch):
     j._wake.set()
     j._thread.join(5)
     assert j.failed and "boom" in j.failed and failures
+
+
+class _Claim:
+    """A decision thread that is in Python for the first `busy` checks."""
+
+    def __init__(self, busy: int):
+        self.busy = busy
+        self.waits = 0
+
+    def claimed(self) -> bool:
+        if self.busy > 0:
+            self.busy -= 1
+            return True
+        return False
+
+    def wait(self) -> None:
+        self.waits += 1
+
+
+def test_the_writer_cuts_its_batch_short_and_waits_while_a_decision_holds_the_claim(tmp_path):
+    """While the decision thread is in Python, the writer thread finishes the record in hand,
+    writes what it has and waits (intercept.claim) before the next batch: nothing is lost
+    or reordered. An inline drain by another thread never waits on the claim."""
+    j = writer.Journal(str(tmp_path / "j.jsonl"), "s-1")
+    j._writer_tid = threading.get_native_id()                # draining as the writer thread
+    j.polite = claim = _Claim(busy=3)
+    for i in range(100):
+        j.append({"type": "note", "i": i})
+    calls: list[int] = []
+    real = j._write
+    j._write = lambda lines, sync: (calls.append(len(lines)), real(lines, sync))
+    j._drain()
+    assert calls[:3] == [1, 1, 1] and sum(calls) == 100 and calls[3] == writer.BATCH
+    assert claim.waits == len(calls) + 1                      # before every batch, and the last check
+    lines = (tmp_path / "j.jsonl").read_bytes().splitlines()
+    assert [int(l.split(b'"i":')[1].split(b",")[0]) for l in lines] == list(range(100))
+    j2 = writer.Journal(str(tmp_path / "j2.jsonl"), "s-2")   # not the writer thread
+    j2.polite = claim2 = _Claim(busy=10 ** 6)
+    for i in range(10):
+        j2.append({"type": "note", "i": i})
+    j2._drain()
+    assert claim2.waits == 0 and len((tmp_path / "j2.jsonl").read_bytes().splitlines()) == 10
