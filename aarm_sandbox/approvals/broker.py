@@ -129,12 +129,18 @@ class ApprovalBroker:
             if count and len(self._asked) >= self.rate:
                 return Verdict(False, "rate-limit", reason=f"more than {self.rate} approval "
                                "requests in a minute; denied without asking (fatigue control)")
+            if not self._timer_started:
+                # Deadlines need the timer thread: a request held without one could wait
+                # forever (a DEFER must time out to deny). No thread, no hold.
+                try:
+                    self._timer.start()
+                except RuntimeError as e:
+                    return Verdict(False, "error", reason=f"cannot keep the deadlines of held "
+                                   f"requests ({e}); denied without asking")
+                self._timer_started = True
             if count:
                 self._asked.append(now)
             self._pending[p.id] = p
-            if not self._timer_started:
-                self._timer_started = True
-                self._timer.start()
             self._wake.notify()
         return None
 
