@@ -28,7 +28,7 @@
  *      was reached with no symlink, "." or ".."), else
  *      readlink(/proc/self/fd/PARENT) + "/" + name - as Resolver.parent;
  *   6. when every kind the outcome could be is allowed for the path, no lstat:
- *      the operation itself (O_NOFOLLOW, O_EXCL, unlinkat's own errors) tells
+ *      the operation itself (no symlink followed, O_EXCL, unlinkat's own errors) tells
  *      what was there; otherwise the last component is lstat'ed in the pinned
  *      parent and only regular files opened for writing or O_TRUNC (write) and
  *      absent names (create) are handled; unlink/rmdir/mkdir answer the
@@ -42,7 +42,8 @@
  *      supervisor killed between the operation and its receipt still leaves
  *      a trace; a failed or short write hands the notification to Python;
  *  10. the operation is performed on (pinned parent, name), or on the whole
- *      path from the root (step 4) - O_NOFOLLOW for opens - and the
+ *      path from the root (step 4) - openat2 with RESOLVE_NO_SYMLINKS for opens
+ *      (not O_NOFOLLOW, which the caller's F_GETFL would show) - and the
  *      notification answered (ADDFD|SEND for opens);
  *  11. a journal record is queued in a ring whose slot was reserved *before*
  *      the operation: when the ring is full the notification goes to Python,
@@ -50,11 +51,11 @@
  *      notification id and the acting program (/proc/TID/exe, read before
  *      the operation, cached: see exe_of).
  *
- * Extra caution beyond the Python decoder: opens add O_NONBLOCK (cleared
- * again with F_SETFL before the fd is installed) so that a name swapped for
- * a FIFO after the lstat cannot block the supervisor, and the opened file
- * must still be a regular file; open failures that only the fast path's own
- * changes can cause (EAGAIN/ENXIO from O_NONBLOCK, ELOOP from O_NOFOLLOW,
+ * Extra caution beyond the Python decoder: opens that are not exclusive
+ * creates add O_NONBLOCK (cleared again with F_SETFL before the fd is
+ * installed) so that a name swapped for a FIFO after the lstat cannot block
+ * the supervisor; open failures that only the fast path's own
+ * changes can cause (EAGAIN/ENXIO from O_NONBLOCK, ELOOP from not following,
  * ENOENT after dropping O_CREAT) hand the untouched notification to Python
  * instead of answering (nothing has happened at that point).
  *
@@ -792,17 +793,20 @@ void aarm_fast_invalidate_exe(struct aarm_fast_ctx *c)
  * whose text is canonical) along the whole path from the session root with the same
  * guarantees the parent walk gives (no symlinks, no magic links, never above the root),
  * one path walk instead of two.  EINTR is retried. */
+/* The name is never followed if it is a symlink (ELOOP): RESOLVE_NO_SYMLINKS rather
+ * than O_NOFOLLOW, which would stay in the open file's flags and show in the
+ * caller's F_GETFL (a native open has it only when the caller asked for it). */
 static int open_target(struct aarm_fast_ctx *c, int parent, const char *path,
                        const char *name, int oflags, mode_t mode)
 {
     int fd;
+    uint64_t fl = (uint64_t)((unsigned)oflags & FP_VALID_OPEN_FLAGS);
     do {
         if (parent >= 0)
-            fd = openat(parent, name, oflags, mode);
+            fd = sys_openat2_mode(parent, name, fl, mode,
+                                  RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS);
         else
-            fd = sys_openat2_mode(c->root_fd, path,
-                                  (uint64_t)((unsigned)oflags & FP_VALID_OPEN_FLAGS), mode,
-                                  FP_RESOLVE_STRICT);
+            fd = sys_openat2_mode(c->root_fd, path, fl, mode, FP_RESOLVE_STRICT);
     } while (fd < 0 && errno == EINTR);
     return fd;
 }
@@ -1030,7 +1034,7 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     }
 
     /* 6+7. Kind and decision.  The common cases need no lstat of the last name: the
-     * operation itself (on the pinned parent, O_NOFOLLOW / O_EXCL) tells what was there,
+     * operation itself (on the pinned parent, no symlink followed / O_EXCL) tells what was there,
      * and every outcome is either what the kernel would have answered or a hand-over
      * to Python before anything happened.  This applies when every kind the outcome could
      * turn out to be is allowed for this path. */
@@ -1128,7 +1132,12 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     if (kind == AARM_FAST_WRITE || kind == AARM_FAST_CREATE) {
         /* O_NONBLOCK so that a name swapped for a FIFO between the lstat and
          * the open can never block this thread; it is cleared again below. */
-        int oflags = (int)(flags | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK);
+        int oflags = (int)(flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        /* An exclusive create only ever opens the regular file it makes (an existing
+         * name of any type is EEXIST), so it cannot block: no O_NONBLOCK to add, and
+         * none to clear with F_SETFL afterwards (one syscall less per new file). */
+        int excl = (oflags & ~O_NONBLOCK) | (int)(flags & O_NONBLOCK) | O_CREAT | O_EXCL;
+        int nb_added = 0;           /* the open that succeeded added O_NONBLOCK */
         mode_t m = (mode_t)((mode & 07777) & ~um);
         if (kind == AARM_FAST_WRITE)
             oflags &= ~(O_CREAT | O_EXCL);
@@ -1140,19 +1149,22 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         int create_first = probe && (flags & O_CREAT) &&
                            atomic_load_explicit(&c->probe_created, memory_order_relaxed);
         if (create_first) {
-            opened = open_target(c, parent, path, name, oflags | O_CREAT | O_EXCL, m);
+            opened = open_target(c, parent, path, name, excl, m);
             if (opened >= 0 || errno != EEXIST)
                 kind = AARM_FAST_CREATE;
         }
         if (!create_first || kind == AARM_FAST_WRITE) {
-            opened = open_target(c, parent, path, name, oflags, kind == AARM_FAST_CREATE ? m : 0);
+            int f = (oflags & O_EXCL) ? excl : oflags;
+            opened = open_target(c, parent, path, name, f, kind == AARM_FAST_CREATE ? m : 0);
+            nb_added = f == oflags && !(flags & O_NONBLOCK);
         }
         if (opened < 0 && probe && !create_first && errno == ENOENT && (flags & O_CREAT)) {
             /* Not there: create it, exclusively (a name appearing meanwhile -> Python).
              * Without O_CREAT, ENOENT is simply the kernel's own answer. */
             kind = AARM_FAST_CREATE;
             oflags |= O_CREAT | O_EXCL;
-            opened = open_target(c, parent, path, name, oflags, m);
+            opened = open_target(c, parent, path, name, excl, m);
+            nb_added = 0;
             if (opened < 0 && errno == EEXIST)
                 goto out;
         }
@@ -1177,10 +1189,10 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         } else {
             /* If the name was swapped for another object since the lstat, what
              * got opened is what the target's own open would have opened at this
-             * instant (same pinned directory, same name, O_NOFOLLOW; a FIFO opens
+             * instant (same pinned directory, same name, no symlink followed; a FIFO opens
              * only if a reader is there, thanks to O_NONBLOCK): install it. */
             int r = 0;
-            if (!(flags & O_NONBLOCK)) {
+            if (nb_added) {
                 /* F_SETFL takes only the status flags (O_APPEND, O_DIRECT, O_NOATIME,
                  * O_ASYNC, O_NONBLOCK) and ignores the rest: the open flags minus
                  * O_NONBLOCK are exactly the caller's, without an F_GETFL round trip. */

@@ -155,8 +155,8 @@ def decode_open(n: Notification, spec: SyscallSpec, st: DecodeState) -> Decoded:
         return Decoded(_act(A.FILE_CREATE, n, spec, d.path, (d.path,), flags, tmpfile=True),
                        OpenFile(d.fd, b".", -1, open_flags, m, cloexec))
     # Fast path: pin the parent directory and look at the last name without following it.
-    # A regular file (or a name to create) is then opened by the supervisor with
-    # O_NOFOLLOW relative to the pinned parent: exactly the object that was decided on.
+    # A regular file (or a name to create) is then opened by the supervisor without
+    # following it, relative to the pinned parent: exactly the object that was decided on.
     if flags & O_CREAT and path.endswith(b"/"):
         raise DecodeError(errno.EISDIR, "O_CREAT with a trailing slash")
     p = r.parent(dirfd, path)
@@ -174,7 +174,7 @@ def decode_open(n: Notification, spec: SyscallSpec, st: DecodeState) -> Decoded:
         if not flags & O_CREAT:
             p.close()
             raise DecodeError(errno.ENOENT, "no such file")
-        return _create(n, spec, st, p, flags, open_flags | O_NOFOLLOW, mode, cloexec)
+        return _create(n, spec, st, p, flags, open_flags | (flags & O_NOFOLLOW), mode, cloexec)
     if flags & O_CREAT and flags & O_EXCL:
         p.close()
         raise DecodeError(errno.EEXIST, "exists")
@@ -184,8 +184,9 @@ def decode_open(n: Notification, spec: SyscallSpec, st: DecodeState) -> Decoded:
             raise DecodeError(errno.ELOOP, "O_NOFOLLOW on a symlink")
         return _open_object(n, spec, st, r, dirfd, path, flags, open_flags, mode, cloexec)
     kind = A.FILE_WRITE if _writes_existing(flags) else A.FILE_READ
-    eff = OpenFile(p.fd, p.name, -1, (open_flags | O_NOFOLLOW) & ~(O_CREAT | O_EXCL), 0, cloexec,
-                   blocking=stat.S_ISFIFO(lst.st_mode) or stat.S_ISCHR(lst.st_mode))
+    eff = OpenFile(p.fd, p.name, -1, (open_flags | (flags & O_NOFOLLOW)) & ~(O_CREAT | O_EXCL), 0,
+                   cloexec, blocking=stat.S_ISFIFO(lst.st_mode) or stat.S_ISCHR(lst.st_mode),
+                   no_follow=True)
     return Decoded(_act(kind, n, spec, p.path, (p.path,), flags), eff)
 
 
@@ -253,7 +254,7 @@ def _create_through_symlink(n, spec, st, r: Resolver, dirfd, path, flags, open_f
         if stat.S_ISLNK(lst.st_mode):
             raise DecodeError(errno.EACCES, "creating through a chain of dangling symlinks is not mediated")
         raise DecodeError(errno.EAGAIN, "symlink target appeared during resolution")
-    return _create(n, spec, st, target, flags, open_flags | O_EXCL | O_NOFOLLOW, mode, cloexec)
+    return _create(n, spec, st, target, flags, open_flags | O_EXCL, mode, cloexec)
 
 
 def _writes_existing(flags: int) -> bool:
@@ -274,7 +275,7 @@ def _within_fd_access(requested: int, held: int) -> bool:
 def _create(n, spec, st, p: ParentRef, flags, open_flags, mode, cloexec) -> Decoded:
     m = mode & ~st.umask_of(n.tid)
     act = _act(A.FILE_CREATE, n, spec, p.path, (p.path,), flags)
-    eff = OpenFile(p.fd, p.name_for_op, -1, open_flags, m, cloexec)
+    eff = OpenFile(p.fd, p.name_for_op, -1, open_flags, m, cloexec, no_follow=True)
     return Decoded(act, eff)
 
 

@@ -46,12 +46,23 @@ class Continue(Effect):
         return 0
 
 
+# The open flags the kernel keeps (VALID_OPEN_FLAGS, x86_64): open() drops any other bit,
+# openat2 refuses it (EINVAL); masked, the two behave alike. Resolve flags: linux/openat2.h.
+_VALID_OPEN_FLAGS = 0o37777703
+_RESOLVE_NO_LINKS = 0x04 | 0x02            # RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+
+
 class OpenFile(Effect):
-    """Open through a pinned fd and install the result with ADDFD|SEND."""
+    """Open through a pinned fd and install the result with ADDFD|SEND.
+
+    `no_follow`: `name` must not be followed if it is a symlink (it is the very name that
+    was decided on). That is RESOLVE_NO_SYMLINKS rather than O_NOFOLLOW, which would stay
+    in the open file's flags: the caller's F_GETFL would show it, a native open's does
+    only when the caller asked for it (then it is in `flags`)."""
 
     def __init__(self, dirfd: int, name: bytes, objfd: int, flags: int, mode: int,
                  cloexec: bool, opath_passthrough: bool = False, blocking: bool = False,
-                 opened: int = -1):
+                 opened: int = -1, no_follow: bool = False):
         self.dirfd = dirfd                   # parent dir (create) or -1
         self.name = name                     # name in dirfd, or b"" to reopen `objfd`
         self.objfd = objfd                   # O_PATH fd of the existing object, or -1
@@ -61,13 +72,14 @@ class OpenFile(Effect):
         self.opath_passthrough = opath_passthrough  # O_PATH open: hand our O_PATH fd over as is
         self.blocking = blocking
         self.opened = opened
+        self.no_follow = no_follow
 
     def replace(self, **changes) -> "OpenFile":
         """A new OpenFile with `changes` applied to this one's fields (MODIFY transforms)."""
         fields = {"dirfd": self.dirfd, "name": self.name, "objfd": self.objfd,
                   "flags": self.flags, "mode": self.mode, "cloexec": self.cloexec,
                   "opath_passthrough": self.opath_passthrough, "blocking": self.blocking,
-                  "opened": self.opened}
+                  "opened": self.opened, "no_follow": self.no_follow}
         fields.update(changes)
         return OpenFile(**fields)
 
@@ -77,6 +89,13 @@ class OpenFile(Effect):
                 self.opened = os.dup(self.objfd)
             elif self.objfd >= 0:
                 self.opened = os.open(f"/proc/self/fd/{self.objfd}", self.flags, self.mode)
+            elif self.no_follow:
+                fd = lib.aarm_openat2(self.dirfd, self.name, self.flags & _VALID_OPEN_FLAGS,
+                                      self.mode if self.flags & os.O_CREAT else 0,
+                                      _RESOLVE_NO_LINKS)
+                if fd < 0:
+                    return fd
+                self.opened = fd
             else:
                 self.opened = os.open(self.name, self.flags, self.mode, dir_fd=self.dirfd)
         except OSError as e:

@@ -1262,3 +1262,37 @@ def test_failed_unlinks_are_not_counted_as_deletions(box):
     assert n.stdout == "clean=0\nrm=0\n"
     no_denials(s)
     assert_same(n, s)
+
+
+OPEN_FLAGS_PROGRAM = r"""
+import fcntl, os, sys
+d = sys.argv[1]
+cases = [("n1", os.O_WRONLY | os.O_CREAT), ("n2", os.O_WRONLY | os.O_CREAT | os.O_EXCL),
+         ("n3", os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK), ("n1", os.O_WRONLY),
+         ("n3", os.O_RDWR | os.O_APPEND), ("n1", os.O_WRONLY | os.O_NOFOLLOW),
+         ("n4", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_TRUNC)]
+out = []
+for name, fl in cases:
+    fd = os.open(os.path.join(d, name), fl, 0o644)
+    out.append(oct(fcntl.fcntl(fd, fcntl.F_GETFL)))
+    os.close(fd)
+print(" ".join(out))
+"""
+
+
+@pytest.mark.parametrize("fast_path", ["1", "0"])
+def test_opened_files_carry_the_status_flags_a_native_open_gives(box, fast_path):
+    """The supervisor opens on the caller's behalf without following the decided name, yet
+    F_GETFL on the fd the caller gets shows exactly what a native open shows (no O_NOFOLLOW
+    unless asked for, no O_NONBLOCK the supervisor used for itself), on the native fast path
+    and in Python alike."""
+    native_dir = box.root / "native-flags"
+    native_dir.mkdir()
+    want = box.native([sys.executable, "-c", OPEN_FLAGS_PROGRAM, str(native_dir)])
+    assert want.returncode == 0, want.stderr
+    r = box.run([sys.executable, "-c", OPEN_FLAGS_PROGRAM, str(box.workspace)],
+                env={"AARM_FAST_PATH": fast_path})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == want.stdout.split() and len(want.stdout.split()) == 7
+    fast = [x for x in r.receipts() if x.get("fast_path")]
+    assert bool(fast) == (fast_path == "1")

@@ -224,6 +224,11 @@ int main(int argc, char **argv)
         } else if (!strcmp(c, "mkdirat")) {
             const char *p = argv[++i]; long m = num(argv[++i]);
             report_rc("mkdirat", p, ret(syscall(SYS_mkdirat, AT_FDCWD, p, m)));
+        } else if (!strcmp(c, "openfl")) {     /* openfl P FLAGS: the open file's F_GETFL */
+            const char *p = argv[++i]; long fl = num(argv[++i]);
+            long fd = x_openat(AT_FDCWD, p, fl, 0644);
+            if (fd < 0) printf("openfl %s err %ld\n", p, -fd);
+            else { printf("openfl %s fl %o\n", p, (unsigned)fcntl((int)fd, F_GETFL)); close((int)fd); }
         } else if (!strcmp(c, "chmod")) {
             const char *p = argv[++i]; long m = num(argv[++i]);
             report_rc("chmod", p, ret(syscall(SYS_chmod, p, m)));
@@ -914,6 +919,31 @@ def test_unknown_open_flag_bits_are_ignored_as_the_kernel_does(fbox, prog):
                                                         O_WRONLY | O_CREAT | odd, 0o644]],
                             capture_output=True, text=True, check=True)
     assert "fd" in native.stdout.split(), native.stdout
+
+
+def test_installed_fds_carry_exactly_the_callers_status_flags(fbox, prog):
+    """The fast path opens with O_NONBLOCK (a FIFO swapped in must not block it) except
+    for exclusive creates, which only ever open the file they make; whichever way, the fd
+    the caller gets has exactly the status flags a native open gives (F_GETFL)."""
+    O_APPEND, O_NONBLOCK = 0o2000, 0o4000
+
+    def steps(base):
+        return ["openfl", f"{base}/new1", O_WRONLY | O_CREAT,
+                "openfl", f"{base}/new2", O_WRONLY | O_CREAT,            # create-first probe
+                "openfl", f"{base}/new3", O_WRONLY | O_CREAT | O_EXCL,
+                "openfl", f"{base}/new4", O_RDWR | O_CREAT | O_EXCL | O_NONBLOCK,
+                "openfl", f"{base}/new5", O_WRONLY | O_CREAT | O_APPEND | O_NONBLOCK,
+                "openfl", f"{base}/new1", O_WRONLY,                       # existing
+                "openfl", f"{base}/new2", O_WRONLY | O_CREAT | O_TRUNC,   # existing, probe
+                "openfl", f"{base}/new3", O_RDWR | O_APPEND]
+    r = run_fast(fbox, prog, steps(fbox.ws))
+    native_dir = fbox.root / "native"
+    p = subprocess.run([prog] + [str(s) for s in steps(native_dir)], capture_output=True,
+                       text=True, check=True)
+    got = [ln.split()[2:] for ln in r.lines if ln.startswith("openfl ")]
+    want = [ln.split()[2:] for ln in p.stdout.splitlines() if ln.startswith("openfl ")]
+    assert got == want and len(got) == 8, (got, want)
+    assert len(r.records) == 8 and r.python_paths() == [str(fbox.outfile)]
 
 
 def test_create_first_order_changes_no_answer(fbox, prog):
