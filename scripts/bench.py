@@ -22,6 +22,9 @@ What is measured (see scripts/bench_src/benchloop.c for the target side):
                          median of each triple's own ratios (the VM's speed flips between two
                          levels for seconds, which separate medians cannot tell from overhead)
   d. startup             wall time of `run -- true` (harness-side, fork to reap)
+  f/g. chmod, rename     N/4 iterations each in the workspace: a metadata call the native
+                         fast path decides, and one that goes to the Python pipeline (the
+                         cost of every decision that is not a fast-path kind)
   e. cp -r / rm -rf      a 2,000-file tree in the sandbox's own $TMPDIR (ext4 /tmp here, inside
                          the same sandboxed process tree, default profile), plus the same on
                          tmpfs (/dev/shm, private inside the sandbox) where the filesystem is
@@ -259,6 +262,8 @@ def main() -> int:
         native_tmp = base / "tmp"
         native_tmp.mkdir()
         (ws / "read.dat").write_bytes(b"x" * 64)
+        (ws / "chmod.dat").write_bytes(b"x")
+        (ws / "rename.dat").write_bytes(b"x")
         shm_dir = f"/dev/shm/aarm-bench-{os.getpid()}"     # private tmpfs inside the sandbox
         r = Runner(base, binary, ws, native_tmp, trace, have_strace, args.verbose)
         B = str(binary)
@@ -271,6 +276,8 @@ def main() -> int:
             "create_unlink_ws": [B, "lat", "create-unlink", str(ws / "create-unlink.dat"),
                                  str(max(n_dec // 4, 500)), "1", str(warm)],
             "getpid": [B, "lat", "getpid", "-", str(n_getpid), "100", "10000"],
+            "chmod": [B, "lat", "chmod", str(ws / "chmod.dat"), str(max(n_dec // 4, 500)), "1", str(warm)],
+            "rename": [B, "lat", "rename", str(ws / "rename.dat"), str(max(n_dec // 4, 500)), "1", str(warm)],
             "open_read": [B, "lat", "open-read", str(ws / "read.dat"), str(n_read), "10", "1000"],
             "fs_tmpdir": [B, "fs", "@TMPDIR/tree", str(fs_files), "1"],
         }
@@ -359,7 +366,9 @@ def main() -> int:
     for w, name in (("open_write", "a. write-open (workspace), per decision"),
                     ("create_unlink", "b. create+unlink (tmpfs), per iteration = 2 decisions"),
                     ("create_unlink_tmpdir", f"b'. create+unlink ($TMPDIR, {_fstype('/tmp')}), per iteration"),
-                    ("create_unlink_ws", f"b''. create+unlink (workspace, {_fstype('/tmp')}), per iteration")):
+                    ("create_unlink_ws", f"b''. create+unlink (workspace, {_fstype('/tmp')}), per iteration"),
+                    ("chmod", "f. chmod (workspace; native fast path), per decision"),
+                    ("rename", "g. rename (workspace; decided in Python, journaled), per decision")):
         for k in ("p50", "p99"):
             rows.append((f"{name} {k}", "us", {c: stat(w, c, k + "_ns") for c in configs}))
     for k in ("p50", "p99"):

@@ -12,6 +12,8 @@
  *                                                                  (2 decisions)
  *             open-read     openat(PATH, O_RDONLY) + close         (not intercepted)
  *             getpid        syscall(SYS_getpid)                    (not intercepted)
+ *             chmod         chmod(PATH, 0600 / 0644 alternately)   (1 decision)
+ *             rename        rename(PATH, PATH.b), then back         (1 decision)
  *       One sample covers BATCH iterations (per-op value = sample / BATCH), so very
  *       cheap calls are not dominated by the clock read itself. WARMUP untimed
  *       iterations run first.
@@ -107,6 +109,18 @@ static int one_iter(int mode, const char *path)
         if (fd < 0) return -1;
         close(fd);
         return 0;
+    case 4: { /* chmod: alternating modes, one decision */
+        static int flip;
+        return chmod(path, (flip ^= 1) ? 0600 : 0644);
+    }
+    case 5: { /* rename: PATH and PATH.b, back and forth, one decision */
+        static int there;
+        static char other[4096];
+        if (!other[0]) snprintf(other, sizeof other, "%s.b", path);
+        int r = there ? rename(other, path) : rename(path, other);
+        there ^= 1;
+        return r;
+    }
     default: /* getpid: raw syscall, no libc caching */
         syscall(SYS_getpid);
         return 0;
@@ -126,6 +140,8 @@ static int cmd_lat(int argc, char **argv)
     else if (!strcmp(mname, "create-unlink")) mode = 1;
     else if (!strcmp(mname, "open-read")) mode = 2;
     else if (!strcmp(mname, "getpid")) mode = 3;
+    else if (!strcmp(mname, "chmod")) mode = 4;
+    else if (!strcmp(mname, "rename")) mode = 5;
     else { fprintf(stderr, "benchloop: unknown mode %s\n", mname); return 2; }
     if (n < 1 || batch < 1 || warm < 0) { fprintf(stderr, "benchloop: bad numbers\n"); return 2; }
 
