@@ -152,6 +152,8 @@ class Supervisor:
         self._drainer.start()
 
     def _finish(self) -> None:
+        from aarm_sandbox.intercept.claim import CLAIM
+        CLAIM.release()                 # the decision loop is over (see intercept.claim)
         if self.fast is not None:
             self._drain_stop.set()
             self.fast.wake_drainer()

@@ -397,6 +397,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
                 os.kill(sandbox.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        finally:
+            CLAIM.release()           # no decision loop any more: the journal must not wait
     loop = threading.Thread(target=supervise, name="aarm-supervisor", daemon=True)
     # The long-lived objects are made: keep the collector off them from now on, and on
     # again if main() turned it off for the startup.

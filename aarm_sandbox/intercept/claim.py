@@ -32,5 +32,10 @@ class DecisionClaim:
         if self._flag[0]:
             lib.aarm_yield_to_decisions(YIELD_NS)
 
+    def release(self) -> None:
+        """The decision loop has ended: nothing to yield to any more (the journal's last
+        records and its seal must not wait on a claim nobody will drop)."""
+        lib.aarm_claim_clear()
+
 
 CLAIM = DecisionClaim()

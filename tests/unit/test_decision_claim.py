@@ -46,3 +46,16 @@ def test_a_yielding_thread_waits_for_the_claim_to_be_dropped_and_no_longer():
         assert time.monotonic() - t0 < 10
     finally:
         lib.aarm_claim_clear()
+
+
+def test_the_claim_is_released_when_the_decision_loop_ends():
+    """The loop's last receive returns to Python with the claim taken; the journal's last
+    records and its seal must not each wait out a yield for it."""
+    n = ffi.new("struct aarm_notif *")
+    lib.aarm_notif_recv(-1, n)
+    assert CLAIM.claimed()
+    CLAIM.release()
+    assert not CLAIM.claimed()
+    t0 = time.monotonic()
+    CLAIM.wait()
+    assert time.monotonic() - t0 < 1.0
