@@ -3,8 +3,9 @@
  *
  * aarm_fast_next() receives notifications in a loop and completely handles
  * the hottest *allowed* file operations itself (open/openat/creat for writing
- * a regular file or creating one, unlink/unlinkat, mkdir/mkdirat, and
- * chmod/fchmodat/fchmodat2 without flags on a name that is not a symlink),
+ * a regular file or creating one, unlink/unlinkat, mkdir/mkdirat,
+ * chmod/fchmodat/fchmodat2 and utimensat without flags on a name that is not a
+ * symlink, and fchmod/futimens on an fd: see fp_handle_fd),
  * without returning to Python.  Everything else - and everything the fast path is not
  * completely sure about - is returned to Python untouched, exactly as
  * SECCOMP_IOCTL_NOTIF_RECV delivered it, so that the Python supervisor decides
@@ -106,6 +107,8 @@
 #define NR_FCHMODAT 268
 #define NR_FCHMODAT2 452
 #define NR_UTIMENSAT 280
+#define NR_FCHMOD 91
+#define FP_PIDFD_THREAD 0x80            /* PIDFD_THREAD (O_EXCL), Linux 6.9 */
 
 #define FP_PATH_MAX 4096                 /* incl. the NUL, as the kernel's PATH_MAX */
 #define FP_O_TMPFILE_BIT 020000000       /* __O_TMPFILE */
@@ -688,6 +691,7 @@ static const char *syscall_name(int nr)
     case NR_FCHMODAT: return "fchmodat";
     case NR_FCHMODAT2: return "fchmodat2";
     case NR_UTIMENSAT: return "utimensat";
+    case NR_FCHMOD: return "fchmod";
     default: return "?";
     }
 }
@@ -811,6 +815,93 @@ static int open_target(struct aarm_fast_ctx *c, int parent, const char *path,
     return fd;
 }
 
+/* Fill and publish a reserved record slot. */
+static void put_record(struct aarm_fast_ctx *c, uint64_t slot, const struct aarm_notif *n,
+                       uint32_t tid, int kind, uint32_t flags, int64_t result, uint32_t counted,
+                       const char *canon, size_t clen)
+{
+    struct aarm_fast_record *rec = ring_slot(c, slot);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    rec->ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    rec->notif_id = n->id;
+    rec->tid = tid;
+    rec->nr = n->data.nr;
+    rec->kind = kind;
+    rec->result = result;
+    rec->flags = flags;
+    rec->counted = counted;
+    rec->path_len = (uint32_t)clen;
+    memcpy(rec->path, canon, clen);
+    ring_publish(c, slot);
+}
+
+/* fchmod(fd) and futimens (utimensat(fd, NULL, ...)): the call acts on the file the
+ * caller's fd refers to, so the supervisor takes a copy of that very fd (pidfd_getfd:
+ * the same open file description, no path to race), decides on its path as
+ * /proc/self/fd shows it (as decode_fchmod / decode_utime do), and performs the call on
+ * the copy.  Anything that is not a plain path (pipes, sockets, a deleted file) -> Python.
+ * times: NULL for "now". */
+static int fp_handle_fd(struct aarm_fast_ctx *c, const struct aarm_notif *n, uint32_t tid,
+                        int kind, int32_t tfd, uint32_t mode, const int64_t *times)
+{
+    if (!c->kinds[kind].enabled || tfd < 0)
+        return FP_PASS;
+    int ret = FP_PASS, objfd = -1, reserved = 0;
+    uint64_t slot = 0;
+    char canon[AARM_FAST_RECORD_PATH_MAX];
+    int pidfd = aarm_pidfd_open((int)tid, FP_PIDFD_THREAD);
+    if (pidfd == -EINVAL)               /* before 6.9: the process (same fd table for CLONE_FILES) */
+        return FP_PASS;
+    if (pidfd < 0)
+        return FP_PASS;
+    objfd = aarm_pidfd_getfd(pidfd, tfd, 0);
+    close(pidfd);
+    if (objfd < 0)
+        return FP_PASS;                 /* EBADF and friends: Python answers as the kernel would */
+    {
+        char fdname[24];
+        fdname[put_u(fdname, (unsigned long)objfd)] = '\0';
+        ssize_t dl = readlinkat(c->selffd_fd, fdname, canon, FP_PATH_MAX);
+        if (dl <= 1 || dl >= FP_PATH_MAX || canon[0] != '/')
+            goto out;
+        if (dl >= 10 && memcmp(canon + dl - 10, " (deleted)", 10) == 0)
+            goto out;
+        if (!kind_allows(&c->kinds[kind], canon, (size_t)dl))
+            goto out;
+        if (!ring_reserve(c, &slot))
+            goto out;
+        reserved = 1;
+        ring_slot(c, slot)->exe_len = exe_of(c, tid, ring_slot(c, slot)->exe);
+        int v = aarm_notif_id_valid(c->listener, n->id);    /* after the pidfd and /proc */
+        if (v == -ENOENT) {
+            ret = FP_DONE;
+            goto out;
+        }
+        if (v < 0)
+            goto out;
+        int r;
+        if (kind == AARM_FAST_CHMOD) {
+            do {
+                r = fchmod(objfd, (mode_t)(mode & 07777));
+            } while (r < 0 && errno == EINTR);
+            r = r < 0 ? -errno : 0;
+        } else {
+            r = aarm_utimensat(objfd, NULL, times, 0);
+        }
+        answer(c, n->id, r);
+        put_record(c, slot, n, tid, kind, kind == AARM_FAST_CHMOD ? (mode & 07777) : 0, r, 0,
+                   canon, (size_t)dl);
+        reserved = 0;
+        ret = FP_DONE;
+    }
+out:
+    if (reserved)
+        ring_cancel(c, slot);
+    close_fd(&objfd);
+    return ret;
+}
+
 /* Handle one notification completely (FP_DONE) or not at all (FP_PASS). */
 static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
 {
@@ -868,12 +959,22 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         op = OP_CHMOD; dirfd = as_int32(a[0]); pptr = a[1]; mode = (uint32_t)a[2];
         break;
     case NR_UTIMENSAT:
-        /* With a path and no flags (futimens, AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW and
-         * invalid flags: Python); the times, if any, are read once below. */
-        if (a[1] == 0 || a[3] != 0)
+        /* No flags (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW and invalid flags: Python); the
+         * times, if any, are read once below.  No path: futimens on the dirfd. */
+        if (a[3] != 0)
             return FP_PASS;
+        if (a[1] == 0) {
+            int64_t ft[4];
+            if (!c->kinds[AARM_FAST_UTIME].enabled)
+                return FP_PASS;
+            if (a[2] != 0 && aarm_read_mem((int)tid, a[2], ft, sizeof ft) != (int64_t)sizeof ft)
+                return FP_PASS;
+            return fp_handle_fd(c, n, tid, AARM_FAST_UTIME, as_int32(a[0]), 0, a[2] ? ft : NULL);
+        }
         op = OP_UTIME; dirfd = as_int32(a[0]); pptr = a[1];
         break;
+    case NR_FCHMOD:
+        return fp_handle_fd(c, n, tid, AARM_FAST_CHMOD, as_int32(a[0]), (uint32_t)a[1], NULL);
     default:
         return FP_PASS;
     }
@@ -1245,24 +1346,10 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     }
 
     /* 11 (second half). The record. */
-    {
-        struct aarm_fast_record *rec = ring_slot(c, slot);
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        rec->ts_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-        rec->notif_id = n->id;
-        rec->tid = tid;
-        rec->nr = n->data.nr;
-        rec->kind = kind;
-        rec->result = result;
-        rec->flags = op == OP_MKDIR || op == OP_UTIME ? 0 : op == OP_CHMOD ? (mode & 07777) : flags;
-        rec->counted = (uint32_t)unit;
-        rec->path_len = (uint32_t)clen;
-        memcpy(rec->path, canon, clen);
-        ring_publish(c, slot);
-        reserved = 0;
-        unit = 0;                       /* spent: Python counts it, or gives it back */
-    }
+    put_record(c, slot, n, tid, kind, op == OP_MKDIR || op == OP_UTIME ? 0 :
+               op == OP_CHMOD ? (mode & 07777) : flags, result, (uint32_t)unit, canon, clen);
+    reserved = 0;
+    unit = 0;                           /* spent: Python counts it, or gives it back */
     ret = FP_DONE;
 
 out:

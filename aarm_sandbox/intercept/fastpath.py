@@ -31,7 +31,7 @@ KINDS = ((lib.AARM_FAST_WRITE, A.FILE_WRITE), (lib.AARM_FAST_CREATE, A.FILE_CREA
 KIND_TYPE = dict(KINDS)
 SYSCALL_NAMES = {2: "open", 257: "openat", 85: "creat", 87: "unlink", 263: "unlinkat",
                  84: "rmdir", 83: "mkdir", 258: "mkdirat", 90: "chmod", 268: "fchmodat",
-                 452: "fchmodat2", 280: "utimensat"}
+                 452: "fchmodat2", 280: "utimensat", 91: "fchmod"}
 _DRAIN_BATCH = 256
 _WILD = re.compile(r"\*\*|\*|\?|\[[^\]]*\]")
 

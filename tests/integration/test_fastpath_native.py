@@ -40,7 +40,7 @@ PATH_ARG = {NR_OPEN: 0, NR_MKDIR: 0, NR_RMDIR: 0, NR_CREAT: 0, NR_UNLINK: 0,
             NR_OPENAT: 1, NR_MKDIRAT: 1, NR_UNLINKAT: 1, NR_EXECVE: 0,
             82: 0, 264: 1, 316: 1, 86: 0, 265: 1, 88: 1, 266: 2, 133: 0, 259: 1,
             90: 0, 268: 1, 452: 1, 280: 1}
-NR_CHMOD, NR_FCHMODAT, NR_FCHMODAT2, NR_UTIMENSAT = 90, 268, 452, 280
+NR_CHMOD, NR_FCHMODAT, NR_FCHMODAT2, NR_UTIMENSAT, NR_FCHMOD = 90, 268, 452, 280, 91
 FILE_NRS = set(PATH_ARG) - {NR_EXECVE}
 WRITE, CREATE, DELETE, MKDIR, CHMOD, UTIME = (
     lib.AARM_FAST_WRITE, lib.AARM_FAST_CREATE, lib.AARM_FAST_DELETE, lib.AARM_FAST_MKDIR,
@@ -246,6 +246,23 @@ int main(int argc, char **argv)
             if (lstat(p, &st) != 0) printf("mtime %s err %d\n", p, errno);
             else printf("mtime %s %ld.%09ld %ld.%09ld\n", p, (long)st.st_atim.tv_sec,
                         st.st_atim.tv_nsec, (long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+        } else if (!strcmp(c, "fdmeta")) {    /* fdmeta P chmod MODE | fdmeta P times SEC | fdmeta P unlinked MODE */
+            const char *p = argv[++i], *what = argv[++i]; long v = num(argv[++i]);
+            int fd = open(p, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) { printf("fdmeta %s err %d\n", p, errno); continue; }
+            long r;
+            if (!strcmp(what, "times")) {
+                struct timespec ts[2] = { { v, 7 }, { v + 1, 7 } };
+                r = ret(syscall(SYS_utimensat, fd, NULL, ts, 0));
+            } else {
+                if (!strcmp(what, "unlinked")) unlink(p);
+                r = ret(syscall(SYS_fchmod, fd, v));
+            }
+            close(fd);
+            report_rc("fdmeta", p, r);
+        } else if (!strcmp(c, "pipechmod")) {
+            int pp[2];
+            if (pipe(pp) == 0) { report_rc("pipechmod", "-", ret(syscall(SYS_fchmod, pp[0], 0600))); close(pp[0]); close(pp[1]); }
         } else if (!strcmp(c, "chmodloop")) {
             const char *p = argv[++i]; long iters = num(argv[++i]), ok = 0, fail = 0;
             for (long k = 0; k < iters; k++) {
@@ -1347,6 +1364,42 @@ def test_utimensat_is_fast_on_the_object_itself_and_answers_as_native(fbox, prog
     assert pick(r.lines, "mtime ")[0] == pick(p.stdout.splitlines(), "mtime ")[0] == \
         ["1000000000.000000005", "1000000001.000000005"]
     assert int(os.stat(ws / "b").st_mtime) > 1235
+
+
+def test_fchmod_and_futimens_act_on_a_copy_of_the_callers_fd(fbox, prog):
+    """fchmod(fd) and utimensat(fd, NULL, ...) are decided in C on the path a copy of the
+    caller's fd (pidfd_getfd: the same open file) shows, and performed on that copy; the
+    modes, times and answers are the kernel's own. An fd to a file outside the workspace,
+    to a deleted file or to a pipe goes to Python."""
+    ws, outside = fbox.ws, fbox.outside
+    (outside / "secret").write_text("s")
+    os.chmod(outside / "secret", 0o644)
+
+    def setup(base: Path):
+        for n in ("a", "b", "gone"):
+            (base / n).write_text("x")
+
+    setup(ws)
+    steps = lambda b: ["fdmeta", f"{b}/a", "chmod", 0o640, "fdmeta", f"{b}/b", "times", 1500000000,
+                       "mode", f"{b}/a", "mtime", f"{b}/b"]
+    r = run_fast(fbox, prog, steps(ws) + [
+        "fdmeta", outside / "secret", "chmod", 0o666,                 # outside: Python
+        "fdmeta", ws / "gone", "unlinked", 0o600,                     # deleted: Python
+        "pipechmod",                                                  # pipe: Python
+    ], python_policy="deny")
+    assert sorted((rec["path"], rec["kind"], rec["nr"], rec["flags"], rec["result"])
+                  for rec in r.records if rec["kind"] in (CHMOD, UTIME)) == sorted([
+        (str(ws / "a"), CHMOD, NR_FCHMOD, 0o640, 0), (str(ws / "b"), UTIME, NR_UTIMENSAT, 0, 0)])
+    python_nrs = [nr for nr, _p in r.python_seen]      # (the toy Python side lets them run)
+    assert python_nrs.count(NR_FCHMOD) == 3, r.python_seen
+    native_dir = fbox.root / "native"
+    setup(native_dir)
+    p = subprocess.run([prog] + [str(s) for s in steps(native_dir)], capture_output=True,
+                       text=True, check=True)
+    pick = lambda lines, w: [ln.split()[2:] for ln in lines if ln.startswith(w)]
+    for w in ("fdmeta ", "mode ", "mtime "):
+        assert pick(r.lines, w)[:2 if w == "fdmeta " else 1] == pick(p.stdout.splitlines(), w), w
+    assert pick(r.lines, "mtime ")[0] == ["1500000000.000000007", "1500000001.000000007"]
 
 
 def test_chmod_symlink_swap_race_never_touches_the_victim(fbox, prog):
