@@ -815,6 +815,20 @@ static int open_target(struct aarm_fast_ctx *c, int parent, const char *path,
     return fd;
 }
 
+/* The path /proc/self/fd shows for fd (FP_PATH_MAX buffer), or -1 when it is not a
+ * plain absolute path of a file that still has a name (pipes, sockets, " (deleted)"). */
+static ssize_t fd_path(struct aarm_fast_ctx *c, int fd, char *out)
+{
+    char fdname[24];
+    fdname[put_u(fdname, (unsigned long)fd)] = '\0';
+    ssize_t dl = readlinkat(c->selffd_fd, fdname, out, FP_PATH_MAX);
+    if (dl <= 0 || dl >= FP_PATH_MAX || out[0] != '/')
+        return -1;
+    if (dl >= 10 && memcmp(out + dl - 10, " (deleted)", 10) == 0)
+        return -1;
+    return dl;
+}
+
 /* Fill and publish a reserved record slot. */
 static void put_record(struct aarm_fast_ctx *c, uint64_t slot, const struct aarm_notif *n,
                        uint32_t tid, int kind, uint32_t flags, int64_t result, uint32_t counted,
@@ -860,14 +874,8 @@ static int fp_handle_fd(struct aarm_fast_ctx *c, const struct aarm_notif *n, uin
     if (objfd < 0)
         return FP_PASS;                 /* EBADF and friends: Python answers as the kernel would */
     {
-        char fdname[24];
-        fdname[put_u(fdname, (unsigned long)objfd)] = '\0';
-        ssize_t dl = readlinkat(c->selffd_fd, fdname, canon, FP_PATH_MAX);
-        if (dl <= 1 || dl >= FP_PATH_MAX || canon[0] != '/')
-            goto out;
-        if (dl >= 10 && memcmp(canon + dl - 10, " (deleted)", 10) == 0)
-            goto out;
-        if (!kind_allows(&c->kinds[kind], canon, (size_t)dl))
+        ssize_t dl = fd_path(c, objfd, canon);
+        if (dl <= 1 || !kind_allows(&c->kinds[kind], canon, (size_t)dl))
             goto out;
         if (!ring_reserve(c, &slot))
             goto out;
@@ -1116,12 +1124,8 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         canon[slash - path] = '/';      /* restore what the parent lookup cut */
         clen = (size_t)plen;
     } else {
-        char fdname[24];
-        fdname[put_u(fdname, (unsigned long)parent)] = '\0';
-        ssize_t dl = readlinkat(c->selffd_fd, fdname, canon, FP_PATH_MAX);
-        if (dl <= 0 || dl >= FP_PATH_MAX || canon[0] != '/')
-            goto out;
-        if (dl >= 10 && memcmp(canon + dl - 10, " (deleted)", 10) == 0)
+        ssize_t dl = fd_path(c, parent, canon);
+        if (dl <= 0)
             goto out;
         while (dl > 1 && canon[dl - 1] == '/')
             dl--;
