@@ -26,8 +26,6 @@ _ED25519_SPKI = bytes.fromhex("302a300506032b6570032100")
 # DER prefix of an unencrypted Ed25519 PKCS#8 PrivateKeyInfo without attributes or public
 # key (RFC 8410), as `generate` writes it: the 32-byte seed follows.
 _ED25519_PKCS8 = bytes.fromhex("302e020100300506032b657004220420")
-_PEM_BEGIN_PRIVATE = b"-----BEGIN PRIVATE KEY-----"
-_PEM_END_PRIVATE = b"-----END PRIVATE KEY-----"
 
 PRIVATE_NAME = "journal-ed25519.pem"
 PUBLIC_NAME = "journal-ed25519.pub"
@@ -65,34 +63,33 @@ def public_pem(pub: Ed25519PublicKey) -> bytes:
                             serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def raw_public_from_pem(data: bytes) -> bytes | None:
-    """The 32 raw bytes of an Ed25519 public key PEM (as `generate` writes it), or None
-    for anything else (the caller then asks the cryptography library)."""
-    body = b"".join(line.strip() for line in data.splitlines()
-                    if line.strip() and not line.startswith((b"-----", b"#")))
+def _pem_der(data: bytes, label: bytes) -> bytes | None:
+    """The DER bytes of exactly one PEM block labelled `label` (as `generate` writes
+    them), or None for anything else: the callers then ask cryptography's parser, whose
+    module costs the supervisor's startup ~20 ms of GIL time when it is imported."""
+    lines = [line.strip() for line in data.strip().splitlines()]
+    if len(lines) < 3 or lines[0] != b"-----BEGIN %s-----" % label or \
+            lines[-1] != b"-----END %s-----" % label:
+        return None
     try:
-        der = base64.b64decode(body, validate=True)
+        return base64.b64decode(b"".join(lines[1:-1]), validate=True)
     except ValueError:
         return None
-    if len(der) == 44 and der[:12] == _ED25519_SPKI:
+
+
+def raw_public_from_pem(data: bytes) -> bytes | None:
+    """The 32 raw bytes of an Ed25519 public key PEM (SubjectPublicKeyInfo), or None."""
+    der = _pem_der(data, b"PUBLIC KEY")
+    if der is not None and len(der) == 44 and der[:12] == _ED25519_SPKI:
         return der[12:]
     return None
 
 
 def seed_from_pem(data: bytes) -> bytes | None:
-    """The 32-byte seed of an Ed25519 private key PEM exactly as `generate` writes it
-    (one unencrypted PKCS#8 block), or None for anything else (the caller then asks
-    cryptography's PEM parser, which also says what is wrong). Parsed here because the
-    parser's module costs the supervisor's startup ~20 ms of GIL time."""
-    lines = data.strip().splitlines()
-    if len(lines) < 3 or lines[0].strip() != _PEM_BEGIN_PRIVATE or \
-            lines[-1].strip() != _PEM_END_PRIVATE:
-        return None
-    try:
-        der = base64.b64decode(b"".join(line.strip() for line in lines[1:-1]), validate=True)
-    except ValueError:
-        return None
-    if len(der) == 48 and der[:16] == _ED25519_PKCS8:
+    """The 32-byte seed of an Ed25519 private key PEM (one unencrypted PKCS#8 block), or
+    None (the caller's fallback parser also says what is wrong)."""
+    der = _pem_der(data, b"PRIVATE KEY")
+    if der is not None and len(der) == 48 and der[:16] == _ED25519_PKCS8:
         return der[16:]
     return None
 

@@ -37,6 +37,19 @@ def test_seed_is_read_only_from_exactly_what_keygen_writes(pair, tmp_path):
     assert keys.seed_from_pem(encrypted) is None
 
 
+def test_the_public_half_is_read_by_the_same_strict_parser(pair, tmp_path):
+    """The key id comes from the public file parsed by hand; anything but exactly what
+    keygen writes gives None, and `ensure` then derives it from the private key."""
+    pem = pair.public_path.read_bytes()
+    assert keys.raw_public_from_pem(pem) == pair.public_raw
+    assert keys.raw_public_from_pem(b"# note\n" + pem) is None
+    assert keys.raw_public_from_pem(pem.replace(b"PUBLIC KEY", b"PRIVATE KEY")) is None
+    assert keys.raw_public_from_pem(pair.private_path.read_bytes()) is None
+    pair.public_path.write_bytes(b"# a comment some tool added\n" + pem)
+    again, created = keys.ensure(tmp_path)
+    assert not created and again.key_id == pair.key_id
+
+
 def test_other_key_files_keep_cryptographys_errors(tmp_path):
     path = tmp_path / "k.pem"
     path.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
