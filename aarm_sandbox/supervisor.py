@@ -17,8 +17,9 @@ import time
 from collections import deque
 
 from aarm_sandbox.actions import action as A
-from aarm_sandbox.context.count_budget import BUDGET_KIND_DELETE, CountLedger, budget_rule
+from aarm_sandbox.context.count_budget import CountLedger, budget_rules
 from aarm_sandbox.context.session import SessionContext
+from aarm_sandbox.intercept.claim import CLAIM
 from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, ExecContinue, Notification
 from aarm_sandbox.decode.memory import DecodeError
 from aarm_sandbox.enforce.effects import AtCall, Continue, Effect, OpenFile, QuarantineDelete
@@ -65,10 +66,9 @@ class Supervisor:
                             for t in (A.FILE_WRITE, A.FILE_CREATE, A.FILE_DELETE, A.FILE_MKDIR,
                                       A.FILE_CHMOD, A.FILE_UTIME)}
         # The count rule (mass deletion) the fast path keeps with a budget: see count_budget.
-        self.ledger: CountLedger | None = None
-        rule = budget_rule(engine.policy, A.FILE_DELETE)
-        if rule is not None:
-            self.ledger = CountLedger(rule, BUDGET_KIND_DELETE, ctx)
+        self.ledger: CountLedger | None = next(
+            (CountLedger(rule, kind, ctx) for kind, rule in budget_rules(engine.policy).items()),
+            None)
         # Operations that may block indefinitely (a FIFO with no peer, a connect) each get
         # a daemon thread: a stuck one must never keep the supervisor from exiting, and a
         # fixed pool could be pinned by a few FIFOs. Bounded, over the bound they fail.
@@ -152,7 +152,6 @@ class Supervisor:
         self._drainer.start()
 
     def _finish(self) -> None:
-        from aarm_sandbox.intercept.claim import CLAIM
         CLAIM.release()                 # the decision loop is over (see intercept.claim)
         if self.fast is not None:
             self._drain_stop.set()
@@ -184,11 +183,11 @@ class Supervisor:
             self.answer_lost(tid, killed=True)      # C killed it already
         ctx = self.ctx
         if counted:
+            # it counts unless it failed, C's conservative match was not a real one, or
+            # the file is the session's own
             ledger = self.ledger
-            if result >= 0 and path not in ctx.created_paths and ledger.matches(path):
-                ledger.count(ctx)
-            else:
-                ledger.add(1)       # failed, not really a match, or the session's own file
+            ledger.settle(ctx, held=True, counts=result >= 0 and path not in ctx.created_paths
+                          and ledger.matches(path))
         ctx.action_counts[type_] += 1
         ctx.decision_counts["allow"] += 1
         ctx.recent.append((type_, path, "allow", result >= 0))
@@ -253,7 +252,7 @@ class Supervisor:
                 effect.close()
                 return
             if action.counted and self.ledger is not None and self.ledger.rule.id in action.counted:
-                self.ledger.add(-1)             # given back by _track or _receipt
+                self.ledger.take()              # settled by _track or _receipt
                 action.budget_unit = True
             if decision.result in _HELD and self.broker is not None:
                 # Nothing waits here: the caller stays blocked in its syscall until the
@@ -648,13 +647,8 @@ class Supervisor:
                     self.ctx.rule_counts[rid] += 1
                     self.ctx.rule_times.setdefault(rid, deque()).append(now)
             if ledger is not None and ledger.rule.id in counted:
-                if not action.budget_unit:
-                    ledger.add(-1)      # (handle() takes it; keep the invariant regardless)
+                ledger.settle(self.ctx, held=action.budget_unit, counts=not exempt)
                 action.budget_unit = False
-                if exempt:
-                    ledger.add(1)
-                else:
-                    ledger.count(self.ctx)
         t = action.type
         if t in _TAINTABLE and action.paths:
             self.ctx.note_written(action.paths[-1])
@@ -733,7 +727,7 @@ class Supervisor:
         ctx = self.ctx
         if action.budget_unit:                  # decided, never performed: the unit comes back
             action.budget_unit = False
-            self.ledger.add(1)
+            self.ledger.settle(ctx, held=True, counts=False)
         ctx.action_counts[action.type] += 1
         ctx.decision_counts[decision.result.value] += 1
         if executed is None:

@@ -133,6 +133,9 @@
 
 enum { FP_PASS = 0, FP_DONE = 1 };
 enum { OP_OPEN, OP_UNLINK, OP_MKDIR, OP_CHMOD, OP_UTIME };
+/* The kind of each operation but OP_OPEN (write or create: decided per call). */
+static const int OP_KIND[] = { [OP_UNLINK] = AARM_FAST_DELETE, [OP_MKDIR] = AARM_FAST_MKDIR,
+                               [OP_CHMOD] = AARM_FAST_CHMOD, [OP_UTIME] = AARM_FAST_UTIME };
 enum { SLOT_FREE = 0, SLOT_READY = 1, SLOT_CANCELLED = 2 };
 
 _Static_assert(AARM_FAST_NKINDS == 6, "six fast kinds");
@@ -796,10 +799,10 @@ void aarm_fast_invalidate_exe(struct aarm_fast_ctx *c)
 /* The open itself: at `name` in the pinned parent, or (parent < 0: an absolute path
  * whose text is canonical) along the whole path from the session root with the same
  * guarantees the parent walk gives (no symlinks, no magic links, never above the root),
- * one path walk instead of two.  EINTR is retried. */
-/* The name is never followed if it is a symlink (ELOOP): RESOLVE_NO_SYMLINKS rather
- * than O_NOFOLLOW, which would stay in the open file's flags and show in the
- * caller's F_GETFL (a native open has it only when the caller asked for it). */
+ * one path walk instead of two.  EINTR is retried.  The name is never followed if it
+ * is a symlink (ELOOP): RESOLVE_NO_SYMLINKS rather than O_NOFOLLOW, which would stay in
+ * the open file's flags and show in the caller's F_GETFL (a native open has it only
+ * when the caller asked for it). */
 static int open_target(struct aarm_fast_ctx *c, int parent, const char *path,
                        const char *name, int oflags, mode_t mode)
 {
@@ -827,6 +830,25 @@ static ssize_t fd_path(struct aarm_fast_ctx *c, int fd, char *out)
     if (dl >= 10 && memcmp(out + dl - 10, " (deleted)", 10) == 0)
         return -1;
     return dl;
+}
+
+/* Step 11's first half and step 8: a record slot, reserved before anything is
+ * performed, the acting program read while the caller is still blocked, then the
+ * notification checked to be still pending (after every /proc/TID and pidfd access,
+ * so a recycled TID cannot have been used).  FP_GO: go on; FP_DONE: the call is gone
+ * (nothing happened, nothing to answer); FP_PASS: hand it to Python.  *reserved tells
+ * the caller whether to cancel the slot if it does not publish it. */
+enum { FP_GO = 2 };
+static int reserve_and_check(struct aarm_fast_ctx *c, const struct aarm_notif *n,
+                             uint32_t tid, uint64_t *slot, int *reserved)
+{
+    if (!ring_reserve(c, slot))
+        return FP_PASS;
+    *reserved = 1;
+    struct aarm_fast_record *rec = ring_slot(c, *slot);
+    rec->exe_len = exe_of(c, tid, rec->exe);
+    int v = aarm_notif_id_valid(c->listener, n->id);
+    return v == -ENOENT ? FP_DONE : v < 0 ? FP_PASS : FP_GO;
 }
 
 /* Fill and publish a reserved record slot. */
@@ -865,10 +887,8 @@ static int fp_handle_fd(struct aarm_fast_ctx *c, const struct aarm_notif *n, uin
     uint64_t slot = 0;
     char canon[AARM_FAST_RECORD_PATH_MAX];
     int pidfd = aarm_pidfd_open((int)tid, FP_PIDFD_THREAD);
-    if (pidfd == -EINVAL)               /* before 6.9: the process (same fd table for CLONE_FILES) */
-        return FP_PASS;
     if (pidfd < 0)
-        return FP_PASS;
+        return FP_PASS;                 /* (before 6.9, EINVAL: Python falls back to the process) */
     objfd = aarm_pidfd_getfd(pidfd, tfd, 0);
     close(pidfd);
     if (objfd < 0)
@@ -877,17 +897,11 @@ static int fp_handle_fd(struct aarm_fast_ctx *c, const struct aarm_notif *n, uin
         ssize_t dl = fd_path(c, objfd, canon);
         if (dl <= 1 || !kind_allows(&c->kinds[kind], canon, (size_t)dl))
             goto out;
-        if (!ring_reserve(c, &slot))
-            goto out;
-        reserved = 1;
-        ring_slot(c, slot)->exe_len = exe_of(c, tid, ring_slot(c, slot)->exe);
-        int v = aarm_notif_id_valid(c->listener, n->id);    /* after the pidfd and /proc */
-        if (v == -ENOENT) {
-            ret = FP_DONE;
+        int go = reserve_and_check(c, n, tid, &slot, &reserved);
+        if (go != FP_GO) {
+            ret = go;
             goto out;
         }
-        if (v < 0)
-            goto out;
         int r;
         if (kind == AARM_FAST_CHMOD) {
             do {
@@ -926,6 +940,8 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     int32_t dirfd = AT_FDCWD;
     uint64_t pptr;
     uint32_t flags = 0, mode = 0;
+    int64_t times[4];
+    int have_times = 0;
     switch (n->data.nr) {
     case NR_OPEN:
         op = OP_OPEN; pptr = a[0]; flags = (uint32_t)a[1]; mode = (uint32_t)a[2];
@@ -958,27 +974,27 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     case NR_CHMOD:
         op = OP_CHMOD; pptr = a[0]; mode = (uint32_t)a[1];
         break;
-    case NR_FCHMODAT:
-        op = OP_CHMOD; dirfd = as_int32(a[0]); pptr = a[1]; mode = (uint32_t)a[2];
-        break;
     case NR_FCHMODAT2:
         if (a[3] != 0)
             return FP_PASS;             /* AT_SYMLINK_NOFOLLOW, AT_EMPTY_PATH: Python */
+        /* fallthrough: without flags, fchmodat2 is fchmodat */
+    case NR_FCHMODAT:
         op = OP_CHMOD; dirfd = as_int32(a[0]); pptr = a[1]; mode = (uint32_t)a[2];
         break;
     case NR_UTIMENSAT:
-        /* No flags (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW and invalid flags: Python); the
-         * times, if any, are read once below.  No path: futimens on the dirfd. */
-        if (a[3] != 0)
+        /* No flags (AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW and invalid flags: Python).  The
+         * two timespecs are read once (none: now); the kernel judges them.  No path:
+         * futimens on the dirfd. */
+        if (a[3] != 0 || !c->kinds[AARM_FAST_UTIME].enabled)
             return FP_PASS;
-        if (a[1] == 0) {
-            int64_t ft[4];
-            if (!c->kinds[AARM_FAST_UTIME].enabled)
+        if (a[2] != 0) {
+            if (aarm_read_mem((int)tid, a[2], times, sizeof times) != (int64_t)sizeof times)
                 return FP_PASS;
-            if (a[2] != 0 && aarm_read_mem((int)tid, a[2], ft, sizeof ft) != (int64_t)sizeof ft)
-                return FP_PASS;
-            return fp_handle_fd(c, n, tid, AARM_FAST_UTIME, as_int32(a[0]), 0, a[2] ? ft : NULL);
+            have_times = 1;
         }
+        if (a[1] == 0)
+            return fp_handle_fd(c, n, tid, AARM_FAST_UTIME, as_int32(a[0]), 0,
+                                have_times ? times : NULL);
         op = OP_UTIME; dirfd = as_int32(a[0]); pptr = a[1];
         break;
     case NR_FCHMOD:
@@ -999,23 +1015,8 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         if (!c->kinds[AARM_FAST_WRITE].enabled &&
             !((flags & O_CREAT) && c->kinds[AARM_FAST_CREATE].enabled))
             return FP_PASS;
-    } else if (op == OP_UNLINK) {
-        if (!c->kinds[AARM_FAST_DELETE].enabled)
-            return FP_PASS;
-    } else if (op == OP_MKDIR && !c->kinds[AARM_FAST_MKDIR].enabled) {
+    } else if (!c->kinds[OP_KIND[op]].enabled) {
         return FP_PASS;
-    } else if (op == OP_CHMOD && !c->kinds[AARM_FAST_CHMOD].enabled) {
-        return FP_PASS;
-    } else if (op == OP_UTIME && !c->kinds[AARM_FAST_UTIME].enabled) {
-        return FP_PASS;
-    }
-    /* utimensat's two timespecs, read once (NULL: now); the kernel validates them. */
-    int64_t times[4];
-    int have_times = 0;
-    if (op == OP_UTIME && a[2] != 0) {
-        if (aarm_read_mem((int)tid, a[2], times, sizeof times) != (int64_t)sizeof times)
-            return FP_PASS;
-        have_times = 1;
     }
     if (pptr == 0)
         return FP_PASS;
@@ -1177,21 +1178,16 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             if (!kind_allows(&c->kinds[kind], canon, clen))
                 goto out;
         }
-    } else if (op == OP_UNLINK) {
-        kind = AARM_FAST_DELETE;        /* unlinkat answers EISDIR/ENOTDIR/ENOENT/ENOTEMPTY itself */
-        if (!kind_allows(&c->kinds[kind], canon, clen) || !take_unit(c, kind, canon, clen, &unit))
-            goto out;
-    } else if (op == OP_MKDIR) {
-        kind = AARM_FAST_MKDIR;         /* mkdirat answers EEXIST itself */
-        if (!kind_allows(&c->kinds[kind], canon, clen) || !take_unit(c, kind, canon, clen, &unit))
-            goto out;
     } else {
+        /* unlinkat answers EISDIR/ENOTDIR/ENOENT/ENOTEMPTY itself, mkdirat EEXIST */
+        kind = OP_KIND[op];
+        if (!kind_allows(&c->kinds[kind], canon, clen) || !take_unit(c, kind, canon, clen, &unit))
+            goto out;
+    }
+    if (op == OP_CHMOD || op == OP_UTIME) {
         /* chmod, utimensat: the object itself, pinned without following a last symlink
          * (both would follow it: Python), is what gets the mode or the times; a missing
          * name or any other lookup error -> Python, which answers as the kernel would. */
-        kind = op == OP_CHMOD ? AARM_FAST_CHMOD : AARM_FAST_UTIME;
-        if (!kind_allows(&c->kinds[kind], canon, clen))
-            goto out;
         do {
             opened = parent >= 0 ? openat(parent, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
                                  : sys_openat2(c->root_fd, path, O_PATH | O_NOFOLLOW | O_CLOEXEC,
@@ -1204,25 +1200,13 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         get_umask(c, tid, &um) < 0)
         goto out;
 
-    /* 11 (first half). A record slot, before anything is performed, and the
-     * acting program while the caller is still blocked. */
-    if (!ring_reserve(c, &slot))
-        goto out;
-    reserved = 1;
+    /* 11 (first half) and 8: the record slot, the acting program, still pending? */
     {
-        struct aarm_fast_record *rec = ring_slot(c, slot);
-        rec->exe_len = exe_of(c, tid, rec->exe);
-    }
-
-    /* 8. Still pending?  (After every /proc/TID access.) */
-    {
-        int v = aarm_notif_id_valid(c->listener, n->id);
-        if (v == -ENOENT) {             /* gone: nothing happened, nothing to answer */
-            ret = FP_DONE;
+        int go = reserve_and_check(c, n, tid, &slot, &reserved);
+        if (go != FP_GO) {
+            ret = go;
             goto out;
         }
-        if (v < 0)
-            goto out;
     }
 
     /* 9. The intent line, immediately before the operation (creat() has
@@ -1267,7 +1251,6 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             /* Not there: create it, exclusively (a name appearing meanwhile -> Python).
              * Without O_CREAT, ENOENT is simply the kernel's own answer. */
             kind = AARM_FAST_CREATE;
-            oflags |= O_CREAT | O_EXCL;
             opened = open_target(c, parent, path, name, excl, m);
             nb_added = 0;
             if (opened < 0 && errno == EEXIST)

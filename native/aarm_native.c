@@ -1230,6 +1230,18 @@ int64_t aarm_read_mem(int pid, uint64_t addr, void *buf, size_t len)
     return (int64_t)n;
 }
 
+int64_t aarm_write_mem(int pid, uint64_t addr, const void *buf, size_t len)
+{
+    if (len == 0)
+        return 0;
+    struct iovec local = { .iov_base = (void *)buf, .iov_len = len };
+    struct iovec remote = { .iov_base = (void *)(uintptr_t)addr, .iov_len = len };
+    ssize_t n = process_vm_writev((pid_t)pid, &local, 1, &remote, 1, 0);
+    if (n < 0)
+        return -errno;
+    return (int64_t)n;
+}
+
 int64_t aarm_read_cstr(int pid, uint64_t addr, char *buf, size_t maxlen)
 {
     static size_t page;

@@ -80,6 +80,7 @@ int aarm_notif_set_flags(int listener, uint64_t flags);
 int aarm_seccomp_feature(int which);
 
 int64_t aarm_read_mem(int pid, uint64_t addr, void *buf, size_t len);
+int64_t aarm_write_mem(int pid, uint64_t addr, const void *buf, size_t len);
 int64_t aarm_read_cstr(int pid, uint64_t addr, char *buf, size_t maxlen);
 
 int aarm_pidfd_open(int pid, unsigned int flags);

@@ -20,8 +20,12 @@ import time
 from collections import deque
 
 from aarm_sandbox._native import lib
+from aarm_sandbox.actions import action as A
+from aarm_sandbox.policy.engine import _matches
 
-BUDGET_KIND_DELETE = lib.AARM_FAST_DELETE
+# The fast-path kinds that may keep a count rule (the C loop refuses a budget elsewhere:
+# an open decides between write and create only when it is performed).
+BUDGET_KINDS = {lib.AARM_FAST_DELETE: A.FILE_DELETE}
 
 
 def budgetable(rule) -> bool:
@@ -32,13 +36,16 @@ def budgetable(rule) -> bool:
             and not rule.requires_context)
 
 
-def budget_rule(policy, action_type: str):
-    """The one count rule the fast path keeps for this action type, or None (several
-    count rules, or one that is not budgetable: they stay with Python)."""
-    counted = [r for r in policy.rules_by_type.get(action_type, ()) if r.count_over is not None]
-    if len(counted) == 1 and budgetable(counted[0]):
-        return counted[0]
-    return None
+def budget_rules(policy) -> dict:
+    """kind -> the one count rule the fast path keeps for that kind's action type (none
+    where there are several count rules, or one that is not budgetable: Python keeps
+    those)."""
+    out = {}
+    for kind, type_ in BUDGET_KINDS.items():
+        counted = [r for r in policy.rules_by_type.get(type_, ()) if r.count_over is not None]
+        if len(counted) == 1 and budgetable(counted[0]):
+            out[kind] = counted[0]
+    return out
 
 
 class CountLedger:
@@ -61,24 +68,34 @@ class CountLedger:
             self._unattached = min(self._unattached, 0)
             self._fast = fast
 
-    def add(self, delta: int) -> None:
+    def take(self) -> None:
+        """A decision on an action the rule matched: it holds a unit until settled."""
         with self._lock:
-            if self._fast is None:
-                self._unattached += delta
-            else:
-                self._fast.budget_add(self.kind, delta)
+            self._add(-1)
+
+    def settle(self, ctx, held: bool, counts: bool) -> None:
+        """An action the rule matched is over (performed, failed or refused): it counts,
+        and its unit stays spent (one is taken now if it held none), or it does not, and
+        the unit it held comes back."""
+        with self._lock:
+            if counts:
+                if not held:
+                    self._add(-1)
+                rid = self.rule.id
+                ctx.rule_counts[rid] += 1
+                ctx.rule_times.setdefault(rid, deque()).append(time.monotonic())
+            elif held:
+                self._add(1)
 
     def matches(self, path: str) -> bool:
         """The rule's own path test (C's counted globs over-approximate it)."""
-        from aarm_sandbox.policy.engine import _matches
         return _matches(self.rule, _Paths((path,)), None)
 
-    def count(self, ctx) -> None:
-        """A spent unit that counts: the rule's count grows (the unit stays spent)."""
-        with self._lock:
-            rid = self.rule.id
-            ctx.rule_counts[rid] += 1
-            ctx.rule_times.setdefault(rid, deque()).append(time.monotonic())
+    def _add(self, delta: int) -> None:
+        if self._fast is None:
+            self._unattached += delta
+        else:
+            self._fast.budget_add(self.kind, delta)
 
     def expire(self, ctx) -> None:
         """Windowed rules: counts that left the window give their units back."""
@@ -92,8 +109,8 @@ class CountLedger:
             while times and times[0] < horizon:
                 times.popleft()
                 freed += 1
-        if freed:
-            self.add(freed)
+            if freed:
+                self._add(freed)
 
 
 class _Paths:

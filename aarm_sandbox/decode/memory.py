@@ -84,24 +84,9 @@ def read_path_unbounded(pid: int, addr: int) -> bytes:
     return ffi.unpack(_arg_buf, n)
 
 
-_writev = None
-
-
 def write_mem(pid: int, addr: int, data: bytes) -> None:
     """Write `data` at `addr` in the target (one process_vm_writev); DecodeError unless all
     of it was written."""
-    global _writev
-    import ctypes
-    if _writev is None:
-        class IoVec(ctypes.Structure):
-            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.process_vm_writev.restype = ctypes.c_ssize_t
-        _writev = (libc.process_vm_writev, IoVec)
-    call, iovec = _writev
-    buf = ctypes.create_string_buffer(data, len(data))
-    n = call(pid, ctypes.byref(iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))), 1,
-             ctypes.byref(iovec(addr, len(data))), 1, 0)
+    n = lib.aarm_write_mem(pid, addr, data, len(data))
     if n != len(data):
-        e = ctypes.get_errno() or errno.EFAULT
-        raise DecodeError(e, f"cannot write {len(data)} bytes at {addr:#x}")
+        raise DecodeError(-n if n < 0 else errno.EFAULT, f"cannot write {len(data)} bytes at {addr:#x}")

@@ -13,6 +13,7 @@ import os
 import threading
 
 from aarm_sandbox._native import ffi, lib
+from aarm_sandbox.decode.paths import RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS
 from aarm_sandbox.enforce import libc
 
 # The effects are plain classes with explicit __init__ (not dataclasses): this module is
@@ -47,9 +48,9 @@ class Continue(Effect):
 
 
 # The open flags the kernel keeps (VALID_OPEN_FLAGS, x86_64): open() drops any other bit,
-# openat2 refuses it (EINVAL); masked, the two behave alike. Resolve flags: linux/openat2.h.
+# openat2 refuses it (EINVAL); masked, the two behave alike.
 _VALID_OPEN_FLAGS = 0o37777703
-_RESOLVE_NO_LINKS = 0x04 | 0x02            # RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+_RESOLVE_NO_LINKS = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 
 
 class OpenFile(Effect):

@@ -38,27 +38,27 @@ _STOP_TIMEOUT = 2.0
 _BELOW_STACK = 8192                          # clear of the red zone and a signal frame
 MAX_ARGS = 4096
 
-class _Regs(ctypes.Structure):
-    """struct user_regs_struct (x86_64)."""
-    _fields_ = [(name, ctypes.c_ulonglong) for name in (
-        "r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags "
-        "rsp ss fs_base gs_base ds es fs gs").split()]
-
-
-_libc_ptrace = None
-
-
 def ptrace(req: int, tid: int, addr: int = 0, data: int = 0) -> None:
-    """ptrace(2); OSError on failure (libc loaded on first use: not on run's startup path)."""
-    global _libc_ptrace
-    if _libc_ptrace is None:
-        call = ctypes.CDLL(None, use_errno=True).ptrace
-        call.restype = ctypes.c_long
-        call.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-        _libc_ptrace = call
-    if _libc_ptrace(req, tid, addr, data) < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"ptrace({req}) on thread {tid}: {os.strerror(e)}")
+    """ptrace(2) through python-ptrace, imported on first use (~40 ms: never on run's
+    startup path); OSError on failure."""
+    try:
+        from ptrace.binding.func import PtraceError, ptrace as _ptrace
+    except ImportError:
+        raise OSError(errno.ENOSYS, "python-ptrace is not installed (a dependency of "
+                                    "aarm-sandbox: pip install python-ptrace)") from None
+    try:
+        _ptrace(req, tid, addr, data)
+    except PtraceError as e:
+        err = e.errno or errno.EPERM
+        raise OSError(err, f"ptrace({req}) on thread {tid}: {os.strerror(err)}") from None
+
+
+def _getregs(tid: int):
+    """The thread's struct user_regs_struct (python-ptrace's type)."""
+    from ptrace.binding.func import ptrace_registers_t
+    regs = ptrace_registers_t()
+    ptrace(_PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+    return regs
 
 
 class RestartUnavailable(OSError):
@@ -103,8 +103,7 @@ class ExecRestart(Effect):
             ptrace(_PTRACE_INTERRUPT, tid)
             answer_restart()
             self._wait_stop()
-            regs = _Regs()
-            ptrace(_PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+            regs = _getregs(tid)
             ret = -ctypes.c_longlong(regs.rax).value
             if regs.orig_rax != self.nr or ret not in _RESTART_ERRORS:
                 raise OSError(errno.EPROTO, f"thread {tid} did not stop in its exec "

