@@ -88,6 +88,11 @@ class ConnectionMeter:
                 self.poll()
 
     def poll(self) -> None:
+        # Only a connection tracked before the dump began can be missing from it because it
+        # closed: one tracked while the dump ran (a busy machine makes a dump take 100 ms)
+        # is simply not in it yet, and must wait for the next reading.
+        with self._lock:
+            before = set(self._by_cookie)
         try:
             seen = _tcp_counters()
         except Exception as e:  # noqa: BLE001 - accounting must never stop the session
@@ -99,7 +104,7 @@ class ConnectionMeter:
                 c = self._by_cookie.get(cookie)
                 if c is not None:
                     self._add(c, sent, received)
-            for cookie in [k for k in self._by_cookie if k not in seen]:
+            for cookie in [k for k in before if k in self._by_cookie and k not in seen]:
                 closed.append(self._by_cookie.pop(cookie))
         for c in closed:
             self.on_closed(c, "closed")
