@@ -62,9 +62,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # Also run natively under an allow-all seccomp filter: the floor for non-intercepted calls.
 FLOOR_WORKLOADS = ("getpid", "open_read")
+# Also run under scripts/bench_src/emulfloor.c, the least any supervisor that emulates a
+# path-dependent call pays per decision (receive, read the path, ID_VALID, perform, answer):
+# a reference for how much of aarm-sandbox's per-decision time is its own.
+EMUL_WORKLOADS = ("open_write", "create_unlink")
+EMUL_SRC = Path(__file__).resolve().parent / "bench_src" / "emulfloor.c"
 SRC = Path(__file__).resolve().parent / "bench_src" / "benchloop.c"
 CONFIGS = ("native", "aarm", "strace")
-LABEL = {"native": "native", "aarm": "aarm-sandbox", "strace": "strace --seccomp-bpf"}
+LABEL = {"native": "native", "aarm": "aarm-sandbox", "strace": "strace --seccomp-bpf",
+         "emul": "emulation floor"}
 
 TARGETS = {
     "decision_p50_us": 10.0,
@@ -134,6 +140,8 @@ class Runner:
     def command(self, cfg: str, argv: list[str], journal: str = "JOURNAL") -> list[str]:
         if cfg == "native":
             return list(argv)
+        if cfg == "emul":
+            return [str(self.base / "emulfloor")] + list(argv)
         if cfg == "aarm":
             return self.aarm_prefix(journal) + list(argv)
         return self.strace_prefix() + list(argv)
@@ -257,6 +265,7 @@ def main() -> int:
     try:
         binary = base / "benchloop"
         subprocess.run(["gcc", "-O2", "-o", str(binary), str(SRC)], check=True)
+        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(base / "emulfloor"), str(EMUL_SRC)], check=True)
         ws = base / "ws"
         ws.mkdir()
         native_tmp = base / "tmp"
@@ -303,6 +312,8 @@ def main() -> int:
                 run_order = list(order)
                 if w in FLOOR_WORKLOADS:     # interleaved with the others like a 4th config
                     run_order.insert(rnd % (len(order) + 1), "floor")
+                if w in EMUL_WORKLOADS:
+                    run_order.insert(rnd % (len(order) + 1), "emul")
                 for cfg in run_order:
                     if cfg == "floor":
                         out, _ = r.run("native", argv, extra_env={"BENCH_ALLOW_FILTER": "1"})
@@ -379,6 +390,12 @@ def main() -> int:
         rows.append((f"{name}, added per decision p50 (− native)", "us",
                      {c: (stat(w, c, "p50_ns") - stat(w, "native", "p50_ns")) / per
                       for c in configs if c != "native"}))
+    for k in ("p50", "p99"):
+        rows.append((f"a*. write-open {k}, minimal emulation floor (emulfloor.c) in the aarm column", "us",
+                     {"native": stat("open_write", "native", k + "_ns"), "aarm": stat("open_write", "emul", k + "_ns")}))
+        rows.append((f"b*. create+unlink (tmpfs) per decision {k}, minimal emulation floor in the aarm column", "us",
+                     {"native": stat("create_unlink", "native", k + "_ns") / 2,
+                      "aarm": stat("create_unlink", "emul", k + "_ns") / 2}))
     rows.append(("c. getpid p50 (not intercepted)", "ns", {c: stat("getpid", c, "p50_ns") for c in configs}))
     rows.append(("c'. getpid p50, native under an allow-all 1-instruction seccomp filter", "ns",
                  {"native": stat("getpid", "native", "p50_ns"), "aarm": stat("getpid", "floor", "p50_ns")}))
@@ -477,12 +494,20 @@ def main() -> int:
     out.append(f"(c' rows: the aarm-sandbox column holds `native + allow-all filter`: any seccomp "
                f"supervisor's floor for calls it never sees, here getpid {fmt_ratio(gp_floor)}, "
                f"read-only open {fmt_ratio(ro_floor)} of native.)")
+    ow_emul = stat("open_write", "emul", "p50_ns")
+    cu_emul = stat("create_unlink", "emul", "p50_ns")
+    out.append("")
+    out.append(f"(a*/b* rows: the aarm-sandbox column holds scripts/bench_src/emulfloor.c, a supervisor "
+               f"that checks nothing and only receives, reads the path, checks ID_VALID, performs the "
+               f"call and answers: the floor of per-decision emulation on this machine at this time. "
+               f"aarm-sandbox per decision p50 = {fmt_ratio(ratio(ow50, ow_emul))} of it for write-open, "
+               f"{fmt_ratio(ratio(cu50, cu_emul))} for create+unlink.)")
     # The spread behind the medians: on a VM the host's speed drifts for seconds at a time
     # (the same native loop at 1.0 and 1.8 µs in consecutive rounds), and a per-decision
     # median near a target can land on either side of it from one run to the next.
     spread = []
     for w, name, per in (("open_write", "write-open", 1), ("create_unlink", "create+unlink", 2)):
-        for c in ("native", "aarm"):
+        for c in ("native", "emul", "aarm"):
             xs = samples[w].get(c) or []
             if xs:
                 spread.append(f"{name} {LABEL[c]}: " + ", ".join(fmt_us(x["p50_ns"] / per) for x in xs))
