@@ -28,6 +28,7 @@ from aarm_sandbox.enforce.exec_argv import (ERESTARTNOINTR, ExecRestart, Restart
 from aarm_sandbox.journal.writer import Journal
 from aarm_sandbox.policy.decision import RANK, Decision, Result
 from aarm_sandbox.policy.engine import PolicyEngine
+from aarm_sandbox.policy.moved_tree import judge_moved_tree
 
 TYPE_CHECKING = False      # (typing itself costs the startup path ~4 ms)
 if TYPE_CHECKING:
@@ -246,6 +247,8 @@ class Supervisor:
             # answer it may exit or exec at once).
             action.exe = self._exe(n.tid)
             decision = self._decide(action)
+            if action.type == A.FILE_RENAME and decision.result is not Result.DENY:
+                decision = self._judge_moved_tree(action, decision, effect)
             if self.classifier is not None and action.type == A.PROCESS_EXEC:
                 decision = self._decide_semantic(action, decision)
             if not self.backend.still_pending(n):
@@ -346,6 +349,17 @@ class Supervisor:
         if self.classifier is not None and action.type == A.PROCESS_EXEC:
             d = self._decide_semantic(action, d)
         return d
+
+    def _judge_moved_tree(self, action, decision: Decision, effect) -> Decision:
+        """A directory rename is also the renames of everything it moves (policy.moved_tree):
+        the stricter decision wins. Observe mode decides nothing, so it walks nothing."""
+        if not isinstance(effect, AtCall) or self.engine.observe:
+            return decision
+        moved = judge_moved_tree(self._decide, action, effect.fd1, effect.name1,
+                                 effect.fd2, effect.name2)
+        if moved is not None and RANK[moved.result] < RANK[decision.result]:
+            return moved
+        return decision
 
     def _decide(self, action) -> Decision:
         if self.journal.failed:

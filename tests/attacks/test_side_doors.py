@@ -933,6 +933,28 @@ def test_the_session_cannot_rewrite_the_profile_file_that_governs_it(box):
     assert not prof.exists() and (box.workspace / "moved.yaml").exists(), native.stderr
 
 
+def test_the_governing_profile_cannot_be_moved_away_with_its_directory(box):
+    """Renaming the profile's directory moves the profile without naming it; a symlink put
+    in the directory's place would then hand the next run another profile. The directory
+    rename is judged as the rename of the profile inside it. Natively the swap goes through."""
+    pdir = box.workspace / "policy"
+    pdir.mkdir()
+    prof = pdir / "aarm.yaml"
+    text = "id: mine\nextends: default\nrules: []\n"
+    prof.write_text(text)
+    attack = ("mkdir evil && printf 'id: evil\\nextends: observe\\n' > evil/aarm.yaml && "
+              "mv policy policy.old && ln -s evil policy; cat policy/aarm.yaml")
+    r = box.run(["sh", "-c", attack], profile=str(prof))
+    assert prof.read_text() == text and pdir.is_dir() and not pdir.is_symlink(), r.stdout + r.stderr
+    denied = r.denied("file.rename")
+    assert [x["decision"]["rule"] for x in denied] == ["governing-profile"], r.denied()
+    assert f"moves {pdir}/aarm.yaml to {box.workspace}/policy.old/aarm.yaml" in denied[0]["decision"]["reason"]
+    import shutil
+    shutil.rmtree(box.workspace / "evil")
+    native = box.native(["sh", "-c", attack])
+    assert "id: evil" in native.stdout and pdir.is_symlink(), native.stdout + native.stderr
+
+
 HOOK_CHMOD = r"""
 import os, sys
 hook = ".git/hooks/pre-commit"

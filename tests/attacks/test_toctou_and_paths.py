@@ -802,6 +802,72 @@ def test_swapping_the_git_hooks_directory_cannot_plant_a_hook(box, prog, how):
     assert [r for r in res.denied() if touches(r, hooks_dir)], explain(res)
 
 
+# A directory prepared where no rule looks, then moved so that its entries land on protected
+# names: no entry is created, written or renamed on its own (PATH-04, "rebuild underneath").
+PLANT_BY_MOVE = {
+    # a repository the agent makes by moving a complete git dir into place
+    "new-repo-gitdir": ("repo/.git", "repo/.git/hooks/pre-commit"),
+    # a submodule git dir of the repository that existed before the session
+    "submodule-gitdir": (".git/modules/sub", ".git/modules/sub/hooks/pre-commit"),
+}
+
+
+def _prepare_gitdir(box, where: Path) -> None:
+    import shutil
+    for n in ("evilgit", "repo"):
+        if (box.workspace / n).exists():
+            shutil.rmtree(box.workspace / n)
+    mkfile(box, where / "HEAD", "ref: refs/heads/main\n")
+    mkdir(box, where / "objects")
+    mkdir(box, where / "refs")
+    hook = mkfile(box, where / "hooks" / "pre-commit", EVIL_HOOK)
+    hook.chmod(0o755)
+    mkdir(box, box.workspace / "repo")
+    mkdir(box, box.workspace / ".git" / "modules")     # (a mkdir the agent may make itself)
+
+
+@pytest.mark.parametrize("how", list(PLANT_BY_MOVE))
+def test_moving_a_prepared_directory_into_a_git_dir_cannot_plant_a_hook(box, prog, how):
+    """The directory rename is judged as the renames of everything it moves: evil/hooks
+    would land on a hooks path that `git-hook` holds (no approver here: denied)."""
+    dst, planted = PLANT_BY_MOVE[how]
+    _reset_repo(box)
+    _prepare_gitdir(box, box.workspace / "evilgit")
+    nat = box.native([prog, "rename", "evilgit", dst])
+    assert steps(nat.stdout)["rename"] == (0, "0"), nat.stdout + nat.stderr
+    assert (box.workspace / planted).read_text() == EVIL_HOOK
+
+    _reset_repo(box)
+    if (box.workspace / dst).exists():
+        import shutil
+        shutil.rmtree(box.workspace / dst)
+    _prepare_gitdir(box, box.workspace / "evilgit")
+    res = box.run([prog, "rename", "evilgit", dst])
+    assert_no_internal_errors(res)
+    assert steps(res.stdout).get("rename") == (-1, "EACCES"), explain(res)
+    assert not (box.workspace / planted).exists(), explain(res)
+    assert (box.workspace / "evilgit" / "hooks" / "pre-commit").exists()
+    denied = res.denied("file.rename")
+    assert [r["decision"]["rule"] for r in denied] == ["git-hook"], explain(res)
+    assert f"moves {box.workspace}/evilgit/hooks to {box.workspace}/{dst}/hooks" in \
+        denied[0]["decision"]["reason"], denied[0]["decision"]
+
+
+def test_renaming_directories_without_protected_entries_still_works(box, prog):
+    """The common case is untouched: a package directory renamed, and two swapped with
+    RENAME_EXCHANGE, land as natively."""
+    for i in range(20):
+        mkfile(box, box.workspace / "src" / "pkg" / "sub" / f"m{i}.py", f"m{i}\n")
+    mkfile(box, box.workspace / "src" / "other" / "x.py", "x\n")
+    res = box.run(["sh", "-c", f"cd src && {prog} rename pkg pkg2 && {prog} rename pkg2 other 2"])
+    assert_no_internal_errors(res)
+    assert steps(res.stdout).get("rename") == (0, "0"), explain(res)
+    assert steps(res.stdout).get("renameat2") == (0, "0"), explain(res)
+    assert (box.workspace / "src" / "other" / "sub" / "m19.py").read_text() == "m19\n", explain(res)
+    assert (box.workspace / "src" / "pkg2" / "x.py").read_text() == "x\n", explain(res)
+    assert not res.denied(), explain(res)
+
+
 def test_swapping_the_dot_git_directory_cannot_replace_git_config(box, prog):
     cmd = ["sh", "-c", f"{prog} rename .git oldgit; {prog} rename fakegit .git"]
     _, config = _reset_repo(box)
