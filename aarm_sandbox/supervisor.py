@@ -22,7 +22,8 @@ from aarm_sandbox.context.session import SessionContext
 from aarm_sandbox.intercept.claim import CLAIM
 from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, ExecContinue, Notification
 from aarm_sandbox.decode.memory import DecodeError
-from aarm_sandbox.enforce.effects import AtCall, Continue, Effect, OpenFile, QuarantineDelete
+from aarm_sandbox.enforce.effects import (AtCall, Continue, Effect, NameAppeared, OpenFile,
+                                          QuarantineDelete)
 from aarm_sandbox.enforce.exec_argv import (ERESTARTNOINTR, ExecRestart, RestartUnavailable,
                                             argv_ends_with)
 from aarm_sandbox.journal.writer import Journal
@@ -127,7 +128,7 @@ class Supervisor:
                 break
             fast.drain(self._fast_receipt)       # keep the journal and context in order
             if n.nr == 95:                        # umask(): the fast path's cache is stale
-                fast.invalidate_umask()
+                fast.umask_pending(n.tid, n.args[0] & 0o777)
             if ledger is not None:
                 ledger.expire(self.ctx)
             handle(n)
@@ -177,22 +178,23 @@ class Supervisor:
         self.journal.append({"type": "session.error", "reason": why})
 
     def _fast_receipt(self, type_, path, syscall, tid, flags, result, ts_ns, notif, exe,
-                      counted: bool = False) -> None:
+                      counted: bool = False, performed: bool | None = None) -> None:
         """A decision the native fast path made (profile default ALLOW, proven rule-free, or
         below the limit of the count rule it spent a budget unit of: counted here)."""
         if result == -errno.EINPROGRESS:
             self.answer_lost(tid, killed=True)      # C killed it already
+        done = result >= 0 if performed is None else performed
         ctx = self.ctx
         if counted:
             # it counts unless it failed, C's conservative match was not a real one, or
             # the file is the session's own
             ledger = self.ledger
-            ledger.settle(ctx, held=True, counts=result >= 0 and path not in ctx.created_paths
+            ledger.settle(ctx, held=True, counts=done and path not in ctx.created_paths
                           and ledger.matches(path))
         ctx.action_counts[type_] += 1
         ctx.decision_counts["allow"] += 1
-        ctx.recent.append((type_, path, "allow", result >= 0))
-        if result >= 0:
+        ctx.recent.append((type_, path, "allow", done))
+        if done:
             if type_ in _TAINTABLE:
                 ctx.note_written(path)
             if type_ in _CREATES:
@@ -200,7 +202,7 @@ class Supervisor:
             elif type_ == A.FILE_DELETE:
                 ctx.record_removed(path)
         self.journal.append_fast(type_, path, syscall, tid, flags, result, ts_ns, notif, exe,
-                                 self.fast_reason[type_])
+                                 self.fast_reason[type_], done)
         if self.explain:
             print(f"aarm-sandbox: allow   {type_} {path} [default] (native fast path)", file=sys.stderr)
 
@@ -212,7 +214,7 @@ class Supervisor:
         except OSError:
             pass
 
-    def handle(self, n: Notification) -> None:
+    def handle(self, n: Notification, _again: int = 0) -> None:
         if self.dstate.session_root < 0:
             self._pin_root(n.tid)
         entry = DISPATCH.get(n.nr)
@@ -263,6 +265,13 @@ class Supervisor:
                 self.broker.hold(n, action, decision, effect)
                 return
             self._carry_out(n, action, decision, effect)
+        except NameAppeared:
+            # decided as a create, and the name appeared before the exclusive create:
+            # nothing happened, the caller still waits; decide on what is there now
+            effect.close()
+            if _again < 3:
+                return self.handle(n, _again + 1)
+            self._internal_error(n, spec.name, RuntimeError("a name kept appearing and vanishing"))
         except Exception as e:  # noqa: BLE001
             effect.close()
             self._internal_error(n, spec.name, e)
@@ -306,7 +315,7 @@ class Supervisor:
                                  name="aarm-blocking", daemon=True).start()
                 return
             outcome = self._enforce(n, effect, action, verify=held is not None)
-            self._receipt(action, shown, outcome, approval=approval, executed=outcome >= 0)
+            self._receipt(action, shown, outcome, approval=approval, executed=outcome >= 0 or effect.performed)
             return
         effect.close()
         err = decision.errno or shown.errno or errno.EPERM
@@ -421,6 +430,12 @@ class Supervisor:
                 return r
             if isinstance(effect, OpenFile):
                 fd = self.backend.answer_with_fd(n, r, effect.cloexec)
+                # The file was opened (maybe created or truncated) before the caller's fd
+                # table could refuse it (EMFILE): natively nothing would have happened;
+                # the receipt says it did.
+                effect.performed = fd < 0
+                if fd == -errno.EMFILE and effect.undo_create():
+                    effect.performed = False        # the file it created is gone again
                 if fd == -errno.EINPROGRESS:
                     self.answer_lost(n.tid)
                 elif fd < 0 and fd != -errno.ENOENT:
@@ -643,7 +658,7 @@ class Supervisor:
             print(f"aarm-sandbox: internal error performing {action.type}: {e!r}", file=sys.stderr)
         finally:
             self.blocking_slots.release()
-        self._receipt(action, decision, outcome, approval=approval, executed=outcome >= 0)
+        self._receipt(action, decision, outcome, approval=approval, executed=outcome >= 0 or effect.performed)
 
     def _track(self, action) -> None:
         """Context updates after an action really happened."""
@@ -813,8 +828,10 @@ _ERRNO_NAMES = errno.errorcode
 
 
 def _outcome(allowed: bool, ret: int) -> dict:
+    """`allowed` with ret < 0: it happened although the call failed (an open whose fd
+    could not be installed: EMFILE after the file was created or truncated)."""
     if ret < 0:
-        return {"executed": False, "return": ret, "errno": _ERRNO_NAMES.get(-ret, str(-ret))}
+        return {"executed": allowed, "return": ret, "errno": _ERRNO_NAMES.get(-ret, str(-ret))}
     return {"executed": allowed, "return": ret}
 
 

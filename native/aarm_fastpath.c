@@ -130,6 +130,8 @@
 #define FP_UMASK_GEN_BITS 19
 #define FP_UMASK_GEN_MASK ((1u << FP_UMASK_GEN_BITS) - 1)
 #define FP_UMASK_VALID (1ull << 31)
+#define FP_UMASK_TTL_NS 100000000ull    /* 100 ms: a reused TID cannot inherit an entry */
+#define FP_UMASK_PENDING 8
 
 enum { FP_PASS = 0, FP_DONE = 1 };
 enum { OP_OPEN, OP_UNLINK, OP_MKDIR, OP_CHMOD, OP_UTIME };
@@ -234,6 +236,12 @@ struct aarm_fast_ctx {
     atomic_int probe_created;   /* the last O_CREAT probe created its file (a hint) */
     atomic_uint umask_gen;
     _Atomic uint64_t umask_tab[FP_UMASK_SLOTS];
+    _Atomic uint64_t umask_at[FP_UMASK_SLOTS];   /* CLOCK_MONOTONIC ns of each entry's read */
+    /* umask() calls answered CONTINUE but maybe not carried out yet (umask_lock): while
+     * any is pending nothing is cached; see aarm_fast_umask_pending. */
+    pthread_mutex_t umask_lock;
+    atomic_int umask_npending;      /* > FP_UMASK_PENDING: overflowed, never cache again */
+    struct { uint32_t tid; unsigned mask; } umask_pending[FP_UMASK_PENDING];
 
     /* exe cache (exe_lock): see exe_of. */
     pthread_mutex_t exe_lock;
@@ -487,13 +495,55 @@ static int read_umask(struct aarm_fast_ctx *c, uint32_t tid, unsigned *out)
     return 0;
 }
 
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Pending umask() calls that have visibly taken effect (/proc/TID/status shows the
+ * requested mask) or whose thread is gone are dropped; 1 while any is left. */
+static int umask_still_pending(struct aarm_fast_ctx *c)
+{
+    pthread_mutex_lock(&c->umask_lock);
+    int n = atomic_load_explicit(&c->umask_npending, memory_order_relaxed);
+    if (n > FP_UMASK_PENDING) {
+        pthread_mutex_unlock(&c->umask_lock);
+        return 1;
+    }
+    for (int i = 0; i < n;) {
+        unsigned m;
+        if (read_umask(c, c->umask_pending[i].tid, &m) < 0 || m == c->umask_pending[i].mask) {
+            c->umask_pending[i] = c->umask_pending[--n];
+            continue;
+        }
+        i++;
+    }
+    if (n == 0)                         /* done: what was cached before it is stale */
+        atomic_fetch_add_explicit(&c->umask_gen, 1, memory_order_acq_rel);
+    atomic_store_explicit(&c->umask_npending, n, memory_order_release);
+    pthread_mutex_unlock(&c->umask_lock);
+    return n > 0;
+}
+
+/* The thread's umask, cached per TID for FP_UMASK_TTL_NS.  While a umask() call is
+ * pending (answered, perhaps not yet carried out by its thread), every read is fresh
+ * and nothing is cached: a thread sharing the fs struct would otherwise cache the old
+ * mask in that window and keep it after the call returned. */
 static int get_umask(struct aarm_fast_ctx *c, uint32_t tid, unsigned *out)
 {
+    if (atomic_load_explicit(&c->umask_npending, memory_order_acquire) > 0 &&
+        umask_still_pending(c))
+        return read_umask(c, tid, out);
     _Atomic uint64_t *slot = &c->umask_tab[tid % FP_UMASK_SLOTS];
+    _Atomic uint64_t *at = &c->umask_at[tid % FP_UMASK_SLOTS];
+    uint64_t now = mono_ns();
     unsigned gen = atomic_load_explicit(&c->umask_gen, memory_order_acquire) & FP_UMASK_GEN_MASK;
     uint64_t e = atomic_load_explicit(slot, memory_order_acquire);
     if ((uint32_t)(e >> 32) == tid && (e & FP_UMASK_VALID) &&
-        (unsigned)(e & FP_UMASK_GEN_MASK) == gen) {
+        (unsigned)(e & FP_UMASK_GEN_MASK) == gen &&
+        now - atomic_load_explicit(at, memory_order_acquire) < FP_UMASK_TTL_NS) {
         *out = (unsigned)(e >> FP_UMASK_GEN_BITS) & 07777;
         return 0;
     }
@@ -504,6 +554,7 @@ static int get_umask(struct aarm_fast_ctx *c, uint32_t tid, unsigned *out)
         return -1;
     e = ((uint64_t)tid << 32) | FP_UMASK_VALID |
         ((uint64_t)(m & 07777) << FP_UMASK_GEN_BITS) | gen;
+    atomic_store_explicit(at, now, memory_order_release);
     atomic_store_explicit(slot, e, memory_order_release);
     *out = m;
     return 0;
@@ -517,6 +568,28 @@ void aarm_fast_invalidate_umask(struct aarm_fast_ctx *c)
     for (unsigned i = 0; i < FP_UMASK_SLOTS; i++)
         atomic_store_explicit(&c->umask_tab[i], 0, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
+}
+
+void aarm_fast_umask_pending(struct aarm_fast_ctx *c, uint32_t tid, unsigned mask)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->umask_lock);
+    int n = atomic_load_explicit(&c->umask_npending, memory_order_relaxed);
+    if (n < FP_UMASK_PENDING) {
+        int i = 0;
+        while (i < n && c->umask_pending[i].tid != tid)
+            i++;
+        c->umask_pending[i].tid = tid;  /* a second call of the same thread: the newer mask */
+        c->umask_pending[i].mask = mask & 0777;
+        if (i == n)
+            n++;
+    } else {
+        n = FP_UMASK_PENDING + 1;       /* overflowed: no caching for the rest of the session */
+    }
+    atomic_store_explicit(&c->umask_npending, n, memory_order_release);
+    pthread_mutex_unlock(&c->umask_lock);
+    aarm_fast_invalidate_umask(c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -727,6 +800,14 @@ static int write_intent(struct aarm_fast_ctx *c, const struct aarm_notif *n, uin
     do {
         w = write(in->fd, line, k);
     } while (w < 0 && errno == EINTR);
+    if (w >= 0 && w < (ssize_t)k) {
+        /* A torn line (disk full): end it, so that the next record starts a line of its
+         * own (readers report the torn one), best effort. */
+        ssize_t nl;
+        do {
+            nl = write(in->fd, "\n", 1);
+        } while (nl < 0 && errno == EINTR);
+    }
     return w == (ssize_t)k ? 0 : -1;
 }
 
@@ -818,6 +899,17 @@ static int open_target(struct aarm_fast_ctx *c, int parent, const char *path,
     return fd;
 }
 
+/* Remove the file an exclusive create just made at `name` in `parent`, if that name
+ * still is that file (same inode as `opened`).  1: removed. */
+static int undo_create(int parent, const char *name, int opened)
+{
+    struct stat a, b;
+    if (fstat(opened, &a) != 0 || fstatat(parent, name, &b, AT_SYMLINK_NOFOLLOW) != 0 ||
+        a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+        return 0;
+    return unlinkat(parent, name, 0) == 0;
+}
+
 /* The path /proc/self/fd shows for fd (FP_PATH_MAX buffer), or -1 when it is not a
  * plain absolute path of a file that still has a name (pipes, sockets, " (deleted)"). */
 static ssize_t fd_path(struct aarm_fast_ctx *c, int fd, char *out)
@@ -854,7 +946,7 @@ static int reserve_and_check(struct aarm_fast_ctx *c, const struct aarm_notif *n
 /* Fill and publish a reserved record slot. */
 static void put_record(struct aarm_fast_ctx *c, uint64_t slot, const struct aarm_notif *n,
                        uint32_t tid, int kind, uint32_t flags, int64_t result, uint32_t counted,
-                       const char *canon, size_t clen)
+                       uint32_t performed, const char *canon, size_t clen)
 {
     struct aarm_fast_record *rec = ring_slot(c, slot);
     struct timespec ts;
@@ -867,6 +959,7 @@ static void put_record(struct aarm_fast_ctx *c, uint64_t slot, const struct aarm
     rec->result = result;
     rec->flags = flags;
     rec->counted = counted;
+    rec->performed = performed;
     rec->path_len = (uint32_t)clen;
     memcpy(rec->path, canon, clen);
     ring_publish(c, slot);
@@ -913,7 +1006,7 @@ static int fp_handle_fd(struct aarm_fast_ctx *c, const struct aarm_notif *n, uin
         }
         answer(c, n->id, r);
         put_record(c, slot, n, tid, kind, kind == AARM_FAST_CHMOD ? (mode & 07777) : 0, r, 0,
-                   canon, (size_t)dl);
+                   r >= 0, canon, (size_t)dl);
         reserved = 0;
         ret = FP_DONE;
     }
@@ -1064,6 +1157,7 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     struct stat st;
     unsigned um = 0;
     int64_t result;
+    int performed = -1;             /* an open: 1 when it happened, whatever the answer */
 
     /* 3 + 4. Base and pinned parent directory. */
     char *slash = memrchr(path, '/', (size_t)plen);
@@ -1243,7 +1337,9 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
                 kind = AARM_FAST_CREATE;
         }
         if (!create_first || kind == AARM_FAST_WRITE) {
-            int f = (oflags & O_EXCL) ? excl : oflags;
+            /* A create decided on an absent name creates exclusively: a name that
+             * appeared since the lstat goes to Python, never opened as a write. */
+            int f = (kind == AARM_FAST_CREATE || (oflags & O_EXCL)) ? excl : oflags;
             opened = open_target(c, parent, path, name, f, kind == AARM_FAST_CREATE ? m : 0);
             nb_added = f == oflags && !(flags & O_NONBLOCK);
         }
@@ -1270,7 +1366,8 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
              * which redoes the call with the caller's exact semantics. */
             if ((!(flags & O_NONBLOCK) && (e == EAGAIN || e == ENXIO)) ||
                 (!(flags & O_NOFOLLOW) && e == ELOOP) ||
-                (kind == AARM_FAST_WRITE && (flags & O_CREAT) && e == ENOENT))
+                (kind == AARM_FAST_WRITE && (flags & O_CREAT) && e == ENOENT) ||
+                (kind == AARM_FAST_CREATE && !(flags & O_EXCL) && e == EEXIST))
                 goto out;
             result = -e;
             answer(c, n->id, result);
@@ -1287,14 +1384,30 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
                 if (fcntl(opened, F_SETFL, oflags & ~(O_NONBLOCK | O_ASYNC)) < 0)
                     r = -errno;         /* performed (maybe created): answer it */
             }
+            performed = 1;
             if (r == 0) {
                 r = aarm_notif_addfd(c->listener, n->id, opened, 0,
                                      (flags & O_CLOEXEC) ? O_CLOEXEC : 0,
                                      SECCOMP_ADDFD_FLAG_SEND);
                 if (r == -EINPROGRESS)
                     kill((pid_t)tid, SIGKILL);  /* answer lost (see aarm_notif_addfd) */
-                else if (r < 0 && r != -ENOENT)
+                else if (r < 0 && r != -ENOENT) {
+                    /* The caller's fd table is full (EMFILE): natively nothing would have
+                     * happened.  A file this open created is removed again; a truncation
+                     * cannot be undone, and the record says it was performed. */
+                    if (r == -EMFILE && kind == AARM_FAST_CREATE) {
+                        if (parent < 0) {       /* the open walked the whole path */
+                            *slash = '\0';
+                            pfd = sys_openat2(c->root_fd, path, O_PATH | O_DIRECTORY | O_CLOEXEC,
+                                              FP_RESOLVE_STRICT);
+                            *slash = '/';
+                            parent = pfd;
+                        }
+                        if (parent >= 0 && undo_create(parent, name, opened))
+                            performed = 0;
+                    }
                     aarm_notif_send(c->listener, n->id, 0, r, 0);
+                }
             } else {
                 aarm_notif_send(c->listener, n->id, 0, r, 0);
             }
@@ -1334,7 +1447,8 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
 
     /* 11 (second half). The record. */
     put_record(c, slot, n, tid, kind, op == OP_MKDIR || op == OP_UTIME ? 0 :
-               op == OP_CHMOD ? (mode & 07777) : flags, result, (uint32_t)unit, canon, clen);
+               op == OP_CHMOD ? (mode & 07777) : flags, result, (uint32_t)unit,
+               performed < 0 ? result >= 0 : (uint32_t)performed, canon, clen);
     reserved = 0;
     unit = 0;                           /* spent: Python counts it, or gives it back */
     ret = FP_DONE;
@@ -1533,6 +1647,7 @@ void aarm_fast_free(struct aarm_fast_ctx *c)
     }
     pthread_mutex_destroy(&c->intent_lock);
     pthread_mutex_destroy(&c->exe_lock);
+    pthread_mutex_destroy(&c->umask_lock);
     free(c->exe_tab);
     pthread_mutex_destroy(&c->ring_lock);
     pthread_mutex_destroy(&c->drain_lock);
@@ -1561,8 +1676,10 @@ struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
     pthread_mutex_init(&c->drain_lock, NULL);
     pthread_mutex_init(&c->intent_lock, NULL);
     pthread_mutex_init(&c->exe_lock, NULL);
+    pthread_mutex_init(&c->umask_lock, NULL);
     c->exe_tab = calloc(FP_EXE_SLOTS, sizeof(struct fp_exe_slot));
     if (!c->exe_tab) {
+        pthread_mutex_destroy(&c->umask_lock);
         pthread_mutex_destroy(&c->exe_lock);
         pthread_mutex_destroy(&c->intent_lock);
         pthread_mutex_destroy(&c->ring_lock);
@@ -1576,8 +1693,11 @@ struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
     atomic_init(&c->dropped, 0);
     atomic_init(&c->umask_gen, 0);
     atomic_init(&c->probe_created, 0);
-    for (unsigned i = 0; i < FP_UMASK_SLOTS; i++)
+    for (unsigned i = 0; i < FP_UMASK_SLOTS; i++) {
         atomic_init(&c->umask_tab[i], 0);
+        atomic_init(&c->umask_at[i], 0);
+    }
+    atomic_init(&c->umask_npending, 0);
 
     int e = 0;
     struct stat st;

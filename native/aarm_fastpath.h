@@ -90,6 +90,8 @@ struct aarm_fast_record {
     int32_t kind;                /* AARM_FAST_* */
     uint32_t flags;              /* open flags / unlinkat flags / chmod mode / 0 */
     uint32_t counted;            /* 1: spent a budget unit (a counted glob may match) */
+    uint32_t performed;          /* 1: the operation happened (an open whose fd could not be
+                                  * installed, EMFILE, has result < 0 and performed 1) */
     int64_t result;              /* fd number / 0 / -errno */
     uint32_t exe_len;            /* 0: unknown (process gone, or link >= EXE_MAX bytes) */
     uint32_t path_len;
@@ -112,6 +114,9 @@ uint64_t aarm_fast_dropped(struct aarm_fast_ctx *ctx);
  * read it, then drain.  Writing to it wakes the waiter too. */
 int aarm_fast_wake_fd(struct aarm_fast_ctx *ctx);
 void aarm_fast_invalidate_umask(struct aarm_fast_ctx *ctx);
+/* A umask(mask) call by tid is about to be answered CONTINUE: until /proc/TID/status
+ * shows mask (or the thread is gone), umasks are read fresh and not cached. */
+void aarm_fast_umask_pending(struct aarm_fast_ctx *ctx, uint32_t tid, unsigned mask);
 void aarm_fast_invalidate_exe(struct aarm_fast_ctx *ctx);
 /* Intent lines: before an unlink or an O_TRUNC open is performed, one line
  *   PREFIX "notif":ID,"action":"file.delete|file.write","syscall":"NAME",

@@ -166,6 +166,7 @@ struct aarm_fast_record {
     int32_t kind;
     uint32_t flags;
     uint32_t counted;
+    uint32_t performed;
     int64_t result;
     uint32_t exe_len;
     uint32_t path_len;
@@ -183,6 +184,7 @@ int aarm_fast_drain(struct aarm_fast_ctx *, struct aarm_fast_record *out, int ma
 uint64_t aarm_fast_dropped(struct aarm_fast_ctx *);
 int aarm_fast_wake_fd(struct aarm_fast_ctx *);
 void aarm_fast_invalidate_umask(struct aarm_fast_ctx *);
+void aarm_fast_umask_pending(struct aarm_fast_ctx *, uint32_t tid, unsigned mask);
 void aarm_fast_invalidate_exe(struct aarm_fast_ctx *);
 int aarm_fast_set_intent(struct aarm_fast_ctx *, int fd, const char *prefix,
                          uint32_t prefix_len);

@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 import struct
+import time
 from collections.abc import Callable
 
 from aarm_sandbox._native import lib
@@ -56,7 +57,8 @@ class DecodeState:
     """Per-session caches the decoders share (kept tiny; everything else is re-read)."""
 
     def __init__(self) -> None:
-        self.umask: dict[int, int] = {}
+        self.umask: dict[int, tuple[int, float]] = {}      # tid -> (umask, when read)
+        self.umask_pending: dict[int, int] = {}            # tid -> mask of a umask() in flight
         self.session_root = -1          # O_PATH fd of the sandbox root, once pinned
         # Network (set by `run`): the destination policy, the DNS stub's memory of which
         # names it answered with an address, and the inodes of sockets the supervisor
@@ -66,19 +68,52 @@ class DecodeState:
         self.brokered: set[int] = set()
 
     def umask_of(self, tid: int) -> int:
-        m = self.umask.get(tid)
-        if m is None:
-            m = 0o022
-            try:
-                with open(f"/proc/{tid}/status", "rb") as f:
-                    for line in f:
-                        if line.startswith(b"Umask:"):
-                            m = int(line.split()[1], 8)
-                            break
-            except OSError:
-                raise DecodeError(errno.ESRCH, "target gone") from None
-            self.umask[tid] = m
+        """The thread's umask, cached for UMASK_TTL (a reused TID cannot inherit an entry).
+        While a umask() call is in flight (answered CONTINUE, perhaps not yet carried out by
+        its thread), reads are fresh and nothing is cached: a thread sharing the fs struct
+        would otherwise cache the old mask in that window and keep it afterwards."""
+        if self.umask_pending and self._umask_still_pending():
+            return _read_umask(tid)
+        now = time.monotonic()
+        hit = self.umask.get(tid)
+        if hit is not None and now - hit[1] < UMASK_TTL:
+            return hit[0]
+        m = _read_umask(tid)
+        if len(self.umask) > 4096:
+            self.umask.clear()
+        self.umask[tid] = (m, now)
         return m
+
+    def umask_called(self, tid: int, mask: int) -> None:
+        """tid's umask(mask) is about to be answered CONTINUE."""
+        self.umask_pending[tid] = mask & 0o777
+        self.umask.clear()
+
+    def _umask_still_pending(self) -> bool:
+        for tid, mask in list(self.umask_pending.items()):
+            try:
+                done = _read_umask(tid) == mask
+            except DecodeError:
+                done = True                 # the thread is gone
+            if done:
+                del self.umask_pending[tid]
+        if not self.umask_pending:
+            self.umask.clear()              # read before it took effect: stale
+        return bool(self.umask_pending)
+
+
+UMASK_TTL = 0.1
+
+
+def _read_umask(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        raise DecodeError(errno.ESRCH, "target gone") from None
+    return 0o022
 
 
 class Decoded:
@@ -273,9 +308,13 @@ def _within_fd_access(requested: int, held: int) -> bool:
 
 
 def _create(n, spec, st, p: ParentRef, flags, open_flags, mode, cloexec) -> Decoded:
+    """Decided as a create of an absent name, performed exclusively: a name that appeared
+    since (EEXIST without the caller's O_EXCL) is decided again, never opened as a write."""
     m = mode & ~st.umask_of(n.tid)
     act = _act(A.FILE_CREATE, n, spec, p.path, (p.path,), flags)
-    eff = OpenFile(p.fd, p.name_for_op, -1, open_flags, m, cloexec, no_follow=True)
+    eff = OpenFile(p.fd, p.name_for_op, -1, open_flags | O_CREAT | O_EXCL, m, cloexec, no_follow=True)
+    eff.exclusive_create = True
+    eff.redecide_if_exists = not flags & O_EXCL
     return Decoded(act, eff)
 
 
@@ -863,7 +902,7 @@ def _check_batch_destination(st: DecodeState, sock: int, addr: bytes) -> None:
 
 
 def decode_umask(n, spec, st) -> Decoded:
-    st.umask.clear()          # threads may share the fs struct: re-read lazily
+    st.umask_called(n.tid, n.args[0])       # (threads may share the fs struct)
     return Decoded(None, Continue())
 
 

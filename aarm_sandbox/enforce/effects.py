@@ -23,6 +23,7 @@ from aarm_sandbox.enforce import libc
 class Effect:
     """Base: what to do once the policy allowed the action."""
     blocking = False          # True: may block (FIFO open, connect): run off the main loop
+    performed = False         # True: it happened although the call failed (see _enforce)
 
     def perform(self) -> int:
         raise NotImplementedError
@@ -53,6 +54,10 @@ _VALID_OPEN_FLAGS = 0o37777703
 _RESOLVE_NO_LINKS = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 
 
+class NameAppeared(Exception):
+    """An exclusive create met a name that appeared after the decision: decide again."""
+
+
 class OpenFile(Effect):
     """Open through a pinned fd and install the result with ADDFD|SEND.
 
@@ -60,6 +65,9 @@ class OpenFile(Effect):
     was decided on). That is RESOLVE_NO_SYMLINKS rather than O_NOFOLLOW, which would stay
     in the open file's flags: the caller's F_GETFL would show it, a native open's does
     only when the caller asked for it (then it is in `flags`)."""
+
+    exclusive_create = False    # this open creates the file it opens (O_EXCL, decided as create)
+    redecide_if_exists = False  # EEXIST is not the caller's answer: raise NameAppeared
 
     def __init__(self, dirfd: int, name: bytes, objfd: int, flags: int, mode: int,
                  cloexec: bool, opath_passthrough: bool = False, blocking: bool = False,
@@ -84,6 +92,20 @@ class OpenFile(Effect):
         fields.update(changes)
         return OpenFile(**fields)
 
+    def undo_create(self) -> bool:
+        """Remove the file this exclusive create made, if its name still is that file."""
+        if not self.exclusive_create or self.opened < 0 or self.dirfd < 0:
+            return False
+        try:
+            made, now = os.fstat(self.opened), os.stat(self.name, dir_fd=self.dirfd,
+                                                      follow_symlinks=False)
+            if (made.st_dev, made.st_ino) != (now.st_dev, now.st_ino):
+                return False
+            os.unlink(self.name, dir_fd=self.dirfd)
+            return True
+        except OSError:
+            return False
+
     def perform(self) -> int:
         try:
             if self.opath_passthrough:
@@ -95,6 +117,8 @@ class OpenFile(Effect):
                                       self.mode if self.flags & os.O_CREAT else 0,
                                       _RESOLVE_NO_LINKS)
                 if fd < 0:
+                    if fd == -errno.EEXIST and self.redecide_if_exists:
+                        raise NameAppeared()
                     return fd
                 self.opened = fd
             else:

@@ -201,17 +201,24 @@ class FastPath:
     def invalidate_umask(self) -> None:
         lib.aarm_fast_invalidate_umask(self.ctx)
 
+    def umask_pending(self, tid: int, mask: int) -> None:
+        """tid's umask(mask) is about to be answered CONTINUE: no umask is cached until
+        the thread shows it carried it out."""
+        lib.aarm_fast_umask_pending(self.ctx, tid, mask)
+
     def invalidate_exe(self) -> None:
         """An exec was allowed: cached program names may be stale."""
         lib.aarm_fast_invalidate_exe(self.ctx)
 
     def drain(self, sink, batch: int = _DRAIN_BATCH, polite=None) -> int:
         """Turn handled decisions into receipts via
-        sink(type, path, syscall, tid, flags, result, ts_ns, notif, exe, counted): ts_ns
+        sink(type, path, syscall, tid, flags, result, ts_ns, notif, exe, counted, performed): ts_ns
         CLOCK_REALTIME nanoseconds, notif the seccomp notification id, exe the acting program
         as /proc/TID/exe showed it when the operation was answered, or None when unknown (never
         looked up again here: by now the TID may run another program); counted: it spent a
-        unit of the kind's count budget (the sink counts it or gives it back). `polite`: the
+        unit of the kind's count budget (the sink counts it or gives it back); performed: the
+        operation happened (an open whose fd could not be installed has result < 0 and
+        performed True). `polite`: the
         decision thread's claim (intercept.claim), waited for between batches of `batch`."""
         total = 0
         unpack = ffi.unpack
@@ -226,7 +233,7 @@ class FastPath:
                     exe = os.fsdecode(unpack(rec.exe, rec.exe_len)) if rec.exe_len else None
                     sink(KIND_TYPE[rec.kind], path, SYSCALL_NAMES.get(rec.nr, str(rec.nr)),
                          rec.tid, rec.flags, rec.result, rec.ts_ns, rec.notif_id, exe,
-                         bool(rec.counted))
+                         bool(rec.counted), bool(rec.performed))
             total += n
             if n < batch:
                 return total

@@ -225,8 +225,9 @@ def _receipt_row(line: Line, rec: dict) -> Row:
     outcome = _dict(rec.get("outcome"))
     result, would = decision.get("result"), decision.get("would")
     label, tone = decision_label(result, would)
-    if result == "allow" and outcome.get("executed") is False and outcome.get("errno"):
-        label += f", failed {escape(outcome['errno'])}"
+    if result == "allow" and outcome.get("errno"):
+        label += (f", failed {escape(outcome['errno'])}" if outcome.get("executed") is False else
+                  f", performed, then failed {escape(outcome['errno'])}")
     approval = decision.get("approval")
     detail = _action_detail(action)
     if isinstance(approval, dict):

@@ -224,12 +224,15 @@ class Journal:
                     self._fail(f"internal error in the journal writer: {e!r}")
 
     def append_fast(self, type_: str, path: str, syscall: str, tid: int, flags: int,
-                    result: int, ts_ns: int, notif: int, exe: str | None, reason: str) -> None:
+                    result: int, ts_ns: int, notif: int, exe: str | None, reason: str,
+                    performed: bool | None = None) -> None:
         """A native fast-path decision (allow by the profile's default): queued as a tuple
         and encoded by template in the writer, the highest-volume receipts at the lowest
         cost (`journal verify` re-encodes each one canonically, so a template that drifted
-        from JCS could not go unnoticed)."""
-        self.append_stamped((type_, path, syscall, tid, flags, result, ts_ns, notif, exe, reason))
+        from JCS could not go unnoticed). performed: it happened (default: result >= 0); an
+        open whose fd could not be installed happened with result < 0."""
+        self.append_stamped((type_, path, syscall, tid, flags, result, ts_ns, notif, exe, reason,
+                             result >= 0 if performed is None else performed))
 
     def intent(self, notif: int, action_type: str, syscall: str, tid: int, target: str,
                to: str | None = None) -> bool:
@@ -354,7 +357,7 @@ class Journal:
     def _chain_fast(self, t: tuple) -> bytes:
         """_chain for a fast-path tuple: the same record, its JCS bytes built directly
         (keys in sorted order; strings escaped as canonical.encode_string does)."""
-        type_, path, syscall, tid, flags, result, ts_ns, notif, exe, reason = t
+        type_, path, syscall, tid, flags, result, ts_ns, notif, exe, reason, executed = t
         try:
             target_j, exe_j = encode_string(path), encode_string(exe)
         except TypeError:                # not UTF-8: the general path carries it as b64
@@ -363,12 +366,12 @@ class Journal:
         if reason_j is None:
             reason_j = self._reason_j[reason] = encode_string(reason)
         self.seq = seq = self.seq + 1
-        executed = result >= 0
-        if executed:
-            outcome = b'{"executed":true,"return":%d}' % result
+        if result >= 0:
+            outcome = b'{"executed":%s,"return":%d}' % (b"true" if executed else b"false", result)
         else:
-            outcome = b'{"errno":"%s","executed":false,"return":%d}' % (
-                _ERRNO.get(-result, str(-result)).encode(), result)
+            outcome = b'{"errno":"%s","executed":%s,"return":%d}' % (
+                _ERRNO.get(-result, str(-result)).encode(), b"true" if executed else b"false",
+                result)
         if type_ == "file.chmod":           # as decode_chmod records it: the mode, no flags
             flags_j = b',"mode":"%s"' % oct(flags).encode()
         else:
@@ -388,7 +391,7 @@ class Journal:
 
     @staticmethod
     def _fast_dict(t: tuple) -> dict:
-        type_, path, syscall, tid, flags, result, ts_ns, notif, exe, reason = t
+        type_, path, syscall, tid, flags, result, ts_ns, notif, exe, reason, executed = t
         act = {"type": type_, "target": path, "syscall": syscall, "pid": tid, "tid": tid,
                "exe": exe, "notif": str(notif)}
         if type_ == "file.chmod":
@@ -397,8 +400,8 @@ class Journal:
             act["flags"] = flags
         if type_ == "file.delete":          # as decode_unlink records it
             act["directory"] = bool(flags & _AT_REMOVEDIR)
-        outcome = ({"executed": True, "return": result} if result >= 0 else
-                   {"errno": _ERRNO.get(-result, str(-result)), "executed": False, "return": result})
+        outcome = ({"executed": executed, "return": result} if result >= 0 else
+                   {"errno": _ERRNO.get(-result, str(-result)), "executed": executed, "return": result})
         return {"type": "receipt", "ts_ns": ts_ns, "action": act,
                 "decision": {"result": "allow", "rule": "default", "reason": reason},
                 "outcome": outcome, "fast_path": True}

@@ -1168,6 +1168,64 @@ def test_umask_matches_native(ubox):
     assert modes(box.workspace / "s") == modes(box.workspace / "n")
 
 
+# One thread changes the umask while another creates files: every file created after the
+# umask() call returned must have the new mask, as natively. The supervisor answers the
+# umask() call CONTINUE, and the kernel applies it only when that thread runs again; a
+# create decided in between used to cache the old mask for good (0644 files after
+# umask(077) had returned, in 3 runs of 5).
+UMASK_RACE_C = r"""
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+static atomic_int returned;
+static int bad, checked;
+static void *creator(void *arg) {
+    char name[64];
+    for (int i = 0; i < 200000 && checked <= 300; i++) {
+        int after = atomic_load(&returned);
+        snprintf(name, sizeof name, "f%d", i);
+        int fd = open(name, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+        if (fd < 0) { perror("open"); exit(2); }
+        struct stat st;
+        fstat(fd, &st);
+        close(fd);
+        unlink(name);
+        if (after) {
+            checked++;
+            if ((st.st_mode & 0777) != 0600 && bad++ < 3)
+                printf("%s created after umask(077) returned: mode %o\n", name, st.st_mode & 0777);
+        }
+    }
+    return NULL;
+}
+int main(int argc, char **argv) {
+    umask(022);
+    pthread_t t;
+    pthread_create(&t, NULL, creator, NULL);
+    usleep(5000 + atoi(argv[1]));
+    umask(077);
+    atomic_store(&returned, 1);
+    pthread_join(t, NULL);
+    printf("checked %d bad %d\n", checked, bad);
+    return bad != 0;
+}
+"""
+
+
+def test_umask_changed_by_one_thread_applies_to_files_another_creates(box, compile_c):
+    prog = compile_c("compat_umask_race", UMASK_RACE_C, ("-pthread",))
+    n = box.native([prog, "0"], cwd=box.workspace)
+    assert n.returncode == 0 and "bad 0" in n.stdout, n.stdout + n.stderr
+    for delay_us in (0, 3000, 7000, 11000, 15000, 19000):
+        s = box.run([prog, str(delay_us)])
+        assert s.returncode == 0 and "bad 0" in s.stdout, (delay_us, s.stdout, s.stderr)
+        no_denials(s)
+
+
 # --------------------------------------------------------------------------------------
 # 11. exec of scripts, and failed execs
 
@@ -1296,3 +1354,65 @@ def test_opened_files_carry_the_status_flags_a_native_open_gives(box, fast_path)
     assert r.stdout.split() == want.stdout.split() and len(want.stdout.split()) == 7
     fast = [x for x in r.receipts() if x.get("fast_path")]
     assert bool(fast) == (fast_path == "1")
+
+
+# Opens at the fd limit. Natively the kernel reserves the fd number first: EMFILE, and
+# nothing happens to the file. The supervisor opens first and installs the fd after, so it
+# removes a file its open created when the install fails; a truncation cannot be undone,
+# and the receipt says it was performed.
+EMFILE_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+static void report(const char *what, int fd, int e, const char *name) {
+    struct stat st;
+    int there = stat(name, &st) == 0;
+    printf("%s rc=%d errno=%s exists=%d size=%ld\n", what, fd < 0 ? -1 : 0,
+           fd < 0 ? strerrorname_np(e) : "0", there, there ? (long)st.st_size : -1L);
+}
+int main(void) {
+    int fd = open("data", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || write(fd, "precious", 8) != 8) return 2;
+    close(fd);
+    struct rlimit rl = { 16, 16 };
+    setrlimit(RLIMIT_NOFILE, &rl);
+    while (dup(0) >= 0) {}
+    fd = open("new-excl", O_WRONLY | O_CREAT | O_EXCL, 0644);
+    report("create-excl", fd, errno, "new-excl");
+    fd = open("new-plain", O_WRONLY | O_CREAT, 0644);
+    report("create", fd, errno, "new-plain");
+    fd = open("data", O_WRONLY | O_TRUNC);
+    report("truncate", fd, errno, "data");
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("fast_path", ["1", "0"])
+def test_opens_at_the_fd_limit_fail_like_native_and_the_receipt_tells_what_happened(
+        box, compile_c, fast_path):
+    prog = compile_c("compat_emfile", EMFILE_C)
+    mkdirs(box, box.workspace / "n", box.workspace / "s")
+    n = box.native([prog], cwd=box.workspace / "n")
+    assert n.stdout.splitlines() == ["create-excl rc=-1 errno=EMFILE exists=0 size=-1",
+                                     "create rc=-1 errno=EMFILE exists=0 size=-1",
+                                     "truncate rc=-1 errno=EMFILE exists=1 size=8"], n.stdout
+    s = box.run(["sh", "-c", f"cd s && exec {prog}"], env={"AARM_FAST_PATH": fast_path})
+    assert s.stdout.splitlines() == ["create-excl rc=-1 errno=EMFILE exists=0 size=-1",
+                                     "create rc=-1 errno=EMFILE exists=0 size=-1",
+                                     "truncate rc=-1 errno=EMFILE exists=1 size=0"], s.stdout + s.stderr
+    ws = str(box.workspace / "s")
+    by_target = {}
+    for x in s.receipts():
+        if x["action"]["target"].startswith(ws + "/") and x["outcome"].get("errno") == "EMFILE":
+            by_target[x["action"]["target"][len(ws) + 1:]] = x
+    assert sorted(by_target) == ["data", "new-excl", "new-plain"], s.receipts()
+    assert by_target["data"]["outcome"]["executed"] is True         # truncated, then refused
+    assert by_target["new-excl"]["outcome"]["executed"] is False    # created, then removed
+    assert by_target["new-plain"]["outcome"]["executed"] is False
+    assert bool([x for x in by_target.values() if x.get("fast_path")]) == (fast_path == "1")

@@ -498,10 +498,10 @@ def wrapper(ctx) -> FastPath:
 def drain(ctx) -> list[dict]:
     recs: list[dict] = []
 
-    def sink(type_, path, syscall, tid, flags, result, ts_ns, notif, exe, counted):
+    def sink(type_, path, syscall, tid, flags, result, ts_ns, notif, exe, counted, performed):
         recs.append({"tid": tid, "nr": NAME_NR[syscall], "kind": TYPE_KIND[type_],
                      "result": result, "flags": flags, "ts_ns": ts_ns, "path": path,
-                     "notif": notif, "exe": exe, "counted": counted})
+                     "notif": notif, "exe": exe, "counted": counted, "performed": performed})
 
     wrapper(ctx).drain(sink)
     return recs
