@@ -241,10 +241,13 @@ def _open_object(n, spec, st, r: Resolver, dirfd, path, flags, open_flags, mode,
     kind = A.FILE_WRITE if _writes_existing(flags) else A.FILE_READ
     eff = OpenFile(-1, b"", obj.fd, open_flags & ~(O_CREAT | O_EXCL), 0, cloexec,
                    blocking=stat.S_ISFIFO(obj.st.st_mode) or stat.S_ISCHR(obj.st.st_mode))
-    if r.via_fd_flags is not None and _within_fd_access(flags, r.via_fd_flags):
+    if r.via_fd_flags is not None and _within_fd_access(flags, r.via_fd_flags) and \
+            not (flags & O_TRUNC and stat.S_ISREG(obj.st.st_mode)):
         # `> /dev/stdout` with stdout a log file: the process already holds this file open
         # with this access; reopening it through /proc/self/fd grants nothing new, so it
-        # is judged as the fd, not as a new write to the path.
+        # is judged as the fd, not as a new write to the path. Truncating a regular file
+        # is a new act, never covered by an fd's access (`: > /dev/stdout` would empty a
+        # log outside the workspace).
         return Decoded(_act(kind, n, spec, obj.path, (), flags, reopened_fd=True), eff)
     return Decoded(_act(kind, n, spec, obj.path, (obj.path,), flags), eff)
 

@@ -282,7 +282,7 @@ class Resolver:
                         except OSError as e:
                             os.close(cur)
                             raise DecodeError(e.errno, f"magic link {comp!r}") from None
-                        self.via_fd_flags = _fd_flags(cur, comp) if last else None
+                        self.via_fd_flags = _fd_flags(cur, comp, magic) if last else None
                         os.close(cur)
                         cur = magic
                         continue
@@ -326,20 +326,34 @@ _libc.readlinkat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, cty
 _libc.readlinkat.restype = ctypes.c_ssize_t
 
 
-def _fd_flags(fd_dir: int, name: bytes) -> int | None:
-    """Open flags of fd `name` whose /proc/PID/fd directory is `fd_dir` (None if not such a
-    directory or unreadable)."""
+def _fd_flags(fd_dir: int, name: bytes, opened: int) -> int | None:
+    """Open flags of fd `name` whose /proc/PID/fd directory is `fd_dir`, provided that fd
+    still is the file `opened` (our O_PATH open of the magic link): the same mount and
+    inode in its fdinfo as in ours. The target can dup2 another fd onto that number between
+    our open and this read (a read-only fd of a file outside, then a writable one of its
+    own): its access would then be judged for the wrong file. None: not such a directory,
+    unreadable, or another file by now."""
     if not name.isdigit():
         return None
+    theirs = _fdinfo(b"../fdinfo/" + name, fd_dir)
+    ours = _fdinfo(b"/proc/self/fdinfo/%d" % opened, None)
+    if theirs is None or ours is None or theirs[1:] != ours[1:] or None in theirs[1:]:
+        return None
+    return theirs[0]
+
+
+def _fdinfo(path: bytes, dir_fd: int | None) -> tuple[int, int | None, int | None] | None:
+    """(flags, mnt_id, ino) from an fdinfo file."""
     try:
-        fd = os.open(b"../fdinfo/" + name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd_dir)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
     try:
-        for line in os.read(fd, 4096).splitlines():
-            if line.startswith(b"flags:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
+        fields = dict(line.split(b":", 1) for line in os.read(fd, 4096).splitlines() if b":" in line)
+        mnt, ino = fields.get(b"mnt_id"), fields.get(b"ino")
+        return (int(fields[b"flags"].strip(), 8), None if mnt is None else int(mnt.strip()),
+                None if ino is None else int(ino.strip()))
+    except (OSError, ValueError, KeyError):
         return None
     finally:
         os.close(fd)

@@ -621,6 +621,94 @@ def test_reopening_readonly_fd_through_magic_link_cannot_write_outside_file(box,
     assert_blocked(res, v, v.path, "file.write")
 
 
+# The reopen of /proc/self/fd/N is judged as the fd when the fd already grants the access
+# asked for. A second thread flips fd N between a read-only fd of a file outside and a
+# read-write fd of the program's own file: the object and the fd's access must come from
+# the same fd (they used to be read one after the other: 2 tries sufficed).
+FD_FLIP_C = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+static int fd_ro, fd_rw;
+static volatile int stop;
+static void *flip(void *a) {
+    (void)a;
+    while (!stop) { dup2(fd_ro, 50); dup2(fd_rw, 50); }
+    return 0;
+}
+int main(int argc, char **argv) {
+    fd_ro = open(argv[1], O_RDONLY);
+    fd_rw = open(argv[2], O_RDWR | O_CREAT, 0644);
+    if (fd_ro < 0 || fd_rw < 0) { perror("open"); return 2; }
+    struct stat vst;
+    fstat(fd_ro, &vst);
+    pthread_t t;
+    pthread_create(&t, 0, flip, 0);
+    time_t end = time(0) + strtol(argv[3], 0, 10);
+    int tries = 0, wrote = 0;
+    while (time(0) < end && !wrote) {
+        int fd = open("/proc/self/fd/50", O_WRONLY | O_APPEND);
+        tries++;
+        if (fd < 0) continue;
+        struct stat st;
+        fstat(fd, &st);
+        if (st.st_ino == vst.st_ino && st.st_dev == vst.st_dev)
+            wrote = write(fd, "PWNED\n", 6) == 6;
+        close(fd);
+    }
+    stop = 1;
+    pthread_join(t, 0);
+    printf("tries=%d wrote=%d\n", tries, wrote);
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("fast_path", ["1", "0"])
+def test_flipping_the_fd_behind_a_magic_link_reopen_cannot_write_outside_file(box, compile_c, fast_path):
+    flipper = compile_c("fd_flip_reopen", FD_FLIP_C)
+    v = victim(box)
+    nat = box.native([flipper, str(v.path), str(box.workspace / "mine"), "3"])
+    assert "wrote=1" in nat.stdout and not v.intact(), nat.stdout + nat.stderr
+
+    v = victim(box)
+    res = box.run([flipper, str(v.path), str(box.workspace / "mine"), "3"],
+                  env={"AARM_FAST_PATH": fast_path})
+    assert "wrote=0" in res.stdout, explain(res)
+    assert v.intact(), explain(res)
+    assert not [r for r in res.receipts(result="allow") if touches(r, v.path)], explain(res)
+
+
+def test_truncating_an_inherited_log_through_dev_stdout_is_denied(box):
+    """stdout appended to a log outside the workspace (CI): writing to it through
+    /dev/stdout is the fd's own access, emptying it is not. `> /dev/stderr` on a pipe
+    still works (O_TRUNC does nothing to a pipe)."""
+    import subprocess
+    from conftest import sandbox_cmd
+    script = "true > /dev/stdout; echo after; echo to-stderr > /dev/stderr"
+    log = box.outside / "ci.log"
+    log.write_text("earlier output\n")
+    with open(log, "a") as out:
+        subprocess.run(["sh", "-c", script], stdout=out, stderr=subprocess.PIPE, cwd=box.workspace)
+    assert log.read_text() == "after\n", "natively the log is emptied"
+
+    log.write_text("earlier output\n")
+    journal = box.root / "journal" / "dev-stdout.jsonl"
+    with open(log, "a") as out:
+        p = subprocess.run(sandbox_cmd() + ["run", "--workspace", str(box.workspace), "--journal",
+                                            str(journal), "--", "sh", "-c", script],
+                           stdout=out, stderr=subprocess.PIPE, text=True, cwd=box.workspace)
+    assert log.read_text() == "earlier output\nafter\n", p.stderr
+    assert "to-stderr" in p.stderr
+    assert "denied file.write" in p.stderr and "outside-workspace" in journal.read_text()
+
+
 # ======================================================================================
 # 7. PATH-04: hardlinks, renames and symlinks into or over protected files
 @pytest.mark.parametrize("how", ["link", "linkat-proc", "linkat-empty"])
