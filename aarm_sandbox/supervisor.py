@@ -626,6 +626,8 @@ class Supervisor:
         if rr < 0:
             return rr
         self.dstate.brokered.add(ino)
+        if action is not None and action.detail.get("proto") == "udp":
+            self.dstate.udp_brokered = True     # (see DecodeState.udp_brokered)
         if self.meter is not None and action is not None and action.detail.get("proto") == "tcp":
             self.meter.track(effect.replacement, action.target, str(n.id))
         return r

@@ -33,7 +33,8 @@ O_TMPFILE_BIT = 0o20000000
 AT_REMOVEDIR = 0x200
 AT_SYMLINK_FOLLOW = 0x400
 PIDFD_THREAD = os.O_EXCL
-AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+AF_UNSPEC, AF_UNIX, AF_INET, AF_INET6 = 0, 1, 2, 10
+_FAM_INET, _FAM_INET6 = AF_INET.to_bytes(2, "little"), AF_INET6.to_bytes(2, "little")
 SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET = 1, 2, 5
 MSG_FASTOPEN = 0x20000000
 MAX_PAYLOAD = 4 << 20
@@ -66,6 +67,11 @@ class DecodeState:
         self.destinations = None
         self.names_for: Callable[[str], frozenset] = lambda ip: frozenset()
         self.brokered: set[int] = set()
+        # A datagram socket of the supervisor's namespace (brokered UDP) sends wherever its
+        # address says. Once the sandbox holds one, no send is left to the kernel any more:
+        # another thread could dup2 it onto the fd number between the decision on our copy
+        # and the kernel's own lookup (every send is then performed on the copy decided on).
+        self.udp_brokered = False
 
     def umask_of(self, tid: int) -> int:
         """The thread's umask, cached for UMASK_TTL (a reused TID cannot inherit an entry).
@@ -213,6 +219,9 @@ def decode_open(n: Notification, spec: SyscallSpec, st: DecodeState) -> Decoded:
     if flags & O_CREAT and flags & O_EXCL:
         p.close()
         raise DecodeError(errno.EEXIST, "exists")
+    if flags & O_CREAT and stat.S_ISDIR(lst.st_mode):
+        p.close()
+        raise DecodeError(errno.EISDIR, "O_CREAT on a directory")
     if stat.S_ISLNK(lst.st_mode):
         p.close()
         if flags & O_NOFOLLOW:
@@ -238,6 +247,9 @@ def _open_object(n, spec, st, r: Resolver, dirfd, path, flags, open_flags, mode,
     if flags & O_NOFOLLOW and stat.S_ISLNK(obj.st.st_mode):
         obj.close()
         raise DecodeError(errno.ELOOP, "O_NOFOLLOW on a symlink")
+    if flags & O_CREAT and stat.S_ISDIR(obj.st.st_mode):
+        obj.close()
+        raise DecodeError(errno.EISDIR, "O_CREAT on a directory")
     kind = A.FILE_WRITE if _writes_existing(flags) else A.FILE_READ
     eff = OpenFile(-1, b"", obj.fd, open_flags & ~(O_CREAT | O_EXCL), 0, cloexec,
                    blocking=stat.S_ISFIFO(obj.st.st_mode) or stat.S_ISCHR(obj.st.st_mode))
@@ -633,8 +645,13 @@ def decode_connect(n, spec, st) -> Decoded:
         if pinned >= 0:
             os.close(pinned)
         raise
-    if fam in (AF_INET, AF_INET6) and st.destinations is not None:
-        return _egress(n, spec, st, A.NET_CONNECT, sock, sockfd_num, addr, "connect")
+    if st.destinations is not None and _inet_socket(sock):
+        if fam == AF_UNSPEC and os.fstat(sock).st_ino in st.brokered:
+            os.close(sock)
+            raise DecodeError(errno.EPERM, "a connection made outside the sandbox cannot be "
+                              "dissolved and the socket reused (bind/listen in the host's network)")
+        if fam in (AF_INET, AF_INET6):
+            return _egress(n, spec, st, A.NET_CONNECT, sock, sockfd_num, addr, "connect")
     act = _act(A.NET_CONNECT, n, spec, target, paths, family=fam)
     return Decoded(act, SocketCall("connect", sock, addr=addr, pinned=pinned))
 
@@ -708,6 +725,10 @@ def decode_bind(n, spec, st) -> Decoded:
     addr = _read_sockaddr(n, a[1], a[2])
     fam, target, upath = describe_sockaddr(addr)
     sock = _thread_fd(n.tid, as_int32(a[0]))
+    if os.fstat(sock).st_ino in st.brokered:
+        os.close(sock)
+        raise DecodeError(errno.EPERM, "a socket brokered outside the sandbox cannot be bound "
+                          "(it would listen in the host's network)")
     if upath is not None and upath:
         try:
             p = _resolver(n, st).parent(AT_FDCWD, upath)
@@ -735,16 +756,26 @@ def decode_sendto(n, spec, st) -> Decoded:
         raise DecodeError(errno.EMSGSIZE, "payload over the mediation limit")
     addr = _read_sockaddr(n, a[4], a[5])
     payload = read_bytes(n.tid, a[1], length, limit=MAX_PAYLOAD)
-    fam = int.from_bytes(addr[:2], "little")
-    if fam in (AF_INET, AF_INET6) and st.destinations is not None:
-        sockfd_num = as_int32(a[0])
+    sockfd_num = as_int32(a[0])
+    flags = as_int32(a[3])
+    if st.destinations is not None:
         sock = _thread_fd(n.tid, sockfd_num)
-        flags = as_int32(a[3])
-        if libc.sockopt_int(sock, libc.SO_TYPE) == SOCK_STREAM and not flags & MSG_FASTOPEN:
-            os.close(sock)               # TCP ignores the address unless MSG_FASTOPEN
-            return Decoded(None, Continue())
-        return _egress(n, spec, st, A.NET_SEND, sock, sockfd_num, addr,
-                       "fastopen" if flags & MSG_FASTOPEN else "sendto", payload, flags)
+        if _stream_safe(sock, flags):
+            # the kernel never routes a stream by the address (TCP ignores it without
+            # MSG_FASTOPEN, unix stream and seqpacket refuse or ignore it)
+            if not st.udp_brokered:
+                os.close(sock)
+                return Decoded(None, Continue())
+            act = _act(A.NET_SEND, n, spec, "(connected peer)", (), bytes=len(payload))
+            return Decoded(act, SocketCall("sendto", sock, payload=payload, flags=flags))
+        if _inet_socket(sock):
+            # decided by the socket's family, not the address's: an inet datagram socket
+            # sends an AF_UNSPEC address as AF_INET (or, on AF_INET6, to its peer)
+            addr = _as_inet(sock, addr)
+            if addr[:2] in (_FAM_INET, _FAM_INET6):
+                return _egress(n, spec, st, A.NET_SEND, sock, sockfd_num, addr,
+                               "fastopen" if flags & MSG_FASTOPEN else "sendto", payload, flags)
+        os.close(sock)
     target, addr, pinned, paths = _dest_for_send(n, st, addr)
     try:
         sock = _thread_fd(n.tid, as_int32(a[0]))
@@ -755,6 +786,21 @@ def decode_sendto(n, spec, st) -> Decoded:
     act = _act(A.NET_SEND, n, spec, target, paths, bytes=len(payload))
     return Decoded(act, SocketCall("sendto", sock, addr=addr, payload=payload,
                                    flags=as_int32(a[3]), pinned=pinned))
+
+
+def _inet_socket(sock: int) -> bool:
+    return libc.sockopt_int(sock, libc.SO_DOMAIN) in (AF_INET, AF_INET6)
+
+
+def _as_inet(sock: int, addr: bytes) -> bytes:
+    """The address a send on this inet socket goes to, as the kernel reads it: AF_UNSPEC is
+    AF_INET on an AF_INET socket (udp_sendmsg) and "no address" (b"": the connected peer)
+    on an AF_INET6 one; anything else is returned as is."""
+    if int.from_bytes(addr[:2], "little") != AF_UNSPEC:
+        return addr
+    if libc.sockopt_int(sock, libc.SO_DOMAIN) == AF_INET:
+        return _FAM_INET + addr[2:]
+    return b""
 
 
 def _stream_safe(sock: int, flags: int) -> bool:
@@ -824,21 +870,23 @@ def decode_sendmsg(n, spec, st) -> Decoded:
     flags = as_int32(a[2] if spec.name == "sendmsg" else a[3])
     sockfd_num = as_int32(a[0])
     sock = _thread_fd(n.tid, sockfd_num)
-    if _stream_safe(sock, flags) or (_inet_contained(sock) and (
+    stream = _stream_safe(sock, flags)
+    if not st.udp_brokered and (stream or (_inet_contained(sock) and (
             st.destinations is None or
-            (spec.name == "sendmmsg" and os.fstat(sock).st_ino not in st.brokered))):
+            (spec.name == "sendmmsg" and os.fstat(sock).st_ino not in st.brokered)))):
         # (a batch on a socket still inside the sandbox's namespace cannot leave it,
         # whatever its addresses say: the kernel runs it and keeps each msg_len exact)
         os.close(sock)
         return Decoded(None, Continue())
-    if st.destinations is not None and spec.name == "sendmsg" and \
-            libc.sockopt_int(sock, libc.SO_DOMAIN) in (AF_INET, AF_INET6):
+    if st.destinations is not None and spec.name == "sendmsg" and not stream and \
+            _inet_socket(sock):
         try:
             name, payload, _ctl_p, ctl = _read_msghdr(n, a[1])
+            name = _as_inet(sock, name) if name else name
         except BaseException:
             os.close(sock)
             raise
-        if name:
+        if name and name[:2] in (_FAM_INET, _FAM_INET6):
             if ctl:
                 os.close(sock)
                 raise DecodeError(errno.EPERM, "ancillary data on inet datagrams is not mediated")
@@ -853,8 +901,13 @@ def decode_sendmsg(n, spec, st) -> Decoded:
             hdrs = [a[1] + 64 * i for i in range(vlen)]
         targets, paths_all, pinned = [], [], []
         passed: list[int] = []
+        inet = _inet_socket(sock)
         for h in hdrs:
             name, payload, ctl_p, ctl = _read_msghdr(n, h)
+            if stream:
+                name = b""          # never routed by (see _stream_safe)
+            elif name and inet:
+                name = _as_inet(sock, name)
             if ctl:
                 if spec.name != "sendmsg":
                     raise DecodeError(errno.EPERM, "ancillary data in sendmmsg on datagram "
@@ -882,7 +935,9 @@ def decode_sendmsg(n, spec, st) -> Decoded:
     eff = SocketCall("sendto" if spec.name == "sendmsg" else "sendmmsg", sock, passed_fds=passed,
                      addr=msgs[0][0] if msgs else b"", payload=msgs[0][1] if msgs else b"",
                      flags=flags, pinned=pinned[0] if pinned else -1, messages=msgs,
-                     more_pinned=tuple(pinned[1:]))
+                     more_pinned=tuple(pinned[1:]),
+                     msg_len_at=tuple(h + 56 for h in hdrs) if spec.name == "sendmmsg" else (),
+                     tid=n.tid)
     return Decoded(act, eff)
 
 

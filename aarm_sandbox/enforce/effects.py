@@ -13,6 +13,7 @@ import os
 import threading
 
 from aarm_sandbox._native import ffi, lib
+from aarm_sandbox.decode.memory import DecodeError, write_mem
 from aarm_sandbox.decode.paths import RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS
 from aarm_sandbox.enforce import libc
 
@@ -249,7 +250,7 @@ class SocketCall(Effect):
     def __init__(self, op: str, sockfd: int, addr: bytes = b"", payload: bytes = b"",
                  flags: int = 0, pinned: int = -1, bind_name: bytes = b"",
                  messages: list | None = None, blocking: bool = True, more_pinned: tuple = (),
-                 passed_fds: list | None = None):
+                 passed_fds: list | None = None, msg_len_at: tuple = (), tid: int = 0):
         self.op = op
         self.sockfd = sockfd
         self.addr = addr
@@ -262,6 +263,9 @@ class SocketCall(Effect):
         self.more_pinned = more_pinned  # sendmmsg: pinned unix paths of the other messages
         # our copies of fds sent as SCM_RIGHTS
         self.passed_fds = [] if passed_fds is None else passed_fds
+        # sendmmsg: where each message's msg_len lives in the target (tid), set as natively
+        self.msg_len_at = msg_len_at
+        self.tid = tid
 
     def perform(self) -> int:
         op = self.op
@@ -277,10 +281,15 @@ class SocketCall(Effect):
             return libc.sendto(self.sockfd, self.payload, self.flags, self.addr)
         if op == "sendmmsg":
             sent = 0
-            for addr, payload in self.messages:
+            for i, (addr, payload) in enumerate(self.messages):
                 r = libc.sendto(self.sockfd, payload, self.flags, addr)
                 if r < 0:
                     return sent if sent else r
+                if i < len(self.msg_len_at):
+                    try:                  # (the resolver checks these: glibc's getaddrinfo)
+                        write_mem(self.tid, self.msg_len_at[i], r.to_bytes(4, "little"))
+                    except DecodeError:
+                        pass              # unwritable: the count still says what was sent
                 sent += 1
             return sent
         return -errno.ENOSYS

@@ -867,6 +867,46 @@ def test_sendmmsg_reports_bytes_sent(box, compile_c):
     no_denials(s)
 
 
+SENDMMSG_UNIX_C = r"""
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+int main(void) {
+    int rx = socket(AF_UNIX, SOCK_DGRAM, 0), tx = socket(AF_UNIX, SOCK_DGRAM, 0);
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    strcpy(a.sun_path, "mm.sock");
+    unlink("mm.sock");
+    if (bind(rx, (void *)&a, sizeof a)) { perror("bind"); return 1; }
+    char p1[] = "first-", p2[] = "second!";
+    struct mmsghdr mm[2];
+    memset(mm, 0, sizeof mm);
+    struct iovec i1 = { p1, strlen(p1) }, i2 = { p2, strlen(p2) };
+    mm[0].msg_hdr = (struct msghdr){ .msg_name = &a, .msg_namelen = sizeof a, .msg_iov = &i1, .msg_iovlen = 1 };
+    mm[1].msg_hdr = (struct msghdr){ .msg_name = &a, .msg_namelen = sizeof a, .msg_iov = &i2, .msg_iovlen = 1 };
+    mm[0].msg_len = mm[1].msg_len = 12345;
+    int k = sendmmsg(tx, mm, 2, 0);
+    printf("sendmmsg %d len0=%u len1=%u\n", k, mm[0].msg_len, mm[1].msg_len);
+    unlink("mm.sock");
+    return 0;
+}
+"""
+
+
+def test_sendmmsg_the_supervisor_performs_sets_each_msg_len(box, compile_c):
+    """Unix datagrams to a path are sent by the supervisor (on its copy of the socket, to the
+    path it pinned); the per-message msg_len must still be what the kernel would write."""
+    prog = compile_c("compat_sendmmsg_unix", SENDMMSG_UNIX_C)
+    mkdirs(box, box.workspace / "n", box.workspace / "s")
+    n, s = both(box, [prog], native_cwd=box.workspace / "n", sandbox_cwd=box.workspace / "s")
+    assert n.stdout == "sendmmsg 2 len0=6 len1=7\n", n.stdout + n.stderr
+    assert_same(n, s)
+    no_denials(s)
+
+
 def test_unix_sockets_in_workspace(box):
     """A unix stream server + client and a unix datagram exchange, sockets in the workspace."""
     ws = box.workspace
@@ -1011,6 +1051,27 @@ def test_errno_fidelity(ubox):
     assert n.stdout.count("\n") == 6
     assert_same(n, s)
     no_denials(s)
+
+
+CREAT_ON_DIR_PY = r"""
+import os
+os.mkdir("d"); os.symlink("d", "l")
+for p in ("d", "l"):
+    for name, fl in [("O_RDONLY|O_CREAT", os.O_RDONLY | os.O_CREAT), ("O_WRONLY|O_CREAT", os.O_WRONLY | os.O_CREAT)]:
+        try:
+            os.close(os.open(p, fl, 0o644)); print(p, name, "ok")
+        except OSError as e:
+            print(p, name, e.strerror)
+"""
+
+
+def test_o_creat_on_a_directory_fails_like_native(box):
+    mkdirs(box, box.workspace / "n", box.workspace / "s")
+    py = python_for(box)
+    n, s = both(box, [py, "-c", CREAT_ON_DIR_PY], native_cwd=box.workspace / "n",
+                sandbox_cwd=box.workspace / "s")
+    assert n.stdout.count("Is a directory") == 4, n.stdout
+    assert_same(n, s)
 
 
 TRAILING_SLASH_PY = r"""

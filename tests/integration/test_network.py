@@ -295,3 +295,98 @@ def test_a_host_unix_socket_named_with_allow_net_is_reachable(box):
         assert other.returncode != 0
     finally:
         srv.close()
+
+
+# A brokered UDP socket lives in the supervisor's (the host's) network namespace and sends
+# wherever a datagram's address says, so every way of handing it an address must be judged.
+UDP_ESCAPES_C = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+static int u, t;
+static volatile int stop;
+static void *flip(void *a) { (void)a; while (!stop) { dup2(t, 60); dup2(u, 60); } return 0; }
+int main(int argc, char **argv) {
+    u = socket(AF_INET, SOCK_DGRAM, 0);
+    t = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in ok = {0}, other = {0};
+    ok.sin_family = other.sin_family = AF_INET;
+    ok.sin_port = htons(atoi(argv[1]));
+    other.sin_port = htons(atoi(argv[2]));
+    inet_pton(AF_INET, "127.0.0.1", &ok.sin_addr);
+    inet_pton(AF_INET, "127.0.0.1", &other.sin_addr);
+    printf("allowed %zd\n", sendto(u, "allowed", 7, 0, (void *)&ok, sizeof ok));
+    other.sin_family = AF_UNSPEC;      /* udp_sendmsg reads it as AF_INET */
+    printf("unspec-sendto %zd\n", sendto(u, "unspec-sendto", 13, 0, (void *)&other, sizeof other));
+    struct iovec iov = { "unspec-sendmmsg", 15 };
+    struct mmsghdr m = {0};
+    m.msg_hdr.msg_name = &other;
+    m.msg_hdr.msg_namelen = sizeof other;
+    m.msg_hdr.msg_iov = &iov;
+    m.msg_hdr.msg_iovlen = 1;
+    printf("unspec-sendmmsg %d\n", sendmmsg(u, &m, 1, 0));
+    other.sin_family = AF_INET;
+    /* a stream send ignores the address, so it may be left to the kernel... unless the
+     * fd number is swapped for the brokered datagram socket meanwhile */
+    pthread_t th;
+    pthread_create(&th, 0, flip, 0);
+    int delivered = 0;
+    time_t end = time(0) + 2;
+    while (time(0) < end && delivered < 3)
+        delivered += sendto(60, "swapped", 7, MSG_NOSIGNAL, (void *)&other, sizeof other) == 7;
+    stop = 1;
+    pthread_join(th, 0);
+    printf("swapped %d\n", delivered);
+    return 0;
+}
+"""
+
+
+def test_a_brokered_udp_socket_sends_only_where_the_policy_says(box, host_server, compile_c):
+    prog = compile_c("net_udp_escapes", UDP_ESCAPES_C)
+    allowed, other = host_server(kind=socket.SOCK_DGRAM), host_server(kind=socket.SOCK_DGRAM)
+    native = box.native([prog, str(allowed.port), str(other.port)])
+    time.sleep(0.3)
+    assert {b"unspec-sendto", b"unspec-sendmmsg", b"swapped"} <= set(other.data), native.stdout
+    other.data.clear()
+    allowed.data.clear()
+
+    r = box.run([prog, str(allowed.port), str(other.port)],
+                extra=["--allow-net", f"udp://127.0.0.1:{allowed.port}"])
+    time.sleep(0.3)
+    assert allowed.data == [b"allowed"], r.stdout + r.stderr
+    assert other.data == [], r.stdout + r.stderr
+    assert "unspec-sendto -1" in r.stdout and "unspec-sendmmsg -1" in r.stdout, r.stdout
+    assert "swapped 0" in r.stdout, r.stdout
+
+
+RELISTEN = """
+import ctypes, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)   # brokered
+r = libc.connect(s.fileno(), struct.pack("<H", 0) + bytes(14), 16)          # AF_UNSPEC
+print("disconnect", r, ctypes.get_errno())
+try:
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    print("listening", s.getsockname()[1], flush=True)
+except OSError as e:
+    print("bind", e.errno)
+"""
+
+
+def test_a_brokered_connection_cannot_be_dissolved_to_listen_on_the_host(box, host_server):
+    """connect(AF_UNSPEC) on the supervisor's socket would leave the sandbox holding an
+    unconnected socket of the host's network: bind + listen would then serve the host."""
+    srv = host_server()
+    native = box.native([PY, "-c", RELISTEN, str(srv.port)])
+    assert "disconnect 0 0" in native.stdout and "listening" in native.stdout, native.stdout
+    r = box.run([PY, "-c", RELISTEN, str(srv.port)], extra=["--allow-net", f"127.0.0.1:{srv.port}"])
+    assert "disconnect -1 1" in r.stdout, r.stdout + r.stderr           # EPERM
+    assert "listening" not in r.stdout, r.stdout
