@@ -107,6 +107,14 @@ def build_policy(args, workspace: str, tmpdir: str) -> tuple[CompiledPolicy, obj
             extra += [ap, ap + "/**"]
         sets["writable"] = list(sets.get("writable", [])) + extra
         prof = SimpleNamespace(**{**vars(prof), "path_sets": sets})
+    if "git_hooks" in prof.path_sets:
+        # hooks directories configured before the session (core.hooksPath: husky's .husky)
+        from aarm_sandbox.context.git_hooks import hooks_paths
+        moved = hooks_paths(workspace, os.path.expanduser("~"))
+        if moved:
+            sets = dict(prof.path_sets)
+            sets["git_hooks"] = list(sets["git_hooks"]) + [g for p in moved for g in (p, p + "/*")]
+            prof = SimpleNamespace(**{**vars(prof), "path_sets": sets})
     ph = Placeholders(workspace=workspace, tmpdir=tmpdir, home=os.path.expanduser("~"))
     return CompiledPolicy(prof, ph), loaded
 

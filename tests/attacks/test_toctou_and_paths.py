@@ -941,6 +941,35 @@ def test_moving_a_prepared_directory_into_a_git_dir_cannot_plant_a_hook(box, pro
         denied[0]["decision"]["reason"], denied[0]["decision"]
 
 
+def test_a_hook_in_the_hooks_directory_the_repo_configures_is_held(box):
+    """core.hooksPath (husky's `.husky`) moves a repository's hooks into the work tree:
+    a path rule on .git/hooks alone let a planted pre-commit run at the next host commit."""
+    import shutil
+    import subprocess
+    if not shutil.which("git"):
+        pytest.skip("git is not installed")
+    _reset_repo(box)
+    shutil.rmtree(box.workspace / ".git")
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", HOME=str(box.root / "home"))
+    git = lambda *a: subprocess.run(["git", "-C", str(box.workspace), *a], env=env,  # noqa: E731
+                                    capture_output=True, text=True)
+    assert git("init", "-q").returncode == 0
+    assert git("config", "core.hooksPath", ".husky").returncode == 0
+    husky = mkdir(box, box.workspace / ".husky")
+    plant = f"printf '#!/bin/sh\\necho HOOK-RAN-ON-HOST\\n' > {husky}/pre-commit && chmod +x {husky}/pre-commit"
+    box.native(["sh", "-c", plant])
+    done = git("commit", "-q", "--allow-empty", "-m", "x")
+    assert "HOOK-RAN-ON-HOST" in done.stdout + done.stderr      # natively: the hook runs
+    (husky / "pre-commit").unlink()
+
+    res = box.run(["sh", "-c", plant])
+    assert not (husky / "pre-commit").exists(), explain(res)
+    assert [r["decision"]["rule"] for r in res.denied("file.create")] == ["git-hook"], explain(res)
+    done = git("commit", "-q", "--allow-empty", "-m", "y")
+    assert "HOOK-RAN-ON-HOST" not in done.stdout + done.stderr
+
+
 def test_renaming_directories_without_protected_entries_still_works(box, prog):
     """The common case is untouched: a package directory renamed, and two swapped with
     RENAME_EXCHANGE, land as natively."""
