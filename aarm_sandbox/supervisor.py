@@ -251,6 +251,9 @@ class Supervisor:
             decision = self._decide(action)
             if action.type == A.FILE_RENAME and decision.result is not Result.DENY:
                 decision = self._judge_moved_tree(action, decision, effect)
+            elif action.type == A.PROCESS_EXEC and decision.result is not Result.DENY and \
+                    action.detail.get("interpreter"):
+                decision = self._judge_interpreter(action, decision)
             if self.classifier is not None and action.type == A.PROCESS_EXEC:
                 decision = self._decide_semantic(action, decision)
             if not self.backend.still_pending(n):
@@ -368,6 +371,20 @@ class Supervisor:
                                  effect.fd2, effect.name2)
         if moved is not None and RANK[moved.result] < RANK[decision.result]:
             return moved
+        return decision
+
+    def _judge_interpreter(self, action, decision: Decision) -> Decision:
+        """The interpreter the kernel loads for this file ('#!', PT_INTERP) runs too: it is
+        decided as an exec of its own, and the stricter decision wins."""
+        ipath = action.detail["interpreter"]
+        run = A.Action(A.PROCESS_EXEC, ipath, action.syscall, action.pid, action.tid, 0, (ipath,),
+                       {"argv": action.detail.get("argv"), "interpreter_of": action.target},
+                       notif=action.notif, exe=action.exe)
+        d = self._decide(run)
+        if RANK[d.result] < RANK[decision.result]:
+            return Decision(d.result, d.rule, f"{d.reason} (the interpreter {ipath} that runs "
+                            f"{action.target})", d.errno, shadow=d.shadow, hold=d.hold,
+                            waiting_for=d.waiting_for)
         return decision
 
     def _decide(self, action) -> Decision:
@@ -727,7 +744,10 @@ class Supervisor:
                 # have replaced the image: any image an exec decision allowed is fine)
                 return
             if now != effect.before:
-                if effect.is_script:
+                # a script loads its interpreter (the one decided on, unless that is itself
+                # a script: then the kernel loads whatever that one names)
+                if effect.is_script and (getattr(effect, "interpreter_is_script", True) or
+                                         now == getattr(effect, "interpreter_inode", None)):
                     return
                 self._kill_after_exec(tgid, tid, "exec loaded a different file than the one "
                                       "decided on")

@@ -663,6 +663,14 @@ static void init_main(struct init_ctx *c)
     if (cfg->out_dns_stub && (flags & CLONE_NEWNET) && cfg->loopback_up)
         dns_stub = make_dns_stub(c);
 
+    /* No core dumps: the kernel writes them itself, into the crashing process's cwd (a
+     * relative core_pattern), replacing any file named "core" there - a file outside the
+     * workspace, with contents the sandbox chose, and no decision.  The hard limit is 0
+     * for the whole tree: nothing inside can raise it again. */
+    struct rlimit nocore = { 0, 0 };
+    if (setrlimit(RLIMIT_CORE, &nocore) < 0)
+        init_fail(c, "setrlimit(RLIMIT_CORE, 0)", NULL, errno);
+
     if (cfg->drop_caps)
         drop_capabilities(c);
 

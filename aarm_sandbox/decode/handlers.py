@@ -436,6 +436,16 @@ def decode_ftruncate(n, spec, st) -> Decoded:
                    ObjectCall("truncate", obj.fd, arg=length, is_fd_copy=True))
 
 
+def decode_fallocate(n, spec, st) -> Decoded:
+    """Punch hole, collapse, zero or insert range: the data of the fd's file changes like
+    under a truncate (decided on that file, performed on the caller's own open file)."""
+    obj = _fd_object(n.tid, as_int32(n.args[0]))
+    mode, offset, length = as_int32(n.args[1]), _s64(n.args[2]), _s64(n.args[3])
+    return Decoded(_act(A.FILE_TRUNCATE, n, spec, obj.path, (obj.path,), fallocate_mode=mode,
+                        offset=offset, length=length),
+                   ObjectCall("fallocate", obj.fd, arg=mode, arg2=offset, arg3=length, is_fd_copy=True))
+
+
 def decode_chmod(n, spec, st) -> Decoded:
     a = n.args
     if spec.name == "chmod":
@@ -591,9 +601,62 @@ def decode_exec(n, spec, st) -> Decoded:
     except BaseException:
         obj.close()
         raise
+    detail = {}
+    interp_inode, interp_is_script = None, True
+    interp = _interpreter_of(obj.fd)
+    if interp:
+        # The kernel loads it itself (a '#!' line, an ELF's PT_INTERP): judged as an exec of
+        # its own (the supervisor decides it too), resolved as the kernel will, from the
+        # caller's cwd and root.
+        try:
+            iobj = _resolver(n, st).object(AT_FDCWD, interp, follow=True)
+        except DecodeError:
+            detail["interpreter_unresolved"] = os.fsdecode(interp)  # the exec fails natively
+        else:
+            detail["interpreter"] = iobj.path
+            interp_inode = (iobj.st.st_dev, iobj.st.st_ino)
+            interp_is_script = _starts_with_shebang(iobj.fd)
+            iobj.close()
     act = _act(A.PROCESS_EXEC, n, spec, obj.path, (obj.path,), argv=argv,
-               inode=f"{obj.st.st_dev}:{obj.st.st_ino}")
-    return Decoded(act, ExecContinue(obj, n.tid))
+               inode=f"{obj.st.st_dev}:{obj.st.st_ino}", **detail)
+    eff = ExecContinue(obj, n.tid)
+    eff.interpreter_inode, eff.interpreter_is_script = interp_inode, interp_is_script
+    return Decoded(act, eff)
+
+
+def _interpreter_of(opath_fd: int) -> bytes | None:
+    """The file the kernel loads to run this one: the first word of a '#!' line, or the
+    PT_INTERP of a 64-bit little-endian ELF (the dynamic loader); None for neither."""
+    try:
+        fd = os.open(f"/proc/self/fd/{opath_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        head = os.pread(fd, 256, 0)
+        if head.startswith(b"#!"):
+            words = head[2:].split(b"\n", 1)[0].split()
+            return words[0] if words else None
+        if head[:6] != b"\x7fELF\x02\x01" or len(head) < 64:
+            return None
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        if phentsize < 56 or phnum > 512:
+            return None
+        table = os.pread(fd, phentsize * phnum, phoff)
+        for i in range(len(table) // phentsize):
+            ptype, = struct.unpack_from("<I", table, i * phentsize)
+            if ptype == 3:                                  # PT_INTERP
+                off, = struct.unpack_from("<Q", table, i * phentsize + 8)
+                size, = struct.unpack_from("<Q", table, i * phentsize + 32)
+                if not 1 < size <= 4096:
+                    return None
+                name = os.pread(fd, size, off).split(b"\0", 1)[0]
+                return name or None
+        return None
+    except (OSError, struct.error):
+        return None
+    finally:
+        os.close(fd)
 
 
 # ---- network ----------------------------------------------------------------------------
@@ -976,6 +1039,7 @@ HANDLERS: dict[str, Handler] = {
     "xattr": decode_xattr, "fxattr": decode_fxattr, "utime": decode_utime, "exec": decode_exec,
     "connect": decode_connect, "bind": decode_bind, "sendto": decode_sendto,
     "sendmsg": decode_sendmsg, "sendmmsg": decode_sendmsg, "umask": decode_umask,
+    "fallocate": decode_fallocate,
 }
 
 # nr -> (spec, handler), built once from the table.

@@ -101,6 +101,15 @@ FS_IOC_SET_ENCRYPTION_POLICY = 0x800C6613
 FS_IOC_ADD_ENCRYPTION_KEY = 0xC0506617
 FS_IOC_REMOVE_ENCRYPTION_KEY = 0xC0406618
 FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS = 0xC0406619
+# Preallocation ioctls that destroy data (the fallocate punch-hole / zero-range of old), on
+# a writable fd: one the sandbox inherited (stdout appended to a log) was never decided on.
+FS_IOC_UNRESVSP = 0x40305829
+FS_IOC_UNRESVSP64 = 0x4030582B
+FS_IOC_ZERO_RANGE = 0x40305839
+# /dev/loop-control, readable by uid 0 inside: adds and removes host block devices.
+LOOP_CTL_ADD = 0x4C80
+LOOP_CTL_REMOVE = 0x4C81
+LOOP_CTL_GET_FREE = 0x4C82
 # ioctls that change an inode through *any* fd the owner holds, even one opened read-only:
 # the open-time decision cannot cover them, so they never reach the kernel. (Ones that
 # need a capability fail anyway: the sandbox has none.) A deny-list of ioctl numbers is
@@ -110,7 +119,10 @@ INODE_CHANGING_IOCTLS = (FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_SETVERSION,
                          EXT4_IOC32_SETVERSION, EXT4_IOC_MIGRATE, EXT4_IOC_ALLOC_DA_BLKS,
                          FS_IOC_ENABLE_VERITY, FS_IOC_SET_ENCRYPTION_POLICY,
                          FS_IOC_ADD_ENCRYPTION_KEY, FS_IOC_REMOVE_ENCRYPTION_KEY,
-                         FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS)
+                         FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS, FS_IOC_UNRESVSP,
+                         FS_IOC_UNRESVSP64, FS_IOC_ZERO_RANGE, LOOP_CTL_ADD, LOOP_CTL_REMOVE,
+                         LOOP_CTL_GET_FREE)
+FALLOC_FL_KEEP_SIZE = 0x01
 PERSONALITY_QUERY = 0xFFFFFFFF
 
 # Highest syscall number this table knows; numbers above it up to UNKNOWN_LIMIT get ENOSYS
@@ -188,6 +200,10 @@ SYSCALLS: tuple[SyscallSpec, ...] = (
     # ---- content and metadata changes ----
     _spec("truncate", 76, _notify(), "file.truncate", "truncate"),
     _spec("ftruncate", 77, _notify(), "file.truncate", "ftruncate"),
+    # fallocate that destroys data (punch hole, collapse, zero, insert: any mode bit but
+    # KEEP_SIZE) is decided like a truncate of the fd's file; plain preallocation is not
+    _spec("fallocate", 285, _notify(when=_any_bit(1, tuple(1 << b for b in range(1, 32)))),
+          "file.truncate", "fallocate"),
     _spec("chmod", 90, _notify(), "file.chmod", "chmod"),
     _spec("fchmod", 91, _notify(), "file.chmod", "fchmod"),
     _spec("fchmodat", 268, _notify(), "file.chmod", "chmod"),

@@ -202,11 +202,12 @@ class ObjectCall(Effect):
 
     def __init__(self, op: str, objfd: int, arg: int = 0, arg2: int = 0,
                  times: tuple | None = None, name: bytes = b"", value: bytes = b"",
-                 is_fd_copy: bool = False):
+                 is_fd_copy: bool = False, arg3: int = 0):
         self.op = op
         self.objfd = objfd
         self.arg = arg
         self.arg2 = arg2
+        self.arg3 = arg3
         self.times = times
         self.name = name
         self.value = value
@@ -218,6 +219,8 @@ class ObjectCall(Effect):
         if op == "truncate":
             return _call(lambda: os.ftruncate(self.objfd, self.arg)) if self.is_fd_copy \
                 else _call(lambda: os.truncate(p, self.arg))
+        if op == "fallocate":            # on the fd copy: the caller's own open file
+            return libc.fallocate(self.objfd, self.arg, self.arg2, self.arg3)
         if op == "chmod":
             return _call(lambda: os.chmod(self.objfd, self.arg)) if self.is_fd_copy \
                 else _call(lambda: os.chmod(p, self.arg))

@@ -3,6 +3,8 @@
 Compiled into the native module; each returns the syscall's result or -errno."""
 from __future__ import annotations
 
+import ctypes
+
 from aarm_sandbox._native import ffi, lib
 
 AT_FDCWD = -100
@@ -14,6 +16,16 @@ SOL_SOCKET = 1
 SO_TYPE = 3
 SO_DOMAIN = 39
 SO_PROTOCOL = 38
+
+
+_c = ctypes.CDLL(None, use_errno=True)
+_c.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_c.fallocate.restype = ctypes.c_int
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+    r = _c.fallocate(fd, mode, offset, length)
+    return -ctypes.get_errno() if r < 0 else 0
 
 
 def unlinkat(dirfd: int, name: bytes, flags: int) -> int:

@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 import pty
 import re
 import signal
@@ -953,6 +954,150 @@ def test_the_governing_profile_cannot_be_moved_away_with_its_directory(box):
     shutil.rmtree(box.workspace / "evil")
     native = box.native(["sh", "-c", attack])
     assert "id: evil" in native.stdout and pdir.is_symlink(), native.stdout + native.stderr
+
+
+CRASH_IN = """
+import os, resource, sys
+try:
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+except (OSError, ValueError) as e:
+    print("setrlimit", e)
+os.chdir(sys.argv[1])
+os.abort()
+"""
+
+
+def test_a_crash_cannot_write_a_core_file_outside_the_workspace(box):
+    """With a relative core_pattern the kernel itself writes the dump into the crashing
+    process's cwd, replacing a file named `core` there: a file outside the workspace, no
+    decision. The sandbox's hard RLIMIT_CORE is 0."""
+    with open("/proc/sys/kernel/core_pattern") as f:
+        pattern = f.read().strip()
+    with open("/proc/sys/kernel/core_uses_pid") as f:
+        uses_pid = f.read().strip() == "1"
+    victim_dir = box.outside / "cores"
+    victim_dir.mkdir()
+    if pattern.startswith(("|", "/")) or "%" in pattern:
+        pytest.skip(f"core_pattern {pattern!r}: the kernel does not write cores into the cwd here")
+    before = lambda: sorted(p.name for p in victim_dir.iterdir())  # noqa: E731
+    (victim_dir / pattern).write_text("precious\n")
+    native = box.native([sys.executable, "-c", CRASH_IN, str(victim_dir)])
+    assert native.returncode < 0
+    changed = (victim_dir / pattern).read_bytes() != b"precious\n" or len(before()) > 1
+    if not changed and not uses_pid:
+        pytest.skip("no core file natively either (resource limits of this environment)")
+    assert changed, before()
+    for p in victim_dir.iterdir():
+        p.unlink()
+    (victim_dir / pattern).write_text("precious\n")
+    r = box.run([sys.executable, "-c", CRASH_IN, str(victim_dir)])
+    assert r.returncode == 128 + 6, r.stderr
+    assert before() == [pattern] and (victim_dir / pattern).read_bytes() == b"precious\n"
+
+
+DESTROY_STDOUT_C = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+struct flock64_ { short l_type, l_whence; long long l_start, l_len; int l_sysid, l_pid; int pad[4]; };
+static void report(const char *what, int r) {
+    dprintf(2, "%s %d %s\n", what, r, r < 0 ? strerrorname_np(errno) : "0");
+}
+int main(int argc, char **argv) {
+    /* fd 1: a log outside the workspace the sandbox inherited, appended to */
+    report("punch-hole", fallocate(1, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096));
+    report("collapse", fallocate(1, FALLOC_FL_COLLAPSE_RANGE, 0, 4096));
+    struct flock64_ fl = { 0, 0, 0, 4096 };
+    report("zero-range-ioctl", ioctl(1, 0x40305839, &fl));
+    report("unresvsp64-ioctl", ioctl(1, 0x4030582B, &fl));
+    report("allocate", fallocate(1, FALLOC_FL_KEEP_SIZE, 0, 4096));
+    /* a file of its own in the workspace: punching holes works as natively */
+    int fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0644);
+    char buf[8192];
+    memset(buf, 'x', sizeof buf);
+    if (write(fd, buf, sizeof buf) != sizeof buf) return 2;
+    report("own-punch-hole", fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096));
+    int lc = open("/dev/loop-control", O_RDONLY);
+    if (lc >= 0)
+        report("loop-get-free", ioctl(lc, 0x4C82));
+    return 0;
+}
+"""
+
+
+def test_an_inherited_log_cannot_be_destroyed_through_fallocate_or_ioctls(box, compile_c):
+    """stdout appended to a log outside the workspace: writing to it is the fd's own
+    access; punching holes into it, collapsing or zeroing it is a change to an outside file
+    (decided like a truncate: denied). Native: every one of them destroys the log."""
+    import subprocess
+    from conftest import sandbox_cmd
+    prog = compile_c("destroy_stdout", DESTROY_STDOUT_C)
+    log = box.outside / "ci.log"
+    text = "".join(f"line {i:05d} of the build log\n" for i in range(800))
+    log.write_text(text)
+    with open(log, "a") as out:
+        n = subprocess.run([prog, str(box.root / "native-own")], stdout=out, stderr=subprocess.PIPE,
+                           text=True)
+    assert "punch-hole 0 0" in n.stderr and log.read_text() != text, n.stderr
+    log.write_text(text)
+    journal = box.root / "journal" / "destroy.jsonl"
+    with open(log, "a") as out:
+        s = subprocess.run(sandbox_cmd() + ["run", "--workspace", str(box.workspace), "--journal",
+                                            str(journal), "--", prog, str(box.workspace / "own")],
+                           stdout=out, stderr=subprocess.PIPE, text=True, cwd=box.workspace)
+    assert log.read_text() == text, s.stderr
+    for what in ("punch-hole -1 EACCES", "collapse -1 EACCES", "zero-range-ioctl -1 EPERM",
+                 "unresvsp64-ioctl -1 EPERM", "allocate 0 0", "own-punch-hole 0 0"):
+        assert what in s.stderr, s.stderr
+    if "loop-get-free" in n.stderr:
+        assert "loop-get-free -1 EPERM" in s.stderr, s.stderr
+    assert (box.workspace / "own").read_bytes() == bytes(4096) + b"x" * 4096
+
+
+# freestanding (no libc): it runs as a program and as an ELF interpreter alike
+TOOL_C = r"""
+static const char msg[] = "OUTSIDE TOOL RAN\n";
+void _start(void) {
+    long r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(1), "D"(1), "S"(msg), "d"(sizeof msg - 1)
+                     : "rcx", "r11", "memory");
+    __asm__ volatile("syscall" : : "a"(231), "D"(0));
+    for (;;) {}
+}
+"""
+
+
+def test_an_interpreter_the_profile_does_not_run_is_not_run_by_a_workspace_file(box, compile_c):
+    """ci-untrusted runs nothing outside the workspace and the system directories. The file
+    the kernel loads to run a workspace file is an exec too: a '#!' line naming an outside
+    program, or an ELF whose PT_INTERP (its dynamic loader) is one. Natively both run it."""
+    import shutil
+    tool = box.outside / "tool"
+    shutil.copy(compile_c("outside_tool", TOOL_C, ("-nostdlib", "-static")), tool)
+    tool.chmod(0o755)
+    script = box.workspace / "wrap.sh"
+    script.write_text(f"#!{tool}\n")
+    script.chmod(0o755)
+    stub = box.workspace / "stub"
+    shutil.copy(compile_c("interp_stub", f"/* {tool} */ int main(void) {{ return 0; }}\n",
+                          (f"-Wl,--dynamic-linker={tool}",)), stub)      # (cached per source)
+    stub.chmod(0o755)
+    for prog in (script, stub):
+        assert "OUTSIDE TOOL RAN" in box.native([str(prog)]).stdout
+        r = box.run([str(prog)], profile="ci-untrusted")
+        assert "OUTSIDE TOOL RAN" not in r.stdout and r.returncode != 0, r.stdout + r.stderr
+        denied = [x for x in r.denied("process.exec") if x["action"]["target"] == str(prog)]
+        assert denied and f"the interpreter {tool} that runs {prog}" in denied[0]["decision"]["reason"], \
+            r.denied()
+    # what the profile runs still runs: a workspace script of the system shell
+    ok = box.workspace / "ok.sh"
+    ok.write_text("#!/bin/sh\necho fine\n")
+    ok.chmod(0o755)
+    assert box.run([str(ok)], profile="ci-untrusted").stdout == "fine\n"
 
 
 HOOK_CHMOD = r"""
