@@ -265,7 +265,7 @@ def main() -> int:
     try:
         binary = base / "benchloop"
         subprocess.run(["gcc", "-O2", "-o", str(binary), str(SRC)], check=True)
-        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(base / "emulfloor"), str(EMUL_SRC)], check=True)
+        subprocess.run(["gcc", "-O2", "-o", str(base / "emulfloor"), str(EMUL_SRC)], check=True)
         ws = base / "ws"
         ws.mkdir()
         native_tmp = base / "tmp"

@@ -12,7 +12,7 @@
  * no policy, no journal record: what aarm-sandbox's native fast path adds on top of this
  * is its own cost; this much is the kernel's and the machine's.  A relative path or any
  * other syscall gets CONTINUE.  SYNC_WAKE_UP is set where the kernel has it.
- * Exit status: CMD's (128+N when killed by signal N); the serving thread ends with it.
+ * Exit status: CMD's (128+N when killed by signal N).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,7 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -141,17 +140,23 @@ static void answer(int l, uint64_t id, int64_t val, int err, uint32_t flags)
     ioctl(l, SECCOMP_IOCTL_NOTIF_SEND, &r);     /* ENOENT: the caller is gone */
 }
 
-static void *serve(void *arg)
+/* Serves until the target tree is gone (RECV: ENOENT with the child reaped), in the main
+ * thread: a second thread waiting for the child was woken on the other CPU now and then,
+ * which doubled the hand-off cost of whole runs. */
+static void serve(int l, pid_t child, int *status)
 {
-    int l = *(int *)arg;
     struct seccomp_notif n;
     char path[4096];
     for (;;) {
         memset(&n, 0, sizeof n);
         if (ioctl(l, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0) {
-            if (errno == EINTR || errno == ENOENT)
+            if (errno == EINTR)
                 continue;
-            return NULL;
+            if (errno == ENOENT && waitpid(child, status, WNOHANG) == 0)
+                continue;                         /* one caller gone, not the tree */
+            if (errno != ENOENT)
+                waitpid(child, status, 0);
+            return;
         }
         const __u64 *a = n.data.args;
         uint64_t pptr;
@@ -226,11 +231,7 @@ int main(int argc, char **argv)
     ioctl(l, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, 0);  /* where supported */
     if (write(sv[0], "g", 1) != 1)
         die("write");
-    pthread_t t;                                 /* main waits for CMD, the thread serves */
-    if (pthread_create(&t, NULL, serve, &l) != 0)
-        die("pthread_create");
-    int status;
-    if (waitpid(pid, &status, 0) < 0)
-        die("waitpid");
+    int status = 0;
+    serve(l, pid, &status);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
