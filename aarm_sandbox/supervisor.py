@@ -297,6 +297,9 @@ class Supervisor:
         they may block), anything else is denied with the rule's errno. `held` is the
         STEP_UP/DEFER decision an answered request was held under: the receipt names it,
         with the answer (`approval`)."""
+        if decision.result in _APPROVED and self.journal.failed:
+            # (a held action answered after the journal failed: nothing may happen unrecorded)
+            decision = Decision(Result.DENY, "journal", self.journal.failed, errno.EIO)
         if decision.result is Result.MODIFY:
             effect, modified = self._modify(action, decision, effect, n)
             if modified is None:

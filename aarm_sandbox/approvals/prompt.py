@@ -155,6 +155,13 @@ class TerminalApprover:
         own = os.getpgrp()
         fg = os.tcgetpgrp(fd)
         saved = termios.tcgetattr(fd)
+        # The whole sandboxed tree pauses while the human reads and answers: job control
+        # stops only processes of this terminal's session, and one that called setsid()
+        # keeps its fds to the terminal, free to draw a fake request over the real one and
+        # to read the keys typed for it.
+        freezer = getattr(self.broker, "freezer", None)
+        if freezer is not None:
+            freezer.freeze()
         try:
             if fg != own:
                 os.tcsetpgrp(fd, own)
@@ -182,9 +189,10 @@ class TerminalApprover:
                     os.killpg(fg, signal.SIGCONT)
                 except OSError:
                     pass
-                freezer = getattr(self.broker, "freezer", None)
                 if freezer is not None:
                     freezer.reassert()   # (a signals freeze other requests still hold)
+            if freezer is not None:
+                freezer.thaw()
 
     def _retake(self, fd: int, saved: list) -> None:
         """A process that ignores SIGTTOU may call tcsetpgrp while we ask: take the

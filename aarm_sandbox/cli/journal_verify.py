@@ -5,7 +5,7 @@ import json
 import sys
 
 from aarm_sandbox.journal.keys import KeyFileError, trusted_keys
-from aarm_sandbox.journal.verify import EXIT_BAD, describe_intent, verify_file
+from aarm_sandbox.journal.verify import describe_intent, verify_file
 
 
 def verify(path: str, key_specs: list[str], witness: str | None, as_json: bool = False) -> int:
@@ -17,8 +17,9 @@ def verify(path: str, key_specs: list[str], witness: str | None, as_json: bool =
     try:
         rep = verify_file(path, trusted, witness)
     except OSError as e:
+        # (not a verdict on the journal: the input is unusable, like any bad argument)
         print(f"aarm-sandbox: cannot read journal {path}: {e.strerror}", file=sys.stderr)
-        return EXIT_BAD
+        return 125
     if as_json:
         print(json.dumps({"file": path, "status": ("ok", "tampered", "unsealed")[rep.exit_code],
                           "session_id": rep.session_id, "key_id": rep.key_id,

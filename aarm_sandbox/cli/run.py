@@ -233,6 +233,10 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
                               policy=policy_block, witness_fd=witness_fd,
                               checkpoint_every=_env_int("AARM_JOURNAL_CHECKPOINT_EVERY", 1000),
                               checkpoint_ms=_env_int("AARM_JOURNAL_CHECKPOINT_MS", 1000))
+    except FileExistsError:
+        raise UsageError(f"the journal {journal_path} already exists (a session id is used once, "
+                         "and a journal is never appended to): give another --journal or "
+                         "--session-id") from None
     except OSError as e:
         raise UsageError(f"cannot open journal {journal_path}: {e.strerror}") from None
     start_record = {"type": "session.start", "command": list(args.command), "intent": args.intent,
@@ -298,8 +302,9 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     try:
         plan.namespaces &= ~disabled_namespaces(os.environ.get("AARM_DISABLE_NAMESPACES", ""))
         sandbox = launch(plan)
-        if masks and not sandbox.namespaces & CLONE_NEWNS and not notify_reads:
-            # No mount namespace, so no masks: credential stores would be readable. Never
+        if (mask_dirs or mask_files) and not sandbox.namespaces & CLONE_NEWNS and not notify_reads:
+            # No mount namespace, so no masks: credential stores, and always the journal,
+            # the signing keys and the supervisor's state, would be readable. Never
             # fail open: start again with every open notified, so the credential rule
             # decides reads too (slower, but closed). The command has not run yet: its
             # execve waits for a supervisor that was never started.
@@ -554,7 +559,9 @@ def _start_approvals(args, sup, engine, settings, session_id, sandbox, workspace
         out.old_ttou = TerminalApprover.prepare_main_thread()
         out.prompt = TerminalApprover(broker).start()
         broker.prompt = out.prompt
-    if any(r.hold.freeze for rs in policy.rules_by_type.values() for r in rs if r.hold):
+    # (the terminal prompt pauses the whole tree while it asks: see TerminalApprover._ask)
+    if mode == "terminal" or any(r.hold.freeze for rs in policy.rules_by_type.values()
+                                 for r in rs if r.hold):
         from aarm_sandbox.enforce.freeze import TreeFreezer
         out.freezer = broker.freezer = TreeFreezer.create(session_id, sandbox.pid)
     engine.hold_step_up = mode != "none" and not engine.step_up_denies

@@ -115,95 +115,103 @@ def _walk(data: bytes, trusted: dict, rep: Report, hashes: dict[int, str]) -> No
     raw_lines = data.split(b"\n")
     last = len(raw_lines) - 1
     loads = orjson.loads
-    for i, raw in enumerate(raw_lines):
-        if not raw:
-            continue
-        torn = i == last
-        try:
-            rec = loads(raw)
-        except orjson.JSONDecodeError:
-            rec = None
-        if rec.__class__ is not dict:
-            if torn:
-                rep.torn_tail = True
-                break
-            raise _Stop("not a JSON object (edited or corrupted)", _line(i, raw), seq + 1)
-        typ = rec.get("type")
-        if typ == "intent":
-            if torn:
-                rep.torn_tail = True
-                break
-            if sid is not None and rec.get("session_id") != sid:
-                raise _Stop(f"intent line from another session ({rec.get('session_id')!r})", _line(i, raw))
-            rep.intents += 1
-            intents.setdefault(str(rec.get("notif")), rec)
-            continue
-        if rep.sealed:
-            raise _Stop("record after the seal (appended)", _line(i, raw), rec.get("seq"))
-        if typ not in CHAINED:
-            raise _Stop(f"unknown record type {typ!r} (inserted)", _line(i, raw), rec.get("seq"))
-        seq += 1
-        got_seq = rec.get("seq")
-        if seq == 1:
-            if typ != "session.start" or got_seq != 1:
-                raise _Stop("the journal does not begin with session.start seq 1 "
-                            "(first records deleted)", _line(i, raw), got_seq)
-            sid = rec.get("session_id")
-            if sid.__class__ is not str:
-                raise _Stop("session.start has no session_id", _line(i, raw), 1)
-            rep.session_id = sid
-            prev = chain.genesis(sid)
-            ctx = chain.context_start(sid, rec.get("intent"))
-            key = _session_key(rec, trusted, _line(i, raw))
-            rep.key_id = rec["key"]["id"]
-        if rec.get("session_id") != sid:
-            raise _Stop(f"record of another session {rec.get('session_id')!r} (replayed)",
-                        _line(i, raw), got_seq)
-        if got_seq != seq:
-            later = any(isinstance(r, dict) and r.get("seq") == seq and r.get("type") != "intent"
-                        for r in (_try_loads(x) for x in raw_lines[i + 1:]))
-            what = ("records out of order (reordered)" if later or
-                    (isinstance(got_seq, int) and got_seq < seq) else
-                    f"seq {seq} is missing (deleted)" if isinstance(got_seq, int) else "no seq")
-            raise _Stop(f"expected seq {seq}, found {got_seq}: {what}", _line(i, raw), seq)
-        if rec.get("v") != 1:
-            raise _Stop(f"unknown format version {rec.get('v')!r}", _line(i, raw), seq)
-        if rec.get("prev_hash") != prev:
-            raise _Stop("prev_hash does not match the previous record (inserted, deleted or "
-                        "reordered)", _line(i, raw), seq)
-        stored = rec.pop("hash", None)
-        sig = rec.pop("sig", None)
-        body = canonical(rec)
-        digest = sha256(body).digest()
-        h = digest.hex()
-        if stored != h:
-            raise _Stop("hash mismatch: the record was edited", _line(i, raw), seq)
-        if typ == "receipt":
-            if rec.get("context_hash") != ctx.hex():
-                raise _Stop("context_hash does not match the session's prior actions", _line(i, raw), seq)
-            if rec.get("receipt_id") != f"{sid}:{seq}":
-                raise _Stop("receipt_id does not match its position", _line(i, raw), seq)
-            if sig is not None:
-                raise _Stop("unexpected signature on a receipt", _line(i, raw), seq)
-            if (rec.get("outcome") or {}).get("executed"):
-                ctx = sha256(ctx + digest).digest()
-            notif = (rec.get("action") or {}).get("notif")
-            if notif is not None:
-                receipts_notif.add(str(notif))
-            since_signed += 1
-        elif typ in SIGNED:
-            rec["sig"] = sig
-            _check_signed(rec, body, since_signed, seq, key, _line(i, raw))
-            since_signed = 0
-            rep.sealed = typ == "session.end"
-        else:
-            if sig is not None:
-                raise _Stop("unexpected signature on a non-checkpoint record", _line(i, raw), seq)
-            since_signed += 1
-        if torn and typ != "session.end":
-            rep.torn_tail = True           # complete JSON but no newline: still checked
-        hashes[seq] = h
-        prev = h
+    i, raw = 0, b""
+    try:
+        for i, raw in enumerate(raw_lines):
+            if not raw:
+                continue
+            torn = i == last
+            try:
+                rec = loads(raw)
+            except orjson.JSONDecodeError:
+                rec = None
+            if rep.sealed:
+                # nothing follows the seal: no record, no intent line, no torn tail
+                raise _Stop("line after the seal (appended)", _line(i, raw),
+                            rec.get("seq") if rec.__class__ is dict else None)
+            if rec.__class__ is not dict:
+                if torn:
+                    rep.torn_tail = True
+                    break
+                raise _Stop("not a JSON object (edited or corrupted)", _line(i, raw), seq + 1)
+            typ = rec.get("type")
+            if typ == "intent":
+                if torn:
+                    rep.torn_tail = True
+                    break
+                if sid is not None and rec.get("session_id") != sid:
+                    raise _Stop(f"intent line from another session ({rec.get('session_id')!r})", _line(i, raw))
+                rep.intents += 1
+                intents.setdefault(str(rec.get("notif")), rec)
+                continue
+            if typ not in CHAINED:
+                raise _Stop(f"unknown record type {typ!r} (inserted)", _line(i, raw), rec.get("seq"))
+            seq += 1
+            got_seq = rec.get("seq")
+            if seq == 1:
+                if typ != "session.start" or got_seq != 1:
+                    raise _Stop("the journal does not begin with session.start seq 1 "
+                                "(first records deleted)", _line(i, raw), got_seq)
+                sid = rec.get("session_id")
+                if sid.__class__ is not str:
+                    raise _Stop("session.start has no session_id", _line(i, raw), 1)
+                rep.session_id = sid
+                prev = chain.genesis(sid)
+                ctx = chain.context_start(sid, rec.get("intent"))
+                key = _session_key(rec, trusted, _line(i, raw))
+                rep.key_id = rec["key"]["id"]
+            if rec.get("session_id") != sid:
+                raise _Stop(f"record of another session {rec.get('session_id')!r} (replayed)",
+                            _line(i, raw), got_seq)
+            if got_seq != seq:
+                later = any(isinstance(r, dict) and r.get("seq") == seq and r.get("type") != "intent"
+                            for r in (_try_loads(x) for x in raw_lines[i + 1:]))
+                what = ("records out of order (reordered)" if later or
+                        (isinstance(got_seq, int) and got_seq < seq) else
+                        f"seq {seq} is missing (deleted)" if isinstance(got_seq, int) else "no seq")
+                raise _Stop(f"expected seq {seq}, found {got_seq}: {what}", _line(i, raw), seq)
+            if rec.get("v") != 1:
+                raise _Stop(f"unknown format version {rec.get('v')!r}", _line(i, raw), seq)
+            if rec.get("prev_hash") != prev:
+                raise _Stop("prev_hash does not match the previous record (inserted, deleted or "
+                            "reordered)", _line(i, raw), seq)
+            stored = rec.pop("hash", None)
+            sig = rec.pop("sig", None)
+            body = canonical(rec)
+            digest = sha256(body).digest()
+            h = digest.hex()
+            if stored != h:
+                raise _Stop("hash mismatch: the record was edited", _line(i, raw), seq)
+            if typ == "receipt":
+                if rec.get("context_hash") != ctx.hex():
+                    raise _Stop("context_hash does not match the session's prior actions", _line(i, raw), seq)
+                if rec.get("receipt_id") != f"{sid}:{seq}":
+                    raise _Stop("receipt_id does not match its position", _line(i, raw), seq)
+                if sig is not None:
+                    raise _Stop("unexpected signature on a receipt", _line(i, raw), seq)
+                if (rec.get("outcome") or {}).get("executed"):
+                    ctx = sha256(ctx + digest).digest()
+                notif = (rec.get("action") or {}).get("notif")
+                if notif is not None:
+                    receipts_notif.add(str(notif))
+                since_signed += 1
+            elif typ in SIGNED:
+                rec["sig"] = sig
+                _check_signed(rec, body, since_signed, seq, key, _line(i, raw))
+                since_signed = 0
+                rep.sealed = typ == "session.end"
+            else:
+                if sig is not None:
+                    raise _Stop("unexpected signature on a non-checkpoint record", _line(i, raw), seq)
+                since_signed += 1
+            if torn and typ != "session.end":
+                rep.torn_tail = True           # complete JSON but no newline: still checked
+            hashes[seq] = h
+            prev = h
+    except _Stop:
+        raise
+    except Exception as e:  # noqa: BLE001 - a record of the wrong shape is tampering, not a bug
+        raise _Stop(f"malformed record ({type(e).__name__}: {e})", _line(i, raw), seq or None) from None
     if seq == 0:
         raise _Stop("empty journal: no session.start", None, None)
     rep.records = seq

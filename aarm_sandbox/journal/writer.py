@@ -139,6 +139,20 @@ def open_witness(path: str, session_id: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
+def _open_new(path: str) -> int:
+    """A journal file is never appended to (a second session's records after the first
+    one's seal would make both unverifiable): FileExistsError for an existing regular file.
+    Anything else that exists (a FIFO to a collector, /dev/stderr) is written as it is."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        import stat
+        if stat.S_ISREG(os.stat(path).st_mode):
+            raise
+        return os.open(path, flags)
+
+
 class Journal:
     def __init__(self, path: str, session_id: str, *, intent: str | None = None,
                  identity: dict | None = None, policy: dict | None = None,
@@ -147,7 +161,7 @@ class Journal:
         self.path = path
         self.session_id = session_id
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.fd = _open_new(path)
         self.witness_fd = witness_fd
         self.identity = identity or {}
         self.policy = policy or {}

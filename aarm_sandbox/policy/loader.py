@@ -65,6 +65,9 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in builtin_dir().glob("*.yaml") if p.stem not in NOT_PROFILES)
 
 
+MAX_EXTENDS = 32
+
+
 def locate(name_or_file: str) -> Path:
     p = Path(name_or_file)
     if p.suffix in (".yaml", ".yml") or "/" in name_or_file:
@@ -98,9 +101,12 @@ def _parse_with_lines(text: str, source: str) -> tuple[object, dict[tuple, int]]
             for i, v in enumerate(n.value):
                 lines[loc + (i,)] = v.start_mark.line + 1
                 walk(v, loc + (i,))
-    if node is not None:
-        walk(node, ())
-    data = yaml.load(text, Loader=yaml.SafeLoader)
+    try:
+        if node is not None:
+            walk(node, ())
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except (TypeError, yaml.YAMLError) as e:       # e.g. a list as a mapping key
+        raise ProfileError(f"{source}: not a usable YAML mapping: {e}") from None
     return data, lines
 
 
@@ -142,7 +148,10 @@ def _format_errors(err, source: str, lines: dict[tuple, int]) -> str:
 
 def _read(path: Path) -> tuple[bytes, dict]:
     import yaml
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ProfileError(f"{path}: cannot read the profile: {e.strerror}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -189,18 +198,20 @@ def load_profile(name_or_file: str, use_cache: bool = True) -> LoadedProfile:
         if hit is not None:
             return LoadedProfile(hit[0], str(path), leaf_sha, hit[1])
     chain: list[tuple[Path, bytes, dict]] = []
-    seen: set[str] = set()
+    seen: set[str] = set()          # resolved files and ids of the profiles read so far
     while True:
         raw, data = _read(path)
         chain.append((path, raw, data))
+        seen.update((str(path.resolve()), str(data.get("id"))))
         ext = data.get("extends")
         if not ext:
             break
-        pid = data.get("id")
-        if ext in seen or ext == pid:
-            raise ProfileError(f"{path}: `extends` cycle through {ext!r}")
-        seen.add(str(pid))
-        path = locate(ext)
+        nxt = locate(ext)
+        if ext in seen or str(nxt.resolve()) in seen or len(chain) >= MAX_EXTENDS:
+            names = " -> ".join(str(p) for p, _r, _d in chain) + f" -> {ext}"
+            raise ProfileError(f"{path}: `extends` cycle ({names})" if len(chain) < MAX_EXTENDS
+                               else f"{path}: `extends` chain longer than {MAX_EXTENDS} profiles")
+        path = nxt
     view = _validate_chain(chain)
     files = [(str(p.resolve()), hashlib.sha256(raw).hexdigest()) for p, raw, _ in chain]
     relative = any(_is_path(d.get("extends")) and not os.path.isabs(d["extends"])
@@ -230,7 +241,41 @@ def _validate_chain(chain) -> SimpleNamespace:
     for path, _raw, data in reversed(chain):
         prof = _validate(path, data)
         merged = prof if merged is None else _merge(merged, prof, data)
+    _check_set_names(chain, merged)
     return to_view(merged.model_dump(by_alias=False))
+
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _check_set_names(chain, merged) -> None:
+    """A rule's path entry is a path set of the (merged) profile or a path pattern. A bare
+    word that is neither (`paths: [secret]` for the set `secrets`) could never match a
+    path, and would silently switch its rule off: refused, naming file, line and the sets."""
+    sets = set(merged.path_sets)
+    for rule in merged.rules:
+        for field, items in (("paths", rule.paths), ("outside", rule.outside),
+                             ("except", rule.except_paths)):
+            for j, item in enumerate(items):
+                if item in sets or "/" in item or item.startswith("{") or _GLOB_CHARS & set(item):
+                    continue
+                where = _rule_source(chain, rule.id, field, j)
+                raise ProfileError(
+                    f"{where}: rules[{rule.id}].{field}: {item!r} is neither a path set of this "
+                    f"profile nor a path pattern (an absolute path, {{workspace}}/..., or a "
+                    f"glob); the path sets are: {', '.join(sorted(sets)) or '(none)'}")
+
+
+def _rule_source(chain, rule_id: str, field: str, j: int) -> str:
+    for path, raw, data in chain:                        # the leaf first: it overrides
+        for i, r in enumerate(data.get("rules") or []):
+            if isinstance(r, dict) and r.get("id") == rule_id and field in r:
+                try:
+                    _, lines = _parse_with_lines(raw.decode("utf-8"), str(path))
+                except ProfileError:
+                    return str(path)
+                return f"{path}:{lines.get(('rules', i, field, j)) or lines.get(('rules', i)) or 1}"
+    return str(chain[0][0])
 
 
 def _is_path(name) -> bool:
@@ -250,7 +295,7 @@ def _store(cached: Path, view: SimpleNamespace, chain: list[tuple[str, str]],
 
 
 # Bump when the schema or its defaults change, so cached validations are not reused.
-_CODE_VERSION = "profile-schema-13"
+_CODE_VERSION = "profile-schema-14"
 
 
 def _merge(base, child, child_data: dict):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RunResult, sandbox_cmd
+from tests.conftest import RunResult, sandbox_cmd, wait_for
 
 PY = sys.executable
 
@@ -790,3 +790,100 @@ def test_terminal_prompt_shows_the_true_argv_and_cannot_be_typed_into(box, answe
              and r["action"].get("argv", [""])[0] == "/usr/bin/rm"]
     a = rec["decision"]["approval"]
     assert a["by"]["channel"] == "terminal" and a["answer"] == ("approve" if answer == "y" else "deny")
+
+
+HELD_THEN_BUSY = """
+import os, sys, threading, time
+def later():
+    time.sleep(1.5)
+    for i in range(200):
+        try:
+            open(f"busy-{i}", "w").close()      # receipts the full journal cannot take
+        except OSError:
+            pass
+        time.sleep(0.01)
+threading.Thread(target=later, daemon=True).start()
+try:
+    with open(sys.argv[1], "a") as f:           # held: git-hook (an append: no intent line)
+        f.write("evil")
+    print("APPEND ok")
+except OSError as e:
+    print("APPEND", e.errno)
+"""
+
+
+def test_a_held_action_approved_after_the_journal_failed_is_denied(box, sessions):
+    """Nothing may happen unrecorded: once a journal write failed, an answer that arrives
+    later cannot carry out what was held (it used to: the hook was written, no receipt)."""
+    import errno
+    small = box.root / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)]).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        f = ws_file(box, ".git/hooks/pre-commit", "#!/bin/sh\n")
+        journal = small / "held.jsonl"
+        s = sessions(box, [PY, "-c", HELD_THEN_BUSY, str(f)], extra=["--journal", str(journal)],
+                     env={"AARM_JOURNAL_CHECKPOINT_MS": "600000"})
+        s.journal = journal
+        [req] = s.wait_requests()
+        fill = os.open(small / "fill", os.O_WRONLY | os.O_CREAT)   # the disk fills up meanwhile
+        try:
+            while os.write(fill, b"\0" * 4096) > 0:
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fill)
+        assert wait_for(lambda: "failed" in s.stderr_path.read_text(), timeout=20), \
+            s.stderr_path.read_text()
+        status, body = s.answer(req["request"], True)
+        out, _ = s.proc.communicate(timeout=60)     # (the journal ends in a torn line)
+        assert f"APPEND {errno.EIO}" in out, out + s.stderr_path.read_text()[-2000:]
+        assert f.read_text() == "#!/bin/sh\n"
+    finally:
+        subprocess.run(["umount", "-l", str(small)])
+
+
+SETSID_FAKE = ("(setsid sh -c 'sleep 1.5; printf FAKE-REQUEST-DRAWN') & "
+               "echo evil >> .git/hooks/pre-commit; echo write-rc=$?; wait")
+
+
+def test_a_process_out_of_the_terminals_session_cannot_draw_over_the_prompt(box):
+    """setsid() takes a process out of the terminal's job control (TOSTOP, SIGTTIN) but
+    leaves it the fds to the terminal: it could draw a harmless-looking request over the
+    real one and read the keys typed for it. The whole tree pauses while the human is
+    asked. (Natively the setsid'd child writes to the terminal whenever it likes.)"""
+    hooks = box.workspace / ".git" / "hooks"
+    hooks.mkdir(parents=True)
+    (hooks / "pre-commit").write_text("#!/bin/sh\n")
+    pid, fd = _on_pty(["sh", "-c", SETSID_FAKE.replace(".git/hooks/pre-commit", "/dev/null")],
+                      dict(os.environ), box.workspace)
+    native = _read_until(fd, b"FAKE-REQUEST-DRAWN", timeout=10)
+    os.waitpid(pid, 0)
+    os.close(fd)
+    assert b"FAKE-REQUEST-DRAWN" in native
+    sid = new_sid()
+    env = dict(os.environ, XDG_STATE_HOME=str(box.root / "state"))
+    cmd = sandbox_cmd() + ["run", "--workspace", str(box.workspace),
+                           "--journal", str(box.root / "journal" / f"{sid}.jsonl"),
+                           "--session-id", sid, "--approver", "terminal", "--", "sh", "-c", SETSID_FAKE]
+    pid, fd = _on_pty(cmd, env, box.workspace)
+    try:
+        screen = _read_until(fd, b"> ")
+        assert b".git/hooks/pre-commit" in screen, screen
+        during = _read_until(fd, None, timeout=3)           # the fake would appear at 1.5 s
+        os.write(fd, b"n\n")
+        after = _read_until(fd, None, timeout=10)
+    finally:
+        for _ in range(300):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"FAKE-REQUEST-DRAWN" not in during, during
+    assert b"write-rc=" in after and b"write-rc=0" not in after, after
+    assert (hooks / "pre-commit").read_text() == "#!/bin/sh\n"

@@ -187,3 +187,20 @@ def test_journal_off_for_benchmarks_still_runs_the_command(box):
     assert not (box.workspace / "a.txt").exists()
     assert not os.path.exists("/etc/aarm-off-test")
     assert not r.journal_path.exists()
+
+
+def test_a_journal_is_never_appended_to_by_a_second_session(box):
+    """Reusing a journal (or a session id, which names the default journal) would put a
+    second session's records after the first one's seal: neither would verify."""
+    journal = box.root / "journal" / "once.jsonl"
+    cmd = sandbox_cmd() + ["run", "--workspace", str(box.workspace), "--journal", str(journal), "--", "true"]
+    first = subprocess.run(cmd, cwd=box.workspace, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    sealed = journal.read_bytes()
+    second = subprocess.run(cmd, cwd=box.workspace, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 125
+    assert f"the journal {journal} already exists" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert journal.read_bytes() == sealed
+    v = subprocess.run(sandbox_cmd() + ["journal", "verify", str(journal)], capture_output=True, text=True)
+    assert v.returncode == 0, v.stderr

@@ -307,3 +307,31 @@ def test_the_profile_cache_never_serves_another_places_chain(tmp_path, monkeypat
             views[name] = (loaded.profile.defaults["net.connect"], loaded.files)
             assert loaded.files[:2] == (str(d / "leaf.yaml"), str(d / "base.yaml"))
     assert views["a"][0] == "allow" and views["b"][0] == "deny"
+
+
+def test_an_extends_cycle_through_files_is_reported_not_followed_forever(tmp_path):
+    (tmp_path / "a.yaml").write_text("id: a\nversion: 1\nextends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("id: b\nversion: 1\nextends: a.yaml\n")
+    (tmp_path / "self.yaml").write_text("id: s\nversion: 1\nextends: self.yaml\n")
+    import os
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(ProfileError, match=r"`extends` cycle \(a.yaml -> b.yaml -> a.yaml\)"):
+            load_profile("a.yaml", use_cache=False)
+        with pytest.raises(ProfileError, match=r"`extends` cycle \(self.yaml -> self.yaml\)"):
+            load_profile("self.yaml", use_cache=False)
+    finally:
+        os.chdir(cwd)
+
+
+def test_a_mistyped_path_set_name_is_refused_with_file_line_and_the_sets(tmp_path):
+    f = tmp_path / "k.yaml"
+    f.write_text("id: k\nversion: 1\nextends: default\npath_sets:\n  secrets: ['{workspace}/s*']\n"
+                 "rules:\n  - id: keep\n    actions: [file.delete]\n    paths: [secret]\n"
+                 "    decision: deny\n    reason: keep them\n")
+    with pytest.raises(ProfileError, match=r"k.yaml:9: rules\[keep\]\.paths: 'secret' is neither a "
+                                           r"path set .* the path sets are: .*secrets"):
+        load_profile(str(f), use_cache=False)
+    f.write_text(f.read_text().replace("[secret]", "[secrets]"))
+    assert load_profile(str(f), use_cache=False).profile.rules[-1].paths == ["secrets"]
