@@ -713,6 +713,18 @@ def _on_pty(cmd: list[str], env: dict, cwd) -> tuple[int, int]:
     return pid, fd
 
 
+def _reap(pid: int, fd: int) -> None:
+    """Wait up to 30 s for the session on the pty to end (then kill it), close the pty."""
+    for _ in range(300):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    os.close(fd)
+
+
 def _read_until(fd: int, needle: bytes | None, timeout: float = 30) -> bytes:
     import select
     out = b""
@@ -771,14 +783,7 @@ def test_terminal_prompt_shows_the_true_argv_and_cannot_be_typed_into(box, answe
         os.write(fd, f"{answer}\n".encode())
         rest = _read_until(fd, None, timeout=20)
     finally:
-        for _ in range(300):
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        os.close(fd)
+        _reap(pid, fd)
     if answer == "y":
         assert b"RM 0" in rest, rest
         assert not important.exists()
@@ -876,14 +881,7 @@ def test_a_process_out_of_the_terminals_session_cannot_draw_over_the_prompt(box)
         os.write(fd, b"n\n")
         after = _read_until(fd, None, timeout=10)
     finally:
-        for _ in range(300):
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        os.close(fd)
+        _reap(pid, fd)
     assert b"FAKE-REQUEST-DRAWN" not in during, during
     assert b"write-rc=" in after and b"write-rc=0" not in after, after
     assert (hooks / "pre-commit").read_text() == "#!/bin/sh\n"
