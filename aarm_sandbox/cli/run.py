@@ -377,9 +377,11 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     if any(r.modify == "quarantine" for rs in policy.rules_by_type.values() for r in rs):
         from aarm_sandbox.enforce.quarantine import Quarantine
         sup.quarantine = Quarantine(session_id, state_dir() / "trash" / session_id)
-    if not sandbox.namespaces & CLONE_NEWNS:
-        # Nothing is masked: the supervisor itself refuses every access to its files.
-        sup.protected = tuple(protected)
+    # The supervisor refuses every action on its own files: without a mount namespace
+    # nothing masks them, and with one a delete or rename it performs in its own namespace
+    # would reach the real journal under a mask (a journal inside the workspace: `rm`
+    # removed it).
+    sup.protected = tuple(protected)
     builtin = str(builtin_dir().resolve())
     sup.governing = frozenset(f for f in loaded.files if not _inside(f, builtin))
     if os.environ.get("AARM_FAST_PATH", "1") != "0":

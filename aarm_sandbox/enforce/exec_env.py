@@ -16,7 +16,12 @@ from aarm_sandbox.decode.memory import DecodeError, read_path_unbounded, read_u6
 
 DEFAULT_REMOVE = ("LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "LD_DEBUG*", "*TOKEN*",
                   "*SECRET*", "*PASSWORD*", "*PASSWD*", "AWS_*", "*_API_KEY", "*_ACCESS_KEY*",
-                  "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_*", "SSH_AUTH_SOCK")
+                  "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_*", "SSH_AUTH_SOCK",
+                  # code a program's runtime loads on its own: as good as LD_PRELOAD
+                  "BASH_ENV", "ENV", "NODE_OPTIONS", "PYTHONPATH", "PYTHONSTARTUP",
+                  "PYTHONHOME", "PERL5OPT", "PERL5LIB", "RUBYOPT", "RUBYLIB", "GLIBC_TUNABLES",
+                  "GIT_CONFIG_*", "GIT_SSH_COMMAND", "GIT_EXEC_PATH", "JAVA_TOOL_OPTIONS",
+                  "_JAVA_OPTIONS")
 MAX_ENV = 8192
 
 

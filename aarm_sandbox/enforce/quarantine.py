@@ -37,7 +37,6 @@ ITEMS_DIR = "items"
 COPY_CHUNK_BYTES = 1 << 20
 NEW_PARENT_MODE = 0o755
 RENAME_NOREPLACE = 1
-SYMLINK_TRUST_MARGIN_NS = 2 * 10**9
 
 
 # --------------------------------------------------------------------------------------
@@ -472,11 +471,11 @@ class _ParentUnsafe(Exception):
 
 
 class _Restorer:
-    """One restore run. Paths are walked component by component with O_NOFOLLOW from "/":
-    the agent could have replaced a parent directory with a symlink to steer the restored
-    bytes somewhere else, so a symlink is followed only if it already existed well before
-    the entry was stashed (system layout such as /home -> /var/home); one made later is
-    refused. (ctime, which no one can set back, with a margin for its coarse clock.)"""
+    """One restore run. Paths are walked component by component with O_NOFOLLOW from "/",
+    and a symlink is never followed: the recorded path is canonical (it had none when the
+    entry was stashed), so one there now was put there since - also one made long before
+    and moved into place with its directory, which keeps its old ctime (`mv c a` with
+    c/b -> /etc/cron.d steered a restore, run as root, to write the agent's bytes there)."""
 
     def __init__(self, root: Path, force: bool):
         self.root = root
@@ -635,11 +634,11 @@ class _Restorer:
         st = _lstat_or_none(component, fd)
         if st is None:
             self._recreate_dir(fd, component, walked)
-        elif stat.S_ISLNK(st.st_mode) and st.st_ctime_ns >= stashed_ns - SYMLINK_TRUST_MARGIN_NS:
-            raise _ParentUnsafe(f"{os.fsdecode(walked)} became a symlink after the deletion")
+        elif stat.S_ISLNK(st.st_mode):
+            raise _ParentUnsafe(f"{os.fsdecode(walked)} is a symlink now (it was a directory "
+                                "when the entry was stashed)")
         try:
-            return os.open(component, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-                           | (0 if st is not None and stat.S_ISLNK(st.st_mode) else os.O_NOFOLLOW),
+            return os.open(component, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW,
                            dir_fd=fd)
         except NotADirectoryError:
             raise _ParentUnsafe(f"{os.fsdecode(walked)} is not a directory") from None

@@ -414,3 +414,16 @@ def test_verify_on_another_machine_needs_the_exported_key(box, session, tmp_path
     assert p.returncode == EXIT_BAD and "not trusted" in p.stderr
     p = _cli("journal", "verify", str(session.journal_path), "--key", str(exported), env=elsewhere)
     assert p.returncode == EXIT_OK, p.stderr
+
+
+def test_a_journal_inside_the_workspace_cannot_be_deleted_or_renamed(box):
+    """Masked from the sandbox, but a delete or rename the supervisor performs in its own
+    mount namespace would reach the real file: `rm` removed the journal."""
+    journal = box.workspace / "session.jsonl"
+    cmd = sandbox_cmd() + ["run", "--workspace", str(box.workspace), "--journal", str(journal),
+                           "--", "sh", "-c", "rm -f session.jsonl; mv session.jsonl moved 2>/dev/null; true"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=box.workspace)
+    assert p.returncode == 0, p.stderr
+    assert journal.exists() and not (box.workspace / "moved").exists(), p.stderr
+    assert _verify(journal.read_bytes()).exit_code == EXIT_OK
+    assert "denied file.delete" in p.stderr and "denied file.rename" in p.stderr

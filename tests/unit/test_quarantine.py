@@ -366,14 +366,20 @@ def test_cli_restore_exit_codes_and_escaped_output(quarantine, workspace, tmp_pa
     assert restore_cmd(SESSION, [str(workspace / "never-stashed")]) == 1
 
 
-def test_restore_walks_through_a_symlink_that_predates_the_stash(quarantine, workspace, trash_root, tmp_path):
+def test_restore_never_walks_through_a_symlink_even_one_older_than_the_stash(quarantine, workspace,
+                                                                           trash_root, tmp_path):
+    """A symlink made long before and moved into place with its directory keeps its old
+    ctime: restore (run by a human, often as root) must not follow it anywhere."""
     real = tmp_path / "real"
     real.mkdir()
-    alias = workspace / "alias"
-    alias.symlink_to(real)
-    make_file(real / "f", b"via alias")
-    stash(quarantine, alias / "f")
-    manifest = trash_root / "manifest.jsonl"       # as if stashed a minute after the link
+    (workspace / "a").mkdir()
+    make_file(workspace / "a" / "f", b"agent bytes")
+    stash(quarantine, workspace / "a" / "f")
+    (workspace / "a").rmdir()
+    (workspace / "a").symlink_to(real)           # an "old" link moved where a/ was
+    manifest = trash_root / "manifest.jsonl"       # as if stashed long after the link
     manifest.write_bytes(manifest.read_bytes().replace(b'"ts":"', b'"ts":"2999-01-01T00:00:00Z","old_ts":"'))
-    assert restore(SESSION, root=quarantine.root)[0].status == "restored"
-    assert (real / "f").read_bytes() == b"via alias"
+    assert restore(SESSION, root=quarantine.root)[0].status != "restored"
+    assert not (real / "f").exists()
+
+
