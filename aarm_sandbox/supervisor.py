@@ -583,20 +583,24 @@ class Supervisor:
         return effect, None
 
     def _append_args(self, action, decision: Decision, effect, n: Notification):
-        """The exec already ends with the arguments (it is the restarted call): continue it,
-        checked after the exec. Otherwise restart it with them (enforce.exec_argv)."""
+        """The restarted call (it ends with the arguments): continue it, its tracer checks
+        the exec stop. Any other call is restarted with them (enforce.exec_argv)."""
         extra = tuple(decision.params)
         argv = action.detail.get("argv") or []
         modified = {"type": "process.exec", "transform": "append_args", "original": "process.exec",
                     "appended": list(extra)}
-        if extra and tuple(argv[len(argv) - len(extra):]) == extra:
-            self._argv_restarts.pop(n.tid, None)
+        restarted = time.monotonic() - self._argv_restarts.get(n.tid, -10.0) < 2.0
+        if extra and tuple(argv[len(argv) - len(extra):]) == extra and restarted:
             # The restart's tracer checks the new program in its exec stop; this check
             # after the exec only matters when that tracer gave up waiting (the restarted
             # exec held for approval longer than it waits).
+            self._argv_restarts.pop(n.tid, None)
             effect.require_argv_tail = extra
             return effect, modified
-        if time.monotonic() - self._argv_restarts.get(n.tid, -10.0) < 2.0:
+        # (an original call that already ends with them is restarted too: only the
+        # restart's tracer checks the program in its exec stop, before it runs; the check
+        # after the exec came too late for a thread rewriting its own argv meanwhile)
+        if restarted:
             print(f"aarm-sandbox: the argv of {action.target} did not come back with "
                   f"{' '.join(extra)} after a restart", file=sys.stderr)
             return effect, None                   # restarted once already: deny

@@ -379,6 +379,57 @@ ARGS_PRINTER = ["/usr/bin/python3", "-c", "import os, sys; os.execv('/usr/bin/en
                 "['env', sys.executable, '-c', 'import sys; print(sys.argv[1:])'])"]
 
 
+TOUCH_C = """id: touch-c
+extends: default
+rules:
+  - id: touch-no-create
+    actions: [process.exec]
+    paths: ["/usr/bin/touch"]
+    decision: modify
+    modify: append_args
+    append_args: ["-c"]
+    reason: touch never creates files
+"""
+
+# argv already ends with "-c", and a thread flips that string to "-a" after the decision
+TOUCH_RACE = r"""
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+made = 0
+for i in range(int(sys.argv[1])):
+    name = f"new{i}".encode()
+    pid = os.fork()
+    if pid == 0:
+        s = ctypes.create_string_buffer(b"-c")
+        argv = (ctypes.c_void_p * 4)(ctypes.cast(ctypes.c_char_p(b"touch"), ctypes.c_void_p).value,
+                                     ctypes.cast(ctypes.c_char_p(name), ctypes.c_void_p).value,
+                                     ctypes.addressof(s), None)
+        def flip():
+            while True:
+                s[1] = b"a"; s[1] = b"c"
+        threading.Thread(target=flip, daemon=True).start()
+        libc.execve(b"/usr/bin/touch", argv, None)
+        os._exit(99)
+    os.waitpid(pid, 0)
+    made += os.path.exists(name)
+print(f"created {made}")
+"""
+
+
+def test_an_argv_ending_with_the_appended_arguments_is_still_checked_before_it_runs(box):
+    """Such an exec used to be continued and checked only after the exec: a thread flipping
+    the string meanwhile let `touch` create files in 7 of 30 runs. It is restarted like
+    any other, and the restart's tracer checks the program in its exec stop."""
+    profile = box.root / "touch.yaml"
+    profile.write_text(TOUCH_C)
+    native_dir = box.root / "native-touch"
+    native_dir.mkdir()
+    native = box.native([PY, "-c", TOUCH_RACE, "30"], cwd=native_dir)
+    assert "created 0" not in native.stdout, native.stdout          # the flip works natively
+    r = box.run([PY, "-c", TOUCH_RACE, "30"], profile=str(profile))
+    assert "created 0" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
 def test_exec_arguments_are_appended_by_restarting_the_exec(any_user_box):
     """modify: append_args: the exec of /usr/bin/env is made again with --dry-run and
     "two words" at the end of its argv (restarted through ptrace with a new array), so
