@@ -27,7 +27,7 @@ from aarm_sandbox.enforce.effects import (AtCall, Continue, Effect, NameAppeared
 from aarm_sandbox.enforce.exec_argv import (ERESTARTNOINTR, ExecRestart, RestartUnavailable,
                                             argv_ends_with)
 from aarm_sandbox.journal.writer import Journal
-from aarm_sandbox.policy.decision import RANK, Decision, Result
+from aarm_sandbox.policy.decision import RANK, Decision, Result, stricter
 from aarm_sandbox.policy.engine import PolicyEngine
 from aarm_sandbox.policy.moved_tree import judge_moved_tree
 
@@ -229,7 +229,8 @@ class Supervisor:
         except DecodeError as e:
             # Nothing happened; the target gets the error the kernel itself would give.
             self.backend.answer_error(n, e.errno)
-            if self.verbose:
+            if self.verbose or e.errno in (errno.EPERM, errno.EACCES):
+                # (a refusal is said, with its reason; other errors are the kernel's own)
                 print(f"aarm-sandbox: {spec.name} by {n.tid}: {errno.errorcode.get(e.errno)}: {e}",
                       file=sys.stderr)
             if e.errno != errno.ENOENT:        # (ENOENT: every PATH search would flood it)
@@ -321,7 +322,8 @@ class Supervisor:
                                  name="aarm-blocking", daemon=True).start()
                 return
             outcome = self._enforce(n, effect, action, verify=held is not None)
-            self._receipt(action, shown, outcome, approval=approval, executed=outcome >= 0 or effect.performed)
+            self._receipt(action, shown, outcome, approval=approval,
+                          executed=outcome >= 0 or effect.performed)
             return
         effect.close()
         err = decision.errno or shown.errno or errno.EPERM
@@ -370,11 +372,8 @@ class Supervisor:
         the stricter decision wins. Observe mode decides nothing, so it walks nothing."""
         if not isinstance(effect, AtCall) or self.engine.observe:
             return decision
-        moved = judge_moved_tree(self._decide, action, effect.fd1, effect.name1,
-                                 effect.fd2, effect.name2)
-        if moved is not None and RANK[moved.result] < RANK[decision.result]:
-            return moved
-        return decision
+        return stricter(decision, judge_moved_tree(self._decide, action, effect.fd1, effect.name1,
+                                                   effect.fd2, effect.name2))
 
     def _judge_interpreter(self, action, decision: Decision) -> Decision:
         """The interpreter the kernel loads for this file ('#!', PT_INTERP) runs too: it is
@@ -383,12 +382,8 @@ class Supervisor:
         run = A.Action(A.PROCESS_EXEC, ipath, action.syscall, action.pid, action.tid, 0, (ipath,),
                        {"argv": action.detail.get("argv"), "interpreter_of": action.target},
                        notif=action.notif, exe=action.exe)
-        d = self._decide(run)
-        if RANK[d.result] < RANK[decision.result]:
-            return Decision(d.result, d.rule, f"{d.reason} (the interpreter {ipath} that runs "
-                            f"{action.target})", d.errno, shadow=d.shadow, hold=d.hold,
-                            waiting_for=d.waiting_for)
-        return decision
+        return stricter(decision, self._decide(run).noted(
+            f"the interpreter {ipath} that runs {action.target}"))
 
     def _decide(self, action) -> Decision:
         if self.journal.failed:
@@ -684,7 +679,8 @@ class Supervisor:
             print(f"aarm-sandbox: internal error performing {action.type}: {e!r}", file=sys.stderr)
         finally:
             self.blocking_slots.release()
-        self._receipt(action, decision, outcome, approval=approval, executed=outcome >= 0 or effect.performed)
+        self._receipt(action, decision, outcome, approval=approval,
+                      executed=outcome >= 0 or effect.performed)
 
     def _track(self, action) -> None:
         """Context updates after an action really happened."""
@@ -753,8 +749,8 @@ class Supervisor:
             if now != effect.before:
                 # a script loads its interpreter (the one decided on, unless that is itself
                 # a script: then the kernel loads whatever that one names)
-                if effect.is_script and (getattr(effect, "interpreter_is_script", True) or
-                                         now == getattr(effect, "interpreter_inode", None)):
+                if effect.is_script and (effect.interpreter_is_script or
+                                         now == effect.interpreter_inode):
                     return
                 self._kill_after_exec(tgid, tid, "exec loaded a different file than the one "
                                       "decided on")

@@ -110,10 +110,10 @@ def build_policy(args, workspace: str, tmpdir: str) -> tuple[CompiledPolicy, obj
     if "git_hooks" in prof.path_sets:
         # hooks directories configured before the session (core.hooksPath: husky's .husky)
         from aarm_sandbox.context.git_hooks import hooks_paths
-        moved = hooks_paths(workspace, os.path.expanduser("~"))
-        if moved:
+        hooks_dirs = hooks_paths(workspace, os.path.expanduser("~"))
+        if hooks_dirs:
             sets = dict(prof.path_sets)
-            sets["git_hooks"] = list(sets["git_hooks"]) + [g for p in moved for g in (p, p + "/*")]
+            sets["git_hooks"] = list(sets["git_hooks"]) + [g for p in hooks_dirs for g in (p, p + "/*")]
             prof = SimpleNamespace(**{**vars(prof), "path_sets": sets})
     ph = Placeholders(workspace=workspace, tmpdir=tmpdir, home=os.path.expanduser("~"))
     return CompiledPolicy(prof, ph), loaded

@@ -558,12 +558,17 @@ def decode_utime(n, spec, st) -> Decoded:
 # ---- exec -------------------------------------------------------------------------------
 class ExecContinue(Continue):
     """Exec cannot be emulated: continue it, remembering which inode was decided on so the
-    supervisor can verify the loaded image when the profile restricts exec."""
+    supervisor can verify the loaded image when the profile restricts exec. A script loads
+    its interpreter instead: the one decided on (`interpreter_inode`), unless that is a
+    script itself (then the kernel loads whatever that one names)."""
 
-    def __init__(self, obj: ObjectRef, tid: int):
+    def __init__(self, obj: ObjectRef, tid: int, is_script: bool,
+                 interpreter_inode: tuple | None = None, interpreter_is_script: bool = True):
         self.dev_ino = (obj.st.st_dev, obj.st.st_ino)
         self.objfd = obj.fd
-        self.is_script = _starts_with_shebang(obj.fd)
+        self.is_script = is_script
+        self.interpreter_inode = interpreter_inode
+        self.interpreter_is_script = interpreter_is_script
         try:
             st = os.stat(f"/proc/{tid}/exe")
             self.before = (st.st_dev, st.st_ino)    # the image the caller runs now
@@ -572,19 +577,6 @@ class ExecContinue(Continue):
 
     def _fds(self):
         return (self.objfd,)
-
-
-def _starts_with_shebang(opath_fd: int) -> bool:
-    try:
-        fd = os.open(f"/proc/self/fd/{opath_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        return os.read(fd, 2) == b"#!"
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def decode_exec(n, spec, st) -> Decoded:
@@ -603,7 +595,13 @@ def decode_exec(n, spec, st) -> Decoded:
         raise
     detail = {}
     interp_inode, interp_is_script = None, True
-    interp = _interpreter_of(obj.fd)
+    try:
+        is_script, interp = _loaded_by(obj.fd)
+    except OSError:
+        # (execute-only, and the supervisor may not read it): what the kernel loads for it
+        # is unknown, and decided as such - a profile that restricts exec refuses it
+        is_script, interp = False, None
+        detail["interpreter"] = UNKNOWN_INTERPRETER
     if interp:
         # The kernel loads it itself (a '#!' line, an ELF's PT_INTERP): judged as an exec of
         # its own (the supervisor decides it too), resolved as the kernel will, from the
@@ -615,33 +613,35 @@ def decode_exec(n, spec, st) -> Decoded:
         else:
             detail["interpreter"] = iobj.path
             interp_inode = (iobj.st.st_dev, iobj.st.st_ino)
-            interp_is_script = _starts_with_shebang(iobj.fd)
+            try:
+                interp_is_script = _loaded_by(iobj.fd)[0]
+            except OSError:
+                pass                                   # (unknown: any image is accepted)
             iobj.close()
     act = _act(A.PROCESS_EXEC, n, spec, obj.path, (obj.path,), argv=argv,
                inode=f"{obj.st.st_dev}:{obj.st.st_ino}", **detail)
-    eff = ExecContinue(obj, n.tid)
-    eff.interpreter_inode, eff.interpreter_is_script = interp_inode, interp_is_script
-    return Decoded(act, eff)
+    return Decoded(act, ExecContinue(obj, n.tid, is_script, interp_inode, interp_is_script))
 
 
-def _interpreter_of(opath_fd: int) -> bytes | None:
-    """The file the kernel loads to run this one: the first word of a '#!' line, or the
-    PT_INTERP of a 64-bit little-endian ELF (the dynamic loader); None for neither."""
-    try:
-        fd = os.open(f"/proc/self/fd/{opath_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
+UNKNOWN_INTERPRETER = "(unreadable file: what the kernel loads for it is unknown)"
+
+
+def _loaded_by(opath_fd: int) -> tuple[bool, bytes | None]:
+    """(a '#!' script?, the file the kernel loads to run this one: the first word of the
+    '#!' line, or the PT_INTERP of a 64-bit little-endian ELF, i.e. its dynamic loader).
+    OSError when the file cannot be opened for reading."""
+    fd = os.open(f"/proc/self/fd/{opath_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         head = os.pread(fd, 256, 0)
         if head.startswith(b"#!"):
             words = head[2:].split(b"\n", 1)[0].split()
-            return words[0] if words else None
+            return True, words[0] if words else None
         if head[:6] != b"\x7fELF\x02\x01" or len(head) < 64:
-            return None
+            return False, None
         phoff, = struct.unpack_from("<Q", head, 32)
         phentsize, phnum = struct.unpack_from("<HH", head, 54)
         if phentsize < 56 or phnum > 512:
-            return None
+            return False, None
         table = os.pread(fd, phentsize * phnum, phoff)
         for i in range(len(table) // phentsize):
             ptype, = struct.unpack_from("<I", table, i * phentsize)
@@ -649,12 +649,12 @@ def _interpreter_of(opath_fd: int) -> bytes | None:
                 off, = struct.unpack_from("<Q", table, i * phentsize + 8)
                 size, = struct.unpack_from("<Q", table, i * phentsize + 32)
                 if not 1 < size <= 4096:
-                    return None
+                    return False, None
                 name = os.pread(fd, size, off).split(b"\0", 1)[0]
-                return name or None
-        return None
+                return False, name or None
+        return False, None
     except (OSError, struct.error):
-        return None
+        return False, None
     finally:
         os.close(fd)
 
@@ -821,49 +821,45 @@ def decode_sendto(n, spec, st) -> Decoded:
     payload = read_bytes(n.tid, a[1], length, limit=MAX_PAYLOAD)
     sockfd_num = as_int32(a[0])
     flags = as_int32(a[3])
-    if st.destinations is not None:
-        sock = _thread_fd(n.tid, sockfd_num)
-        if _stream_safe(sock, flags):
-            # the kernel never routes a stream by the address (TCP ignores it without
-            # MSG_FASTOPEN, unix stream and seqpacket refuse or ignore it)
-            if not st.udp_brokered:
-                os.close(sock)
-                return Decoded(None, Continue())
-            act = _act(A.NET_SEND, n, spec, "(connected peer)", (), bytes=len(payload))
-            return Decoded(act, SocketCall("sendto", sock, payload=payload, flags=flags))
-        if _inet_socket(sock):
-            # decided by the socket's family, not the address's: an inet datagram socket
-            # sends an AF_UNSPEC address as AF_INET (or, on AF_INET6, to its peer)
-            addr = _as_inet(sock, addr)
-            if addr[:2] in (_FAM_INET, _FAM_INET6):
-                return _egress(n, spec, st, A.NET_SEND, sock, sockfd_num, addr,
-                               "fastopen" if flags & MSG_FASTOPEN else "sendto", payload, flags)
-        os.close(sock)
-    target, addr, pinned, paths = _dest_for_send(n, st, addr)
+    sock = _thread_fd(n.tid, sockfd_num)
     try:
-        sock = _thread_fd(n.tid, as_int32(a[0]))
+        if st.destinations is not None:
+            if _stream_safe(sock, flags):
+                # the kernel never routes a stream by the address (TCP ignores it without
+                # MSG_FASTOPEN, unix stream and seqpacket refuse or ignore it)
+                if not st.udp_brokered:
+                    os.close(sock)
+                    return Decoded(None, Continue())
+                act = _act(A.NET_SEND, n, spec, "(connected peer)", (), bytes=len(payload))
+                return Decoded(act, SocketCall("sendto", sock, payload=payload, flags=flags))
+            domain = libc.sockopt_int(sock, libc.SO_DOMAIN)
+            if domain in (AF_INET, AF_INET6):
+                # decided by the socket's family, not the address's: an inet datagram socket
+                # sends an AF_UNSPEC address as AF_INET (or, on AF_INET6, to its peer)
+                addr = _as_inet(domain, addr)
+                if addr[:2] in (_FAM_INET, _FAM_INET6):
+                    return _egress(n, spec, st, A.NET_SEND, sock, sockfd_num, addr,
+                                   "fastopen" if flags & MSG_FASTOPEN else "sendto", payload, flags)
+        target, addr, pinned, paths = _dest_for_send(n, st, addr)
     except BaseException:
-        if pinned >= 0:
-            os.close(pinned)
+        os.close(sock)
         raise
     act = _act(A.NET_SEND, n, spec, target, paths, bytes=len(payload))
-    return Decoded(act, SocketCall("sendto", sock, addr=addr, payload=payload,
-                                   flags=as_int32(a[3]), pinned=pinned))
+    return Decoded(act, SocketCall("sendto", sock, addr=addr, payload=payload, flags=flags,
+                                   pinned=pinned))
 
 
 def _inet_socket(sock: int) -> bool:
     return libc.sockopt_int(sock, libc.SO_DOMAIN) in (AF_INET, AF_INET6)
 
 
-def _as_inet(sock: int, addr: bytes) -> bytes:
-    """The address a send on this inet socket goes to, as the kernel reads it: AF_UNSPEC is
-    AF_INET on an AF_INET socket (udp_sendmsg) and "no address" (b"": the connected peer)
-    on an AF_INET6 one; anything else is returned as is."""
+def _as_inet(domain: int, addr: bytes) -> bytes:
+    """The address a send on an inet socket of `domain` goes to, as the kernel reads it:
+    AF_UNSPEC is AF_INET on an AF_INET socket (udp_sendmsg) and "no address" (b"": the
+    connected peer) on an AF_INET6 one; anything else is returned as is."""
     if int.from_bytes(addr[:2], "little") != AF_UNSPEC:
         return addr
-    if libc.sockopt_int(sock, libc.SO_DOMAIN) == AF_INET:
-        return _FAM_INET + addr[2:]
-    return b""
+    return _FAM_INET + addr[2:] if domain == AF_INET else b""
 
 
 def _stream_safe(sock: int, flags: int) -> bool:
@@ -941,11 +937,12 @@ def decode_sendmsg(n, spec, st) -> Decoded:
         # whatever its addresses say: the kernel runs it and keeps each msg_len exact)
         os.close(sock)
         return Decoded(None, Continue())
-    if st.destinations is not None and spec.name == "sendmsg" and not stream and \
-            _inet_socket(sock):
+    domain = libc.sockopt_int(sock, libc.SO_DOMAIN)
+    inet = domain in (AF_INET, AF_INET6)
+    if st.destinations is not None and spec.name == "sendmsg" and not stream and inet:
         try:
             name, payload, _ctl_p, ctl = _read_msghdr(n, a[1])
-            name = _as_inet(sock, name) if name else name
+            name = _as_inet(domain, name) if name else name
         except BaseException:
             os.close(sock)
             raise
@@ -964,13 +961,12 @@ def decode_sendmsg(n, spec, st) -> Decoded:
             hdrs = [a[1] + 64 * i for i in range(vlen)]
         targets, paths_all, pinned = [], [], []
         passed: list[int] = []
-        inet = _inet_socket(sock)
         for h in hdrs:
             name, payload, ctl_p, ctl = _read_msghdr(n, h)
             if stream:
                 name = b""          # never routed by (see _stream_safe)
             elif name and inet:
-                name = _as_inet(sock, name)
+                name = _as_inet(domain, name)
             if ctl:
                 if spec.name != "sendmsg":
                     raise DecodeError(errno.EPERM, "ancillary data in sendmmsg on datagram "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 import sys
 import threading
 import time
@@ -147,7 +148,6 @@ def _open_new(path: str) -> int:
     try:
         return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        import stat
         if stat.S_ISREG(os.stat(path).st_mode):
             raise
         return os.open(path, flags)

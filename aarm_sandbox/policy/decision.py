@@ -58,3 +58,21 @@ class Decision(FrozenRecord):
     @property
     def allowed(self) -> bool:
         return self.result is Result.ALLOW
+
+    def noted(self, note: str) -> "Decision":
+        """The same decision, its reason followed by `note` in parentheses."""
+        return Decision(self.result, self.rule, f"{self.reason} ({note})", self.errno,
+                        self.shadow, self.modify, self.params, self.hold, self.waiting_for)
+
+
+# What a decision on something else the same call also does (the entries a directory rename
+# moves, the interpreter an exec loads) can impose: a refusal or a hold, never a transform
+# meant for that other thing.
+BLOCKING = frozenset({Result.DENY, Result.DEFER, Result.STEP_UP})
+
+
+def stricter(primary: Decision, other: Decision | None) -> Decision:
+    """`other` when it blocks (BLOCKING) and ranks before `primary`, else `primary`."""
+    if other is not None and other.result in BLOCKING and RANK[other.result] < RANK[primary.result]:
+        return other
+    return primary

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable
 
 from aarm_sandbox.actions import action as A
-from aarm_sandbox.policy.decision import RANK, Decision, Result
+from aarm_sandbox.policy.decision import BLOCKING, RANK, Decision, Result
 
 ENTRY_LIMIT = 200_000         # a bigger tree is refused: too many entries to judge
 RENAME_EXCHANGE = 2
@@ -48,8 +48,7 @@ def judge_moved_tree(decide: Callable[[A.Action], Decision], action: A.Action,
     if worst is None:
         return None
     d, origin, landing = worst
-    return Decision(d.result, d.rule, f"{d.reason} (the rename moves {origin} to {landing})",
-                    d.errno, shadow=d.shadow, modify=None, hold=d.hold, waiting_for=d.waiting_for)
+    return d.noted(f"the rename moves {origin} to {landing}")
 
 
 def _walk(decide, action, parent_fd: int, name: bytes, origin: str, target: str,
@@ -80,7 +79,7 @@ def _walk(decide, action, parent_fd: int, name: bytes, origin: str, target: str,
                                      0, (frm, to), {"destination": to, "moved_by": origin},
                                      notif=action.notif, exe=action.exe)
                     d = decide(moved)
-                    if d.result is not Result.ALLOW and \
+                    if d.result in BLOCKING and \
                             (worst is None or RANK[d.result] < RANK[worst[0].result]):
                         worst = (d, frm, to)
                         if d.result is Result.DENY:
