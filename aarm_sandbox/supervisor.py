@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 
+from aarm_sandbox._native import ffi
 from aarm_sandbox.actions import action as A
 from aarm_sandbox.context.count_budget import CountLedger, budget_rules
 from aarm_sandbox.context.session import SessionContext
@@ -126,7 +127,7 @@ class Supervisor:
                 if n in (-errno.ENOENT, -errno.EAGAIN) and not gone():
                     continue
                 break
-            fast.drain(self._fast_receipt)       # keep the journal and context in order
+            fast.drain_batches(self._fast_batch)   # keep the journal and context in order
             if n.nr == 95:                        # umask(): the fast path's cache is stale
                 fast.umask_pending(n.tid, n.args[0] & 0o777)
             if ledger is not None:
@@ -141,6 +142,10 @@ class Supervisor:
             print(f"aarm-sandbox: warning: native fast path unavailable: {e}", file=sys.stderr)
             self.fast_factory = None
             return
+        from aarm_sandbox.intercept.fastpath import KIND_TYPE, SYSCALL_NAMES
+        self._kind_type = KIND_TYPE
+        self.journal.use_native_fast(KIND_TYPE, SYSCALL_NAMES,
+                                     {k: self.fast_reason[t] for k, t in KIND_TYPE.items()})
         self.journal.on_failure = self.fast.disable
         if self.journal.failed:
             self.fast.disable()
@@ -149,7 +154,7 @@ class Supervisor:
         self._drain_stop = threading.Event()
         from aarm_sandbox.intercept.fastpath import drain_periodically
         self._drainer = threading.Thread(target=drain_periodically, name="aarm-fast-drain",
-                                         args=(self.fast, self._fast_receipt, self._drain_stop),
+                                         args=(self.fast, self._fast_batch, self._drain_stop),
                                          daemon=True)
         self._drainer.start()
 
@@ -159,7 +164,7 @@ class Supervisor:
             self._drain_stop.set()
             self.fast.wake_drainer()
             self._drainer.join(5)
-            self.fast.drain(self._fast_receipt)
+            self.fast.drain_batches(self._fast_batch)
 
     def answer_lost(self, tid: int, killed: bool = False) -> None:
         """An fd answer (ADDFD|SEND) was withdrawn by the kernel after it had marked the
@@ -177,34 +182,42 @@ class Supervisor:
         print(f"aarm-sandbox: error: {why}", file=sys.stderr)
         self.journal.append({"type": "session.error", "reason": why})
 
-    def _fast_receipt(self, type_, path, syscall, tid, flags, result, ts_ns, notif, exe,
-                      counted: bool = False, performed: bool | None = None) -> None:
-        """A decision the native fast path made (profile default ALLOW, proven rule-free, or
-        below the limit of the count rule it spent a budget unit of: counted here)."""
-        if result == -errno.EINPROGRESS:
-            self.answer_lost(tid, killed=True)      # C killed it already
-        done = result >= 0 if performed is None else performed
+    def _fast_batch(self, records, n: int) -> None:
+        """Decisions the native fast path made (profile default ALLOW, proven rule-free, or
+        below the limit of the count rule it spent a budget unit of: counted here), in ring
+        order: the session context learns each, the journal gets them as one packed run
+        (chained in C: journal.native_chain)."""
         ctx = self.ctx
-        if counted:
-            # it counts unless it failed, C's conservative match was not a real one, or
-            # the file is the session's own
-            ledger = self.ledger
-            ledger.settle(ctx, held=True, counts=done and path not in ctx.created_paths
-                          and ledger.matches(path))
-        ctx.action_counts[type_] += 1
-        ctx.decision_counts["allow"] += 1
-        ctx.recent.append((type_, path, "allow", done))
-        if done:
-            if type_ in _TAINTABLE:
-                ctx.note_written(path)
-            if type_ in _CREATES:
-                ctx.record_created(path)
-            elif type_ == A.FILE_DELETE:
-                ctx.record_removed(path)
-        self.journal.append_fast(type_, path, syscall, tid, flags, result, ts_ns, notif, exe,
-                                 self.fast_reason[type_], done)
-        if self.explain:
-            print(f"aarm-sandbox: allow   {type_} {path} [default] (native fast path)", file=sys.stderr)
+        ledger = self.ledger
+        action_counts, recent = ctx.action_counts, ctx.recent
+        unpack, fsdecode = ffi.unpack, os.fsdecode
+        kind_type = self._kind_type
+        for i in range(n):
+            rec = records[i]
+            type_ = kind_type[rec.kind]
+            path = fsdecode(unpack(rec.path, rec.path_len))
+            done = bool(rec.performed)
+            if rec.result == -errno.EINPROGRESS:
+                self.answer_lost(rec.tid, killed=True)      # C killed it already
+            if rec.counted:
+                # it counts unless it failed, C's conservative match was not a real one,
+                # or the file is the session's own
+                ledger.settle(ctx, held=True, counts=done and path not in ctx.created_paths
+                              and ledger.matches(path))
+            action_counts[type_] += 1
+            recent.append((type_, path, "allow", done))
+            if done:
+                if type_ in _TAINTABLE:
+                    ctx.note_written(path)
+                if type_ in _CREATES:
+                    ctx.record_created(path)
+                elif type_ == A.FILE_DELETE:
+                    ctx.record_removed(path)
+            if self.explain:
+                print(f"aarm-sandbox: allow   {type_} {path} [default] (native fast path)",
+                      file=sys.stderr)
+        ctx.decision_counts["allow"] += n
+        self.journal.append_fast_run(self.fast.pack(records, n), n)
 
     def _pin_root(self, tid: int) -> None:
         """Pin the sandbox's root once, from the first task that asks for a decision (the
@@ -233,7 +246,9 @@ class Supervisor:
                 # (a refusal is said, with its reason; other errors are the kernel's own)
                 print(f"aarm-sandbox: {spec.name} by {n.tid}: {errno.errorcode.get(e.errno)}: {e}",
                       file=sys.stderr)
-            if e.errno != errno.ENOENT:        # (ENOENT: every PATH search would flood it)
+            if e.errno not in (errno.ENOENT, errno.EEXIST):
+                # (the kernel's own answers, nothing happened: every PATH search and
+                # `mkdir -p` would flood it)
                 self.journal.append({"type": "error", "syscall": spec.name, "tid": n.tid,
                                      "errno": errno.errorcode.get(e.errno, str(e.errno)),
                                      "reason": str(e)})
@@ -421,7 +436,12 @@ class Supervisor:
                     # of the same process (`sh -c 'exec prog'`) may see this image the moment
                     # the kernel loads it, and must not take it for a swapped file.
                     self.allowed_images.add(effect.dev_ino)
-                self.backend.answer_continue(n)
+                if isinstance(effect, ExecContinue) and effect.env_gate is not None:
+                    r = self._gated_exec(n, effect.env_gate)
+                    if r < 0:
+                        return r
+                else:
+                    self.backend.answer_continue(n)
                 if isinstance(effect, ExecContinue):
                     if action is not None:
                         self.ctx.programs_seen.add(action.target)
@@ -469,40 +489,76 @@ class Supervisor:
         own that stays the thread's tracer until the exec stop (enforce.exec_argv); this one
         goes on deciding (the restarted exec is notified again). A failure before the call
         is answered refuses the exec; after, it kills the process."""
+        def work(answered) -> None:
+            outcome = effect.perform(lambda: self.backend.answer_error(n, ERESTARTNOINTR),
+                                     lambda: self.backend.still_pending(n), answered)
+            if outcome == "killed":
+                self.journal.append({"type": "enforcement", "tid": n.tid, "reason":
+                                     "exec ran without the arguments a modify: append_args "
+                                     "rule added (rewritten by another thread); killed in "
+                                     "its exec stop, before its first instruction"})
+        return self._as_tracer(n, "aarm-exec-restart", "add its arguments", work)
+
+    def _gated_exec(self, n: Notification, patterns: tuple[str, ...]) -> int:
+        """MODIFY scrub_env: continue the exec with a tracer attached, which checks the new
+        program's environment in its exec stop and kills it there if a removed name is
+        back (enforce.exec_env). Without ptrace here the exec is refused (fail closed).
+        Returns 0 once continued, -errno when refused."""
+        from aarm_sandbox.enforce import exec_env
+        from aarm_sandbox.enforce.exec_argv import detach, gate_exec, seize_for_exec
+
+        def work(answered) -> None:
+            seize_for_exec(n.tid)
+            if not self.backend.still_pending(n):
+                answered(-errno.ESRCH)
+                detach(n.tid)
+                return
+            self.backend.answer_continue(n)
+            answered(0)
+            outcome = gate_exec(n.tid, lambda pid: exec_env.env_clean(pid, patterns))
+            if outcome == "killed":
+                self.journal.append({"type": "enforcement", "tid": n.tid, "reason":
+                                     "exec ran with a variable a modify: scrub_env rule "
+                                     "removed (rewritten by another thread); killed in its "
+                                     "exec stop, before its first instruction"})
+            elif outcome == "timeout":
+                detach(n.tid)
+        return self._as_tracer(n, "aarm-exec-gate", "check its scrubbed environment before "
+                                                     "it runs", work)
+
+    def _as_tracer(self, n: Notification, name: str, purpose: str, work) -> int:
+        """Run work(answered) in a thread of its own, which may become the calling thread's
+        tracer (every ptrace call must come from the thread that attached) and answers the
+        notification; returns the first result it passes to answered(). A refusal before
+        any answer (no ptrace here, unreadable arguments) denies the exec; any other
+        failure kills the process (it may have been answered: fail closed)."""
         ready = threading.Event()
         result: list[int] = []
 
-        def restarted(r: int) -> None:
+        def answered(r: int) -> None:
             result.append(r)
             ready.set()
 
-        def trace() -> None:
+        def run() -> None:
             try:
-                outcome = effect.perform(lambda: self.backend.answer_error(n, ERESTARTNOINTR),
-                                         lambda: self.backend.still_pending(n), restarted)
-                if outcome == "killed":
-                    self.journal.append({"type": "enforcement", "tid": n.tid, "reason":
-                                         "exec ran without the arguments a modify: append_args "
-                                         "rule added (rewritten by another thread); killed in "
-                                         "its exec stop, before its first instruction"})
+                work(answered)
             except (RestartUnavailable, DecodeError) as e:
-                # nothing answered yet (argv unreadable, or no ptrace here): refuse the exec
-                why = f"exec refused: its arguments cannot be added ({e})"
+                why = f"exec refused: cannot {purpose} ({e})"
                 print(f"aarm-sandbox: {why}", file=sys.stderr)
                 self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
                 self.backend.answer_error(n, errno.EPERM)
-                restarted(-errno.EPERM)
-            except Exception as e:  # noqa: BLE001 - answered already: fail closed
-                why = f"exec could not be restarted with the added arguments ({e}); process killed"
+                answered(-errno.EPERM)
+            except Exception as e:  # noqa: BLE001 - answered maybe: fail closed
+                why = f"exec killed: could not {purpose} ({e})"
                 try:
                     os.kill(_tgid_of(n.tid), signal.SIGKILL)
                 except OSError:
                     pass
                 print(f"aarm-sandbox: error: {why}", file=sys.stderr)
                 self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
-                restarted(-errno.EPERM)
+                answered(-errno.EPERM)
 
-        threading.Thread(target=trace, name="aarm-exec-restart", daemon=True).start()
+        threading.Thread(target=run, name=name, daemon=True).start()
         ready.wait(10)
         return result[0] if result else -errno.EPERM
 
@@ -550,6 +606,7 @@ class Supervisor:
                 print(f"aarm-sandbox: cannot scrub the environment of {action.target}: {e}",
                       file=sys.stderr)
                 return effect, None
+            effect.env_gate = tuple(decision.params)    # checked again in the exec stop
             return effect, {"type": "process.exec", "transform": "scrub_env",
                             "original": "process.exec", "removed": removed}
         if decision.modify == "append_args" and isinstance(effect, ExecContinue):

@@ -694,6 +694,28 @@ void aarm_fast_set_enabled(struct aarm_fast_ctx *c, int enabled)
     pthread_mutex_unlock(&c->ring_lock);
 }
 
+/* A descriptor of our own for fd's file.  A regular file gets a new open file description
+ * (same inode, checked): a dup would share the journal writer's, and write(2) serializes
+ * on a shared description's position lock (f_pos_lock, a mutex, even with O_APPEND), so an
+ * intent waited for the writer thread - which runs at SCHED_IDLE and can be preempted
+ * holding it - as well as for the inode.  Anything else (a FIFO to a collector) is dup'd. */
+static int reopen_appending(int fd)
+{
+    struct stat st, st2;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+        char name[40];
+        memcpy(name, "/proc/self/fd/", 14);
+        name[14 + put_u(name + 14, (unsigned long)fd)] = '\0';
+        int nfd = open(name, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOCTTY);
+        if (nfd >= 0) {
+            if (fstat(nfd, &st2) == 0 && st2.st_dev == st.st_dev && st2.st_ino == st.st_ino)
+                return nfd;
+            close(nfd);
+        }
+    }
+    return fcntl(fd, F_DUPFD_CLOEXEC, 0);
+}
+
 int aarm_fast_set_intent(struct aarm_fast_ctx *c, int fd, const char *prefix,
                          uint32_t prefix_len)
 {
@@ -717,7 +739,7 @@ int aarm_fast_set_intent(struct aarm_fast_ctx *c, int fd, const char *prefix,
             return -ENOMEM;
         /* Our own fd: the caller may close or reuse its number at any time, while a
          * loop that loaded this configuration may still be about to write. */
-        in->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        in->fd = reopen_appending(fd);
         if (in->fd < 0) {
             int e = errno;
             free(in);

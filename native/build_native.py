@@ -5,7 +5,8 @@ For development it can also be run directly to build the extension in place::
 
     python3 native/build_native.py            # -> aarm_sandbox/_native.*.so
 
-Only gcc, the Python headers and libffi are needed (no libseccomp).
+Only gcc, the Python headers, libffi and OpenSSL's libcrypto (headers: libssl-dev) are
+needed (no libseccomp).
 """
 
 from __future__ import annotations
@@ -204,6 +205,41 @@ void aarm_pm_free(struct aarm_pm *pm);
 int32_t aarm_pm_match(struct aarm_pm *pm, const void *text, size_t len, int width);
 int32_t aarm_pm_accept_set(struct aarm_pm *pm, int32_t id, uint32_t *out, uint32_t max);
 void aarm_pm_stats(struct aarm_pm *pm, uint64_t *out4);
+
+/* ---- fast-path receipts (aarm_receipt.c) ---- */
+struct aarm_receipt_tmpl {
+    const char *sid;
+    uint32_t sid_len;
+    const char *identity_j;
+    uint32_t identity_len;
+    const char *identity_no_exe_j;
+    uint32_t identity_no_exe_len;
+    const char *policy_j;
+    uint32_t policy_len;
+    const char *reason_j[6];
+    uint32_t reason_len[6];
+    const char *type_name[6];
+    const char *const *syscall_name;
+    uint32_t nsyscall;
+    const char *const *errno_name;
+    uint32_t nerrno;
+};
+struct aarm_chain_state {
+    uint64_t seq;
+    uint64_t since_checkpoint;
+    uint8_t prev[32];
+    uint8_t context[32];
+    int64_t clock_sec;
+    char clock_prefix[24];
+};
+#define AARM_PACKED_RECORD_MAX ...
+#define AARM_RECEIPT_LINE_MAX ...
+size_t aarm_receipt_pack(const struct aarm_fast_record *recs, uint32_t n, char *out, size_t cap);
+int64_t aarm_receipt_chain(struct aarm_chain_state *st, const struct aarm_receipt_tmpl *t,
+                           const char *packed, size_t packed_len, size_t *offset,
+                           uint32_t max_records, char *out, size_t cap, uint32_t chunk_bytes,
+                           uint32_t *chunk_ends, uint32_t max_chunks, uint32_t *nchunks,
+                           uint32_t *encoded);
 """
 
 SOURCE = r"""
@@ -213,6 +249,7 @@ SOURCE = r"""
 #include "aarm_native.h"
 #include "aarm_fastpath.h"
 #include "aarm_policy.h"
+#include "aarm_receipt.h"
 """
 
 _CFLAGS = ["-O2", "-Wall", "-fno-strict-aliasing"]
@@ -227,8 +264,10 @@ def make_ffi(relative: bool = True) -> FFI:
         SOURCE,
         sources=[fix(os.path.join(_HERE, "aarm_native.c")),
                  fix(os.path.join(_HERE, "aarm_fastpath.c")),
-                 fix(os.path.join(_HERE, "aarm_policy.c"))],
+                 fix(os.path.join(_HERE, "aarm_policy.c")),
+                 fix(os.path.join(_HERE, "aarm_receipt.c"))],
         include_dirs=[fix(_HERE)],
+        libraries=["crypto"],           # OpenSSL's SHA-256 for the receipt chain
         extra_compile_args=_CFLAGS,
     )
     return ffi

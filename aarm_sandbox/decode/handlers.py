@@ -405,8 +405,23 @@ def decode_mkdir(n, spec, st) -> Decoded:
     a = n.args
     dirfd, pptr, mode = (AT_FDCWD, a[0], a[1]) if spec.name == "mkdir" else (a[0], a[1], a[2])
     p = _resolver(n, st).parent(dirfd, read_path(n.tid, pptr))
+    _refuse_existing(p)
     m = (mode & 0o7777) & ~st.umask_of(n.tid)
     return Decoded(_act(A.FILE_MKDIR, n, spec, p.path, (p.path,)), AtCall("mkdir", p.fd, p.name_for_op, arg=m))
+
+
+def _refuse_existing(p) -> None:
+    """A name that is there already (of any type, a symlink included) makes mkdir EEXIST,
+    as the kernel answers before any permission check: nothing would change, so there is
+    nothing to decide. `mkdir -p /outside/ws/new` asks for /outside first; a denial there
+    (EACCES instead of EEXIST) was reported as a blocked action and broke tools that
+    only tolerate EEXIST."""
+    try:
+        os.stat(p.name, dir_fd=p.fd, follow_symlinks=False)
+    except OSError:
+        return                          # absent (or unreadable): decided as usual
+    p.close()
+    raise DecodeError(errno.EEXIST, f"{p.path} exists")
 
 
 def decode_mknod(n, spec, st) -> Decoded:
@@ -569,6 +584,9 @@ class ExecContinue(Continue):
         self.is_script = is_script
         self.interpreter_inode = interpreter_inode
         self.interpreter_is_script = interpreter_is_script
+        # MODIFY scrub_env: name globs the new program's environment must not have when it
+        # is checked in its exec stop (a thread may rewrite the scrubbed array meanwhile)
+        self.env_gate: tuple[str, ...] | None = None
         try:
             st = os.stat(f"/proc/{tid}/exe")
             self.before = (st.st_dev, st.st_ino)    # the image the caller runs now

@@ -90,11 +90,7 @@ class ExecRestart(Effect):
         within _EXEC_GATE_TIMEOUT: detached, the polling check remains)."""
         pointers = self._argv_pointers()
         tid = self.tid
-        try:
-            ptrace(PTRACE_SEIZE, tid, 0, _PTRACE_O_TRACEEXEC)
-        except OSError as e:
-            raise RestartUnavailable(e.errno, f"{e.strerror}: the supervisor may not ptrace "
-                                              f"here (container runtime or LSM policy)") from None
+        seize_for_exec(tid)
         attached = True
         try:
             if still_pending is not None and not still_pending():
@@ -125,57 +121,16 @@ class ExecRestart(Effect):
                 self._detach()
 
     def _detach(self) -> None:
-        """Detach, which needs the thread stopped: interrupt it first if it runs."""
-        try:
-            ptrace(PTRACE_DETACH, self.tid)
-            return
-        except OSError:
-            pass
-        try:
-            ptrace(_PTRACE_INTERRUPT, self.tid)
-            self._wait_stop()
-            ptrace(PTRACE_DETACH, self.tid)
-        except OSError:
-            pass
+        detach(self.tid)
 
     def _gate_exec(self) -> str:
         """Follow the thread to its exec stop and check the new program's argv there."""
-        deadline = time.monotonic() + _EXEC_GATE_TIMEOUT
-        who = self.tid
-        tgid = _tgid(self.tid)
-        while True:
-            try:
-                pid, status = os.waitpid(who, os.WNOHANG | _WALL)
-            except ChildProcessError:
-                if who != tgid:              # a non-leader's exec takes over the leader's id
-                    who = tgid
-                    continue
-                return "gone"
-            if pid == 0:
-                if time.monotonic() > deadline:
-                    return "timeout"
-                time.sleep(0.0002)
-                continue
-            if not os.WIFSTOPPED(status):
-                return "gone"
-            if status >> 16 == _PTRACE_EVENT_EXEC:
-                try:
-                    with open(f"/proc/{who}/cmdline", "rb") as f:
-                        ok = argv_ends_with(f.read(), tuple(os.fsdecode(a) for a in self.extra))
-                except OSError:
-                    ok = False
-                if not ok:
-                    os.kill(who, 9)
-                    return "killed"
-                ptrace(PTRACE_DETACH, who)
-                return "ok"
-            # any other stop (a signal on its way, a group stop): let it go on
-            sig = os.WSTOPSIG(status)
-            inject = 0 if status >> 16 or sig == 5 else sig       # 5: SIGTRAP
-            try:
-                ptrace(_PTRACE_CONT, who, 0, inject)
-            except OSError:
-                return "gone"
+        extra = tuple(os.fsdecode(a) for a in self.extra)
+
+        def argv_ok(pid: int) -> bool:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return argv_ends_with(f.read(), extra)
+        return gate_exec(self.tid, argv_ok)
 
     def _argv_pointers(self) -> list[int]:
         out: list[int] = []
@@ -187,16 +142,7 @@ class ExecRestart(Effect):
         raise DecodeError(errno.E2BIG, "too many arguments to add to")
 
     def _wait_stop(self) -> None:
-        deadline = time.monotonic() + _STOP_TIMEOUT
-        while True:
-            pid, status = os.waitpid(self.tid, os.WNOHANG | _WALL)
-            if pid == self.tid:
-                if os.WIFSTOPPED(status):
-                    return
-                raise OSError(errno.ESRCH, f"thread {self.tid} ended before its exec restarted")
-            if time.monotonic() > deadline:
-                raise OSError(errno.ETIMEDOUT, f"thread {self.tid} did not stop for the restart")
-            time.sleep(0.0002)
+        _wait_stop(self.tid)
 
     def _write_array(self, rsp: int, pointers: list[int]) -> int:
         """Strings first, then the pointer array (8-byte aligned), below the stack."""
@@ -216,6 +162,87 @@ class ExecRestart(Effect):
         except DecodeError as e:             # answered already: the caller kills
             raise OSError(e.errno, f"cannot write the new argv below the stack: {e}") from None
         return array_at
+
+
+def seize_for_exec(tid: int) -> None:
+    """Become the thread's tracer (no stop) with exec stops reported: RestartUnavailable
+    when ptrace is refused here."""
+    try:
+        ptrace(PTRACE_SEIZE, tid, 0, _PTRACE_O_TRACEEXEC)
+    except OSError as e:
+        raise RestartUnavailable(e.errno, f"{e.strerror}: the supervisor may not ptrace "
+                                          f"here (container runtime or LSM policy)") from None
+
+
+def detach(tid: int) -> None:
+    """Detach, which needs the thread stopped: interrupt it first if it runs."""
+    try:
+        ptrace(PTRACE_DETACH, tid)
+        return
+    except OSError:
+        pass
+    try:
+        ptrace(_PTRACE_INTERRUPT, tid)
+        _wait_stop(tid)
+        ptrace(PTRACE_DETACH, tid)
+    except OSError:
+        pass
+
+
+def gate_exec(tid: int, check, timeout: float = _EXEC_GATE_TIMEOUT) -> str:
+    """Follow a seized thread (seize_for_exec, by this same thread) to its exec stop, where
+    the new program exists but has not run an instruction: check(pid) -> bool decides
+    whether it may (an OSError counts as no). Returns "ok" (detached), "killed", "gone",
+    or "timeout" (no exec within `timeout`, e.g. the exec failed and the thread runs on:
+    still attached, the caller detaches)."""
+    deadline = time.monotonic() + timeout
+    who = tid
+    tgid = _tgid(tid)
+    while True:
+        try:
+            pid, status = os.waitpid(who, os.WNOHANG | _WALL)
+        except ChildProcessError:
+            if who != tgid:              # a non-leader's exec takes over the leader's id
+                who = tgid
+                continue
+            return "gone"
+        if pid == 0:
+            if time.monotonic() > deadline:
+                return "timeout"
+            time.sleep(0.0002)
+            continue
+        if not os.WIFSTOPPED(status):
+            return "gone"
+        if status >> 16 == _PTRACE_EVENT_EXEC:
+            try:
+                ok = check(who)
+            except OSError:
+                ok = False
+            if not ok:
+                os.kill(who, 9)
+                return "killed"
+            ptrace(PTRACE_DETACH, who)
+            return "ok"
+        # any other stop (a signal on its way, a group stop): let it go on
+        sig = os.WSTOPSIG(status)
+        inject = 0 if status >> 16 or sig == 5 else sig       # 5: SIGTRAP
+        try:
+            ptrace(_PTRACE_CONT, who, 0, inject)
+        except OSError:
+            return "gone"
+
+
+def _wait_stop(tid: int) -> None:
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    while True:
+        pid, status = os.waitpid(tid, os.WNOHANG | _WALL)
+        if pid == tid:
+            if os.WIFSTOPPED(status):
+                return
+            raise OSError(errno.ESRCH, f"thread {tid} ended before its exec restarted")
+        if time.monotonic() > deadline:
+            raise OSError(errno.ETIMEDOUT, f"thread {tid} did not stop for the restart")
+        time.sleep(0.0002)
 
 
 def argv_ends_with(cmdline: bytes, extra: tuple[str, ...]) -> bool:

@@ -4,8 +4,11 @@ An exec cannot be emulated (it must happen in the target), and seccomp user noti
 cannot change a syscall's arguments, but the envp *array* the arguments point to is
 ordinary memory of the target: the supervisor rewrites it in place (the kept pointers,
 then NULL) before letting the exec continue, so the new program starts without them. The
-strings themselves are left alone. This changes only what the target itself passes on; a
-program racing to rewrite its own envp would only restore its own environment.
+strings themselves are left alone. A thread of the same process could still rewrite
+the array or a kept string before the kernel copies them, so the supervisor attaches to
+the calling thread before letting the exec go on (exec_argv.seize_for_exec) and checks
+the new program's /proc/PID/environ in its exec stop, before it runs an instruction: with
+a removed name in it, it is killed there (`env_clean`).
 """
 from __future__ import annotations
 
@@ -51,3 +54,21 @@ def scrub(tid: int, envp: int, patterns: tuple[str, ...] = ()) -> list[str]:
     if removed:
         write_mem(tid, envp, b"".join(p.to_bytes(8, "little") for p in keep) + b"\0" * 8)
     return removed
+
+
+def matching_names(environ: bytes, patterns: tuple[str, ...] = ()) -> list[str]:
+    """Names in a NUL-separated environment block that match a pattern."""
+    pats = patterns or DEFAULT_REMOVE
+    out = []
+    for entry in environ.split(b"\0"):
+        if entry:
+            name = entry.split(b"=", 1)[0].decode("utf-8", "surrogateescape")
+            if any(fnmatch.fnmatchcase(name, pat) for pat in pats):
+                out.append(name)
+    return out
+
+
+def env_clean(pid: int, patterns: tuple[str, ...] = ()) -> bool:
+    """The program pid now runs has none of the names (read in its exec stop)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return not matching_names(f.read(), patterns)

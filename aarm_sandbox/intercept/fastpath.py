@@ -21,6 +21,7 @@ import time
 from aarm_sandbox._native import ffi, lib
 from aarm_sandbox.actions import action as A
 from aarm_sandbox.decode.handlers import Notification
+from aarm_sandbox.journal.native_chain import Packer
 from aarm_sandbox.context.count_budget import BUDGET_KINDS, budget_rules
 from aarm_sandbox.policy.compiler import CompiledPolicy, literal_prefix
 from aarm_sandbox.policy.decision import Result
@@ -161,6 +162,7 @@ class FastPath:
         self.ctx = ctx
         self._notif = ffi.new("struct aarm_notif *")
         self._records = ffi.new("struct aarm_fast_record[]", _DRAIN_BATCH)
+        self._packer = Packer(_DRAIN_BATCH)
         self._lock = threading.Lock()
 
     def set_intent(self, fd: int, prefix: bytes) -> None:
@@ -210,6 +212,27 @@ class FastPath:
         """An exec was allowed: cached program names may be stale."""
         lib.aarm_fast_invalidate_exe(self.ctx)
 
+    def drain_batches(self, on_batch, batch: int = _DRAIN_BATCH, polite=None) -> int:
+        """Hand handled decisions over in ring order, a batch at a time:
+        on_batch(records, n) with the cffi array of `struct aarm_fast_record` (valid only
+        during the call; `pack` it to keep it). `polite`: the decision thread's claim
+        (intercept.claim), waited for between batches of `batch`."""
+        total = 0
+        while True:
+            if polite is not None:
+                polite.wait()           # between batches, never holding the lock
+            with self._lock:            # a batch at a time, in ring order
+                n = lib.aarm_fast_drain(self.ctx, self._records, batch)
+                if n:
+                    on_batch(self._records, n)
+            total += n
+            if n < batch:
+                return total
+
+    def pack(self, records, n: int) -> bytes:
+        """Records of the current batch, packed for the journal (native_chain.FastRun)."""
+        return self._packer.pack(records, n)
+
     def drain(self, sink, batch: int = _DRAIN_BATCH, polite=None) -> int:
         """Turn handled decisions into receipts via
         sink(type, path, syscall, tid, flags, result, ts_ns, notif, exe, counted, performed): ts_ns
@@ -219,24 +242,19 @@ class FastPath:
         unit of the kind's count budget (the sink counts it or gives it back); performed: the
         operation happened (an open whose fd could not be installed has result < 0 and
         performed True). `polite`: the
-        decision thread's claim (intercept.claim), waited for between batches of `batch`."""
-        total = 0
+        decision thread's claim (intercept.claim), waited for between batches of `batch`.
+        (The supervisor takes whole batches: drain_batches.)"""
         unpack = ffi.unpack
-        while True:
-            if polite is not None:
-                polite.wait()           # between batches, never holding the lock
-            with self._lock:            # a batch at a time, in ring order
-                n = lib.aarm_fast_drain(self.ctx, self._records, batch)
-                for i in range(n):
-                    rec = self._records[i]
-                    path = os.fsdecode(unpack(rec.path, rec.path_len))
-                    exe = os.fsdecode(unpack(rec.exe, rec.exe_len)) if rec.exe_len else None
-                    sink(KIND_TYPE[rec.kind], path, SYSCALL_NAMES.get(rec.nr, str(rec.nr)),
-                         rec.tid, rec.flags, rec.result, rec.ts_ns, rec.notif_id, exe,
-                         bool(rec.counted), bool(rec.performed))
-            total += n
-            if n < batch:
-                return total
+
+        def each(records, n):
+            for i in range(n):
+                rec = records[i]
+                path = os.fsdecode(unpack(rec.path, rec.path_len))
+                exe = os.fsdecode(unpack(rec.exe, rec.exe_len)) if rec.exe_len else None
+                sink(KIND_TYPE[rec.kind], path, SYSCALL_NAMES.get(rec.nr, str(rec.nr)),
+                     rec.tid, rec.flags, rec.result, rec.ts_ns, rec.notif_id, exe,
+                     bool(rec.counted), bool(rec.performed))
+        return self.drain_batches(each, batch, polite)
 
     def close(self) -> None:
         if self.ctx != ffi.NULL:
@@ -244,7 +262,7 @@ class FastPath:
             self.ctx = ffi.NULL
 
 
-def drain_periodically(fast: FastPath, sink, stop: threading.Event, interval: float = 0.02) -> None:
+def drain_periodically(fast: FastPath, on_batch, stop: threading.Event, interval: float = 0.02) -> None:
     """Drain whenever C says the ring is filling (its wake eventfd), and every `interval`
     for stragglers. A full ring would hand the next decision to the Python loop, which
     drains all of it inline first (~10 ms for 1024 receipts, measured as one stalled
@@ -263,6 +281,6 @@ def drain_periodically(fast: FastPath, sink, stop: threading.Event, interval: fl
                 os.eventfd_read(wake)
             except BlockingIOError:
                 pass
-        fast.drain(sink, batch=16, polite=CLAIM)
-    fast.drain(sink)
+        fast.drain_batches(on_batch, batch=16, polite=CLAIM)
+    fast.drain_batches(on_batch)
     time.sleep(0)

@@ -27,6 +27,7 @@ from hashlib import sha256
 from aarm_sandbox.journal import canonical as _canonical_mod
 from aarm_sandbox.journal import chain
 from aarm_sandbox.journal.canonical import canonical, encode_string
+from aarm_sandbox.journal.native_chain import FastRun, python_tuple
 
 _ERRNO = __import__("errno").errorcode
 _AT_REMOVEDIR = 0x200
@@ -174,6 +175,8 @@ class Journal:
         self._policy_j = canonical(dict(self.policy))
         self._sid_b = session_id.encode()
         self._reason_j: dict[str, bytes] = {}
+        self._native = None                 # native_chain.NativeChain, once use_native_fast
+        self._fast_types = self._fast_syscalls = self._fast_reasons = None
         self.checkpoint_every = checkpoint_every
         self.checkpoint_ms = checkpoint_ms
         self.queue: deque[dict] = deque()
@@ -248,6 +251,32 @@ class Journal:
         self.append_stamped((type_, path, syscall, tid, flags, result, ts_ns, notif, exe, reason,
                              result >= 0 if performed is None else performed))
 
+    def use_native_fast(self, types: dict[int, str], syscalls: dict[int, str],
+                        reasons: dict[int, str]) -> bool:
+        """Fast-path records arrive as packed runs (`append_fast_run`) of these kinds; chain
+        them in C where the template fits (native_chain), in Python otherwise. False when
+        only Python can (the receipts are the same)."""
+        from aarm_sandbox.journal.native_chain import NativeChain
+        self._fast_types, self._fast_syscalls, self._fast_reasons = types, syscalls, reasons
+        try:
+            native = NativeChain(
+                session_id=self.session_id, identity_j=self._identity_j,
+                identity_no_exe_j=self._identity_no_exe_j, policy_j=self._policy_j,
+                reasons_j={k: encode_string(r) for k, r in reasons.items()}, types=types,
+                syscalls=syscalls)
+        except (TypeError, ValueError, OSError):
+            return False
+        if not native.usable:
+            return False
+        self._native = native
+        return True
+
+    def append_fast_run(self, packed: bytes, count: int) -> None:
+        """`count` native fast-path decisions, packed (native_chain.Packer), in ring order.
+        (The queue's HIGH_WATER counts a run as one entry: a run is at most one drain
+        batch.)"""
+        self.append_stamped(FastRun(packed, count))
+
     def intent(self, notif: int, action_type: str, syscall: str, tid: int, target: str,
                to: str | None = None) -> bool:
         """Written synchronously before a destructive action is performed: a crash
@@ -319,11 +348,23 @@ class Journal:
                 lines: list[bytes] = []
                 sync = False
                 chain_one, chain_fast = self._chain, self._chain_fast
-                while q and len(lines) < BATCH:
+                count = 0
+                while q and count < BATCH:
                     if lines and polite is not None and polite.claimed():
                         break           # a decision wants the GIL: write what we have
                     rec = q.popleft()
-                    lines.append(chain_one(rec) if rec.__class__ is dict else chain_fast(rec))
+                    cls = rec.__class__
+                    if cls is dict:
+                        lines.append(chain_one(rec))
+                        count += 1
+                    elif cls is FastRun:
+                        count += self._chain_run(rec, min(BATCH - count, every - self._since_checkpoint),
+                                                 lines)
+                        if rec.offset < len(rec.packed):
+                            q.appendleft(rec)   # the rest of the run, next
+                    else:
+                        lines.append(chain_fast(rec))
+                        count += 1
                     if self._since_checkpoint >= every:
                         lines.append(self._checkpoint(time.time_ns()))
                         sync = True
@@ -335,6 +376,20 @@ class Journal:
                 return
             if q:
                 time.sleep(0)
+
+    def _chain_run(self, run: FastRun, room: int, lines: list[bytes]) -> int:
+        """Up to `room` records of a packed run onto the chain (C where it can); returns
+        how many."""
+        native = self._native
+        if native is not None and room > 0:
+            done = native.chain(self, run, room, WRITE_CHUNK, lines)
+            if done > 0:
+                return done
+        # the next record is one C does not encode (-1), or made no progress (0: never
+        # for a run Packer made; a broken one then fails here, and the journal with it)
+        lines.append(self._chain_fast(python_tuple(
+            run, self._fast_types, self._fast_syscalls, self._fast_reasons)))
+        return 1
 
     def _chain(self, rec: dict) -> bytes:
         """Number, stamp, hash and encode one record (the writer's per-record cost: keep
@@ -563,6 +618,12 @@ class NullJournal(Journal):
         pass
 
     def append_fast(self, *a) -> None:
+        pass
+
+    def use_native_fast(self, *a) -> bool:
+        return True
+
+    def append_fast_run(self, *a) -> None:
         pass
 
     def intent(self, *a) -> bool:

@@ -1074,6 +1074,41 @@ def test_o_creat_on_a_directory_fails_like_native(box):
     assert_same(n, s)
 
 
+MKDIR_EXISTING_PY = r"""
+import os, sys
+for p in sys.argv[1:]:
+    try:
+        os.mkdir(p); print(p, "made")
+    except OSError as e:
+        print(p, e.strerror)
+"""
+
+
+def test_mkdir_of_an_existing_name_outside_the_workspace_is_eexist_not_a_denial(ubox):
+    """`mkdir -p WS/a/b` asks for every existing parent first (mkdir("/tmp") -> EEXIST);
+    that was decided like a new directory outside the workspace and refused (EACCES),
+    reported as a blocked action, though nothing would change. Existing names answer EEXIST
+    as natively, silently; a new directory outside is still refused."""
+    box = ubox
+    outside_dir, outside_file = box.outside / "there", box.outside / "f"
+    mkdirs(box, outside_dir)
+    box.canary("f")
+    py = python_for(box)
+    existing = [str(outside_dir), str(outside_dir) + "/", str(outside_file), "/", "/tmp"]
+    n, s = both(box, [py, "-c", MKDIR_EXISTING_PY, *existing], native_cwd=box.workspace,
+                sandbox_cwd=box.workspace)
+    assert n.stdout.count("File exists") == len(existing), n.stdout
+    assert_same(n, s)
+    no_denials(s)
+    deep = box.workspace / "a" / "b" / "c"
+    r = box.run(["mkdir", "-p", str(deep)])
+    assert r.returncode == 0 and deep.is_dir() and "denied" not in r.stderr, r.stderr
+    no_denials(r)
+    new = box.run([py, "-c", MKDIR_EXISTING_PY, str(box.outside / "new")])
+    assert "made" not in new.stdout and not (box.outside / "new").exists()
+    assert new.denied("file.mkdir"), new.stderr
+
+
 TRAILING_SLASH_PY = r"""
 import os
 for p in ["file/", "missing/", "existing/", "existing/new/"]:

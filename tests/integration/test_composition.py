@@ -361,6 +361,55 @@ def test_exec_env_scrubbing_removes_secrets_and_loader_hooks(box, tmp_path):
     assert "KEEP_ME" not in removed
 
 
+# a kept variable that a thread flips into a removed one (GITHUB_TOKEX <-> GITHUB_TOKEN)
+# after the supervisor scrubbed the array, until the kernel copies it
+ENV_RACE = r"""
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+leaked = 0
+for i in range(int(sys.argv[1])):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(w, 1)
+        s = ctypes.create_string_buffer(b"GITHUB_TOKEX=leak")
+        argv = (ctypes.c_void_p * 2)(ctypes.cast(ctypes.c_char_p(b"env"), ctypes.c_void_p).value, None)
+        envp = (ctypes.c_void_p * 2)(ctypes.addressof(s), None)
+        def flip():
+            while True:
+                s[11] = b"N"; s[11] = b"X"
+        threading.Thread(target=flip, daemon=True).start()
+        libc.execve(b"/usr/bin/env", argv, envp)
+        os._exit(99)
+    os.close(w)
+    out = b""
+    while chunk := os.read(r, 4096):
+        out += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    leaked += b"GITHUB_TOKEN=leak" in out
+print(f"leaked {leaked}")
+"""
+
+
+def test_a_scrubbed_variable_written_back_by_another_thread_never_reaches_the_program(box, tmp_path):
+    """The scrub rewrites the envp array in the target's memory; a thread flipping a kept
+    string into a removed name before the kernel copied it passed the name on (6 of 30
+    execs). The new program's environment is checked in its exec stop, before it runs:
+    with the name back, it is killed there."""
+    profile = tmp_path / "s.yaml"
+    profile.write_text(SCRUB)
+    native = box.native([PY, "-c", ENV_RACE, "30"])
+    assert "leaked 0" not in native.stdout, native.stdout          # the flip works natively
+    r = box.run([PY, "-c", ENV_RACE, "30"], profile=str(profile))
+    assert "leaked 0" in r.stdout, r.stdout + r.stderr[-2000:]
+    modified = [x for x in r.receipts("process.exec") if x["decision"]["result"] == "modify"]
+    assert len(modified) == 30, r.stderr[-2000:]
+    killed = [e for e in r.records if e.get("type") == "enforcement" and "scrub_env" in e.get("reason", "")]
+    leaked_past_scrub = [x for x in modified if "GITHUB_TOKEN" not in x["action"]["modified"]["removed"]]
+    assert len(killed) <= len(leaked_past_scrub)     # only a flipped string is ever killed
+
+
 APPEND = """id: append
 extends: default
 rules:
