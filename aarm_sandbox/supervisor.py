@@ -154,7 +154,8 @@ class Supervisor:
         self._drain_stop = threading.Event()
         from aarm_sandbox.intercept.fastpath import drain_periodically
         self._drainer = threading.Thread(target=drain_periodically, name="aarm-fast-drain",
-                                         args=(self.fast, self._fast_batch, self._drain_stop),
+                                         args=(self.fast, self._fast_batch, self._drain_stop,
+                                               self._fast_drain_failed),
                                          daemon=True)
         self._drainer.start()
 
@@ -185,20 +186,23 @@ class Supervisor:
     def _fast_batch(self, records, n: int) -> None:
         """Decisions the native fast path made (profile default ALLOW, proven rule-free, or
         below the limit of the count rule it spent a budget unit of: counted here), in ring
-        order: the session context learns each, the journal gets them as one packed run
-        (chained in C: journal.native_chain)."""
+        order: the journal gets them first, as one packed run (chained in C:
+        journal.native_chain; the ring has let go of them), then the session context
+        learns each."""
+        self.journal.append_fast_run(self.fast.pack(records, n), n)
         ctx = self.ctx
         ledger = self.ledger
         action_counts, recent = ctx.action_counts, ctx.recent
         unpack, fsdecode = ffi.unpack, os.fsdecode
         kind_type = self._kind_type
+        lost = []
         for i in range(n):
             rec = records[i]
             type_ = kind_type[rec.kind]
             path = fsdecode(unpack(rec.path, rec.path_len))
             done = bool(rec.performed)
             if rec.result == -errno.EINPROGRESS:
-                self.answer_lost(rec.tid, killed=True)      # C killed it already
+                lost.append(rec.tid)
             if rec.counted:
                 # it counts unless it failed, C's conservative match was not a real one,
                 # or the file is the session's own
@@ -214,10 +218,19 @@ class Supervisor:
                 elif type_ == A.FILE_DELETE:
                     ctx.record_removed(path)
             if self.explain:
-                print(f"aarm-sandbox: allow   {type_} {path} [default] (native fast path)",
-                      file=sys.stderr)
+                try:
+                    print(f"aarm-sandbox: allow   {type_} {path} [default] (native fast path)",
+                          file=sys.stderr)
+                except (OSError, ValueError):
+                    pass                            # (a closed stderr: the journal has it)
         ctx.decision_counts["allow"] += n
-        self.journal.append_fast_run(self.fast.pack(records, n), n)
+        for tid in lost:
+            self.answer_lost(tid, killed=True)      # C killed it already
+
+    def _fast_drain_failed(self, e: BaseException) -> None:
+        """The fast path's drain thread failed: its records may be lost, so no further
+        action is allowed (the journal fails, which also turns the fast path off)."""
+        self.journal.fail(f"internal error draining the native fast path: {e!r}")
 
     def _pin_root(self, tid: int) -> None:
         """Pin the sandbox's root once, from the first task that asks for a decision (the
@@ -486,33 +499,43 @@ class Supervisor:
 
     def _restart_exec(self, n: Notification, effect) -> int:
         """MODIFY append_args: the exec is made again with the new argv, by a thread of its
-        own that stays the thread's tracer until the exec stop (enforce.exec_argv); this one
-        goes on deciding (the restarted exec is notified again). A failure before the call
-        is answered refuses the exec; after, it kills the process."""
-        def work(answered) -> None:
-            outcome = effect.perform(lambda: self.backend.answer_error(n, ERESTARTNOINTR),
-                                     lambda: self.backend.still_pending(n), answered)
+        own that stays the thread's tracer until the exec is over (enforce.exec_argv); this
+        one goes on deciding (the restarted exec is notified again). A failure before the
+        call is answered refuses the exec; after, it kills the process."""
+        def work(may_answer, answered) -> None:
+            def answer_restart() -> None:
+                if not may_answer():
+                    raise RestartUnavailable(errno.ETIMEDOUT, "the decision stopped waiting")
+                self.backend.answer_error(n, ERESTARTNOINTR)
+            outcome = effect.perform(answer_restart, lambda: self.backend.still_pending(n),
+                                     answered)
             if outcome == "killed":
                 self.journal.append({"type": "enforcement", "tid": n.tid, "reason":
                                      "exec ran without the arguments a modify: append_args "
                                      "rule added (rewritten by another thread); killed in "
                                      "its exec stop, before its first instruction"})
+            elif outcome == "timeout":
+                self._journal_gate_timeout(n)
         return self._as_tracer(n, "aarm-exec-restart", "add its arguments", work)
 
     def _gated_exec(self, n: Notification, patterns: tuple[str, ...]) -> int:
         """MODIFY scrub_env: continue the exec with a tracer attached, which checks the new
         program's environment in its exec stop and kills it there if a removed name is
-        back (enforce.exec_env). Without ptrace here the exec is refused (fail closed).
+        back (enforce.exec_env); an exec that fails ends the tracing on its way back (the
+        tracer's interrupt). Without ptrace here the exec is refused (fail closed).
         Returns 0 once continued, -errno when refused."""
         from aarm_sandbox.enforce import exec_env
-        from aarm_sandbox.enforce.exec_argv import detach, gate_exec, seize_for_exec
+        from aarm_sandbox.enforce.exec_argv import detach, gate_exec, interrupt, seize_for_exec
 
-        def work(answered) -> None:
+        def work(may_answer, answered) -> None:
             seize_for_exec(n.tid)
-            if not self.backend.still_pending(n):
-                answered(-errno.ESRCH)
+            try:
+                interrupt(n.tid)
+                if not self.backend.still_pending(n) or not may_answer():
+                    raise RestartUnavailable(errno.ESRCH, f"thread {n.tid} left its exec")
+            except BaseException:
                 detach(n.tid)
-                return
+                raise
             self.backend.answer_continue(n)
             answered(0)
             outcome = gate_exec(n.tid, lambda pid: exec_env.env_clean(pid, patterns))
@@ -522,18 +545,34 @@ class Supervisor:
                                      "removed (rewritten by another thread); killed in its "
                                      "exec stop, before its first instruction"})
             elif outcome == "timeout":
-                detach(n.tid)
+                self._journal_gate_timeout(n)
         return self._as_tracer(n, "aarm-exec-gate", "check its scrubbed environment before "
                                                      "it runs", work)
 
+    def _journal_gate_timeout(self, n: Notification) -> None:
+        why = (f"exec of thread {n.tid} was not over after 30 s under its check; "
+               f"process killed")
+        print(f"aarm-sandbox: error: {why}", file=sys.stderr)
+        self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
+
     def _as_tracer(self, n: Notification, name: str, purpose: str, work) -> int:
-        """Run work(answered) in a thread of its own, which may become the calling thread's
-        tracer (every ptrace call must come from the thread that attached) and answers the
-        notification; returns the first result it passes to answered(). A refusal before
-        any answer (no ptrace here, unreadable arguments) denies the exec; any other
-        failure kills the process (it may have been answered: fail closed)."""
+        """Run work(may_answer, answered) in a thread of its own, which may become the
+        calling thread's tracer (every ptrace call must come from the thread that attached)
+        and answers the notification - only if may_answer() says the decision still waits
+        for it - then reports answered(result); returns the first result reported. A
+        refusal before any answer (no ptrace here, unreadable arguments) denies the exec;
+        any other failure kills the process (it may have been answered: fail closed)."""
         ready = threading.Event()
         result: list[int] = []
+        lock = threading.Lock()
+        state = {"answered": False, "abandoned": False}
+
+        def may_answer() -> bool:
+            with lock:
+                if state["abandoned"]:
+                    return False
+                state["answered"] = True
+                return True
 
         def answered(r: int) -> None:
             result.append(r)
@@ -541,12 +580,13 @@ class Supervisor:
 
         def run() -> None:
             try:
-                work(answered)
+                work(may_answer, answered)
             except (RestartUnavailable, DecodeError) as e:
                 why = f"exec refused: cannot {purpose} ({e})"
                 print(f"aarm-sandbox: {why}", file=sys.stderr)
                 self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
-                self.backend.answer_error(n, errno.EPERM)
+                if may_answer():
+                    self.backend.answer_error(n, errno.EPERM)
                 answered(-errno.EPERM)
             except Exception as e:  # noqa: BLE001 - answered maybe: fail closed
                 why = f"exec killed: could not {purpose} ({e})"
@@ -559,8 +599,15 @@ class Supervisor:
                 answered(-errno.EPERM)
 
         threading.Thread(target=run, name=name, daemon=True).start()
-        ready.wait(10)
-        return result[0] if result else -errno.EPERM
+        if not ready.wait(10):
+            with lock:
+                if not state["answered"]:
+                    # the tracer never got to answer: refuse it here, and it never will
+                    state["abandoned"] = True
+                    self.backend.answer_error(n, errno.EPERM)
+                    return -errno.EPERM
+            ready.wait()
+        return result[0]
 
     def _decide_semantic(self, action, decision: Decision) -> Decision:
         """An exec is also every semantic action its argv means (through launchers like

@@ -380,6 +380,148 @@ static void mask_path(struct init_ctx *c, const char *path)
         mask_with_devnull(c, path);
 }
 
+/* ---- directory views ----
+ * A mask hides what exists at launch; a credential file the host creates or replaces (by
+ * rename) during the session would be visible.  A view replaces a directory by an empty
+ * tmpfs holding every entry the directory had at launch except the hidden names: a bind
+ * of each file or directory (symlinks recreated as such), so entries the host adds later
+ * are not in the sandbox's sight at all.  The view's own root is read-only: nothing is
+ * created there that would vanish with the session. */
+#define VIEW_MAX_ENTRIES 4096
+
+struct linux_dirent64_ {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+static int view_hides(const char *dir, const char *name, char *const *pairs)
+{
+    for (char *const *p = pairs; p[0] && p[1]; p += 2)
+        if (strcmp(p[0], dir) == 0 && strcmp(p[1], name) == 0)
+            return 1;
+    return 0;
+}
+
+/* dir + "/" + name into buf; 0 when it does not fit */
+static int join(char *buf, size_t cap, const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    if (a + 1 + b + 1 > cap)
+        return 0;
+    memcpy(buf, dir, a);
+    buf[a] = '/';
+    memcpy(buf + a + 1, name, b + 1);
+    return 1;
+}
+
+static void view_entry(struct init_ctx *c, const char *dir, int dfd, int vfd, const char *name)
+{
+    struct stat st;
+    char src[64], dst[PATH_MAX];
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        if (errno == ENOENT)
+            return;                     /* gone meanwhile */
+        init_fail(c, "view: stat", name, errno);
+    }
+    if (!join(dst, sizeof dst, dir, name))
+        init_fail(c, "view: path too long", dir, ENAMETOOLONG);
+    if (S_ISLNK(st.st_mode)) {
+        char target[PATH_MAX];
+        ssize_t n = readlinkat(dfd, name, target, sizeof target - 1);
+        if (n < 0)
+            init_fail(c, "view: readlink", dst, errno);
+        target[n] = '\0';
+        if (symlinkat(target, vfd, name) < 0)
+            init_fail(c, "view: symlink", dst, errno);
+        return;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        if (mkdirat(vfd, name, 0755) < 0)
+            init_fail(c, "view: mkdir", dst, errno);
+    } else {
+        int f = openat(vfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (f < 0)
+            init_fail(c, "view: create", dst, errno);
+        close(f);
+    }
+    struct sbuf b = { src, sizeof src, 0 };
+    sb_put(&b, "/proc/self/fd/");
+    sb_putu(&b, (unsigned long)dfd);
+    src[b.len] = '\0';
+    char from[PATH_MAX];
+    if (!join(from, sizeof from, src, name))
+        init_fail(c, "view: path too long", dir, ENAMETOOLONG);
+    if (mount(from, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
+        init_fail(c, "view: bind", dst, errno);
+}
+
+/* dir becomes its view; pairs: dir, name, dir, name, ..., NULL (only this dir's count).
+ * A directory the sandbox cannot open (absent, not a directory, not readable) is left
+ * alone: what it holds is out of sight natively too. */
+static void make_view(struct init_ctx *c, const char *dir, char *const *pairs)
+{
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        if (errno == ENOENT || errno == ENOTDIR || errno == EACCES)
+            return;
+        init_fail(c, "view: open", dir, errno);
+    }
+    struct stat dst;
+    if (fstat(dfd, &dst) < 0)
+        init_fail(c, "view: stat", dir, errno);
+    char opts[96];
+    struct sbuf o = { opts, sizeof opts, 0 };
+    opts[0] = '\0';
+    sb_put(&o, "size=64k,mode=0");
+    char oct[8];
+    int k = 0;
+    unsigned m = dst.st_mode & 07777;
+    do {
+        oct[k++] = (char)('0' + (m & 7));
+        m >>= 3;
+    } while (m);
+    while (k)
+        sb_putc(&o, oct[--k]);
+    if (dst.st_uid == c->cfg->outer_uid && dst.st_gid == c->cfg->outer_gid) {
+        sb_put(&o, ",uid=");
+        sb_putu(&o, dst.st_uid);
+        sb_put(&o, ",gid=");
+        sb_putu(&o, dst.st_gid);
+    }
+    opts[o.len] = '\0';
+    if (mount("tmpfs", dir, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
+        init_fail(c, "view: mount tmpfs", dir, errno);
+    int vfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (vfd < 0)
+        init_fail(c, "view: open", dir, errno);
+    char buf[8192];
+    int count = 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, dfd, buf, sizeof buf);
+        if (n < 0)
+            init_fail(c, "view: read directory", dir, errno);
+        if (n == 0)
+            break;
+        for (long off = 0; off < n;) {
+            struct linux_dirent64_ *d = (struct linux_dirent64_ *)(buf + off);
+            off += d->d_reclen;
+            const char *name = d->d_name;
+            if (!strcmp(name, ".") || !strcmp(name, "..") || view_hides(dir, name, pairs))
+                continue;
+            if (++count > VIEW_MAX_ENTRIES)
+                init_fail(c, "view: too many entries in", dir, E2BIG);
+            view_entry(c, dir, dfd, vfd, name);
+        }
+    }
+    close(vfd);
+    close(dfd);
+    if (mount(NULL, dir, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=64k") < 0)
+        init_fail(c, "view: remount read-only", dir, errno);
+}
+
 /* A read-only bind of src over dst (dst must exist; a symlink is followed, as
  * for /etc/resolv.conf -> /run/systemd/resolve/stub-resolv.conf). */
 static void bind_file(struct init_ctx *c, const char *src, const char *dst)
@@ -627,6 +769,15 @@ static void init_main(struct init_ctx *c)
                     init_fail(c, "mount /proc", NULL, errno);
             }
         }
+        if (cfg->view_hide)
+            for (char *const *p = cfg->view_hide; p[0] && p[1]; p += 2) {
+                int first = 1;          /* each directory once, at its first pair */
+                for (char *const *q = cfg->view_hide; q < p; q += 2)
+                    if (strcmp(q[0], p[0]) == 0)
+                        first = 0;
+                if (first)
+                    make_view(c, p[0], cfg->view_hide);
+            }
         if (cfg->bind_files)
             for (char *const *p = cfg->bind_files; p[0] && p[1]; p += 2)
                 bind_file(c, p[0], p[1]);

@@ -113,6 +113,9 @@ struct aarm_spawn_config {
     int loopback_up;             /* with CLONE_NEWNET: bring lo up (else the namespace has no network at all) */
     int private_shm;             /* with CLONE_NEWNS: a private writable tmpfs on /dev/shm */
     char *const *bind_files;     /* with CLONE_NEWNS: src, dst, src, dst, ..., NULL: read-only binds */
+    char *const *view_hide;      /* with CLONE_NEWNS: dir, name, dir, name, ..., NULL: each dir becomes
+                                    a view of what it holds at launch without those names (parents
+                                    before children) */
     int *out_dns_stub;           /* non-NULL, with CLONE_NEWNET + loopback: receives the supervisor's
                                     copy of a UDP socket bound to 127.0.0.53:53 inside the sandbox's
                                     network namespace (-1 when it could not be made: see warnings) */

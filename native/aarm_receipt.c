@@ -193,6 +193,16 @@ static char *put_name(char *o, const char *const *names, uint32_t count, int64_t
     return put_i64(o, v);
 }
 
+/* The errno of a negative result: its magnitude, named when the table has it (unsigned:
+ * INT64_MIN has no positive int64). */
+static char *put_errno(char *o, const struct aarm_receipt_tmpl *t, int64_t result)
+{
+    uint64_t e = (uint64_t)0 - (uint64_t)result;
+    if (e < t->nerrno && t->errno_name[e])
+        return put(o, t->errno_name[e], strlen(t->errno_name[e]));
+    return put_u64(o, e);
+}
+
 /* RFC 3339 UTC with microseconds, as the writer's _Clock formats it. */
 static char *put_ts(char *o, struct aarm_chain_state *st, uint64_t ns)
 {
@@ -274,7 +284,7 @@ static int64_t encode_one(EVP_MD_CTX *md, struct aarm_chain_state *st,
     o = PUT_LIT(o, ",\"outcome\":{");
     if (h->result < 0) {
         o = PUT_LIT(o, "\"errno\":\"");
-        o = put_name(o, t->errno_name, t->nerrno, -h->result);
+        o = put_errno(o, t, h->result);
         o = PUT_LIT(o, "\",");
     }
     o = executed ? PUT_LIT(o, "\"executed\":true") : PUT_LIT(o, "\"executed\":false");

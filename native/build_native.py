@@ -60,6 +60,7 @@ struct aarm_spawn_config {
     int loopback_up;             /* with CLONE_NEWNET: bring lo up (else the namespace has no network at all) */
     int private_shm;
     char *const *bind_files;
+    char *const *view_hide;
     int *out_dns_stub;
 };
 

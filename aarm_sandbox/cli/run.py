@@ -288,6 +288,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     env["AARM_SANDBOX_SESSION"] = session_id
     plan = LaunchPlan(argv=list(args.command), env=env, cwd=os.getcwd(), bpf=bpf,
                       mask_dirs=mask_dirs, mask_files=mask_files)
+    from aarm_sandbox.launch.views import plan_views
+    plan.view_hide, view_warnings = plan_views(masks, [workspace, tmpdir])
     plan.loopback = settings.network == "loopback"
     destinations = _destinations(settings, args)
     if plan.loopback:
@@ -342,6 +344,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     from aarm_sandbox.intercept.claim import CLAIM
     journal.polite = CLAIM            # the writer yields to decisions (intercept.claim)
     journal.start(signer, preload=False)
+    if sandbox.namespaces & CLONE_NEWNS:
+        sandbox.warnings.extend(view_warnings)
     for w in sandbox.warnings:
         print(f"aarm-sandbox: warning: {w}", file=sys.stderr)
 
@@ -355,7 +359,9 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     start_record["isolation"] = {
         "backend": backend.name, "sync_wakeup": backend.sync_wakeup,
         "namespaces": [v for k, v in NS_NAMES.items() if sandbox.namespaces & k],
-        "masked": mask_dirs + mask_files, "fast_path": os.environ.get("AARM_FAST_PATH", "1") != "0"}
+        "masked": mask_dirs + mask_files,
+        "views": sorted({d for d, _ in plan.view_hide}) if sandbox.namespaces & CLONE_NEWNS else [],
+        "fast_path": os.environ.get("AARM_FAST_PATH", "1") != "0"}
     journal.append(start_record)
     from aarm_sandbox.decode import handlers
     handlers.NETWORK_CONTAINED = bool(sandbox.namespaces & CLONE_NEWNET)

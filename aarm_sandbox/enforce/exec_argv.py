@@ -30,9 +30,13 @@ ERESTARTNOINTR = 513
 _RESTART_ERRORS = (512, 513, 514, 516)      # ERESTARTSYS NOINTR NOHAND RESTART_RESTARTBLOCK
 _PTRACE_CONT, _PTRACE_GETREGS, _PTRACE_SETREGS, PTRACE_DETACH = 7, 12, 13, 17
 PTRACE_SEIZE, _PTRACE_INTERRUPT = 0x4206, 0x4207
-_PTRACE_O_TRACEEXEC = 0x10
-_PTRACE_EVENT_EXEC = 4
-_EXEC_GATE_TIMEOUT = 30.0   # a restarted exec held for approval longer: the polling check
+_PTRACE_SYSCALL = 24
+_PTRACE_O_TRACESYSGOOD, _PTRACE_O_TRACEEXEC = 0x1, 0x10
+_PTRACE_EVENT_EXEC, _PTRACE_EVENT_STOP = 4, 128
+_SYSCALL_TRAP = 5 | 0x80                     # SIGTRAP | 0x80: a syscall stop (TRACESYSGOOD)
+_PTRACE_LISTEN = 0x4208
+_STOP_SIGNALS = (19, 20, 21, 22)             # SIGSTOP SIGTSTP SIGTTIN SIGTTOU
+_EXEC_GATE_TIMEOUT = 30.0   # an exec not over by then is killed (see gate_exec)
 _WALL = 0x40000000
 _STOP_TIMEOUT = 2.0
 _BELOW_STACK = 8192                          # clear of the red zone and a signal frame
@@ -85,9 +89,9 @@ class ExecRestart(Effect):
     def perform(self, answer_restart=None, still_pending=None, restarted=None) -> str:
         """The whole restart, in the calling thread (the tracer): `restarted(r)` is called
         once the call is answered and the thread runs on (r = 0), or refused before any
-        answer (r = -errno, raised too). Returns how the exec ended: "ok" (ran with the
-        arguments), "killed" (cut: killed in its exec stop), "gone", or "timeout" (no exec
-        within _EXEC_GATE_TIMEOUT: detached, the polling check remains)."""
+        answer (r = -errno, raised too). Returns how the exec ended (gate_exec): "ok" (ran
+        with the arguments), "killed" (cut: killed in its exec stop), "returned" (the
+        restarted exec failed or was refused), "gone" or "timeout"."""
         pointers = self._argv_pointers()
         tid = self.tid
         seize_for_exec(tid)
@@ -110,12 +114,13 @@ class ExecRestart(Effect):
             else:                            # execveat(dirfd, path, argv, envp, flags)
                 regs.rdx = addr
             ptrace(_PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
-            ptrace(_PTRACE_CONT, tid, 0, 0)
+            # on to the restarted exec, stopping at its entry and exit: an exec that fails
+            # (refused by its decision, ENOEXEC...) ends the tracing at its exit
+            ptrace(_PTRACE_SYSCALL, tid, 0, 0)
             if restarted is not None:
                 restarted(0)
-            outcome = self._gate_exec()
-            attached = outcome == "timeout"
-            return outcome
+            attached = False                 # gate_exec detaches (or kills)
+            return self._gate_exec()
         finally:
             if attached:
                 self._detach()
@@ -130,7 +135,7 @@ class ExecRestart(Effect):
         def argv_ok(pid: int) -> bool:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 return argv_ends_with(f.read(), extra)
-        return gate_exec(self.tid, argv_ok)
+        return gate_exec(self.tid, argv_ok, syscall_stops=self.nr)
 
     def _argv_pointers(self) -> list[int]:
         out: list[int] = []
@@ -165,13 +170,21 @@ class ExecRestart(Effect):
 
 
 def seize_for_exec(tid: int) -> None:
-    """Become the thread's tracer (no stop) with exec stops reported: RestartUnavailable
-    when ptrace is refused here."""
+    """Become the thread's tracer (no stop) with exec stops and marked syscall stops:
+    RestartUnavailable when ptrace is refused here (or the thread is traced already)."""
     try:
-        ptrace(PTRACE_SEIZE, tid, 0, _PTRACE_O_TRACEEXEC)
+        ptrace(PTRACE_SEIZE, tid, 0, _PTRACE_O_TRACEEXEC | _PTRACE_O_TRACESYSGOOD)
     except OSError as e:
         raise RestartUnavailable(e.errno, f"{e.strerror}: the supervisor may not ptrace "
-                                          f"here (container runtime or LSM policy)") from None
+                                          f"here (container runtime or LSM policy), or the "
+                                          f"thread is traced already") from None
+
+
+def interrupt(tid: int) -> None:
+    """Ask for a stop on the thread's way back to user space. Blocked in a notified
+    syscall whose wait only a fatal signal ends (WAIT_KILLABLE_RECV), it stops only once
+    that syscall returned: the stop then says "the call came back"."""
+    ptrace(_PTRACE_INTERRUPT, tid)
 
 
 def detach(tid: int) -> None:
@@ -189,47 +202,89 @@ def detach(tid: int) -> None:
         pass
 
 
-def gate_exec(tid: int, check, timeout: float = _EXEC_GATE_TIMEOUT) -> str:
-    """Follow a seized thread (seize_for_exec, by this same thread) to its exec stop, where
-    the new program exists but has not run an instruction: check(pid) -> bool decides
-    whether it may (an OSError counts as no). Returns "ok" (detached), "killed", "gone",
-    or "timeout" (no exec within `timeout`, e.g. the exec failed and the thread runs on:
-    still attached, the caller detaches)."""
+_WNOTHREAD = 0x20000000
+
+
+def gate_exec(tid: int, check, syscall_stops: int = 0,
+              timeout: float = _EXEC_GATE_TIMEOUT) -> str:
+    """Follow a seized thread (seize_for_exec, by this same thread) until its exec is
+    over. In the exec stop the new program exists but has not run an instruction:
+    check(pid) -> bool decides whether it may (an OSError counts as no). The exec is over
+    without a new program when the thread stops on its way back to user space: our
+    interrupt (see `interrupt`), a group stop, a signal, or, with `syscall_stops` (the
+    exec's syscall number, the thread resumed with PTRACE_SYSCALL), the exit of that
+    syscall; the thread is then let go as it was (a signal still delivered, a group stop
+    kept). Returns "ok", "killed" (in its exec stop), "returned" (no exec), "gone", or
+    "timeout" (killed: nothing decided should run unchecked; not while a restarted exec
+    waits for its decision).
+    Waits on this thread's own tracee (__WNOTHREAD), whatever its id: a non-leader's exec
+    takes over the leader's."""
     deadline = time.monotonic() + timeout
-    who = tid
-    tgid = _tgid(tid)
+    in_exec = False                  # between the exec's syscall entry and exit stops
+    delay = 0.0002
     while True:
         try:
-            pid, status = os.waitpid(who, os.WNOHANG | _WALL)
+            pid, status = os.waitpid(-1, os.WNOHANG | _WALL | _WNOTHREAD)
         except ChildProcessError:
-            if who != tgid:              # a non-leader's exec takes over the leader's id
-                who = tgid
-                continue
             return "gone"
         if pid == 0:
-            if time.monotonic() > deadline:
+            # (no limit while a restarted exec waits for its decision: it may be held
+            # for a human's approval)
+            if time.monotonic() > deadline and not in_exec:
+                try:
+                    os.kill(_tgid(tid), 9)
+                except OSError:
+                    pass
                 return "timeout"
-            time.sleep(0.0002)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
             continue
+        delay = 0.0002
         if not os.WIFSTOPPED(status):
             return "gone"
-        if status >> 16 == _PTRACE_EVENT_EXEC:
+        event, sig = status >> 16, os.WSTOPSIG(status)
+        if event == _PTRACE_EVENT_EXEC:
             try:
-                ok = check(who)
+                ok = check(pid)
             except OSError:
                 ok = False
             if not ok:
-                os.kill(who, 9)
+                os.kill(pid, 9)
                 return "killed"
-            ptrace(PTRACE_DETACH, who)
+            ptrace(PTRACE_DETACH, pid)
             return "ok"
-        # any other stop (a signal on its way, a group stop): let it go on
-        sig = os.WSTOPSIG(status)
-        inject = 0 if status >> 16 or sig == 5 else sig       # 5: SIGTRAP
-        try:
-            ptrace(_PTRACE_CONT, who, 0, inject)
-        except OSError:
-            return "gone"
+        if not syscall_stops:
+            # our interrupt (SIGTRAP), a group stop or a signal on its way: the call is back
+            _let_go(pid, 0 if event else sig)
+            return "returned"
+        if event == 0 and sig == _SYSCALL_TRAP:
+            nr = _getregs(pid).orig_rax
+            if nr == syscall_stops and in_exec:
+                _let_go(pid, 0)             # the exec's exit: it failed
+                return "returned"
+            in_exec = nr == syscall_stops
+            _resume(pid, _PTRACE_SYSCALL, 0)
+        elif event == _PTRACE_EVENT_STOP and sig in _STOP_SIGNALS:
+            _resume(pid, _PTRACE_LISTEN, 0)     # a group stop: stays stopped, still traced
+        elif event == _PTRACE_EVENT_STOP:
+            _resume(pid, _PTRACE_SYSCALL, 0)    # resumed from a group stop (SIGCONT)
+        else:
+            _resume(pid, _PTRACE_SYSCALL, sig)  # a signal on its way: delivered
+
+
+def _resume(pid: int, how: int, sig: int) -> None:
+    try:
+        ptrace(how, pid, 0, sig)
+    except OSError:
+        pass
+
+
+def _let_go(pid: int, sig: int) -> None:
+    """Detach from a stopped tracee, delivering `sig` (a group stop stays in effect)."""
+    try:
+        ptrace(PTRACE_DETACH, pid, 0, sig)
+    except OSError:
+        pass
 
 
 def _wait_stop(tid: int) -> None:

@@ -33,7 +33,8 @@ KIND_TYPE = dict(KINDS)
 SYSCALL_NAMES = {2: "open", 257: "openat", 85: "creat", 87: "unlink", 263: "unlinkat",
                  84: "rmdir", 83: "mkdir", 258: "mkdirat", 90: "chmod", 268: "fchmodat",
                  452: "fchmodat2", 280: "utimensat", 91: "fchmod"}
-_DRAIN_BATCH = 256
+_DRAIN_BATCH = 64          # records per batch: the journal's BATCH, so that its inline back-
+                           # pressure (one batch per append over HIGH_WATER) keeps pace with runs
 _WILD = re.compile(r"\*\*|\*|\?|\[[^\]]*\]")
 
 
@@ -222,11 +223,11 @@ class FastPath:
             if polite is not None:
                 polite.wait()           # between batches, never holding the lock
             with self._lock:            # a batch at a time, in ring order
-                n = lib.aarm_fast_drain(self.ctx, self._records, batch)
+                n = lib.aarm_fast_drain(self.ctx, self._records, min(batch, _DRAIN_BATCH))
                 if n:
                     on_batch(self._records, n)
             total += n
-            if n < batch:
+            if n < min(batch, _DRAIN_BATCH):
                 return total
 
     def pack(self, records, n: int) -> bytes:
@@ -262,25 +263,32 @@ class FastPath:
             self.ctx = ffi.NULL
 
 
-def drain_periodically(fast: FastPath, on_batch, stop: threading.Event, interval: float = 0.02) -> None:
+def drain_periodically(fast: FastPath, on_batch, stop: threading.Event, on_error=None,
+                       interval: float = 0.02) -> None:
     """Drain whenever C says the ring is filling (its wake eventfd), and every `interval`
     for stragglers. A full ring would hand the next decision to the Python loop, which
     drains all of it inline first (~10 ms for 1024 receipts, measured as one stalled
-    call per 1025 under a write-open loop); waking early keeps that off the hot path."""
+    call per 1025 under a write-open loop); waking early keeps that off the hot path.
+    An exception ends the thread after on_error(e) (the caller fails closed)."""
     import select
     from aarm_sandbox.intercept.claim import CLAIM
     from aarm_sandbox.journal.writer import background_priority
-    background_priority()
-    wake = fast.wake_fd
-    poller = select.poll()
-    poller.register(wake, select.POLLIN)
-    timeout_ms = int(interval * 1000)
-    while not stop.is_set():
-        if poller.poll(timeout_ms):
-            try:
-                os.eventfd_read(wake)
-            except BlockingIOError:
-                pass
-        fast.drain_batches(on_batch, batch=16, polite=CLAIM)
-    fast.drain_batches(on_batch)
+    try:
+        background_priority()
+        wake = fast.wake_fd
+        poller = select.poll()
+        poller.register(wake, select.POLLIN)
+        timeout_ms = int(interval * 1000)
+        while not stop.is_set():
+            if poller.poll(timeout_ms):
+                try:
+                    os.eventfd_read(wake)
+                except BlockingIOError:
+                    pass
+            fast.drain_batches(on_batch, batch=16, polite=CLAIM)
+        fast.drain_batches(on_batch)
+    except Exception as e:  # noqa: BLE001 - records may be lost: no further actions
+        if on_error is None:
+            raise
+        on_error(e)
     time.sleep(0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import struct
+import sys
 
 from aarm_sandbox._native import ffi, lib
 
@@ -95,6 +96,8 @@ class NativeChain:
         t.errno_name, t.nerrno = errnames, nerr
         self.usable = (sum(len(x) for x in (sid, sid, identity_j, identity_no_exe_j, policy_j))
                        + max(len(r) for r in reasons_j.values())) < _TEMPLATE_MAX
+        # C writes names as UTF-8; Python's reference decodes with the filesystem encoding
+        self.usable = self.usable and sys.getfilesystemencoding() == "utf-8"
         self.state = ffi.new("struct aarm_chain_state *")
         self.state.clock_sec = -1
         self._out = ffi.new("char[]", _OUT_CAP)

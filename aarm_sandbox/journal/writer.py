@@ -273,8 +273,9 @@ class Journal:
 
     def append_fast_run(self, packed: bytes, count: int) -> None:
         """`count` native fast-path decisions, packed (native_chain.Packer), in ring order.
-        (The queue's HIGH_WATER counts a run as one entry: a run is at most one drain
-        batch.)"""
+        The queue's thresholds count a run as one entry: at most BATCH records (the fast
+        path's drain batch), so the inline drain over HIGH_WATER, one BATCH of records per
+        append, still removes at least what each append adds."""
         self.append_stamped(FastRun(packed, count))
 
     def intent(self, notif: int, action_type: str, syscall: str, tid: int, target: str,
@@ -547,6 +548,10 @@ class Journal:
         while view:
             n = os.write(self.fd, view)
             view = view[n:]
+
+    def fail(self, why: str) -> None:
+        """Something the journal depends on failed (fail closed: see _fail)."""
+        self._fail(why)
 
     def _fail(self, why: str) -> None:
         if self.failed:

@@ -57,6 +57,9 @@ class LaunchPlan:
         # (src, dst), read-only
         self.bind_files = [] if bind_files is None else bind_files
         self.dns_stub = dns_stub    # make a UDP socket on 127.0.0.53:53 inside the netns for us
+        # (dir, name): dir becomes a view of its entries at launch without name (see
+        # native/aarm_native.c make_view), parents before children
+        self.view_hide: list[tuple[str, str]] = []
 
 
 class Sandbox:
@@ -142,6 +145,8 @@ def _spawn(plan: LaunchPlan, namespaces: int) -> tuple[int, int, int, str]:
     cfg.drop_caps = int(plan.drop_caps)
     cfg.loopback_up = int(plan.loopback)
     cfg.private_shm = int(plan.private_shm)
+    if mounts and plan.view_hide:
+        cfg.view_hide = _cstr_array([os.fsencode(p) for pair in plan.view_hide for p in pair], keep)
     if mounts and plan.bind_files:
         cfg.bind_files = _cstr_array([os.fsencode(p) for pair in plan.bind_files for p in pair], keep)
     dns = ffi.new("int *", -1)

@@ -410,6 +410,49 @@ def test_a_scrubbed_variable_written_back_by_another_thread_never_reaches_the_pr
     assert len(killed) <= len(leaked_past_scrub)     # only a flipped string is ever killed
 
 
+def test_the_scrub_check_follows_an_exec_made_by_a_thread_that_is_not_the_leader(box, tmp_path):
+    """A non-leader's exec takes over the leader's id: the check waited for the old id,
+    found none, and let the program run unchecked (3-7 of 30 leaked). It now waits for
+    its own tracee, whatever its id."""
+    profile = tmp_path / "s.yaml"
+    profile.write_text(SCRUB)
+    race = ENV_RACE.replace("        libc.execve(b\"/usr/bin/env\", argv, envp)\n",
+                            "        t = threading.Thread(target=libc.execve, args=(b\"/usr/bin/env\", argv, envp))\n"
+                            "        t.start(); t.join()\n")
+    assert race != ENV_RACE
+    native = box.native([PY, "-c", race, "30"])
+    assert "leaked 0" not in native.stdout, native.stdout
+    r = box.run([PY, "-c", race, "30"], profile=str(profile))
+    assert "leaked 0" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+SCRUB_ALL = SCRUB.replace('paths: ["/usr/bin/env"]', 'paths: ["/**"]')       # every exec
+
+
+def test_an_exec_that_fails_under_the_scrub_check_leaves_the_thread_as_it_was(box, tmp_path):
+    """An exec the kernel refuses after it was continued (a script without '#!': ENOEXEC)
+    kept its thread traced for 30 s: the shell fallback's exec that follows was refused
+    (already traced), and SIGTRAP went undelivered. The tracing ends when the call
+    returns."""
+    profile = tmp_path / "s.yaml"
+    profile.write_text(SCRUB_ALL)
+    script = box.workspace / "noshebang"
+    script.write_text("echo hello from sh\n")
+    script.chmod(0o755)
+    code = ("import os, signal, subprocess\n"
+            "got = []\n"
+            "signal.signal(signal.SIGTRAP, lambda *a: got.append(1))\n"
+            "try:\n    os.execv('./noshebang', ['noshebang'])\nexcept OSError as e:\n    print('exec', e.strerror)\n"
+            "os.kill(os.getpid(), signal.SIGTRAP)\n"
+            "print('SIGTRAP handled', bool(got))\n"
+            "print(subprocess.run(['env', './noshebang'], capture_output=True, text=True).stdout.strip())\n")
+    native = box.native([PY, "-c", code])
+    r = box.run([PY, "-c", code], profile=str(profile))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout == native.stdout, (native.stdout, r.stdout, r.stderr[-2000:])
+    assert "hello from sh" in r.stdout and "SIGTRAP handled True" in r.stdout
+
+
 APPEND = """id: append
 extends: default
 rules:

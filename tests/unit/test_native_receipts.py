@@ -122,3 +122,66 @@ def test_a_name_that_is_not_utf8_is_stored_as_b64_in_its_place(tmp_path, frozen_
     j._drain()
     targets = [json.loads(line)["action"]["target"] for line in (tmp_path / "j.jsonl").read_bytes().splitlines()]
     assert targets == ["/ws/a", {"b64": "L3dzL/8="}, "/ws/b"]
+
+
+def test_an_errno_of_int64_min_is_written_as_its_magnitude_like_python(tmp_path, frozen_time):
+    specs = [(lib.AARM_FAST_WRITE, NR["openat"], b"/ws/x", None, 0o101, -2 ** 63, 0)]
+    recs = _records(specs)
+    native = _journal(tmp_path / "n.jsonl")
+    assert native.use_native_fast(KIND_TYPE, SYSCALL_NAMES, REASONS)
+    native.append_fast_run(Packer(1).pack(recs, 1), 1)
+    native._drain()
+    reference = _journal(tmp_path / "p.jsonl")
+    r = recs[0]
+    reference.append_fast(KIND_TYPE[specs[0][0]], "/ws/x", "openat", r.tid, 0o101, -2 ** 63, r.ts_ns,
+                          r.notif_id, None, REASONS[specs[0][0]], False)
+    reference._drain()
+    assert (tmp_path / "n.jsonl").read_bytes() == (tmp_path / "p.jsonl").read_bytes()
+
+
+def test_the_queue_stays_bounded_when_runs_arrive_faster_than_the_writer_drains(tmp_path, monkeypatch):
+    """Over HIGH_WATER each append drains one batch inline: a run (at most one drain batch
+    of records) must not add more than that removes, or a starved writer lets the queue
+    grow without bound."""
+    from aarm_sandbox.intercept.fastpath import _DRAIN_BATCH
+    monkeypatch.setattr(writer_mod, "HIGH_WATER", 100)
+    specs = [(lib.AARM_FAST_CREATE, NR["openat"], b"/ws/f%d" % i, None, 0o101, 3, 1)
+             for i in range(_DRAIN_BATCH)]
+    recs = _records(specs)
+    packed = Packer(_DRAIN_BATCH).pack(recs, _DRAIN_BATCH)
+    j = _journal(tmp_path / "j.jsonl")          # its writer thread never started: starved
+    assert j.use_native_fast(KIND_TYPE, SYSCALL_NAMES, REASONS)
+    for _ in range(1000):
+        j.append_fast_run(packed, _DRAIN_BATCH)
+    pending = sum((len(r.packed) - r.offset) // len(packed) * _DRAIN_BATCH for r in j.queue)
+    assert len(j.queue) <= 257 and pending <= 257 * _DRAIN_BATCH, (len(j.queue), pending)
+
+
+def test_a_batch_is_journaled_before_anything_else_can_fail(tmp_path, monkeypatch):
+    """The ring lets go of a batch when it is drained: its receipts are queued first, so
+    a failure while the session context learns it (here a closed stderr under --explain)
+    loses none."""
+    import io
+    import sys
+    from aarm_sandbox.context.session import SessionContext
+    from aarm_sandbox.supervisor import Supervisor
+
+    class Broken(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    specs = [(lib.AARM_FAST_CREATE, NR["openat"], b"/ws/f%d" % i, None, 0o101, 3, 1) for i in range(3)]
+    recs = _records(specs)
+    j = _journal(tmp_path / "j.jsonl")
+    assert j.use_native_fast(KIND_TYPE, SYSCALL_NAMES, REASONS)
+    sup = Supervisor.__new__(Supervisor)
+    sup.ctx, sup.ledger, sup.journal, sup.explain = SessionContext("s"), None, j, True
+    sup._kind_type = KIND_TYPE
+    packer = Packer(3)
+    sup.fast = type("F", (), {"pack": staticmethod(packer.pack)})()
+    monkeypatch.setattr(sys, "stderr", Broken())
+    sup._fast_batch(recs, 3)
+    j._drain()
+    lines = (tmp_path / "j.jsonl").read_bytes().splitlines()
+    assert [json.loads(x)["action"]["target"] for x in lines] == ["/ws/f0", "/ws/f1", "/ws/f2"]
+    assert sup.ctx.created_paths == {"/ws/f0", "/ws/f1", "/ws/f2"}

@@ -1,0 +1,85 @@
+"""Credentials the host writes while a session runs stay out of the sandbox's sight.
+
+Masks cover what exists at launch. A credential store the host creates during the session
+(`docker login`, `git credential approve`) or replaces by rename (npm, editors) was
+readable: the directory holding a masked name is now a view of what it held at launch.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+READER = r"""
+import os, sys, time
+ws, home = sys.argv[1], sys.argv[2]
+open(os.path.join(ws, "ready"), "w").close()
+deadline = time.time() + 60
+while not os.path.exists(os.path.join(ws, "go")) and time.time() < deadline:
+    time.sleep(0.02)
+for name in (".git-credentials", ".npmrc", ".docker/config.json", ".ssh/id_ed25519", ".gitconfig"):
+    try:
+        with open(os.path.join(home, name)) as f:
+            print(name, "READ", f.read().strip())
+    except OSError as e:
+        print(name, "refused", e.strerror)
+"""
+
+
+def _host_writes_during(box, home: Path, run) -> object:
+    """Run `run()` (a sandboxed or native READER) while the host, once it is ready, writes
+    new credential files and replaces one by rename; returns run()'s result."""
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(run()))
+    t.start()
+    deadline = time.time() + 60
+    while not (box.workspace / "ready").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    (home / ".git-credentials").write_text("https://u:NEWSECRET@example.com\n")
+    tmp = home / ".npmrc.tmp"
+    tmp.write_text("//registry/:_authToken=NEWTOKEN\n")
+    os.rename(tmp, home / ".npmrc")
+    (home / ".docker").mkdir()
+    (home / ".docker" / "config.json").write_text('{"auths": "DOCKERSECRET"}\n')
+    if box.uid is not None:
+        for p in (home / ".git-credentials", home / ".npmrc", home / ".docker",
+                  home / ".docker" / "config.json"):
+            os.chown(p, box.uid, box.uid)
+    (box.workspace / "go").write_text("")
+    t.join(90)
+    for p in ("ready", "go"):
+        (box.workspace / p).unlink(missing_ok=True)
+    for p in (home / ".git-credentials", home / ".docker" / "config.json"):
+        p.unlink()
+    (home / ".docker").rmdir()
+    (home / ".npmrc").write_text("//registry/:_authToken=OLDTOKEN\n")
+    return out[0]
+
+
+def test_credentials_the_host_creates_or_replaces_during_a_session_stay_unreadable(any_user_box):
+    box = any_user_box
+    home = box.root / "home"
+    (home / ".ssh").mkdir(parents=True, exist_ok=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (home / ".npmrc").write_text("//registry/:_authToken=OLDTOKEN\n")
+    (home / ".gitconfig").write_text("[user]\n\tname = dev\n")
+    if box.uid is not None:
+        for dirpath, dirnames, filenames in os.walk(home):
+            for n in [dirpath] + [os.path.join(dirpath, x) for x in dirnames + filenames]:
+                os.lchown(n, box.uid, box.uid)
+    env = {"HOME": str(home)}
+    py = sys.executable if box.uid is None else "/usr/bin/python3"   # one the user can run
+    argv = [py, "-c", READER, str(box.workspace), str(home)]
+
+    native = _host_writes_during(box, home, lambda: box.native(argv, env=env))
+    for secret in ("NEWSECRET", "NEWTOKEN", "DOCKERSECRET", "PRIVATE KEY"):
+        assert secret in native.stdout, native.stdout + native.stderr     # the attack, natively
+
+    r = _host_writes_during(box, home, lambda: box.run(argv, env=env))
+    assert r.returncode == 0, r.stderr[-2000:]
+    for secret in ("NEWSECRET", "NEWTOKEN", "OLDTOKEN", "DOCKERSECRET", "PRIVATE KEY"):
+        assert secret not in r.stdout, r.stdout
+    assert ".gitconfig READ [user]" in r.stdout, r.stdout                # the rest of ~ is there
+    assert str(home) in r.records[0]["isolation"]["views"]
