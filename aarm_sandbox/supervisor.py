@@ -507,8 +507,12 @@ class Supervisor:
                 if not may_answer():
                     raise RestartUnavailable(errno.ETIMEDOUT, "the decision stopped waiting")
                 self.backend.answer_error(n, ERESTARTNOINTR)
+            # however the restart ends, the thread's next exec is not "the restart itself"
+            # any more: forgotten before the thread is let go (a restarted exec that failed
+            # left it, and a later exec ending with the arguments was continued unchecked)
             outcome = effect.perform(answer_restart, lambda: self.backend.still_pending(n),
-                                     answered)
+                                     answered,
+                                     before_release=lambda: self._argv_restarts.pop(n.tid, None))
             if outcome == "killed":
                 self.journal.append({"type": "enforcement", "tid": n.tid, "reason":
                                      "exec ran without the arguments a modify: append_args "

@@ -421,18 +421,25 @@ static void view_entry(struct init_ctx *c, const char *dir, int dfd, int vfd, co
 {
     struct stat st;
     char src[64], dst[PATH_MAX];
-    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-        if (errno == ENOENT)
-            return;                     /* gone meanwhile */
-        init_fail(c, "view: stat", name, errno);
+    if (!join(dst, sizeof dst, dir, name)) {
+        init_warn(c, "view: left out (path too long)", dir, ENAMETOOLONG);
+        return;
     }
-    if (!join(dst, sizeof dst, dir, name))
-        init_fail(c, "view: path too long", dir, ENAMETOOLONG);
+    /* An entry that cannot be looked at (a dead FUSE mount, EACCES, EIO) is left out of
+     * the view, with a warning: hiding more is never unsafe, and one broken entry must not
+     * keep every session from starting. */
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+        if (errno != ENOENT)            /* (ENOENT: gone meanwhile) */
+            init_warn(c, "view: left out", dst, errno);
+        return;
+    }
     if (S_ISLNK(st.st_mode)) {
         char target[PATH_MAX];
         ssize_t n = readlinkat(dfd, name, target, sizeof target - 1);
-        if (n < 0)
-            init_fail(c, "view: readlink", dst, errno);
+        if (n < 0) {
+            init_warn(c, "view: left out", dst, errno);
+            return;
+        }
         target[n] = '\0';
         if (symlinkat(target, vfd, name) < 0)
             init_fail(c, "view: symlink", dst, errno);
@@ -454,8 +461,11 @@ static void view_entry(struct init_ctx *c, const char *dir, int dfd, int vfd, co
     char from[PATH_MAX];
     if (!join(from, sizeof from, src, name))
         init_fail(c, "view: path too long", dir, ENAMETOOLONG);
-    if (mount(from, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
-        init_fail(c, "view: bind", dst, errno);
+    if (mount(from, dst, NULL, MS_BIND | MS_REC, NULL) < 0) {
+        int e = errno;
+        unlinkat(vfd, name, S_ISDIR(st.st_mode) ? AT_REMOVEDIR : 0);   /* no empty stand-in */
+        init_warn(c, "view: left out", dst, e);
+    }
 }
 
 /* dir becomes its view; pairs: dir, name, dir, name, ..., NULL (only this dir's count).
@@ -475,7 +485,7 @@ static void make_view(struct init_ctx *c, const char *dir, char *const *pairs)
     char opts[96];
     struct sbuf o = { opts, sizeof opts, 0 };
     opts[0] = '\0';
-    sb_put(&o, "size=64k,mode=0");
+    sb_put(&o, "mode=0");       /* (no size=: symlink targets take pages of their own) */
     char oct[8];
     int k = 0;
     unsigned m = dst.st_mode & 07777;
@@ -518,7 +528,7 @@ static void make_view(struct init_ctx *c, const char *dir, char *const *pairs)
     }
     close(vfd);
     close(dfd);
-    if (mount(NULL, dir, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=64k") < 0)
+    if (mount(NULL, dir, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
         init_fail(c, "view: remount read-only", dir, errno);
 }
 

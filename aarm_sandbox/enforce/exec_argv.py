@@ -86,7 +86,8 @@ class ExecRestart(Effect):
     def _fds(self):
         return self.exec_effect._fds()
 
-    def perform(self, answer_restart=None, still_pending=None, restarted=None) -> str:
+    def perform(self, answer_restart=None, still_pending=None, restarted=None,
+                before_release=None) -> str:
         """The whole restart, in the calling thread (the tracer): `restarted(r)` is called
         once the call is answered and the thread runs on (r = 0), or refused before any
         answer (r = -errno, raised too). Returns how the exec ended (gate_exec): "ok" (ran
@@ -120,7 +121,7 @@ class ExecRestart(Effect):
             if restarted is not None:
                 restarted(0)
             attached = False                 # gate_exec detaches (or kills)
-            return self._gate_exec()
+            return self._gate_exec(before_release)
         finally:
             if attached:
                 self._detach()
@@ -128,14 +129,14 @@ class ExecRestart(Effect):
     def _detach(self) -> None:
         detach(self.tid)
 
-    def _gate_exec(self) -> str:
+    def _gate_exec(self, before_release=None) -> str:
         """Follow the thread to its exec stop and check the new program's argv there."""
         extra = tuple(os.fsdecode(a) for a in self.extra)
 
         def argv_ok(pid: int) -> bool:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 return argv_ends_with(f.read(), extra)
-        return gate_exec(self.tid, argv_ok, syscall_stops=self.nr)
+        return gate_exec(self.tid, argv_ok, syscall_stops=self.nr, before_release=before_release)
 
     def _argv_pointers(self) -> list[int]:
         out: list[int] = []
@@ -206,7 +207,7 @@ _WNOTHREAD = 0x20000000
 
 
 def gate_exec(tid: int, check, syscall_stops: int = 0,
-              timeout: float = _EXEC_GATE_TIMEOUT) -> str:
+              timeout: float = _EXEC_GATE_TIMEOUT, before_release=None) -> str:
     """Follow a seized thread (seize_for_exec, by this same thread) until its exec is
     over. In the exec stop the new program exists but has not run an instruction:
     check(pid) -> bool decides whether it may (an OSError counts as no). The exec is over
@@ -218,7 +219,9 @@ def gate_exec(tid: int, check, syscall_stops: int = 0,
     "timeout" (killed: nothing decided should run unchecked; not while a restarted exec
     waits for its decision).
     Waits on this thread's own tracee (__WNOTHREAD), whatever its id: a non-leader's exec
-    takes over the leader's."""
+    takes over the leader's. before_release() is called while the thread is still held,
+    before it is let go, killed or found gone."""
+    released = before_release or (lambda: None)
     deadline = time.monotonic() + timeout
     in_exec = False                  # between the exec's syscall entry and exit stops
     delay = 0.0002
@@ -226,11 +229,13 @@ def gate_exec(tid: int, check, syscall_stops: int = 0,
         try:
             pid, status = os.waitpid(-1, os.WNOHANG | _WALL | _WNOTHREAD)
         except ChildProcessError:
+            released()
             return "gone"
         if pid == 0:
             # (no limit while a restarted exec waits for its decision: it may be held
             # for a human's approval)
             if time.monotonic() > deadline and not in_exec:
+                released()
                 try:
                     os.kill(_tgid(tid), 9)
                 except OSError:
@@ -241,6 +246,7 @@ def gate_exec(tid: int, check, syscall_stops: int = 0,
             continue
         delay = 0.0002
         if not os.WIFSTOPPED(status):
+            released()
             return "gone"
         event, sig = status >> 16, os.WSTOPSIG(status)
         if event == _PTRACE_EVENT_EXEC:
@@ -248,6 +254,7 @@ def gate_exec(tid: int, check, syscall_stops: int = 0,
                 ok = check(pid)
             except OSError:
                 ok = False
+            released()
             if not ok:
                 os.kill(pid, 9)
                 return "killed"
@@ -255,11 +262,13 @@ def gate_exec(tid: int, check, syscall_stops: int = 0,
             return "ok"
         if not syscall_stops:
             # our interrupt (SIGTRAP), a group stop or a signal on its way: the call is back
+            released()
             _let_go(pid, 0 if event else sig)
             return "returned"
         if event == 0 and sig == _SYSCALL_TRAP:
             nr = _getregs(pid).orig_rax
             if nr == syscall_stops and in_exec:
+                released()
                 _let_go(pid, 0)             # the exec's exit: it failed
                 return "returned"
             in_exec = nr == syscall_stops

@@ -25,11 +25,14 @@ def plan_views(masked: list[str], writable: list[str]) -> tuple[list[tuple[str, 
     of '/', or of a directory too large to bind entry by entry."""
     pairs: dict[str, list[str]] = {}
     warnings: list[str] = []
+    writable = [os.path.realpath(w) for w in writable]
     for path in masked:
         parent, name = os.path.split(os.path.normpath(path))
         if not name or parent in ("", "/") or not os.path.isdir(parent):
             continue
-        if any(_inside(parent, w) for w in writable):
+        # (where the mount really lands: a home reached through a symlink, or a credential
+        # directory that is a symlink into the workspace, must not make it read-only)
+        if any(_inside(os.path.realpath(parent), w) for w in writable):
             if parent not in pairs:
                 warnings.append(f"{parent} is inside the writable workspace: credentials the "
                                 f"host creates there during the session are not hidden")

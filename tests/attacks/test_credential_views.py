@@ -83,3 +83,17 @@ def test_credentials_the_host_creates_or_replaces_during_a_session_stay_unreadab
         assert secret not in r.stdout, r.stdout
     assert ".gitconfig READ [user]" in r.stdout, r.stdout                # the rest of ~ is there
     assert str(home) in r.records[0]["isolation"]["views"]
+
+
+def test_a_home_full_of_long_symlinks_still_starts(box):
+    """A view's tmpfs had a 64 KiB limit: twenty symlinks with long targets (Nix-style
+    paths) in ~ made every session fail to start (ENOSPC)."""
+    home = box.root / "longlinks"
+    home.mkdir()
+    (home / ".netrc").write_text("machine x password p\n")
+    for i in range(40):
+        (home / f"link{i}").symlink_to("/nix/store/" + "x" * 180 + f"-{i}")
+    r = box.run(["sh", "-c", "ls -A ~; cat ~/.netrc"], env={"HOME": str(home)})
+    names = set(r.stdout.split())
+    assert {f"link{i}" for i in range(40)} <= names, r.stdout + r.stderr[-1000:]
+    assert ".netrc" not in names and "password" not in r.stdout

@@ -522,6 +522,47 @@ def test_an_argv_ending_with_the_appended_arguments_is_still_checked_before_it_r
     assert "created 0" in r.stdout, r.stdout + r.stderr[-2000:]
 
 
+APPEND_REFUSED_RESTART = """id: append-tool
+extends: default
+rules:
+  - id: no-restart-of-a
+    actions: [process.exec]
+    paths: ["{workspace}/tool"]
+    argv: "tool a -c"
+    decision: deny
+    reason: the restart of the first call is refused
+  - id: dash-c
+    actions: [process.exec]
+    paths: ["{workspace}/tool"]
+    decision: modify
+    modify: append_args
+    append_args: ["-c"]
+    reason: always with -c
+"""
+
+
+def test_after_a_refused_restart_the_next_exec_is_not_taken_for_the_restart(box):
+    """A restarted exec that never reached its modify decision (refused here; a decode
+    error does the same) left its thread marked as restarting: the thread's next exec
+    within 2 s, already ending with the arguments, was continued as "the restart itself",
+    with no tracer to check it in its exec stop. The mark goes when the restart ends."""
+    profile = box.root / "ap.yaml"
+    profile.write_text(APPEND_REFUSED_RESTART)
+    tool = box.workspace / "tool"
+    tool.write_text("echo hi\n")                 # no '#!': every exec of it fails (ENOEXEC)
+    tool.chmod(0o755)
+    code = ("import os\n"
+            "for argv in (['tool', 'a'], ['tool', 'b', '-c']):\n"
+            "    try:\n        os.execv('./tool', argv)\n"
+            "    except OSError as e:\n        print(argv, e.strerror)\n")
+    r = box.run([PY, "-c", code], profile=str(profile))
+    execs = [(x["action"].get("argv"), x["decision"]["result"],
+              (x["action"].get("modified") or {}).get("restarted"))
+             for x in r.receipts("process.exec") if x["action"]["target"] == str(tool)]
+    assert execs[:2] == [(["tool", "a"], "modify", True), (["tool", "a", "-c"], "deny", None)], execs
+    assert (["tool", "b", "-c"], "modify", True) in execs, execs        # restarted, traced
+
+
 def test_exec_arguments_are_appended_by_restarting_the_exec(any_user_box):
     """modify: append_args: the exec of /usr/bin/env is made again with --dry-run and
     "two words" at the end of its argv (restarted through ptrace with a new array), so

@@ -29,3 +29,22 @@ def test_a_directory_too_large_to_bind_entry_by_entry_is_left_to_masks(tmp_path,
         (tmp_path / f"f{i}").write_text("")
     pairs, warnings = plan_views([str(tmp_path / ".netrc")], [])
     assert pairs == [] and "more than 3 entries" in warnings[0]
+
+
+def test_a_home_reached_through_a_symlink_is_no_view_when_it_is_the_workspace(tmp_path):
+    """The workspace is compared as the mount will land: HOME=/link -> real/home with the
+    workspace real/home made the workspace read-only."""
+    real = tmp_path / "real" / "home"
+    real.mkdir(parents=True)
+    link = tmp_path / "homelink"
+    link.symlink_to(real)
+    pairs, warnings = plan_views([str(link / ".netrc")], [str(real)])
+    assert pairs == [] and warnings
+
+
+def test_a_credential_directory_that_is_a_symlink_into_the_workspace_is_no_view(tmp_path):
+    home, ws = tmp_path / "home", tmp_path / "home" / "proj"
+    (ws / "dockercfg").mkdir(parents=True)
+    (home / ".docker").symlink_to(ws / "dockercfg")
+    pairs, warnings = plan_views([str(home / ".docker" / "config.json")], [str(ws)])
+    assert (str(home / ".docker"), "config.json") not in pairs and warnings
