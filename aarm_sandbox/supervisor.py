@@ -815,10 +815,16 @@ class Supervisor:
             self.ctx.record_created(action.paths[-1])
         elif t == A.FILE_RENAME:
             src, dst = action.paths[0], action.paths[1]
-            self.ctx.record_removed(src)
-            self.ctx.record_created(dst)
-            if src in self.ctx.tainted_files:
-                self.ctx.tainted_files.add(dst)
+            ctx = self.ctx
+            created = src in ctx.created_paths
+            ctx.record_removed(src)
+            if created:
+                ctx.record_created(dst)
+            else:
+                # what it holds existed before the session: deleting it later is still a
+                # deletion (rename-then-delete must not slip under mass-delete)
+                ctx.created_paths.discard(dst)
+            ctx.moved(src, dst, os.path.isdir(dst))
             tmp = self.tmpdir
             if tmp and _inside(dst, tmp) and not _inside(src, tmp):
                 self.ctx.moved_into_tmp.append(src)
@@ -910,7 +916,7 @@ class Supervisor:
         if classes:
             rec["data_classes"] = classes
             ctx.data_classes.update(classes)
-            if action.type == A.FILE_READ and outcome >= 0 and ctx.tainted is None:
+            if outcome >= 0 and ctx.tainted is None and _reads(action):
                 ctx.tainted = action.target    # read: the session now holds sensitive data
         self.journal.append(rec)
         if self.explain:
@@ -982,6 +988,13 @@ def _exe_of(tid: int) -> str | None:
         return os.readlink(f"/proc/{tid}/exe")
     except OSError:
         return None
+
+
+def _reads(action) -> bool:
+    """The action gave the session the file's content: a read, or a write-open that can
+    read too (O_RDWR)."""
+    return action.type == A.FILE_READ or (action.type == A.FILE_WRITE and
+                                          action.flags & os.O_ACCMODE == os.O_RDWR)
 
 
 def _inside(path: str, root: str) -> bool:

@@ -232,13 +232,23 @@ class _Tool:
     params: tuple[tuple[str, object], ...]
     implicit_operands: bool
     rules: tuple[_Rule, ...]
+    known_long: frozenset[str]      # every long option the rules and parsers look at
 
     @classmethod
     def compile(cls, name: str, m: _ToolModel) -> "_Tool":
+        rules = tuple(_Rule.compile(r) for r in m.rules)
+        known = set(m.value_options)
+        for r in rules:
+            known |= r.when_any | r.when_all | r.unless_any
+            for _n, flags in r.flag_params:
+                known |= flags
+            for _n, options in r.option_params:
+                known |= set(options)
+            known |= PARSER_OPTIONS.get(r.parser or "", frozenset())
         return cls(name, frozenset(m.value_options), m.long_single_dash, m.cwd_option, m.launcher,
                    m.skip_assignments, m.skip_positionals, frozenset(m.stop_flags),
                    frozenset(m.split_options), tuple(m.placeholder_options), tuple(m.default_command), tuple(m.params.items()),
-                   m.implicit_operands, tuple(_Rule.compile(r) for r in m.rules))
+                   m.implicit_operands, rules, frozenset(o for o in known if o.startswith("--")))
 
 
 def _merge_tool(base: _ToolModel, extra: _ToolModel) -> _ToolModel:
@@ -270,7 +280,10 @@ class _Args:
         return None
 
 
-def _parse_args(args: list[str], value_options: frozenset[str], long_single_dash: bool = False) -> _Args:
+def _parse_args(args: list[str], value_options: frozenset[str], long_single_dash: bool = False,
+                all_long: frozenset[str] = frozenset()) -> _Args:
+    """all_long: every long option of the tool (flags and value options), where known: a
+    prefix of exactly one of them then stands for it, value included (getopt_long)."""
     parsed = _Args()
     i, n = 0, len(args)
     while i < n:
@@ -282,6 +295,9 @@ def _parse_args(args: list[str], value_options: frozenset[str], long_single_dash
             parsed.dashdash = len(parsed.positionals)
         elif tok[1] == "-" or long_single_dash:
             name, eq, val = tok.partition("=")
+            if all_long and name not in all_long and name.startswith("--"):
+                # getopt_long takes any unambiguous prefix (psql --comm)
+                name = _unique_prefix(name, all_long) or name
             parsed.flags.add(name)
             if eq:
                 parsed.values.setdefault(name, []).append(val)
@@ -291,6 +307,27 @@ def _parse_args(args: list[str], value_options: frozenset[str], long_single_dash
         else:
             i = _parse_short_cluster(tok, args, i, value_options, parsed)
     return parsed
+
+
+def _unique_prefix(name: str, options) -> str | None:
+    """The one long option `name` abbreviates (at least two letters after "--")."""
+    if len(name) < 4:
+        return None
+    found = [o for o in options if o.startswith(name) and o.startswith("--")]
+    return found[0] if len(found) == 1 else None
+
+
+def _expand_long_flags(parsed: _Args, known: frozenset[str]) -> None:
+    """Long options spelled as a prefix (`git push --force-w`, `reset --ha`: git and most
+    getopt_long tools take any unambiguous one) count as every known option they could
+    abbreviate: an ambiguous one the tool itself refuses, so matching more is safe."""
+    for flag in list(parsed.flags):
+        if flag.startswith("--") and len(flag) >= 4 and flag not in known:
+            for option in known:
+                if option.startswith(flag):
+                    parsed.flags.add(option)
+                    if flag in parsed.values:
+                        parsed.values.setdefault(option, []).extend(parsed.values[flag])
 
 
 def _parse_short_cluster(tok: str, args: list[str], i: int, value_options: frozenset[str],
@@ -407,8 +444,12 @@ class _Walker:
         self.steps -= 1
         if tool.launcher:
             LAUNCHERS[tool.launcher](self, call, tool)
-        else:
-            self._apply_rules(call, tool)
+            return
+        argv0 = _tool_name(call.argv[0])
+        if tool.name == "git" and argv0.startswith("git-") and len(argv0) > 4:
+            # git run as git-SUB (/usr/lib/git-core/git-push) is `git SUB`
+            call = replace(call, argv=["git", argv0[4:]] + list(call.argv[1:]))
+        self._apply_rules(call, tool)
 
     def inner(self, call: _Call, argv: list[str], label: str, *, cwd: str | None = None,
               extra: tuple[tuple[str, object], ...] = (), implicit: bool = False) -> None:
@@ -419,6 +460,9 @@ class _Walker:
 
     def _apply_rules(self, call: _Call, tool: _Tool) -> None:
         parsed = _parse_args(call.argv[1:], tool.value_options, tool.long_single_dash)
+        _expand_long_flags(parsed, tool.known_long)
+        if tool.name == "git":
+            _git_config_implies(parsed)
         cwd = call.cwd
         if tool.cwd_option and tool.cwd_option in parsed.values:
             cwd = _resolve(parsed.values[tool.cwd_option][-1], cwd)
@@ -868,6 +912,24 @@ LAUNCHERS: dict[str, Callable[[_Walker, _Call, _Tool], None]] = {
 # --------------------------------------------------------------------------- named parsers
 
 _GIT_PUSH_FORCE = frozenset({"-f", "--force", "--force-with-lease", "--force-if-includes", "--mirror"})
+# the long options the named parsers read (for prefix spellings: _expand_long_flags)
+PARSER_OPTIONS: dict[str, frozenset[str]] = {
+    "git_push": _GIT_PUSH_FORCE | {"--delete", "--all", "--tags", "--prune", "--repo"},
+}
+
+
+def _git_config_implies(parsed: _Args) -> None:
+    """`git -c key=value`: configuration that changes what a command does. A push refspec
+    or mirror in config forces (a config refspec may carry '+'; the classifier cannot see
+    the repository's own config, see README); clean.requireForce=false is an implied -f."""
+    for item in parsed.values.get("-c", []):
+        key, _eq, value = item.partition("=")
+        key = key.lower()
+        if key.startswith("remote.") and (key.endswith(".push") or key.endswith(".mirror")) or \
+                key.startswith("push."):
+            parsed.flags.add("--force")
+        elif key == "clean.requireforce" and value.lower() in ("false", "no", "off", "0"):
+            parsed.flags.add("--force")
 
 
 def _parse_git_push(walker: _Walker, call: _Call, parsed: _Args, operands: list[str]) -> None:
@@ -879,6 +941,8 @@ def _parse_git_push(walker: _Walker, call: _Call, parsed: _Args, operands: list[
     base = {"force": forced, "remote": remote}
     if parsed.flags & {"--all", "--mirror", "--tags"}:
         base["all"] = True
+    if "--prune" in parsed.flags:       # deletes remote refs the local side lacks
+        walker.emit(call, "vcs.push.delete", remote or DEFAULT_REMOTE, {**base, "all": True})
     if not refspecs:
         kind = "vcs.push.force" if forced else "vcs.push"
         return walker.emit(call, kind, remote or DEFAULT_REMOTE, base)
@@ -973,8 +1037,29 @@ _SQL_DDL = frozenset({"CREATE", "ALTER", "DROP", "TRUNCATE", "GRANT", "REVOKE", 
 _SQL_DESTRUCTIVE = frozenset({"DROP", "TRUNCATE"})
 
 
-def classify_sql(walker: _Walker, call: _Call, sql: str, database: str | None = None) -> None:
-    """One action per statement; sqlparse does the splitting and the statement typing."""
+_EXPLAIN_ANALYZE = re.compile(r"\s*EXPLAIN\s+(?:\((?P<opts>[^)]*)\)\s*|(?P<an>ANALY[SZ]E)\s+)(?:VERBOSE\s+)?",
+                              re.I)
+_CTE_WRITE = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE)\b", re.I)
+
+
+def classify_sql(walker: _Walker, call: _Call, sql: str, database: str | None = None,
+                 backslash_escapes: bool = True) -> None:
+    """One action per statement; sqlparse does the splitting and the statement typing.
+    sqlparse reads '\\'' inside a string as an escaped quote (MySQL); where the server
+    does not (psql, sqlite3: backslash_escapes False; PostgreSQL's E'' strings do), the
+    text is also classified with every backslash made an ordinary character, so a
+    statement hidden behind one is seen either way."""
+    seen: set[tuple[str, str]] = set()
+    texts = (sql,) if backslash_escapes or "\\" not in sql else (sql, sql.replace("\\", "/"))
+    for text in texts:
+        for type_, target, params in _sql_actions(text, database):
+            if (type_, target) not in seen or text is sql:
+                seen.add((type_, target))
+                walker.emit(call, type_, target, params)
+
+
+def _sql_actions(sql: str, database: str | None, depth: int = 0) -> list[tuple[str, str, dict]]:
+    out: list[tuple[str, str, dict]] = []
     truncated_input = len(sql) > MAX_TEXT
     for count, stmt in enumerate(sqlparse.parse(sql[:MAX_TEXT])):
         if count >= MAX_SQL_STATEMENTS:
@@ -990,7 +1075,16 @@ def classify_sql(walker: _Walker, call: _Call, sql: str, database: str | None = 
             params["truncated"] = True
         if database:
             params["database"] = database
-        if kind in _SQL_QUERY:
+        m = _EXPLAIN_ANALYZE.match(text) if kind == "EXPLAIN" and depth < 3 else None
+        if m and (m.group("an") or re.search(r"\bANALY[SZ]E\b(?!\s+(?:FALSE|OFF|0)\b)",
+                                                m.group("opts") or "", re.I)):
+            # EXPLAIN ANALYZE runs the statement it explains
+            out.extend(_sql_actions(text[m.end():], database, depth + 1))
+            continue
+        if kind in _SQL_QUERY and text[:4].upper() == "WITH" and _CTE_WRITE.search(text):
+            kind = "WITH"               # a data-modifying CTE: a write under a query
+            type_ = "db.write"
+        elif kind in _SQL_QUERY:
             type_ = "db.query"
         elif kind in _SQL_WRITE:
             type_ = "db.write"
@@ -1000,14 +1094,19 @@ def classify_sql(walker: _Walker, call: _Call, sql: str, database: str | None = 
             type_ = "db.ddl"
             if kind in _SQL_DESTRUCTIVE:
                 params["destructive"] = True
-        else:
+        elif kind != "WITH":
             type_ = "db.other"
-        walker.emit(call, type_, f"sql:{kind}", params)
+        out.append((type_, f"sql:{kind}", params))
+    return out
 
 
 _PSQL_VALUE = frozenset("""-c --command -f --file -d --dbname -h --host -p --port -U --username
 -v --set --variable -o --output -L --log-file -P --pset -F --field-separator -R --record-separator
 -T --table-attr""".split())
+_PSQL_LONG = frozenset(o for o in _PSQL_VALUE if o.startswith("--")) | frozenset("""--echo-all
+--no-align --csv --echo-errors --echo-queries --echo-hidden --html --list --no-readline
+--single-transaction --quiet --single-step --single-line --tuples-only --expanded --no-psqlrc
+--field-separator-zero --record-separator-zero --no-password --password --version --help""".split())
 
 
 def _sql_file(walker: _Walker, call: _Call, path: str, database: str | None) -> None:
@@ -1017,12 +1116,20 @@ def _sql_file(walker: _Walker, call: _Call, path: str, database: str | None) -> 
 
 def _parse_psql(walker: _Walker, call: _Call, _: _Args, __: list[str]) -> None:
     """Each -c is SQL to parse; -f FILE is only named (we do not read the agent's files)."""
-    parsed = _parse_args(call.argv[1:], _PSQL_VALUE)
+    parsed = _parse_args(call.argv[1:], _PSQL_VALUE, all_long=_PSQL_LONG)
     database = parsed.value(("-d", "--dbname")) or (parsed.positionals[0] if parsed.positionals else None)
-    for sql in parsed.values.get("-c", []) + parsed.values.get("--command", []):
-        classify_sql(walker, call, sql, database)
-    for path in parsed.values.get("-f", []) + parsed.values.get("--file", []):
+    commands = parsed.values.get("-c", []) + parsed.values.get("--command", [])
+    files = parsed.values.get("-f", []) + parsed.values.get("--file", [])
+    for sql in commands:
+        include = re.match(r"\s*\\(?:i|ir|include|include_relative)\s+(\S+)", sql)
+        if include:                     # \i FILE: a script
+            _sql_file(walker, call, include.group(1), database)
+        else:
+            classify_sql(walker, call, sql, database, backslash_escapes=False)
+    for path in files:
         _sql_file(walker, call, path, database)
+    if not commands and not files:
+        _sql_file(walker, call, STDIN_TARGET, database)     # SQL read from stdin
 
 
 _MYSQL_VALUE = frozenset("""-e --execute -h --host -u --user -P --port -D --database -S --socket
@@ -1032,8 +1139,16 @@ _MYSQL_VALUE = frozenset("""-e --execute -h --host -u --user -P --port -D --data
 def _parse_mysql(walker: _Walker, call: _Call, _: _Args, __: list[str]) -> None:
     parsed = _parse_args(call.argv[1:], _MYSQL_VALUE)
     database = parsed.value(("-D", "--database")) or (parsed.positionals[0] if parsed.positionals else None)
-    for sql in parsed.values.get("-e", []) + parsed.values.get("--execute", []):
-        classify_sql(walker, call, sql, database)
+    executes = parsed.values.get("-e", []) + parsed.values.get("--execute", [])
+    for sql in executes:
+        source = re.match(r"\s*(?:source|\\\.)\s+(\S+)", sql, re.I)
+        if source:
+            _sql_file(walker, call, source.group(1), database)
+        else:
+            # MySQL runs what /*! ... */ and /*!NNNNN ... */ comments hold
+            classify_sql(walker, call, re.sub(r"/\*!\d*|\*/", " ", sql), database)
+    if not executes:
+        _sql_file(walker, call, STDIN_TARGET, database)     # SQL read from stdin
 
 
 _SQLITE_VALUE = frozenset({"-cmd", "-separator", "-nullvalue", "-newline", "-init", "-vfs",
@@ -1045,11 +1160,17 @@ def _parse_sqlite3(walker: _Walker, call: _Call, _: _Args, __: list[str]) -> Non
     parsed = _parse_args(call.argv[1:], _SQLITE_VALUE, long_single_dash=True)
     pos = parsed.positionals
     database = _resolve(pos[0], call.cwd) if pos else None
-    for sql in parsed.values.get("-cmd", []) + pos[1:]:
-        if not sql.lstrip().startswith("."):
-            classify_sql(walker, call, sql, database)
+    statements = parsed.values.get("-cmd", []) + pos[1:]
+    for sql in statements:
+        read = re.match(r"\s*\.read\s+(\S+)", sql)
+        if read:                        # .read FILE: a script
+            _sql_file(walker, call, read.group(1), database)
+        elif not sql.lstrip().startswith("."):
+            classify_sql(walker, call, sql, database, backslash_escapes=False)
     for path in parsed.values.get("-init", []):
         _sql_file(walker, call, path, database)
+    if not pos[1:]:
+        _sql_file(walker, call, STDIN_TARGET, database)     # SQL read from stdin
 
 
 _Parser = Callable[[_Walker, _Call, _Args, list[str]], None]

@@ -198,11 +198,16 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
         if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key):
             raise UsageError(f"--context {item!r}: expected KEY=VALUE (KEY: letters, digits, _ . -)")
         ctx.facts[key] = value
-    if args.sensitive:
-        ph = policy.placeholders
+    ph = policy.placeholders
+    # (expanded once, for the taint check and for the fast path, which must leave them to
+    # Python: they were passed to it unexpanded, "{workspace}/x" as "<cwd>/{workspace}/x")
+    sensitive_globs = [ph.expand(os.path.abspath(os.path.expanduser(g)) if not g.startswith("{") else g)
+                       for g in args.sensitive or ()]
+    if sensitive_globs:
         ctx.sensitive = re.compile("(?:" + "|".join(
-            glob_to_regex(ph.expand(os.path.abspath(os.path.expanduser(g)) if not g.startswith("{") else g))
-            for g in args.sensitive) + r")\Z", re.S)
+            glob_to_regex(g) for g in sensitive_globs) + r")\Z", re.S)
+        from aarm_sandbox.policy.compiler import literal_prefix
+        ctx.sensitive_prefixes = tuple(literal_prefix(g) for g in sensitive_globs)
 
     journal_path = args.journal or str(state_dir() / f"{session_id}.jsonl")
     journal_path = os.path.abspath(journal_path)
@@ -392,7 +397,9 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     sup.governing = frozenset(f for f in loaded.files if not _inside(f, builtin))
     if os.environ.get("AARM_FAST_PATH", "1") != "0":
         from aarm_sandbox.intercept.fastpath import FastPath
-        danger = [os.path.abspath(os.path.expanduser(g)) for g in args.sensitive]
+        danger = list(sensitive_globs)
+        # files an earlier tainted session wrote: opening one (O_RDWR too) taints this one
+        danger += [_glob_literal(p) for p in ctx.tainted_files]
         danger += [g for p in protected for g in (p, p.rstrip("/") + "/**")]
         danger += list(sup.governing)
         # labelled paths must be seen by Python (receipts and composition rules need them)
@@ -665,3 +672,8 @@ def _start_dns_stub(sandbox, destinations, ctx, sup):
         # after a sensitive read, a query to an allowed domain could carry the data out
         return ctx.tainted is None and destinations.allows_name(name)
     return DnsStub(sock, allow_name, on_query=sup.dns_receipt).start()
+
+
+def _glob_literal(path: str) -> str:
+    """A path as a glob that matches only itself."""
+    return re.sub(r"([*?\[\]])", r"[\1]", path)

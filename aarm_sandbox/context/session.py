@@ -54,6 +54,10 @@ class SessionContext:
         self.egress_bytes = Counter() if egress_bytes is None else egress_bytes
         # the last decided actions (type, target, result, executed): what an approver is shown
         self.recent = deque(maxlen=256) if recent is None else recent
+        # directories a rename moved sensitive content into (everything under them counts)
+        self.sensitive_dirs: set[str] = set()
+        # literal prefixes of the --sensitive globs (set by `run`)
+        self.sensitive_prefixes: tuple[str, ...] = ()
 
     def existed_at_start(self, path: str) -> bool:
         """The path was there before the session: this session did not create it, and it
@@ -78,9 +82,43 @@ class SessionContext:
     def classes_of(self, paths: tuple[str, ...]) -> list[str]:
         out = self.policy_classes(paths)
         if (self.sensitive is not None and any(self.sensitive.match(p) for p in paths)) or \
-                (self.tainted_files and any(p in self.tainted_files for p in paths)):
+                (self.tainted_files and any(p in self.tainted_files for p in paths)) or \
+                (self.sensitive_dirs and any(_under_any(p, self.sensitive_dirs) for p in paths)):
             out = sorted(set(out) | {"sensitive"})
         return out
+
+    def moved(self, src: str, dst: str, directory: bool) -> None:
+        """A rename moves data: what was known of src (and, for a directory, of everything
+        below it) is known of dst - taint (this session's or an earlier one's), files this
+        session wrote or created (which carry its taint at the end), and for a directory
+        what a --sensitive glob matched inside it, which no glob matches at the new place."""
+        if src in self.tainted_files:
+            self.tainted_files.discard(src)
+            self.tainted_files.add(dst)
+        if src in self.written_paths:
+            self.written_paths.discard(src)
+            self.written_paths.add(dst)
+        if directory:
+            prefix = src.rstrip("/") + "/"
+            new = dst.rstrip("/") + "/"
+            for paths in (self.tainted_files, self.written_paths, self.created_paths):
+                below = [f for f in paths if f.startswith(prefix)]
+                for f in below:
+                    paths.discard(f)
+                    paths.add(new + f[len(prefix):])
+        if self.sensitive is not None and (self.sensitive.match(src) or
+                                           (directory and self.sensitive_below(src))) or \
+                _under_any(src, self.sensitive_dirs):
+            self.sensitive_dirs.add(dst)
+
+    def sensitive_below(self, directory: str) -> bool:
+        """Whether a --sensitive glob can match something inside directory (its literal
+        part reaches into it, or it is above it)."""
+        d = directory.rstrip("/") + "/"
+        for lit in self.sensitive_prefixes:
+            if lit.startswith(d) or d.startswith(lit.rstrip("/") + "/") or lit == d:
+                return True
+        return False
 
     def policy_classes(self, paths: tuple[str, ...]) -> list[str]:
         """The profile's data-class labels of these paths (set by `run`)."""
@@ -103,3 +141,7 @@ class SessionContext:
 
     def record_created(self, path: str) -> None:
         self.created_paths.add(path)
+
+
+def _under_any(path: str, dirs) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)

@@ -978,6 +978,7 @@ def decode_sendmsg(n, spec, st) -> Decoded:
             vlen = min(a[2] & 0xFFFFFFFF, 1024)
             hdrs = [a[1] + 64 * i for i in range(vlen)]
         targets, paths_all, pinned = [], [], []
+        leaves = None                   # a message's verdict when it leaves the sandbox
         passed: list[int] = []
         for h in hdrs:
             name, payload, ctl_p, ctl = _read_msghdr(n, h)
@@ -993,7 +994,7 @@ def decode_sendmsg(n, spec, st) -> Decoded:
                 passed = [_thread_fd(n.tid, fd) for fd in _read_rights(n, ctl_p, ctl)]
                 pinned.extend(passed)
             if name:
-                _check_batch_destination(st, sock, name)
+                leaves = _check_batch_destination(st, sock, name) or leaves
                 target, addr, pin, paths = _dest_for_send(n, st, name)
                 if pin >= 0:
                     pinned.append(pin)
@@ -1007,6 +1008,12 @@ def decode_sendmsg(n, spec, st) -> Decoded:
         raise
     act = _act(A.NET_SEND, n, spec, targets[0] if targets else "", tuple(paths_all),
                bytes=sum(len(m[1]) for m in msgs), messages=len(msgs))
+    if leaves is not None:
+        # a batch on a socket brokered outside is egress like any send there (a
+        # composition rule, e.g. sensitive-then-egress, decides it)
+        act.detail["egress"] = "broker"
+        if leaves.spec:
+            act.detail["egress_rule"] = leaves.spec
     if passed:
         pinned = [p for p in pinned if p not in passed]
     eff = SocketCall("sendto" if spec.name == "sendmsg" else "sendmmsg", sock, passed_fds=passed,
@@ -1018,12 +1025,13 @@ def decode_sendmsg(n, spec, st) -> Decoded:
     return Decoded(act, eff)
 
 
-def _check_batch_destination(st: DecodeState, sock: int, addr: bytes) -> None:
+def _check_batch_destination(st: DecodeState, sock: int, addr: bytes):
     """sendmmsg to inet addresses: each message must stay where its socket already is (the
     sandbox's loopback, or the outside destination this socket was brokered to); a batch
-    that would need brokering is refused rather than half-sent."""
+    that would need brokering is refused rather than half-sent. Returns the verdict of a
+    message that leaves the sandbox (the batch is then egress, decided as such), else None."""
     if st.destinations is None or int.from_bytes(addr[:2], "little") not in (AF_INET, AF_INET6):
-        return
+        return None
     parsed = sockaddr_to_ip_port(addr)
     if parsed is None:
         raise DecodeError(errno.EINVAL, "malformed inet address")
@@ -1034,6 +1042,7 @@ def _check_batch_destination(st: DecodeState, sock: int, addr: bytes) -> None:
             (v.kind == "broker" and outside)):
         raise DecodeError(errno.EPERM, f"sendmmsg to {ip.compressed}:{port}: {v.reason or v.kind}"
                           " (send these one by one with sendto/sendmsg to have them decided)")
+    return v if v.kind == "broker" else None
 
 
 def decode_umask(n, spec, st) -> Decoded:

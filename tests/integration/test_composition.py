@@ -78,6 +78,88 @@ def test_a_file_staged_by_a_tainted_session_taints_a_later_session(box, server, 
     assert blind.stdout.count("pong:x") == 2
 
 
+def test_a_read_write_open_of_a_sensitive_file_taints_the_session(box, server, tmp_path):
+    """An O_RDWR open reads as well: with `--sensitive '{workspace}/...'` the native fast
+    path was handed the glob unexpanded, decided the open itself and nothing tainted (the
+    secret reached the server); the same open of a file an earlier tainted session wrote
+    did the same. Both are decided in Python now and taint the session, DNS included."""
+    secret = box.canary("secret.txt", "TOP-SECRET\n", where="workspace")
+    rdwr = "import os\nfd = os.open({!r}, os.O_RDWR)\nprint(len(os.read(fd, 100)))\n"
+    connect = _connect(server.port)
+    net = ["--allow-net", f"127.0.0.1:{server.port}"]
+    r = box.run([PY, "-c", rdwr.format(str(secret)) + connect],
+                extra=net + ["--sensitive", "{workspace}/secret.txt"])
+    assert "denied 111" in r.stdout and server.accepted == 0, r.stdout + r.stderr
+    assert r.denied("net.connect")[0]["decision"]["rule"] == "sensitive-then-egress"
+    store = tmp_path / "context"
+    first = box.run(["sh", "-c", f"cat {secret} > report.csv"],
+                    extra=["--sensitive", str(secret), "--context-store", str(store)])
+    assert first.returncode == 0, first.stderr
+    later = box.run([PY, "-c", rdwr.format("report.csv") + connect],
+                    extra=net + ["--context-store", str(store)])
+    assert "denied 111" in later.stdout and server.accepted == 0, later.stdout + later.stderr
+    native = box.native([PY, "-c", rdwr.format(str(secret)) + connect])
+    assert "pong:x" in native.stdout                                   # the attack, natively
+
+
+def test_a_datagram_batch_after_a_sensitive_read_is_egress_too(box, tmp_path):
+    """sendmmsg on a UDP socket brokered before the read went out (sendto was refused):
+    a batch on a brokered socket is egress, decided like a send."""
+    udp = HostServer(kind=__import__("socket").SOCK_DGRAM)
+    try:
+        secret = box.canary("secret.txt", "TOP-SECRET\n")
+        code = f"""
+import ctypes, os, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dst = ('127.0.0.1', {udp.port})
+s.sendto(b'before', dst)
+secret = open({str(secret)!r}).read().strip().encode()
+class iovec(ctypes.Structure): _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]
+class msghdr(ctypes.Structure): _fields_ = [('name', ctypes.c_void_p), ('namelen', ctypes.c_uint32), ('iov', ctypes.POINTER(iovec)), ('iovlen', ctypes.c_size_t), ('ctl', ctypes.c_void_p), ('ctllen', ctypes.c_size_t), ('flags', ctypes.c_int)]
+class mmsghdr(ctypes.Structure): _fields_ = [('hdr', msghdr), ('len', ctypes.c_uint32)]
+sa = ctypes.create_string_buffer(struct.pack('<HH4s8x', socket.AF_INET, socket.htons({udp.port}), socket.inet_aton('127.0.0.1')), 16)
+data = ctypes.create_string_buffer(b'batch:' + secret)
+iov = iovec(ctypes.cast(data, ctypes.c_void_p), len(data.value))
+m = mmsghdr(msghdr(ctypes.cast(sa, ctypes.c_void_p), 16, ctypes.pointer(iov), 1, None, 0, 0), 0)
+print('sendmmsg', libc.sendmmsg(s.fileno(), ctypes.byref(m), 1, 0))
+"""
+        native = box.native([PY, "-c", code])
+        assert "sendmmsg 1" in native.stdout, native.stdout + native.stderr
+        import time
+        time.sleep(0.3)
+        udp.data.clear()
+        r = box.run([PY, "-c", code], extra=["--allow-net", f"udp://127.0.0.1:{udp.port}",
+                                              "--sensitive", str(secret)])
+        time.sleep(0.3)
+        assert "sendmmsg -1" in r.stdout, r.stdout + r.stderr
+        assert udp.data == [b"before"], udp.data
+    finally:
+        udp.close()
+
+
+def test_a_directory_moved_away_still_holds_sensitive_data(box, server, tmp_path):
+    """Taint followed a renamed file but not a renamed directory: `mv secrets s2; cat
+    s2/key` read what `--sensitive 'WS/secrets/*'` names, untainted; and a tainted file
+    moved with its directory lost its taint in the context store."""
+    (box.workspace / "secrets").mkdir()
+    key = box.canary("secrets/key", "DIR-SECRET\n", where="workspace")
+    net = ["--allow-net", f"127.0.0.1:{server.port}"]
+    code = ("import os\nos.rename('secrets', 's2')\nprint(len(open('s2/key').read()))\n"
+            + _connect(server.port))
+    r = box.run([PY, "-c", code], extra=net + ["--sensitive", str(key.parent) + "/*"])
+    assert "denied 111" in r.stdout and server.accepted == 0, r.stdout + r.stderr
+    os.rename(box.workspace / "s2", box.workspace / "secrets")
+    store = tmp_path / "context"
+    (box.workspace / "sub").mkdir()
+    first = box.run(["sh", "-c", f"cat {key} > sub/report.csv; mv sub sub3"],
+                    extra=["--sensitive", str(key), "--context-store", str(store)])
+    assert first.returncode == 0, first.stderr
+    later = box.run([PY, "-c", "print(len(open('sub3/report.csv').read()))\n" + _connect(server.port)],
+                    extra=net + ["--context-store", str(store)])
+    assert "denied 111" in later.stdout and server.accepted == 0, later.stdout + later.stderr
+
+
 def test_names_stop_resolving_after_a_sensitive_read(box, server):
     secret = box.canary("secret.txt", "TOP-SECRET\n")
     code = f"""
@@ -163,6 +245,11 @@ rules:
     ["sh", "-c", "echo main | xargs git push --force origin; echo ran"],
     [PY, "-c", "import os; os.system('git push --force origin main'); print('ran')"],
     ["sh", "-c", "sqlite3 app.db 'DROP TABLE users'; echo ran"],
+    # spellings the tools accept (a prefix of --force-with-lease, config, a quote psql
+    # and sqlite3 do not escape)
+    ["sh", "-c", "git push --force-w origin main; echo ran"],
+    ["sh", "-c", "git -c remote.origin.mirror=true push origin; echo ran"],
+    ["sh", "-c", "sqlite3 app.db \"SELECT 'a\\'; DROP TABLE users; -- '\"; echo ran"],
 ])
 def test_the_dangerous_inner_command_is_classified_through_launchers(box, tmp_path, argv):
     profile = tmp_path / "semantic.yaml"
@@ -837,6 +924,31 @@ for i in range(105):
         os.unlink(f"t{i}")
 print(" ".join(out))
 """
+
+
+RENAME_THEN_DELETE = """
+import os
+os.mkdir('junk')
+for i in range(105):
+    os.rename(f'p{i}', f'junk/p{i}')
+    try:
+        os.unlink(f'junk/p{i}')
+        print('deleted')
+    except OSError as e:
+        print(e.errno)
+"""
+
+
+def test_files_renamed_before_they_are_deleted_still_count_as_mass_deletion(box):
+    """A rename marked its destination as the session's own file, and deleting those never
+    counts: moving each file aside first deleted every file with no step-up.
+    What a rename moves keeps its origin."""
+    for i in range(105):
+        (box.workspace / f"p{i}").write_text("x")
+    r = box.run([PY, "-c", RENAME_THEN_DELETE])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["deleted"] * 100 + [str(errno.EACCES)] * 5, r.stdout + r.stderr
+    assert [x["decision"]["rule"] for x in r.denied("file.delete")] == ["mass-delete"] * 5
 
 
 @pytest.mark.parametrize("fast_path", ["on", "off"])

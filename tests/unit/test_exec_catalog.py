@@ -409,3 +409,69 @@ def test_the_policy_knows_every_semantic_type_the_catalog_produces():
     from aarm_sandbox.actions.exec_catalog import SEMANTIC_TYPES
     assert SEMANTIC_TYPES <= set(ALL_TYPES)
     assert set(SEMANTIC_ONLY_TYPES) == SEMANTIC_TYPES - {t for t in ALL_TYPES if t.startswith("file.")}
+
+
+# --------------------------------------------------------------------------- review: spellings the tools accept
+
+@pytest.mark.parametrize("argv, want", [
+    # git takes any unambiguous prefix of a long option
+    (["git", "push", "--force-w", "origin", "main"], ("vcs.push.force", "origin/main")),
+    (["git", "push", "--mirro", "origin"], ("vcs.push.force", "origin")),
+    (["git", "push", "--del", "origin", "victim"], ("vcs.push.delete", "origin/victim")),
+    (["git", "reset", "--ha"], ("vcs.discard", "/r")),
+    (["git", "clean", "--fo"], ("vcs.discard", "/r")),
+    (["git", "checkout", "--forc", "main"], ("vcs.discard", "/r")),
+    # configuration on the command line changes what push and clean do
+    (["git", "-c", "remote.origin.push=+refs/heads/main:refs/heads/main", "push", "origin"],
+     ("vcs.push.force", "origin")),
+    (["git", "-c", "remote.origin.mirror=true", "push", "origin"], ("vcs.push.force", "origin")),
+    (["git", "-c", "clean.requireForce=false", "clean"], ("vcs.discard", "/r")),
+    # git run as git-SUB, and the push plumbing
+    (["git-push", "-f", "origin", "main"], ("vcs.push.force", "origin/main")),
+    (["git", "send-pack", "--force", "/r.git", "main"], ("vcs.push.force", "/r.git/main")),
+])
+def test_git_spellings_that_git_accepts_are_classified_like_the_plain_ones(catalog, argv, want):
+    assert want in kinds(catalog.classify(argv, exe="/usr/bin/git", cwd="/r")), argv
+
+
+def test_git_push_prune_deletes_remote_refs(catalog):
+    acts = catalog.classify(["git", "push", "--prune", "origin", "refs/heads/*:refs/heads/*"],
+                            exe="/usr/bin/git", cwd="/r")
+    assert ("vcs.push.delete", "origin") in kinds(acts)
+
+
+@pytest.mark.parametrize("argv, want", [
+    # PostgreSQL and SQLite do not escape quotes with a backslash (sqlparse does)
+    (["psql", "-c", "SELECT 'a\\'; DROP TABLE t; --'"], ("db.ddl", "sql:DROP")),
+    (["sqlite3", "app.db", "SELECT 'a\\'; DROP TABLE t; -- '"], ("db.ddl", "sql:DROP")),
+    # statements that run under a query keyword
+    (["psql", "-c", "EXPLAIN ANALYZE DELETE FROM t"], ("db.write", "sql:DELETE")),
+    (["psql", "-c", "EXPLAIN (ANALYZE, BUFFERS) DROP TABLE t"], ("db.ddl", "sql:DROP")),
+    (["psql", "-c", "WITH d AS (DELETE FROM t RETURNING *) SELECT count(*) FROM d"], ("db.write", "sql:WITH")),
+    # SQL from files and stdin is a script
+    (["psql", "-c", "\\i drop.sql"], ("db.script", "/r/drop.sql")),
+    (["sqlite3", "app.db", ".read drop.sql"], ("db.script", "/r/drop.sql")),
+    (["sqlite3", "app.db"], ("db.script", "<stdin>")),
+    (["psql", "-d", "app"], ("db.script", "<stdin>")),
+    (["mysql", "-e", "source drop.sql"], ("db.script", "/r/drop.sql")),
+    # psql takes option prefixes; MySQL runs /*! ... */ comments
+    (["psql", "--comm", "drop table t"], ("db.ddl", "sql:DROP")),
+    (["psql", "--comm=drop table t"], ("db.ddl", "sql:DROP")),
+    (["mysql", "-e", "/*!50000 DROP TABLE t */"], ("db.ddl", "sql:DROP")),
+])
+def test_sql_the_server_would_run_is_classified(catalog, argv, want):
+    assert want in kinds(catalog.classify(argv, cwd="/r")), argv
+
+
+def test_an_explain_without_analyze_stays_a_query(catalog):
+    assert kinds(catalog.classify(["psql", "-c", "EXPLAIN DELETE FROM t"])) == [("db.query", "sql:EXPLAIN")]
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["kubectl", "-v", "6", "delete", "ns", "prod"], "infra.delete"),
+    (["kubectl", "--request-timeout", "5s", "delete", "ns", "prod"], "infra.delete"),
+    (["docker-compose", "-f", "dc.yml", "down", "-v"], "container.delete"),
+    (["aws", "--cli-binary-format", "raw-in-base64-out", "s3", "rm", "s3://b/k"], "cloud.delete"),
+])
+def test_global_options_with_values_do_not_hide_the_subcommand(catalog, argv, want):
+    assert [a.type for a in catalog.classify(argv)] == [want], argv
