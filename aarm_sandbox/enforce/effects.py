@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 
 from aarm_sandbox._native import ffi, lib
@@ -110,8 +111,8 @@ class OpenFile(Effect):
     def perform(self) -> int:
         try:
             if self.opath_passthrough:
-                self.opened = os.dup(self.objfd)
-            elif self.objfd >= 0:
+                return self._path_open()
+            if self.objfd >= 0:
                 self.opened = os.open(f"/proc/self/fd/{self.objfd}", self.flags, self.mode)
             elif self.no_follow:
                 fd = lib.aarm_openat2(self.dirfd, self.name, self.flags & _VALID_OPEN_FLAGS,
@@ -124,6 +125,28 @@ class OpenFile(Effect):
                 self.opened = fd
             else:
                 self.opened = os.open(self.name, self.flags, self.mode, dir_fd=self.dirfd)
+        except OSError as e:
+            return -e.errno
+        return self.opened
+
+    def _path_open(self) -> int:
+        """O_PATH: the kernel will not install an O_PATH file into another process
+        (SECCOMP_IOCTL_NOTIF_ADDFD takes only full files: every such open failed EBADF), so
+        the very object decided on is reopened read-only - a directory as a directory, a
+        regular file without blocking - which the read decision covered. Anything else (a
+        symlink itself, a FIFO, a socket, a device: opening those acts on them) is refused:
+        EOPNOTSUPP, said in the journal like any error."""
+        try:
+            mode = os.fstat(self.objfd).st_mode
+            if stat.S_ISDIR(mode):
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            elif stat.S_ISREG(mode):
+                flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+            else:
+                return -errno.EOPNOTSUPP
+            self.opened = os.open(f"/proc/self/fd/{self.objfd}", flags)
+            if stat.S_ISREG(mode):
+                os.set_blocking(self.opened, True)
         except OSError as e:
             return -e.errno
         return self.opened

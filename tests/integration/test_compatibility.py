@@ -1109,6 +1109,32 @@ def test_mkdir_of_an_existing_name_outside_the_workspace_is_eexist_not_a_denial(
     assert new.denied("file.mkdir"), new.stderr
 
 
+OPATH_PY = r"""
+import os
+d = os.open(".", os.O_PATH | os.O_DIRECTORY)
+f = os.open("data.txt", os.O_PATH)
+print("file size", os.fstat(f).st_size)
+print("read through the dir fd", open(os.open("data.txt", os.O_RDONLY, dir_fd=d)).read().strip())
+os.fchdir(d)
+print("listed", sorted(os.listdir(".")))
+"""
+
+
+def test_o_path_opens_work_when_reads_are_decided(box):
+    """With reads notified (--sensitive, ci-untrusted), every O_PATH open failed EBADF:
+    the kernel installs no O_PATH file into another process. The object decided on is
+    handed over reopened read-only."""
+    mkdirs(box, box.workspace / "n", box.workspace / "s")
+    for d in ("n", "s"):
+        (box.workspace / d / "data.txt").write_text("hello\n")
+    n = box.native([sys.executable, "-c", OPATH_PY], cwd=box.workspace / "n")
+    s = box.run([sys.executable, "-c", OPATH_PY], cwd=box.workspace / "s",
+                extra=["--sensitive", str(box.root / "nothing-here")])
+    assert n.returncode == 0 and "file size 6" in n.stdout, n.stderr
+    assert_same(n, s)
+    no_denials(s)
+
+
 TRAILING_SLASH_PY = r"""
 import os
 for p in ["file/", "missing/", "existing/", "existing/new/"]:
