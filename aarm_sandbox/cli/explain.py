@@ -1,8 +1,10 @@
 """`aarm-sandbox explain --profile P TYPE TARGET...`: what the profile decides and why.
 
-The same engine and destination policy `run` uses, on actions given on the command line,
-with a fresh session context: every rule that applies to the type, whether it matched,
-which one won (most restrictive), and the final decision.
+The same engine and destination policy `run` uses, on actions given on the command line:
+every rule that applies to the type, whether it matched, which one won (most
+restrictive), and the final decision. The actions are one session, in order: what an
+allowed one did (read sensitive data, count toward a rule) is context for the next, so a
+composition rule can be shown at work.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from aarm_sandbox.actions.action import Action
 from aarm_sandbox.context.session import SessionContext
 
 
-def explain(profile: str | None, items: list[str], workspace: str | None, allow_net: list[str]) -> int:
-    from aarm_sandbox.cli.run import UsageError, _destinations, build_policy
+def explain(profile: str | None, items: list[str], workspace: str | None, allow_net: list[str],
+            sensitive: list[str] = (), context: list[str] = (), counts: list[str] = ()) -> int:
+    from aarm_sandbox.cli.run import UsageError, _destinations, build_policy, label_sensitive
     from aarm_sandbox.policy.engine import PolicyEngine
     if not items or len(items) % 2:
         print("aarm-sandbox: explain takes pairs: TYPE TARGET [TYPE TARGET]... "
@@ -29,6 +32,25 @@ def explain(profile: str | None, items: list[str], workspace: str | None, allow_
     # becomes when nobody can answer)
     engine = PolicyEngine(policy, hold_step_up=True, hold_defer=True)
     ctx = SessionContext(session_id="explain")
+    label_sensitive(ctx, policy, sensitive)
+    for item in context:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"aarm-sandbox: --context {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return 125
+        ctx.facts[key] = value
+    for item in counts:
+        rid, sep, n = item.partition("=")
+        counting = sorted({r.id for rules in policy.rules_by_type.values() for r in rules
+                           if r.count_over is not None})
+        if not sep or not n.isdigit() or rid not in counting:
+            print(f"aarm-sandbox: --count {item!r}: expected RULE=N, RULE a count rule of the "
+                  f"profile ({', '.join(counting) or 'it has none'})", file=sys.stderr)
+            return 125
+        import time
+        from collections import deque
+        ctx.rule_counts[rid] = int(n)
+        ctx.rule_times[rid] = deque([time.monotonic()] * int(n))
     try:
         dests = _destinations(policy.profile.settings, args)
     except UsageError as e:
@@ -54,8 +76,23 @@ def explain(profile: str | None, items: list[str], workspace: str | None, allow_
             print(f"  => deny [egress] {action.detail['egress_reason']}")
             continue
         print(f"  => {d.result.value} [{d.rule}] {d.reason}"
-              + (f" (errno {_errname(d.errno)})" if d.errno and d.result.value != "allow" else ""))
+              + (f" (errno {_errname(d.errno)})" if d.errno and d.result.value not in
+                 ("allow", "modify") else ""))
+        if d.result.value in ("allow", "modify"):
+            _performed(action, ctx)
     return 0
+
+
+def _performed(action: Action, ctx: SessionContext) -> None:
+    """What the session knows once the action happened (as the supervisor records it)."""
+    classes = ctx.classes_of(action.paths)
+    if classes and not set(classes) <= ctx.data_classes:
+        ctx.data_classes.update(classes)
+        print(f"  (the session now holds: {', '.join(sorted(ctx.data_classes))})")
+    if classes and action.type == A.FILE_READ and ctx.tainted is None:
+        ctx.tainted = action.target
+    for rid in getattr(action, "counted", None) or ():
+        ctx.rule_counts[rid] += 1
 
 
 def _action(type_: str, target: str, ws: str, dests) -> Action:

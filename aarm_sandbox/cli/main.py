@@ -123,8 +123,16 @@ def _add_explain(sub) -> None:
     ex.add_argument("--profile", help="built-in profile name or YAML file (default: default)")
     ex.add_argument("--workspace", help="workspace the profile's {workspace} means (default: cwd)")
     ex.add_argument("--allow-net", action="append", default=[], metavar="DEST")
+    ex.add_argument("--sensitive", action="append", default=[], metavar="GLOB",
+                    help="paths labelled sensitive, as for run")
+    ex.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
+                    help="declared context, as for run (a requires_context rule needs it)")
+    ex.add_argument("--count", action="append", default=[], metavar="RULE=N",
+                    help="the session already did N actions a count rule counts (mass-delete=100)")
     ex.add_argument("items", nargs="+", metavar="TYPE TARGET",
-                    help="pairs, e.g. file.delete .git/config net.connect 169.254.169.254:80")
+                    help="pairs, e.g. file.delete .git/config net.connect 169.254.169.254:80; "
+                         "decided in order as one session (a read of sensitive data is "
+                         "remembered by the ones after it)")
 
 
 def _add_restore(sub) -> None:
@@ -233,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             return _keys(args)
         if args.cmd == "explain":
             from aarm_sandbox.cli.explain import explain
-            return explain(args.profile, args.items, args.workspace, args.allow_net)
+            return explain(args.profile, args.items, args.workspace, args.allow_net,
+                           args.sensitive, args.context, args.count)
         if args.cmd == "restore":
             from aarm_sandbox.cli.restore import restore_cmd
             return restore_cmd(args.session, args.paths, force=args.force, list_only=args.list)

@@ -198,16 +198,9 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
         if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key):
             raise UsageError(f"--context {item!r}: expected KEY=VALUE (KEY: letters, digits, _ . -)")
         ctx.facts[key] = value
-    ph = policy.placeholders
     # (expanded once, for the taint check and for the fast path, which must leave them to
     # Python: they were passed to it unexpanded, "{workspace}/x" as "<cwd>/{workspace}/x")
-    sensitive_globs = [ph.expand(os.path.abspath(os.path.expanduser(g)) if not g.startswith("{") else g)
-                       for g in args.sensitive or ()]
-    if sensitive_globs:
-        ctx.sensitive = re.compile("(?:" + "|".join(
-            glob_to_regex(g) for g in sensitive_globs) + r")\Z", re.S)
-        from aarm_sandbox.policy.compiler import literal_prefix
-        ctx.sensitive_prefixes = tuple(literal_prefix(g) for g in sensitive_globs)
+    sensitive_globs = label_sensitive(ctx, policy, args.sensitive or ())
 
     journal_path = args.journal or str(state_dir() / f"{session_id}.jsonl")
     journal_path = os.path.abspath(journal_path)
@@ -677,3 +670,17 @@ def _start_dns_stub(sandbox, destinations, ctx, sup):
 def _glob_literal(path: str) -> str:
     """A path as a glob that matches only itself."""
     return re.sub(r"([*?\[\]])", r"[\1]", path)
+
+
+def label_sensitive(ctx, policy, globs) -> list[str]:
+    """--sensitive GLOB...: expanded as the profile expands its paths ({workspace}, ~,
+    relative to the cwd), set on the session context; returns the expanded globs."""
+    ph = policy.placeholders
+    expanded = [ph.expand(os.path.abspath(os.path.expanduser(g)) if not g.startswith("{") else g)
+                for g in globs]
+    if expanded:
+        from aarm_sandbox.policy.compiler import literal_prefix
+        ctx.sensitive = re.compile("(?:" + "|".join(glob_to_regex(g) for g in expanded) + r")\Z",
+                                   re.S)
+        ctx.sensitive_prefixes = tuple(literal_prefix(g) for g in expanded)
+    return expanded

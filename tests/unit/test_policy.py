@@ -246,6 +246,37 @@ def test_explain_prints_each_rule_the_winner_and_the_destination_verdict(tmp_pat
     assert bad.returncode == 125 and "unknown action type" in bad.stderr
 
 
+def _explain(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "aarm_sandbox", "explain", *args],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_explain_decides_its_actions_as_one_session(tmp_path):
+    """A composition rule at work: the connect allowed before the sensitive read is
+    denied after it; a count rule at its threshold; a rule waiting for context."""
+    (tmp_path / "secret.txt").write_text("s\n")
+    p = _explain("--workspace", str(tmp_path), "--allow-net", "203.0.113.7:443",
+                 "--sensitive", "{workspace}/secret.txt", "net.connect", "203.0.113.7:443",
+                 "file.read", "secret.txt", "net.connect", "203.0.113.7:443")
+    assert p.returncode == 0, p.stderr
+    blocks = p.stdout.split("\n\n")[1:]
+    assert "=> allow" in blocks[0] and "the session now holds: sensitive" in blocks[1]
+    assert "MATCH sensitive-then-egress" in blocks[2] and "=> deny [sensitive-then-egress]" in blocks[2]
+    below = _explain("--workspace", str(tmp_path), "--count", "mass-delete=99", "file.delete", "f")
+    at = _explain("--workspace", str(tmp_path), "--count", "mass-delete=100", "file.delete", "f")
+    assert "=> allow" in below.stdout and "=> step_up [mass-delete]" in at.stdout, at.stdout
+    prof = tmp_path / "g.yaml"
+    prof.write_text("id: g\nextends: default\nrules:\n  - id: ticket\n    actions: [process.exec]\n"
+                    "    paths: [/usr/local/bin/deploy]\n    requires_context: [ticket]\n"
+                    "    decision: allow\n")
+    waits = _explain("--profile", str(prof), "process.exec", "/usr/local/bin/deploy")
+    goes = _explain("--profile", str(prof), "--context", "ticket=OPS-1", "process.exec",
+                    "/usr/local/bin/deploy")
+    assert "=> defer [ticket]" in waits.stdout and "=> allow [ticket]" in goes.stdout
+    bad = _explain("--count", "nope=1", "file.delete", "x")
+    assert bad.returncode == 125 and "mass-delete" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_the_rule_index_finds_every_rule_a_full_scan_finds(tmp_path):
     """The engine consults only the rules the path index returns: on a large generated
     profile, every decision must equal the one a scan over all rules gives."""
