@@ -15,7 +15,7 @@ from typing import Iterable, Protocol, TextIO
 
 import orjson
 
-from aarm_sandbox.journal.reader import Line, parse_lines
+from aarm_sandbox.journal.reader import Line, parse_lines, sidecar_intents
 from aarm_sandbox.journal.render import (ALLOWED, DENIED, ERROR, HELD, QUIET, SESSION, TORN,
                                          WARNING, WOULD_DENY, WOULD_HOLD, Row, Summary, Timeline,
                                          escape, plain_line, summary_lines)
@@ -296,9 +296,16 @@ def show_to(path: str, out: TextIO, tty: bool, as_json: bool = False, only_denie
     if data is None:
         return 1
     timeline, sink = Timeline(), _sink(out, tty, as_json, only_denied, path, width)
-    _feed(timeline, sink, parse_lines(data))
+    _feed(timeline, sink, _with_intents(path, parse_lines(data)))
     _finish(timeline, sink)
     return 0
+
+
+def _with_intents(path: str, lines):
+    """The intent lines of the journal's intents file first (each was written before its
+    action, so before its receipt), then the journal's own lines."""
+    yield from (line for line in sidecar_intents(path) if not line.torn)
+    yield from lines
 
 
 # --------------------------------------------------------------------------------------
@@ -399,6 +406,6 @@ def export(path: str, fmt: str, out=None) -> int:
         _complain(f"{escape(path)}: {message}")
 
     writer = write_ocsf if fmt == "ocsf" else write_otlp_json
-    writer(parse_lines(data), out, os.path.basename(path), warn)
+    writer(_with_intents(path, parse_lines(data)), out, os.path.basename(path), warn)
     out.flush()
     return 0

@@ -27,6 +27,7 @@ def verify(path: str, key_specs: list[str], witness: str | None, as_json: bool =
                           "bad_seq": rep.bad_seq, "bad_line": rep.bad_line,
                           "unsigned_tail": rep.unsigned_tail, "torn_tail": rep.torn_tail,
                           "intents": rep.intents, "witnessed": rep.witnessed,
+                          "intents_missing": rep.intents_missing,
                           "unmatched_intents": [describe_intent(i) for i in rep.unmatched_intents]},
                          sort_keys=True))
         return rep.exit_code

@@ -231,7 +231,10 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
                               policy=policy_block, witness_fd=witness_fd,
                               checkpoint_every=_env_int("AARM_JOURNAL_CHECKPOINT_EVERY", 1000),
                               checkpoint_ms=_env_int("AARM_JOURNAL_CHECKPOINT_MS", 1000))
-    except FileExistsError:
+    except FileExistsError as e:
+        if e.filename and str(e.filename).endswith(".intents"):
+            raise UsageError(f"{e.filename} exists: the intent lines of an earlier journal at "
+                             f"this path (remove it, or give another --journal)") from None
         raise UsageError(f"the journal {journal_path} already exists (a session id is used once, "
                          "and a journal is never appended to): give another --journal or "
                          "--session-id") from None
@@ -253,6 +256,10 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     # unconfined) stay out of the sandbox's sight.
     protected = [journal_path, str(keys.config_dir()), str(state_dir()), str(cache_dir())]
     mask_files.append(journal_path)
+    if journal.intents_path:
+        protected.append(journal.intents_path)
+        mask_files.append(journal.intents_path)
+        start_record["intents"] = os.path.basename(journal.intents_path)
     # (made now, so that what the supervisor keeps there later, e.g. a quarantine's
     # trash, is already hidden)
     for d, what in ((state_dir(), "state"), (cache_dir(), "cache")):
@@ -402,7 +409,7 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
         def make_fast_path(root_fd: int) -> FastPath:
             fast = FastPath(sandbox.listener, root_fd, policy, danger)
             if journal.intent_prefix:
-                fast.set_intent(journal.fd, journal.intent_prefix)
+                fast.set_intent(journal.intent_fd, journal.intent_prefix)
             return fast
         sup.fast_factory = make_fast_path
     def supervise():

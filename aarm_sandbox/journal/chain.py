@@ -15,6 +15,12 @@ GENESIS_TAG = b"aarm-sandbox/journal/v1\0"
 UNHASHED = ("hash", "sig")
 
 
+def intents_path(journal_path: str) -> str:
+    """Where a journal's intent lines are: the writer puts them beside a regular-file
+    journal (older journals, and journals written to a FIFO, hold them inline)."""
+    return journal_path + ".intents"
+
+
 def genesis(session_id: str) -> str:
     """prev_hash of record 1: binds the chain to its session (a record replayed from
     another session cannot start or continue this chain)."""

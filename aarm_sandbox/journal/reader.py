@@ -12,6 +12,8 @@ from typing import Iterator
 
 import orjson
 
+from aarm_sandbox.journal.chain import intents_path
+
 
 @dataclass(slots=True)
 class Line:
@@ -19,6 +21,16 @@ class Line:
     raw: bytes                 # the line without its newline
     record: dict | None        # None: not a JSON object (error) or torn
     torn: bool = False         # the last line of the file, without a newline
+
+
+def sidecar_intents(journal_path: str) -> list[Line]:
+    """The intent lines beside a journal (none when there is no such file)."""
+    try:
+        with open(intents_path(journal_path), "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return list(parse_lines(data))
 
 
 def read_lines(path: str) -> Iterator[Line]:

@@ -47,6 +47,8 @@ class Report:
     intents: int = 0
     unmatched_intents: list[dict] = field(default_factory=list)
     witnessed: int = 0
+    intents_file: str | None = None       # the intents file session.start names
+    intents_missing: bool = False         # ... which is not beside the journal
 
     @property
     def exit_code(self) -> int:
@@ -62,6 +64,9 @@ class Report:
         parts = [f"{self.records} records", f"session {self.session_id}", f"key {self.key_id}"]
         if self.witnessed:
             parts.append(f"{self.witnessed} witnessed checkpoints match")
+        if self.intents_missing:
+            parts.append(f"its intents file {self.intents_file} is missing: actions that may "
+                         "have happened unrecorded cannot be listed")
         if self.sealed:
             return where + "OK: intact and sealed (" + ", ".join(parts) + ")"
         msg = (where + "NOT SEALED: intact up to seq " + str(self.records) +
@@ -83,15 +88,21 @@ class _Stop(Exception):
 def verify_file(path: str, trusted: dict, witness: str | None = None) -> Report:
     with open(path, "rb") as f:
         data = f.read()
-    return verify_bytes(data, trusted, witness, path)
+    try:
+        with open(chain.intents_path(path), "rb") as f:
+            intents = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        intents = None
+    return verify_bytes(data, trusted, witness, path, intents)
 
 
 def verify_bytes(data: bytes, trusted: dict, witness: str | None = None,
-                 path: str = "<journal>") -> Report:
+                 path: str = "<journal>", intents: bytes | None = None) -> Report:
+    """intents: the lines of the journal's intents file (PATH.intents), if it has one."""
     rep = Report(path)
     hashes: dict[int, str] = {}
     try:
-        _walk(data, trusted, rep, hashes)
+        _walk(data, trusted, rep, hashes, intents)
         if witness is not None and rep.session_id is not None:
             _check_witness(witness, rep, hashes, trusted)
     except _Stop as s:
@@ -102,7 +113,8 @@ def verify_bytes(data: bytes, trusted: dict, witness: str | None = None,
     return rep
 
 
-def _walk(data: bytes, trusted: dict, rep: Report, hashes: dict[int, str]) -> None:
+def _walk(data: bytes, trusted: dict, rep: Report, hashes: dict[int, str],
+          intents_data: bytes | None = None) -> None:
     """One pass, lean: this runs per record (>= 50k records/s is the target)."""
     prev = None
     seq = 0
@@ -156,6 +168,7 @@ def _walk(data: bytes, trusted: dict, rep: Report, hashes: dict[int, str]) -> No
                 if sid.__class__ is not str:
                     raise _Stop("session.start has no session_id", _line(i, raw), 1)
                 rep.session_id = sid
+                rep.intents_file = rec.get("intents") if isinstance(rec.get("intents"), str) else None
                 prev = chain.genesis(sid)
                 ctx = chain.context_start(sid, rec.get("intent"))
                 key = _session_key(rec, trusted, _line(i, raw))
@@ -216,7 +229,28 @@ def _walk(data: bytes, trusted: dict, rep: Report, hashes: dict[int, str]) -> No
         raise _Stop("empty journal: no session.start", None, None)
     rep.records = seq
     rep.unsigned_tail = 0 if rep.sealed else since_signed
+    if intents_data is not None:
+        _sidecar_intents(intents_data, sid, rep, intents)
+    elif rep.intents_file:
+        rep.intents_missing = True
     rep.unmatched_intents = [v for k, v in intents.items() if k not in receipts_notif]
+
+
+def _sidecar_intents(data: bytes, sid: str | None, rep: Report, intents: dict) -> None:
+    """The intents file: intent lines of this session only (a torn last line is a
+    supervisor killed mid-write, as in the journal)."""
+    for line in parse_lines(data):
+        rec = line.record
+        if line.torn and rec is None:
+            continue
+        if rec is None or rec.get("type") != "intent":
+            raise _Stop(f"the intents file holds something else than intent lines (its line "
+                        f"{line.lineno})", None, None)
+        if rec.get("session_id") != sid:
+            raise _Stop(f"the intents file holds an intent line of another session "
+                        f"({rec.get('session_id')!r}, its line {line.lineno})", None, None)
+        rep.intents += 1
+        intents.setdefault(str(rec.get("notif")), rec)
 
 
 def _line(i: int, raw: bytes) -> Line:

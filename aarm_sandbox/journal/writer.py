@@ -163,6 +163,22 @@ class Journal:
         self.session_id = session_id
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         self.fd = _open_new(path)
+        # Intent lines go to a file of their own beside a regular-file journal (PATH.intents,
+        # see reader.intents_path): written into the journal, each one waited for the
+        # writer thread's appends to the same inode, and pulled that thread onto the
+        # deciding CPU (create+unlink: 20-22 us an iteration against 13.5-13.8 us apart).
+        self.intents_path: str | None = None
+        self.intent_fd = self.fd
+        if stat.S_ISREG(os.fstat(self.fd).st_mode):
+            self.intents_path = chain.intents_path(path)
+            try:
+                self.intent_fd = _open_new(self.intents_path)
+            except BaseException as e:
+                os.close(self.fd)
+                os.unlink(path)             # (just made: nothing of this session is lost)
+                if isinstance(e, FileExistsError):
+                    raise FileExistsError(e.errno, e.strerror, self.intents_path) from None
+                raise
         self.witness_fd = witness_fd
         self.identity = identity or {}
         self.policy = policy or {}
@@ -292,7 +308,7 @@ class Journal:
             line += b',"to":{"b64":"%s"}' % base64.b64encode(os.fsencode(to))
         line += b"}\n"
         try:
-            if os.write(self.fd, line) == len(line):
+            if os.write(self.intent_fd, line) == len(line):
                 return True
             self._fail("short write")
         except OSError as e:
@@ -588,13 +604,13 @@ class Journal:
             self._thread.join(timeout=30)
         elif not self._thread.ident:     # never started (a launch failure)
             self._finish()
-        for fd in (self.fd, self.witness_fd):
+        for fd in {self.fd, self.intent_fd, self.witness_fd}:
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        self.fd = self.witness_fd = -1
+        self.fd = self.intent_fd = self.witness_fd = -1
 
 
 class NullJournal(Journal):
@@ -604,6 +620,8 @@ class NullJournal(Journal):
     def __init__(self, path: str, session_id: str, **_kw):
         self.path = path
         self.session_id = session_id
+        self.intents_path = None
+        self.intent_fd = -1
         self.failed = None
         self.on_failure = None
         self.sealed = False

@@ -540,9 +540,9 @@ def test_sandbox_sees_only_stdio_no_seccomp_listener_and_a_masked_journal(user_b
     assert _kv(out, "LISTENERS") == "0", out
     assert "LISTENER-FOUND" not in out
     assert _kv(out, "PROC-LISTENERS") == "0", out
-    # The journal of this very session is listed but reads as empty, and cannot be opened
-    # for writing (the attempt is a denied, journaled file.write).
-    assert _kv(out, "JOURNAL-FILES") == "1", out
+    # The journal of this very session and its intents file are listed but read as empty,
+    # and cannot be opened for writing (the attempt is a denied, journaled file.write).
+    assert _kv(out, "JOURNAL-FILES") == "2", out
     assert _kv(out, "JOURNAL-BYTES") == "0", out
     assert "JOURNAL-WRITE-OPEN=fail" in out
     assert res.journal_path.stat().st_size > 0

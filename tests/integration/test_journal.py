@@ -88,16 +88,21 @@ def test_a_real_sessions_journal_verifies_sealed_with_identity_and_policy(sessio
     assert recs[-1]["sig"] and recs[-1]["to_seq"] == recs[-1]["seq"] - 1
 
 
-def test_destructive_actions_leave_an_intent_before_their_receipt(session):
+def test_destructive_actions_leave_an_intent_line_in_the_intents_file(session):
+    """Every delete and rename has its intent line, written before the action, in the
+    file beside the journal (PATH.intents: not the journal itself, whose writer it held
+    up); `session.start` names it. (Written before: test_fastpath_native and the kill
+    test below.)"""
     lines = [json.loads(l) for l in _lines(session.journal_path)]
-    intents = {l["notif"]: i for i, l in enumerate(lines) if l["type"] == "intent"}
+    assert not [l for l in lines if l["type"] == "intent"]
+    sidecar = Path(str(session.journal_path) + ".intents")
+    assert lines[0]["intents"] == sidecar.name
+    intents = {json.loads(l)["notif"] for l in sidecar.read_bytes().splitlines()}
     for kind in ("file.delete", "file.rename"):
-        rs = [(i, l) for i, l in enumerate(lines) if l["type"] == "receipt" and l["action"]["type"] == kind]
+        rs = [l for l in lines if l["type"] == "receipt" and l["action"]["type"] == kind]
         assert rs, kind
-        for i, r in rs:
-            n = int(r["action"]["notif"])
-            assert n in intents, f"{kind} receipt without an intent"
-            assert intents[n] < i, "the intent must be written before the receipt"
+        for r in rs:
+            assert int(r["action"]["notif"]) in intents, f"{kind} receipt without an intent"
 
 
 @pytest.mark.parametrize("tamper", ["edit", "delete_first", "delete_middle", "delete_last",
@@ -143,8 +148,8 @@ def test_every_tamper_fails_verification_and_names_the_record(box, session, tamp
         lines.append(json.dumps(forged).encode() + b"\n")
     elif tamper == "append_intent_after_seal":
         # a forged "may have happened unrecorded" line must not ride on a valid seal
-        intent = next(l for l in lines if json.loads(l)["type"] == "intent")
-        lines.append(intent)
+        sidecar = Path(str(session.journal_path) + ".intents").read_bytes()
+        lines.append(sidecar.splitlines(keepends=True)[0])
     elif tamper == "append_junk_after_seal":
         lines.append(b"ANYTHING APPENDED AFTER THE SEAL")           # (no newline: a "torn" tail)
     elif tamper == "malformed_record":
@@ -305,7 +310,8 @@ def test_supervisor_killed_leaves_an_unsealed_journal_with_every_deletion_record
         rep = _verify(journal.read_bytes())
         assert rep.exit_code == EXIT_UNSEALED, rep.summary()
         recorded = set()
-        for line in journal.read_bytes().splitlines():
+        sidecar = Path(str(journal) + ".intents")
+        for line in journal.read_bytes().splitlines() + sidecar.read_bytes().splitlines():
             try:
                 r = json.loads(line)
             except ValueError:
@@ -329,6 +335,7 @@ echo "listed=$(ls -A {key_dir()} 2>/dev/null | grep -c pem)"
 echo forged >> {journal} 2>&1; echo "append-rc=$?"
 cat {journal} | head -c 300; echo "journal-read-done"
 : > {key} 2>&1; echo "truncate-key-rc=$?"
+echo '{{"type":"intent","forged":1}}' >> {journal}.intents 2>&1; cat {journal}.intents | head -c 300
 """
     assert key.exists() or box.run(["true"]).returncode == 0
     # (observe: a profile without credential masks of its own still hides these)
@@ -345,8 +352,11 @@ cat {journal} | head -c 300; echo "journal-read-done"
         assert '"session.start"' not in p.stdout, masked_by
         assert key.read_bytes() == before, masked_by
         assert b"forged" not in journal.read_bytes().splitlines(), masked_by
+        intents = Path(str(journal) + ".intents")
+        assert b"forged" not in intents.read_bytes() and '"type":"intent"' not in p.stdout, masked_by
         assert _verify(journal.read_bytes()).exit_code == EXIT_OK, masked_by
         journal.unlink()
+        Path(str(journal) + ".intents").unlink()
     # Natively, the same script reads the key: the test would notice a sandbox that leaks it.
     native = subprocess.run(["sh", "-c", f"head -c 40 {key}"], capture_output=True, text=True)
     assert "PRIVATE KEY" in native.stdout
