@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections import deque
 from types import SimpleNamespace
 
 from aarm_sandbox.actions import action as A
@@ -19,7 +21,8 @@ from aarm_sandbox.context.session import SessionContext
 
 def explain(profile: str | None, items: list[str], workspace: str | None, allow_net: list[str],
             sensitive: list[str] = (), context: list[str] = (), counts: list[str] = ()) -> int:
-    from aarm_sandbox.cli.run import UsageError, _destinations, build_policy, label_sensitive
+    from aarm_sandbox.cli.run import (UsageError, _destinations, build_policy, label_sensitive,
+                                      parse_context)
     from aarm_sandbox.policy.engine import PolicyEngine
     if not items or len(items) % 2:
         print("aarm-sandbox: explain takes pairs: TYPE TARGET [TYPE TARGET]... "
@@ -33,24 +36,22 @@ def explain(profile: str | None, items: list[str], workspace: str | None, allow_
     engine = PolicyEngine(policy, hold_step_up=True, hold_defer=True)
     ctx = SessionContext(session_id="explain")
     label_sensitive(ctx, policy, sensitive)
-    for item in context:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"aarm-sandbox: --context {item!r}: expected KEY=VALUE", file=sys.stderr)
-            return 125
-        ctx.facts[key] = value
+    try:
+        ctx.facts.update(parse_context(context))
+    except UsageError as e:
+        print(f"aarm-sandbox: {e}", file=sys.stderr)
+        return 125
+    counting = {r.id: r.count_over for rules in policy.rules_by_type.values() for r in rules
+                if r.count_over is not None}
     for item in counts:
         rid, sep, n = item.partition("=")
-        counting = sorted({r.id for rules in policy.rules_by_type.values() for r in rules
-                           if r.count_over is not None})
-        if not sep or not n.isdigit() or rid not in counting:
+        if not sep or not (n.isascii() and n.isdigit()) or rid not in counting:
             print(f"aarm-sandbox: --count {item!r}: expected RULE=N, RULE a count rule of the "
-                  f"profile ({', '.join(counting) or 'it has none'})", file=sys.stderr)
+                  f"profile ({', '.join(sorted(counting)) or 'it has none'})", file=sys.stderr)
             return 125
-        import time
-        from collections import deque
-        ctx.rule_counts[rid] = int(n)
-        ctx.rule_times[rid] = deque([time.monotonic()] * int(n))
+        count = min(int(n), counting[rid] + 1)      # (more changes nothing)
+        ctx.rule_counts[rid] = count
+        ctx.rule_times[rid] = deque([time.monotonic()] * count)
     try:
         dests = _destinations(policy.profile.settings, args)
     except UsageError as e:
@@ -78,21 +79,33 @@ def explain(profile: str | None, items: list[str], workspace: str | None, allow_
         print(f"  => {d.result.value} [{d.rule}] {d.reason}"
               + (f" (errno {_errname(d.errno)})" if d.errno and d.result.value not in
                  ("allow", "modify") else ""))
-        if d.result.value in ("allow", "modify"):
-            _performed(action, ctx)
+        _learn(action, ctx, d.result.value in ("allow", "modify"))
     return 0
 
 
-def _performed(action: Action, ctx: SessionContext) -> None:
-    """What the session knows once the action happened (as the supervisor records it)."""
+def _learn(action: Action, ctx: SessionContext, performed: bool) -> None:
+    """What the session knows after the decision, as the supervisor records it: the data
+    classes the action touched (decided either way), and for a performed action its read,
+    its count toward count rules (not deleting the session's own files), the program."""
     classes = ctx.classes_of(action.paths)
     if classes and not set(classes) <= ctx.data_classes:
         ctx.data_classes.update(classes)
         print(f"  (the session now holds: {', '.join(sorted(ctx.data_classes))})")
+    if not performed:
+        return
     if classes and action.type == A.FILE_READ and ctx.tainted is None:
         ctx.tainted = action.target
+    exempt = action.type == A.FILE_DELETE and action.paths and action.paths[0] in ctx.created_paths
     for rid in getattr(action, "counted", None) or ():
-        ctx.rule_counts[rid] += 1
+        if not exempt:
+            ctx.rule_counts[rid] += 1
+            ctx.rule_times.setdefault(rid, deque()).append(time.monotonic())
+    if action.type == A.PROCESS_EXEC:
+        ctx.programs_seen.add(action.target)
+    elif action.type in (A.FILE_CREATE, A.FILE_MKDIR):
+        ctx.record_created(action.target)
+    elif action.type == A.FILE_DELETE:
+        ctx.record_removed(action.target)
 
 
 def _action(type_: str, target: str, ws: str, dests) -> Action:

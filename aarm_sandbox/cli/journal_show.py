@@ -296,16 +296,34 @@ def show_to(path: str, out: TextIO, tty: bool, as_json: bool = False, only_denie
     if data is None:
         return 1
     timeline, sink = Timeline(), _sink(out, tty, as_json, only_denied, path, width)
-    _feed(timeline, sink, _with_intents(path, parse_lines(data)))
+    _feed(timeline, sink, _with_intents(path, parse_lines(data), data))
     _finish(timeline, sink)
     return 0
 
 
-def _with_intents(path: str, lines):
+def _with_intents(path: str, lines, data: bytes | None = None):
     """The intent lines of the journal's intents file first (each was written before its
     action, so before its receipt), then the journal's own lines."""
-    yield from (line for line in sidecar_intents(path) if not line.torn)
+    yield from _intents_of(path, data)
     yield from lines
+
+
+def _intents_of(path: str, data: bytes | None) -> list[Line]:
+    """The session's lines of its intents file (data: the journal's bytes, or its start)."""
+    if data is None:
+        try:
+            with open(path, "rb") as f:
+                data = f.readline()
+        except OSError:
+            data = b""
+    first = next((x for x in data.split(b"\n") if x.strip()), b"")
+    sid = None
+    try:
+        rec = orjson.loads(first) if first else None
+        sid = rec.get("session_id") if isinstance(rec, dict) else None
+    except orjson.JSONDecodeError:
+        pass
+    return sidecar_intents(path, first or None, sid)
 
 
 # --------------------------------------------------------------------------------------
@@ -358,6 +376,8 @@ def tail_to(path: str, out: TextIO, tty: bool, follow: bool = True, as_json: boo
         return 1
     timeline, sink = Timeline(), _sink(out, tty, as_json, only_denied, path, width)
     follower, status = _Follower(f), 0
+    # (the intents written so far: their receipts, read next, settle them)
+    _feed(timeline, sink, _intents_of(path, None))
     try:
         status = _follow(follower, timeline, sink, follow, poll, stop, path)
     except KeyboardInterrupt:
@@ -406,6 +426,6 @@ def export(path: str, fmt: str, out=None) -> int:
         _complain(f"{escape(path)}: {message}")
 
     writer = write_ocsf if fmt == "ocsf" else write_otlp_json
-    writer(_with_intents(path, parse_lines(data)), out, os.path.basename(path), warn)
+    writer(_with_intents(path, parse_lines(data), data), out, os.path.basename(path), warn)
     out.flush()
     return 0

@@ -33,7 +33,7 @@ def verify(path: str, key_specs: list[str], witness: str | None, as_json: bool =
         return rep.exit_code
     out = sys.stdout if rep.exit_code == 0 else sys.stderr
     print(rep.summary(), file=out)
-    if not rep.problem and rep.unmatched_intents:
+    if rep.unmatched_intents:
         print(f"{len(rep.unmatched_intents)} destructive action(s) were about to be performed "
               "with no receipt after them (they may have happened unrecorded):", file=out)
         for i in rep.unmatched_intents:

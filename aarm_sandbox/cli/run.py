@@ -172,6 +172,16 @@ def run(args) -> int:
     main_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         return _run_session(args, workspace, session_id, tmpdir, keep_tmp, main_mask)
+    except UsageError:
+        # a setup error after the journal was made: its still empty files would block the
+        # same --journal next time (nothing of a session is in them)
+        for made in getattr(args, "made_files", ()):
+            try:
+                if os.path.getsize(made) == 0:
+                    os.unlink(made)
+            except OSError:
+                pass
+        raise
     finally:
         # Signals meant for the sandbox stay blocked until the process exits: one that
         # comes after the seal must not turn the command's exit status into a kill.
@@ -193,17 +203,16 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
     ctx = SessionContext(session_id=session_id, intent=args.intent)
     if policy.class_matchers:
         ctx.class_labels = policy.classes_of
-    for item in getattr(args, "context", []) or []:
-        key, sep, value = item.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key):
-            raise UsageError(f"--context {item!r}: expected KEY=VALUE (KEY: letters, digits, _ . -)")
-        ctx.facts[key] = value
+    ctx.facts.update(parse_context(getattr(args, "context", []) or []))
     # (expanded once, for the taint check and for the fast path, which must leave them to
     # Python: they were passed to it unexpanded, "{workspace}/x" as "<cwd>/{workspace}/x")
     sensitive_globs = label_sensitive(ctx, policy, args.sensitive or ())
 
     journal_path = args.journal or str(state_dir() / f"{session_id}.jsonl")
-    journal_path = os.path.abspath(journal_path)
+    # (its directory resolved: the supervisor's own files are protected by the paths the
+    # sandbox's actions resolve to, and a symlinked directory let `rm logs/j.jsonl` through)
+    journal_path = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(journal_path))),
+                                os.path.basename(journal_path))
     try:
         key_pair, created = keys.ensure()
     except (keys.KeyFileError, OSError) as e:
@@ -239,7 +248,8 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
                          "and a journal is never appended to): give another --journal or "
                          "--session-id") from None
     except OSError as e:
-        raise UsageError(f"cannot open journal {journal_path}: {e.strerror}") from None
+        raise UsageError(f"cannot open {e.filename or journal_path}: {e.strerror}") from None
+    args.made_files = [p for p in (journal_path, journal.intents_path) if p]
     start_record = {"type": "session.start", "command": list(args.command), "intent": args.intent,
                     "workspace": workspace, "tmpdir": tmpdir,
                     "profile": {"id": policy.profile.id, "version": str(policy.profile.version),
@@ -691,3 +701,14 @@ def label_sensitive(ctx, policy, globs) -> list[str]:
                                    re.S)
         ctx.sensitive_prefixes = tuple(literal_prefix(g) for g in expanded)
     return expanded
+
+
+def parse_context(items) -> dict[str, str]:
+    """--context KEY=VALUE...: UsageError for anything else."""
+    facts = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key):
+            raise UsageError(f"--context {item!r}: expected KEY=VALUE (KEY: letters, digits, _ . -)")
+        facts[key] = value
+    return facts

@@ -23,14 +23,39 @@ class Line:
     torn: bool = False         # the last line of the file, without a newline
 
 
-def sidecar_intents(journal_path: str) -> list[Line]:
-    """The intent lines beside a journal (none when there is no such file)."""
-    try:
-        with open(intents_path(journal_path), "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, NotADirectoryError):
+def journal_intents_file(journal_path: str, first_line: bytes | None) -> str | None:
+    """The intents file of a journal: the one its session.start names (beside it), or,
+    for a journal without a readable session.start (a supervisor killed before its first
+    write), the conventional PATH.intents; None for a journal that keeps them inline."""
+    rec = None
+    if first_line:
+        try:
+            rec = orjson.loads(first_line)
+        except orjson.JSONDecodeError:
+            rec = None
+    if isinstance(rec, dict) and rec.get("type") == "session.start":
+        name = rec.get("intents")
+        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+            return None
+        return os.path.join(os.path.dirname(journal_path), name)
+    return intents_path(journal_path)
+
+
+def sidecar_intents(journal_path: str, first_line: bytes | None = None,
+                    session_id: str | None = None) -> list[Line]:
+    """The intent lines of a journal's intents file (of its session, when known); none
+    when there is no such file or it cannot be read."""
+    path = journal_intents_file(journal_path, first_line)
+    if path is None:
         return []
-    return list(parse_lines(data))
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    return [line for line in parse_lines(data)
+            if line.record is not None and not line.torn and line.record.get("type") == "intent"
+            and (session_id is None or line.record.get("session_id") == session_id)]
 
 
 def read_lines(path: str) -> Iterator[Line]:

@@ -19,7 +19,7 @@ import orjson
 
 from aarm_sandbox.journal import chain
 from aarm_sandbox.journal.canonical import canonical, use_orjson
-from aarm_sandbox.journal.reader import Line, as_bytes, parse_lines
+from aarm_sandbox.journal.reader import Line, as_bytes, journal_intents_file, parse_lines
 
 use_orjson()        # every record is re-encoded: the faster encoder (same bytes)
 
@@ -88,11 +88,19 @@ class _Stop(Exception):
 def verify_file(path: str, trusted: dict, witness: str | None = None) -> Report:
     with open(path, "rb") as f:
         data = f.read()
-    try:
-        with open(chain.intents_path(path), "rb") as f:
-            intents = f.read()
-    except (FileNotFoundError, NotADirectoryError):
-        intents = None
+    first = next((x for x in data.split(b"\n", 8)[:8] if x.strip()), None)
+    ipath = journal_intents_file(path, first)
+    intents = None
+    if ipath is not None:
+        try:
+            with open(ipath, "rb") as f:
+                intents = f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            intents = None
+        except OSError as e:
+            rep = Report(path)
+            rep.problem = f"cannot read the intents file {ipath}: {e.strerror}"
+            return rep
     return verify_bytes(data, trusted, witness, path, intents)
 
 
@@ -226,6 +234,13 @@ def _walk(data: bytes, trusted: dict, rep: Report, hashes: dict[int, str],
     except Exception as e:  # noqa: BLE001 - a record of the wrong shape is tampering, not a bug
         raise _Stop(f"malformed record ({type(e).__name__}: {e})", _line(i, raw), seq or None) from None
     if seq == 0:
+        if intents_data:
+            # (a supervisor killed before its first write: what it was about to do is all
+            # there is to list)
+            rep.unmatched_intents = [line.record for line in parse_lines(intents_data)
+                                     if line.record is not None and
+                                     line.record.get("type") == "intent"]
+            rep.intents = len(rep.unmatched_intents)
         raise _Stop("empty journal: no session.start", None, None)
     rep.records = seq
     rep.unsigned_tail = 0 if rep.sealed else since_signed

@@ -437,3 +437,93 @@ def test_a_journal_inside_the_workspace_cannot_be_deleted_or_renamed(box):
     assert journal.exists() and not (box.workspace / "moved").exists(), p.stderr
     assert _verify(journal.read_bytes()).exit_code == EXIT_OK
     assert "denied file.delete" in p.stderr and "denied file.rename" in p.stderr
+
+
+# ---- the intents file (review of fddc0bf)
+
+def test_the_journal_cannot_be_removed_through_a_symlinked_directory(box):
+    """Protected paths were the journal path as given: through a symlinked directory
+    `rm logs/j.jsonl logs/j.jsonl.intents` removed both (the sandbox's action resolves)."""
+    logs = box.workspace / "logs"
+    logs.mkdir()
+    link = box.root / "lnk"
+    link.symlink_to(logs)
+    cmd = sandbox_cmd() + ["run", "--workspace", str(box.workspace), "--journal", str(link / "j.jsonl"),
+                           "--", "sh", "-c", "rm -f logs/j.jsonl logs/j.jsonl.intents; echo rm=$?"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=box.workspace)
+    assert "rm=1" in p.stdout, p.stdout + p.stderr
+    assert (logs / "j.jsonl").exists() and (logs / "j.jsonl.intents").exists()
+    assert _verify((logs / "j.jsonl").read_bytes()).exit_code == EXIT_OK
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+def test_something_planted_at_the_intents_path_is_refused_by_name(box, planted):
+    """A symlink to /dev/null there swallowed every intent (verify: intact); a FIFO hung
+    the start for good."""
+    journal = box.root / "p.jsonl"
+    where = Path(str(journal) + ".intents")
+    if planted == "symlink":
+        where.symlink_to("/dev/null")
+    else:
+        os.mkfifo(where)
+    p = _cli("run", "--workspace", str(box.workspace), "--journal", str(journal), "--", "true")
+    assert p.returncode == 125 and str(where) in p.stderr, p.stderr
+    assert not journal.exists()
+
+
+def test_verify_lists_the_intents_of_a_supervisor_killed_before_its_first_write(box, session):
+    """An empty journal (killed within its first flush) with intents beside it: the
+    actions that may have happened are listed with the verdict."""
+    journal = box.root / "early.jsonl"
+    journal.write_bytes(b"")
+    Path(str(journal) + ".intents").write_bytes(
+        Path(str(session.journal_path) + ".intents").read_bytes())
+    p = _cli("journal", "verify", str(journal))
+    assert p.returncode == EXIT_BAD and "empty journal" in p.stderr
+    assert "may have happened unrecorded" in p.stderr and "file.delete" in p.stderr, p.stderr
+
+
+def test_verify_and_tail_find_the_intents_file_session_start_names(box, session):
+    """A journal copied under another name keeps finding its intents file (by the name its
+    session.start records), and `journal tail` lists intents without a receipt as `show`
+    does."""
+    copy = box.root / "copy.jsonl"
+    copy.write_bytes(session.journal_path.read_bytes())
+    src = Path(str(session.journal_path) + ".intents")
+    forged = json.loads(src.read_bytes().splitlines()[0])
+    forged["notif"] = 1
+    (box.root / src.name).write_bytes(src.read_bytes() + json.dumps(forged).encode() + b"\n")
+    p = _cli("journal", "verify", str(copy))
+    assert p.returncode == EXIT_OK and "missing" not in p.stdout, p.stdout + p.stderr
+    assert "may have happened unrecorded" in p.stdout, p.stdout
+    for cmd in ("show", "tail"):
+        out = _cli("journal", cmd, str(copy)).stdout
+        assert "intent without receipt" in out or "NO RECEIPT" in out, (cmd, out)
+
+
+def test_a_fifo_journal_survives_its_checkpoints(box):
+    """fsync on a pipe is EINVAL: the first checkpoint failed the journal, and every action
+    after it was denied."""
+    fifo = box.root / "collector"
+    os.mkfifo(fifo)
+    out = box.root / "collected.jsonl"
+    reader = subprocess.Popen(["sh", "-c", f"cat {fifo} > {out}"])
+    try:
+        p = _cli("run", "--workspace", str(box.workspace), "--journal", str(fifo), "--",
+                 "sh", "-c", f"touch {box.workspace}/a1; sleep 0.6; touch {box.workspace}/a2",
+                 env={"AARM_JOURNAL_CHECKPOINT_MS": "100"})
+    finally:
+        reader.wait(30)
+    assert p.returncode == 0, p.stderr
+    assert (box.workspace / "a2").exists() and "failed" not in p.stderr
+    assert _verify(out.read_bytes()).exit_code == EXIT_OK
+
+
+def test_a_setup_error_leaves_no_journal_files_that_block_the_next_run(box):
+    journal = box.root / "u.jsonl"
+    bad = _cli("run", "--workspace", str(box.workspace), "--allow-net", "not a dest!!",
+               "--journal", str(journal), "--", "true")
+    assert bad.returncode == 125 and "Traceback" not in bad.stderr
+    assert not journal.exists() and not Path(str(journal) + ".intents").exists()
+    again = _cli("run", "--workspace", str(box.workspace), "--journal", str(journal), "--", "true")
+    assert again.returncode == 0, again.stderr

@@ -277,6 +277,25 @@ def test_explain_decides_its_actions_as_one_session(tmp_path):
     assert bad.returncode == 125 and "mass-delete" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_explain_counts_windows_and_programs_as_run_does(tmp_path):
+    """Windowed count rules and first-time programs decided as a session would: the third
+    delete of a burst of at most 2 is denied, the second run of a program is not its first.
+    Odd input is a clear error (exit 125), not an internal one."""
+    prof = tmp_path / "b.yaml"
+    prof.write_text("id: b\nextends: default\nrules:\n  - id: burst\n    actions: [file.delete]\n"
+                    "    paths: [workspace]\n    count_over: 2\n    within_seconds: 60\n"
+                    "    decision: deny\n  - id: seen\n    actions: [process.exec]\n"
+                    "    first_time: false\n    decision: deny\n")
+    p = _explain("--profile", str(prof), "--workspace", str(tmp_path), "file.delete", "a",
+                 "file.delete", "b", "file.delete", "c", "process.exec", "/usr/bin/true",
+                 "process.exec", "/usr/bin/true")
+    verdicts = [line.split()[1] for line in p.stdout.splitlines() if line.strip().startswith("=>")]
+    assert verdicts == ["allow", "allow", "deny", "allow", "deny"], p.stdout
+    for bad in (["--count", "mass-delete=\u00b2"], ["--context", "a b=c"]):
+        r = _explain(*bad, "file.delete", "x")
+        assert r.returncode == 125 and "internal error" not in r.stderr, r.stderr
+
+
 def test_the_rule_index_finds_every_rule_a_full_scan_finds(tmp_path):
     """The engine consults only the rules the path index returns: on a large generated
     profile, every decision must equal the one a scan over all rules gives."""
