@@ -44,6 +44,7 @@ _CREATES = {A.FILE_CREATE, A.FILE_MKDIR, A.FILE_SYMLINK, A.FILE_MKNOD, A.FILE_LI
 _DESTRUCTIVE = {A.FILE_DELETE, A.FILE_RENAME, A.FILE_TRUNCATE}
 _OPEN_SYSCALLS = {"open", "openat", "creat", "openat2"}
 _EGRESS = {A.NET_CONNECT, A.NET_SEND}
+_RENAME_EXCHANGE = 2
 _TAINTABLE = {A.FILE_WRITE, A.FILE_CREATE, A.FILE_TRUNCATE}
 _HELD = (Result.STEP_UP, Result.DEFER)
 _APPROVED = {Result.ALLOW, Result.MODIFY}
@@ -60,6 +61,7 @@ class Supervisor:
         self.verbose = verbose
         self.dstate = DecodeState()
         self.fast = None
+        self._fast_off_for_labels = False
         self.fast_factory = None        # callable(root_fd) -> FastPath, set by the launcher
         # Called once the command runs (its first notification answered, the fast path
         # started): work the session needs soon but the command must not wait for, such
@@ -816,20 +818,35 @@ class Supervisor:
         elif t == A.FILE_RENAME:
             src, dst = action.paths[0], action.paths[1]
             ctx = self.ctx
-            created = src in ctx.created_paths
-            ctx.record_removed(src)
-            if created:
-                ctx.record_created(dst)
-            else:
-                # what it holds existed before the session: deleting it later is still a
-                # deletion (rename-then-delete must not slip under mass-delete)
-                ctx.created_paths.discard(dst)
-            ctx.moved(src, dst, os.path.isdir(dst))
+            exchange = bool(action.flags & _RENAME_EXCHANGE)
+            if not exchange:                # (an exchange removes nothing)
+                created = src in ctx.created_paths
+                ctx.record_removed(src)
+                if created:
+                    ctx.record_created(dst)
+                else:
+                    # what it holds existed before the session: deleting it later is still
+                    # a deletion (rename-then-delete must not slip under mass-delete)
+                    ctx.created_paths.discard(dst)
+            if ctx.moved(src, dst, os.path.isdir(dst), exchange):
+                self._labels_moved()
             tmp = self.tmpdir
             if tmp and _inside(dst, tmp) and not _inside(src, tmp):
                 self.ctx.moved_into_tmp.append(src)
         elif t == A.FILE_DELETE:
             self.ctx.record_removed(action.paths[0])
+        elif t == A.FILE_LINK and len(action.paths) == 2:
+            if self.ctx.linked(action.paths[0], action.paths[1]):
+                self._labels_moved()
+
+    def _labels_moved(self) -> None:
+        """Sensitive data now also lives under a name no glob given to the native fast path
+        matches: from here on every decision is Python's (slower, exact)."""
+        if self.fast is not None and not self._fast_off_for_labels:
+            self._fast_off_for_labels = True
+            self.fast.disable()
+            print("aarm-sandbox: note: sensitive data was renamed or linked; the native fast "
+                  "path is off for the rest of the session", file=sys.stderr)
 
     def _verify_exec(self, tid: int, effect) -> None:
         """Exec cannot be emulated, so check what the kernel actually loaded and kill the

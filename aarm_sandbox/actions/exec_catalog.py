@@ -919,16 +919,21 @@ PARSER_OPTIONS: dict[str, frozenset[str]] = {
 
 
 def _git_config_implies(parsed: _Args) -> None:
-    """`git -c key=value`: configuration that changes what a command does. A push refspec
-    or mirror in config forces (a config refspec may carry '+'; the classifier cannot see
-    the repository's own config, see README); clean.requireForce=false is an implied -f."""
-    for item in parsed.values.get("-c", []):
+    """`git -c key=value` (and `--config-env key=ENV`, its value unknown here): configuration
+    that changes what the subcommand does. For push and send-pack, a refspec with '+' or
+    mirror mode forces; for clean, requireForce off is an implied -f. Nothing else."""
+    sub = parsed.positionals[0] if parsed.positionals else ""
+    items = [(item, True) for item in parsed.values.get("-c", [])] + \
+            [(item, False) for item in parsed.values.get("--config-env", [])]
+    for item, known in items:
         key, _eq, value = item.partition("=")
-        key = key.lower()
-        if key.startswith("remote.") and (key.endswith(".push") or key.endswith(".mirror")) or \
-                key.startswith("push."):
-            parsed.flags.add("--force")
-        elif key == "clean.requireforce" and value.lower() in ("false", "no", "off", "0"):
+        key, value = key.lower(), value.lower()
+        if sub in ("push", "send-pack") and key.startswith("remote."):
+            if (key.endswith(".mirror") and (not known or value in ("true", "yes", "on", "1", ""))) or \
+                    (key.endswith(".push") and (not known or "+" in value)):
+                parsed.flags.add("--force")
+        elif sub == "clean" and key == "clean.requireforce" and \
+                (not known or value in ("false", "no", "off", "0")):
             parsed.flags.add("--force")
 
 
@@ -1037,6 +1042,8 @@ _SQL_DDL = frozenset({"CREATE", "ALTER", "DROP", "TRUNCATE", "GRANT", "REVOKE", 
 _SQL_DESTRUCTIVE = frozenset({"DROP", "TRUNCATE"})
 
 
+# options with which a SQL client reads no SQL (it lists, or says its version or help)
+_SQL_NO_STDIN = frozenset({"-l", "--list", "-V", "--version", "-version", "--help", "-?", "-help"})
 _EXPLAIN_ANALYZE = re.compile(r"\s*EXPLAIN\s+(?:\((?P<opts>[^)]*)\)\s*|(?P<an>ANALY[SZ]E)\s+)(?:VERBOSE\s+)?",
                               re.I)
 _CTE_WRITE = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE)\b", re.I)
@@ -1075,13 +1082,14 @@ def _sql_actions(sql: str, database: str | None, depth: int = 0) -> list[tuple[s
             params["truncated"] = True
         if database:
             params["database"] = database
-        m = _EXPLAIN_ANALYZE.match(text) if kind == "EXPLAIN" and depth < 3 else None
+        bare = sqlparse.format(text, strip_comments=True).strip()    # (a comment hides nothing)
+        m = _EXPLAIN_ANALYZE.match(bare) if kind == "EXPLAIN" and depth < 3 else None
         if m and (m.group("an") or re.search(r"\bANALY[SZ]E\b(?!\s+(?:FALSE|OFF|0)\b)",
                                                 m.group("opts") or "", re.I)):
             # EXPLAIN ANALYZE runs the statement it explains
-            out.extend(_sql_actions(text[m.end():], database, depth + 1))
+            out.extend(_sql_actions(bare[m.end():], database, depth + 1))
             continue
-        if kind in _SQL_QUERY and text[:4].upper() == "WITH" and _CTE_WRITE.search(text):
+        if kind in _SQL_QUERY and bare[:4].upper() == "WITH" and _CTE_WRITE.search(bare):
             kind = "WITH"               # a data-modifying CTE: a write under a query
             type_ = "db.write"
         elif kind in _SQL_QUERY:
@@ -1128,7 +1136,7 @@ def _parse_psql(walker: _Walker, call: _Call, _: _Args, __: list[str]) -> None:
             classify_sql(walker, call, sql, database, backslash_escapes=False)
     for path in files:
         _sql_file(walker, call, path, database)
-    if not commands and not files:
+    if not commands and not files and not parsed.flags & _SQL_NO_STDIN:
         _sql_file(walker, call, STDIN_TARGET, database)     # SQL read from stdin
 
 
@@ -1147,7 +1155,7 @@ def _parse_mysql(walker: _Walker, call: _Call, _: _Args, __: list[str]) -> None:
         else:
             # MySQL runs what /*! ... */ and /*!NNNNN ... */ comments hold
             classify_sql(walker, call, re.sub(r"/\*!\d*|\*/", " ", sql), database)
-    if not executes:
+    if not executes and not parsed.flags & _SQL_NO_STDIN:
         _sql_file(walker, call, STDIN_TARGET, database)     # SQL read from stdin
 
 
@@ -1169,7 +1177,7 @@ def _parse_sqlite3(walker: _Walker, call: _Call, _: _Args, __: list[str]) -> Non
             classify_sql(walker, call, sql, database, backslash_escapes=False)
     for path in parsed.values.get("-init", []):
         _sql_file(walker, call, path, database)
-    if not pos[1:]:
+    if not pos[1:] and not parsed.flags & _SQL_NO_STDIN:
         _sql_file(walker, call, STDIN_TARGET, database)     # SQL read from stdin
 
 

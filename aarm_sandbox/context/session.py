@@ -54,8 +54,8 @@ class SessionContext:
         self.egress_bytes = Counter() if egress_bytes is None else egress_bytes
         # the last decided actions (type, target, result, executed): what an approver is shown
         self.recent = deque(maxlen=256) if recent is None else recent
-        # directories a rename moved sensitive content into (everything under them counts)
-        self.sensitive_dirs: set[str] = set()
+        # (dst, src) of renames and links of what may be sensitive: see original_paths
+        self.aliases: list[tuple[str, str]] = []
         # literal prefixes of the --sensitive globs (set by `run`)
         self.sensitive_prefixes: tuple[str, ...] = ()
 
@@ -81,42 +81,91 @@ class SessionContext:
 
     def classes_of(self, paths: tuple[str, ...]) -> list[str]:
         out = self.policy_classes(paths)
+        if self.aliases:
+            paths = tuple(q for p in paths for q in self.original_paths(p))
         if (self.sensitive is not None and any(self.sensitive.match(p) for p in paths)) or \
-                (self.tainted_files and any(p in self.tainted_files for p in paths)) or \
-                (self.sensitive_dirs and any(_under_any(p, self.sensitive_dirs) for p in paths)):
+                (self.tainted_files and any(p in self.tainted_files for p in paths)):
             out = sorted(set(out) | {"sensitive"})
         return out
 
-    def moved(self, src: str, dst: str, directory: bool) -> None:
+    def original_paths(self, path: str) -> list[str]:
+        """path, and the names what is there had before the renames and links the session
+        made of sensitive data (most recent first): a glob matches where the data came
+        from. At most 16 steps back."""
+        out = [path]
+        p = path
+        for _ in range(16):
+            for dst, src in reversed(self.aliases):
+                if p == dst or p.startswith(dst + "/"):
+                    p = src + p[len(dst):]
+                    if p in out:
+                        return out
+                    out.append(p)
+                    break
+            else:
+                break
+        return out
+
+    def moved(self, src: str, dst: str, directory: bool, exchange: bool = False) -> bool:
         """A rename moves data: what was known of src (and, for a directory, of everything
         below it) is known of dst - taint (this session's or an earlier one's), files this
-        session wrote or created (which carry its taint at the end), and for a directory
-        what a --sensitive glob matched inside it, which no glob matches at the new place."""
+        session wrote or created (which carry its taint at the end), and what a --sensitive
+        glob matched there, which no glob matches at the new place (an alias: classes_of
+        looks through it). An exchange moves both ways. True when a new alias was made."""
+        pairs = [(src, dst), (dst, src)] if exchange else [(src, dst)]
+        if not exchange:
+            for paths in (self.tainted_files, self.written_paths):
+                if src in paths:
+                    paths.discard(src)
+                    paths.add(dst)
+            if directory:
+                prefix, new = src.rstrip("/") + "/", dst.rstrip("/") + "/"
+                for paths in (self.tainted_files, self.written_paths, self.created_paths):
+                    below = [f for f in paths if f.startswith(prefix)]
+                    for f in below:
+                        paths.discard(f)
+                        paths.add(new + f[len(prefix):])
+        else:
+            for paths in (self.tainted_files, self.written_paths):
+                a, b = src in paths, dst in paths
+                if a != b:
+                    paths.symmetric_difference_update({src, dst})
+        made = False
+        for a, b in pairs:
+            if self._may_hold_sensitive(a, directory or exchange):
+                self.aliases.append((b.rstrip("/") or "/", a.rstrip("/") or "/"))
+                made = True
+        return made
+
+    def linked(self, src: str, dst: str) -> bool:
+        """A hard link: dst is the data src names."""
+        if self._may_hold_sensitive(src, False):
+            self.aliases.append((dst, src))
+            return True
         if src in self.tainted_files:
-            self.tainted_files.discard(src)
             self.tainted_files.add(dst)
-        if src in self.written_paths:
-            self.written_paths.discard(src)
-            self.written_paths.add(dst)
-        if directory:
-            prefix = src.rstrip("/") + "/"
-            new = dst.rstrip("/") + "/"
-            for paths in (self.tainted_files, self.written_paths, self.created_paths):
-                below = [f for f in paths if f.startswith(prefix)]
-                for f in below:
-                    paths.discard(f)
-                    paths.add(new + f[len(prefix):])
-        if self.sensitive is not None and (self.sensitive.match(src) or
-                                           (directory and self.sensitive_below(src))) or \
-                _under_any(src, self.sensitive_dirs):
-            self.sensitive_dirs.add(dst)
+        return False
+
+    def _may_hold_sensitive(self, path: str, directory: bool) -> bool:
+        if self.sensitive is None and not self.aliases:
+            return False
+        names = self.original_paths(path)
+        if self.sensitive is not None and any(self.sensitive.match(p) for p in names):
+            return True
+        if directory and any(self.sensitive_below(p) for p in names):
+            return True
+        # something moved below it earlier (its alias would not follow it otherwise)
+        prefix = path.rstrip("/") + "/"
+        return any(dst.startswith(prefix) for dst, _src in self.aliases)
 
     def sensitive_below(self, directory: str) -> bool:
-        """Whether a --sensitive glob can match something inside directory (its literal
-        part reaches into it, or it is above it)."""
+        """Whether a --sensitive glob may match something inside directory: the directory
+        part of its literal prefix reaches into it, or lies above it ("/ws/sec*/key" may
+        match below /ws/secrets). Generous: the glob itself decides through the alias."""
         d = directory.rstrip("/") + "/"
         for lit in self.sensitive_prefixes:
-            if lit.startswith(d) or d.startswith(lit.rstrip("/") + "/") or lit == d:
+            lit_dir = lit[:lit.rfind("/") + 1]
+            if lit_dir.startswith(d) or d.startswith(lit_dir):
                 return True
         return False
 
@@ -142,6 +191,3 @@ class SessionContext:
     def record_created(self, path: str) -> None:
         self.created_paths.add(path)
 
-
-def _under_any(path: str, dirs) -> bool:
-    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)

@@ -138,6 +138,8 @@ class OpenFile(Effect):
         EOPNOTSUPP, said in the journal like any error."""
         try:
             mode = os.fstat(self.objfd).st_mode
+            if self.flags & os.O_DIRECTORY and not stat.S_ISDIR(mode):
+                return -errno.ENOTDIR
             if stat.S_ISDIR(mode):
                 flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
             elif stat.S_ISREG(mode):

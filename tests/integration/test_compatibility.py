@@ -1115,6 +1115,10 @@ d = os.open(".", os.O_PATH | os.O_DIRECTORY)
 f = os.open("data.txt", os.O_PATH)
 print("file size", os.fstat(f).st_size)
 print("read through the dir fd", open(os.open("data.txt", os.O_RDONLY, dir_fd=d)).read().strip())
+try:
+    os.open("data.txt", os.O_PATH | os.O_DIRECTORY)
+except OSError as e:
+    print("O_DIRECTORY on a file:", e.strerror)
 os.fchdir(d)
 print("listed", sorted(os.listdir(".")))
 """

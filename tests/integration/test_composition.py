@@ -160,6 +160,41 @@ def test_a_directory_moved_away_still_holds_sensitive_data(box, server, tmp_path
     assert "denied 111" in later.stdout and server.accepted == 0, later.stdout + later.stderr
 
 
+@pytest.mark.parametrize("glob, setup, move, read", [
+    # a glob whose fixed part ends mid-name
+    ("{workspace}/sec*/key", "secrets", "os.rename('secrets', 's2')", "s2/key"),
+    # two renames: the second moves what the first put below it
+    ("{workspace}/secrets/*", "secrets", "os.mkdir('x'); os.rename('secrets', 'x/s'); os.rename('x', 'y')",
+     "y/s/key"),
+    # an exchange leaves the data where the other name was
+    ("{workspace}/secrets/*", "secrets",
+     "open('a', 'w').close(); import ctypes; ctypes.CDLL(None).renameat2(-100, b'a', -100, b'secrets/key', 2)",
+     "a"),
+    # a hard link
+    ("{workspace}/secrets/*", "secrets", "os.link('secrets/key', 'k')", "k"),
+])
+def test_sensitive_data_renamed_or_linked_away_still_closes_egress(box, server, glob, setup, move, read):
+    """Labels follow renames and links through aliases (the glob decides on the name the
+    data had): before, each of these read the secret untainted and sent it."""
+    (box.workspace / setup).mkdir()
+    (box.workspace / setup / "key").write_text("SECRET\n")
+    code = f"import os\n{move}\nprint(len(open({read!r}).read()))\n" + _connect(server.port)
+    r = box.run([PY, "-c", code], extra=["--allow-net", f"127.0.0.1:{server.port}", "--sensitive", glob])
+    assert "denied 111" in r.stdout and server.accepted == 0, r.stdout + r.stderr
+
+
+def test_renaming_a_directory_no_glob_can_match_into_leaves_egress_open(box, server):
+    """The other way: `**/*.pem` made every directory rename in the workspace count as
+    sensitive, and egress closed with no .pem read anywhere."""
+    (box.workspace / "build.tmp").mkdir()
+    (box.workspace / "build.tmp" / "out.txt").write_text("artifact\n")
+    code = "import os\nos.rename('build.tmp', 'build')\nprint(len(open('build/out.txt').read()))\n" + \
+        _connect(server.port)
+    r = box.run([PY, "-c", code], extra=["--allow-net", f"127.0.0.1:{server.port}",
+                                          "--sensitive", "{workspace}/**/*.pem"])
+    assert "pong:x" in r.stdout, r.stdout + r.stderr
+
+
 def test_names_stop_resolving_after_a_sensitive_read(box, server):
     secret = box.canary("secret.txt", "TOP-SECRET\n")
     code = f"""

@@ -475,3 +475,27 @@ def test_an_explain_without_analyze_stays_a_query(catalog):
 ])
 def test_global_options_with_values_do_not_hide_the_subcommand(catalog, argv, want):
     assert [a.type for a in catalog.classify(argv)] == [want], argv
+
+
+@pytest.mark.parametrize("argv, want", [
+    # configuration that changes nothing dangerous, or applies to another subcommand
+    (["git", "-c", "push.default=current", "push", "origin", "main"], [("vcs.push", "origin/main")]),
+    (["git", "-c", "push.default=current", "checkout", "main"], []),
+    (["git", "-c", "clean.requireForce=false", "checkout", "main"], []),
+    (["git", "-c", "remote.origin.push=refs/heads/main", "push", "origin"], [("vcs.push", "origin")]),
+    # clients that read no SQL
+    (["psql", "-l"], []), (["psql", "--version"], []), (["sqlite3", "--version"], []),
+])
+def test_ordinary_commands_are_not_taken_for_dangerous_ones(catalog, argv, want):
+    assert kinds(catalog.classify(argv, exe="/usr/bin/git" if argv[0] == "git" else None,
+                                  cwd="/r")) == want
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["git", "--config-env=remote.origin.mirror=M", "push", "origin"], ("vcs.push.force", "origin")),
+    (["psql", "-c", "EXPLAIN -- c\nANALYZE DELETE FROM t"], ("db.write", "sql:DELETE")),
+    (["psql", "-c", "/* c */ WITH d AS (DELETE FROM t RETURNING *) SELECT 1"], ("db.write", "sql:WITH")),
+])
+def test_comments_and_config_from_the_environment_hide_nothing(catalog, argv, want):
+    assert want in kinds(catalog.classify(argv, exe="/usr/bin/git" if argv[0] == "git" else None,
+                                          cwd="/r"))
