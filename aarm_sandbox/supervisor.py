@@ -19,7 +19,7 @@ from collections import deque
 from aarm_sandbox._native import ffi
 from aarm_sandbox.actions import action as A
 from aarm_sandbox.context.count_budget import CountLedger, budget_rules
-from aarm_sandbox.context.session import SessionContext
+from aarm_sandbox.context.session import CREATE_TYPES, TAINTABLE_TYPES, SessionContext
 from aarm_sandbox.intercept.claim import CLAIM
 from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, ExecContinue, Notification
 from aarm_sandbox.decode.memory import DecodeError
@@ -40,12 +40,9 @@ AUDIT_ARCH_X86_64 = 0xC000003E
 
 MAX_BLOCKING_OPS = 1024
 EXE_TTL = 0.1
-_CREATES = {A.FILE_CREATE, A.FILE_MKDIR, A.FILE_SYMLINK, A.FILE_MKNOD, A.FILE_LINK}
 _DESTRUCTIVE = {A.FILE_DELETE, A.FILE_RENAME, A.FILE_TRUNCATE}
 _OPEN_SYSCALLS = {"open", "openat", "creat", "openat2"}
 _EGRESS = {A.NET_CONNECT, A.NET_SEND}
-_RENAME_EXCHANGE = 2
-_TAINTABLE = {A.FILE_WRITE, A.FILE_CREATE, A.FILE_TRUNCATE}
 _HELD = (Result.STEP_UP, Result.DEFER)
 _APPROVED = {Result.ALLOW, Result.MODIFY}
 
@@ -213,9 +210,9 @@ class Supervisor:
             action_counts[type_] += 1
             recent.append((type_, path, "allow", done))
             if done:
-                if type_ in _TAINTABLE:
+                if type_ in TAINTABLE_TYPES:
                     ctx.note_written(path)
-                if type_ in _CREATES:
+                if type_ in CREATE_TYPES:
                     ctx.record_created(path)
                 elif type_ == A.FILE_DELETE:
                     ctx.record_removed(path)
@@ -515,13 +512,7 @@ class Supervisor:
             outcome = effect.perform(answer_restart, lambda: self.backend.still_pending(n),
                                      answered,
                                      before_release=lambda: self._argv_restarts.pop(n.tid, None))
-            if outcome == "killed":
-                self.journal.append({"type": "enforcement", "tid": n.tid, "reason":
-                                     "exec ran without the arguments a modify: append_args "
-                                     "rule added (rewritten by another thread); killed in "
-                                     "its exec stop, before its first instruction"})
-            elif outcome == "timeout":
-                self._journal_gate_timeout(n)
+            self._journal_gate(n, outcome, "without the arguments a modify: append_args rule added")
         return self._as_tracer(n, "aarm-exec-restart", "add its arguments", work)
 
     def _gated_exec(self, n: Notification, patterns: tuple[str, ...]) -> int:
@@ -545,20 +536,21 @@ class Supervisor:
             self.backend.answer_continue(n)
             answered(0)
             outcome = gate_exec(n.tid, lambda pid: exec_env.env_clean(pid, patterns))
-            if outcome == "killed":
-                self.journal.append({"type": "enforcement", "tid": n.tid, "reason":
-                                     "exec ran with a variable a modify: scrub_env rule "
-                                     "removed (rewritten by another thread); killed in its "
-                                     "exec stop, before its first instruction"})
-            elif outcome == "timeout":
-                self._journal_gate_timeout(n)
+            self._journal_gate(n, outcome, "with a variable a modify: scrub_env rule removed")
         return self._as_tracer(n, "aarm-exec-gate", "check its scrubbed environment before "
                                                      "it runs", work)
 
-    def _journal_gate_timeout(self, n: Notification) -> None:
-        why = (f"exec of thread {n.tid} was not over after 30 s under its check; "
-               f"process killed")
-        print(f"aarm-sandbox: error: {why}", file=sys.stderr)
+    def _journal_gate(self, n: Notification, outcome: str, what: str) -> None:
+        """An exec stopped by its check (gate_exec): killed in its exec stop because it ran
+        `what` (a thread rewrote the array meanwhile), or not over after 30 s."""
+        if outcome == "killed":
+            why = (f"exec ran {what} (rewritten by another thread); killed in its exec stop, "
+                   f"before its first instruction")
+        elif outcome == "timeout":
+            why = f"exec of thread {n.tid} was not over after 30 s under its check; process killed"
+            print(f"aarm-sandbox: error: {why}", file=sys.stderr)
+        else:
+            return
         self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
 
     def _as_tracer(self, n: Notification, name: str, purpose: str, work) -> int:
@@ -793,51 +785,15 @@ class Supervisor:
                       executed=outcome >= 0 or effect.performed)
 
     def _track(self, action) -> None:
-        """Context updates after an action really happened."""
-        counted = action.counted
-        if counted:
-            # count_over rules count executed matches; removing what this session itself
-            # created (build output, lock files) is not a deletion of anyone's data.
+        """Context updates after an action really happened (SessionContext.executed); the
+        count rule the fast path keeps a budget for is counted by its ledger."""
+        ledger = self.ledger
+        if ledger is not None and action.counted and ledger.rule.id in action.counted:
             exempt = action.type == A.FILE_DELETE and action.paths[0] in self.ctx.created_paths
-            ledger = self.ledger
-            now = time.monotonic()
-            for rid in counted:
-                if ledger is not None and rid == ledger.rule.id:
-                    continue            # the ledger counts it (under its lock)
-                if not exempt:
-                    self.ctx.rule_counts[rid] += 1
-                    self.ctx.rule_times.setdefault(rid, deque()).append(now)
-            if ledger is not None and ledger.rule.id in counted:
-                ledger.settle(self.ctx, held=action.budget_unit, counts=not exempt)
-                action.budget_unit = False
-        t = action.type
-        if t in _TAINTABLE and action.paths:
-            self.ctx.note_written(action.paths[-1])
-        if t in _CREATES:
-            self.ctx.record_created(action.paths[-1])
-        elif t == A.FILE_RENAME:
-            src, dst = action.paths[0], action.paths[1]
-            ctx = self.ctx
-            exchange = bool(action.flags & _RENAME_EXCHANGE)
-            if not exchange:                # (an exchange removes nothing)
-                created = src in ctx.created_paths
-                ctx.record_removed(src)
-                if created:
-                    ctx.record_created(dst)
-                else:
-                    # what it holds existed before the session: deleting it later is still
-                    # a deletion (rename-then-delete must not slip under mass-delete)
-                    ctx.created_paths.discard(dst)
-            if ctx.moved(src, dst, os.path.isdir(dst), exchange):
-                self._labels_moved()
-            tmp = self.tmpdir
-            if tmp and _inside(dst, tmp) and not _inside(src, tmp):
-                self.ctx.moved_into_tmp.append(src)
-        elif t == A.FILE_DELETE:
-            self.ctx.record_removed(action.paths[0])
-        elif t == A.FILE_LINK and len(action.paths) == 2:
-            if self.ctx.linked(action.paths[0], action.paths[1]):
-                self._labels_moved()
+            ledger.settle(self.ctx, held=action.budget_unit, counts=not exempt)
+            action.budget_unit = False
+        if self.ctx.executed(action, self.tmpdir, ledger.rule.id if ledger is not None else None):
+            self._labels_moved()
 
     def _labels_moved(self) -> None:
         """Sensitive data now also lives under a name no glob given to the native fast path

@@ -95,17 +95,7 @@ def _learn(action: Action, ctx: SessionContext, performed: bool) -> None:
         return
     if classes and action.type == A.FILE_READ and ctx.tainted is None:
         ctx.tainted = action.target
-    exempt = action.type == A.FILE_DELETE and action.paths and action.paths[0] in ctx.created_paths
-    for rid in getattr(action, "counted", None) or ():
-        if not exempt:
-            ctx.rule_counts[rid] += 1
-            ctx.rule_times.setdefault(rid, deque()).append(time.monotonic())
-    if action.type == A.PROCESS_EXEC:
-        ctx.programs_seen.add(action.target)
-    elif action.type in (A.FILE_CREATE, A.FILE_MKDIR):
-        ctx.record_created(action.target)
-    elif action.type == A.FILE_DELETE:
-        ctx.record_removed(action.target)
+    ctx.executed(action)
 
 
 def _action(type_: str, target: str, ws: str, dests) -> Action:

@@ -12,6 +12,17 @@ import time
 from collections import Counter, deque
 
 
+# action types whose last path is written / created (string literals: this module stays
+# light on run's startup path; actions.action names the same)
+TAINTABLE_TYPES = frozenset({"file.write", "file.create", "file.truncate"})
+CREATE_TYPES = frozenset({"file.create", "file.mkdir", "file.symlink", "file.mknod", "file.link"})
+_RENAME_EXCHANGE = 2
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 class SessionContext:
     """(A plain class, not a dataclass: `run` defines it before the sandbox starts, where
     each dataclass definition costs ~0.5 ms.)"""
@@ -105,6 +116,48 @@ class SessionContext:
             else:
                 break
         return out
+
+    def executed(self, action, tmpdir: str | None = None, ledger_rule: str | None = None) -> bool:
+        """What the session knows once an action happened (the supervisor's record of it,
+        and explain's): its count toward count rules - deleting the session's own files
+        (build output, lock files) is no deletion of anyone's data; ledger_rule is counted
+        by its ledger instead - what it wrote or created, removed, moved or linked, the
+        program it ran. True when sensitive data now also has a name no glob matches."""
+        from aarm_sandbox.actions import action as A
+        t, paths = action.type, action.paths
+        counted = getattr(action, "counted", None)
+        if counted and not (t == A.FILE_DELETE and paths and paths[0] in self.created_paths):
+            now = time.monotonic()
+            for rid in counted:
+                if rid != ledger_rule:
+                    self.rule_counts[rid] += 1
+                    self.rule_times.setdefault(rid, deque()).append(now)
+        if t in TAINTABLE_TYPES and paths:
+            self.note_written(paths[-1])
+        if t == A.PROCESS_EXEC:
+            self.programs_seen.add(action.target)
+        elif t in CREATE_TYPES and paths:
+            self.record_created(paths[-1])
+            if t == A.FILE_LINK and len(paths) == 2:
+                return self.linked(paths[0], paths[1])
+        elif t == A.FILE_DELETE and paths:
+            self.record_removed(paths[0])
+        elif t == A.FILE_RENAME and len(paths) == 2:
+            src, dst = paths
+            exchange = bool(action.flags & _RENAME_EXCHANGE)
+            if not exchange:                # (an exchange removes nothing)
+                created = src in self.created_paths
+                self.record_removed(src)
+                if created:
+                    self.record_created(dst)
+                else:
+                    # what it holds existed before the session: deleting it later is still
+                    # a deletion (rename-then-delete must not slip under mass-delete)
+                    self.created_paths.discard(dst)
+            if tmpdir and _inside(dst, tmpdir) and not _inside(src, tmpdir):
+                self.moved_into_tmp.append(src)
+            return self.moved(src, dst, os.path.isdir(dst), exchange)
+        return False
 
     def moved(self, src: str, dst: str, directory: bool, exchange: bool = False) -> bool:
         """A rename moves data: what was known of src (and, for a directory, of everything

@@ -150,6 +150,10 @@ def test_a_directory_moved_away_still_holds_sensitive_data(box, server, tmp_path
     r = box.run([PY, "-c", code], extra=net + ["--sensitive", str(key.parent) + "/*"])
     assert "denied 111" in r.stdout and server.accepted == 0, r.stdout + r.stderr
     os.rename(box.workspace / "s2", box.workspace / "secrets")
+    native = box.native([PY, "-c", code])
+    assert "pong:x" in native.stdout, native.stdout + native.stderr      # the attack, natively
+    os.rename(box.workspace / "s2", box.workspace / "secrets")
+    server.accepted = 0
     store = tmp_path / "context"
     (box.workspace / "sub").mkdir()
     first = box.run(["sh", "-c", f"cat {key} > sub/report.csv; mv sub sub3"],
@@ -181,6 +185,11 @@ def test_sensitive_data_renamed_or_linked_away_still_closes_egress(box, server, 
     code = f"import os\n{move}\nprint(len(open({read!r}).read()))\n" + _connect(server.port)
     r = box.run([PY, "-c", code], extra=["--allow-net", f"127.0.0.1:{server.port}", "--sensitive", glob])
     assert "denied 111" in r.stdout and server.accepted == 0, r.stdout + r.stderr
+    native_dir = box.root / "native"
+    (native_dir / setup).mkdir(parents=True)
+    (native_dir / setup / "key").write_text("SECRET\n")
+    native = box.native([PY, "-c", code], cwd=native_dir)
+    assert "pong:x" in native.stdout, native.stdout + native.stderr      # the attack, natively
 
 
 def test_renaming_a_directory_no_glob_can_match_into_leaves_egress_open(box, server):
