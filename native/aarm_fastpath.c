@@ -79,6 +79,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <time.h>
@@ -89,7 +90,13 @@
 #include <linux/seccomp.h>
 
 #include "aarm_fastpath.h"
+#include "aarm_intentlog.h"
 
+#ifndef ST_NOSYMFOLLOW
+#define FP_ST_NOSYMFOLLOW 0x2000
+#else
+#define FP_ST_NOSYMFOLLOW ST_NOSYMFOLLOW
+#endif
 #ifndef SYS_openat2
 #define SYS_openat2 437
 #endif
@@ -182,7 +189,8 @@ struct fp_kind {
  * stays allocated (and its fd open) until aarm_fast_free, so a loop thread
  * that loaded it just before a swap can still use it safely. */
 struct fp_intent {
-    int fd;                     /* owned dup of the caller's journal fd */
+    int fd;                     /* owned dup of the caller's journal fd, or -1: */
+    struct aarm_intent_log *log;    /* lines appended to this mapped intents file */
     uint32_t prefix_len;
     struct fp_intent *next_alloc;
     char prefix[AARM_FAST_INTENT_PREFIX_MAX];
@@ -202,6 +210,10 @@ struct fp_exe_slot {
 struct aarm_fast_ctx {
     int listener;               /* not owned */
     int root_fd;                /* owned dup of the session root */
+    /* owned dup of a detached copy of the sandbox's mount tree whose mounts follow no
+     * symlink (aarm_fast_set_nosym_root), or -1: deletes and mkdirs of canonical absolute
+     * paths walk it instead of pinning their parent directory */
+    _Atomic int nosym_fd;
     int proc_fd;                /* "/proc", O_PATH */
     int selffd_fd;              /* "/proc/self/fd" (of this process), O_PATH */
     struct fp_kind kinds[AARM_FAST_NKINDS];
@@ -716,6 +728,49 @@ static int reopen_appending(int fd)
     return fcntl(fd, F_DUPFD_CLOEXEC, 0);
 }
 
+static int check_prefix(const char *prefix, uint32_t prefix_len)
+{
+    if (prefix_len > AARM_FAST_INTENT_PREFIX_MAX)
+        return -E2BIG;
+    if ((prefix_len && !prefix) || (prefix_len && memchr(prefix, '\n', prefix_len)))
+        return -EINVAL;             /* a newline would split the line */
+    return 0;
+}
+
+static void publish_intent(struct aarm_fast_ctx *c, struct fp_intent *in)
+{
+    pthread_mutex_lock(&c->intent_lock);
+    if (in) {
+        in->next_alloc = c->intent_all;
+        c->intent_all = in;
+    }
+    atomic_store_explicit(&c->intent, in, memory_order_release);
+    pthread_mutex_unlock(&c->intent_lock);
+}
+
+int aarm_fast_set_intent_log(struct aarm_fast_ctx *c, struct aarm_intent_log *log,
+                             const char *prefix, uint32_t prefix_len)
+{
+    if (!c)
+        return -EINVAL;
+    struct fp_intent *in = NULL;
+    if (log) {
+        int r = check_prefix(prefix, prefix_len);
+        if (r < 0)
+            return r;
+        in = calloc(1, sizeof(*in));
+        if (!in)
+            return -ENOMEM;
+        in->fd = -1;
+        in->log = log;
+        if (prefix_len)
+            memcpy(in->prefix, prefix, prefix_len);
+        in->prefix_len = prefix_len;
+    }
+    publish_intent(c, in);
+    return 0;
+}
+
 int aarm_fast_set_intent(struct aarm_fast_ctx *c, int fd, const char *prefix,
                          uint32_t prefix_len)
 {
@@ -723,10 +778,9 @@ int aarm_fast_set_intent(struct aarm_fast_ctx *c, int fd, const char *prefix,
         return -EINVAL;
     struct fp_intent *in = NULL;
     if (fd >= 0) {
-        if (prefix_len > AARM_FAST_INTENT_PREFIX_MAX)
-            return -E2BIG;
-        if ((prefix_len && !prefix) || (prefix_len && memchr(prefix, '\n', prefix_len)))
-            return -EINVAL;         /* a newline would split the line */
+        int r = check_prefix(prefix, prefix_len);
+        if (r < 0)
+            return r;
         int fl = fcntl(fd, F_GETFL);
         if (fl < 0)
             return -errno;
@@ -749,13 +803,7 @@ int aarm_fast_set_intent(struct aarm_fast_ctx *c, int fd, const char *prefix,
             memcpy(in->prefix, prefix, prefix_len);
         in->prefix_len = prefix_len;
     }
-    pthread_mutex_lock(&c->intent_lock);
-    if (in) {
-        in->next_alloc = c->intent_all;
-        c->intent_all = in;
-    }
-    atomic_store_explicit(&c->intent, in, memory_order_release);
-    pthread_mutex_unlock(&c->intent_lock);
+    publish_intent(c, in);
     return 0;
 }
 
@@ -818,6 +866,8 @@ static int write_intent(struct aarm_fast_ctx *c, const struct aarm_notif *n, uin
     k += put_s(line + k, ",\"target\":{\"b64\":\"");
     k += put_b64(line + k, (const unsigned char *)canon, clen);
     k += put_s(line + k, "\"}}\n");
+    if (in->log)
+        return aarm_intent_log_append(in->log, line, k) == 0 ? 0 : -1;
     ssize_t w;
     do {
         w = write(in->fd, line, k);
@@ -1167,7 +1217,7 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     int text_canonical = absolute && !memmem(path, (size_t)plen, "//", 2);
 
     int ret = FP_PASS;
-    int cwd = -1, pfd = -1, opened = -1;
+    int cwd = -1, pfd = -1, opened = -1, nosym = -1;
     int reserved = 0;
     int unit = 0;                   /* 1: a budget unit taken and not yet spent */
     uint64_t slot = 0;
@@ -1196,6 +1246,12 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
         } else if ((op == OP_OPEN || op == OP_CHMOD || op == OP_UTIME) && text_canonical) {
             /* Pinned only if the decision needs an lstat (below); otherwise the open
              * itself walks the whole path once, with the parent walk's guarantees. */
+            parent = -1;
+        } else if ((op == OP_UNLINK || op == OP_MKDIR) && text_canonical &&
+                   (nosym = atomic_load_explicit(&c->nosym_fd, memory_order_acquire)) >= 0) {
+            /* unlinkat/mkdirat walk the whole path through the copy of the tree that
+             * follows no symlink (a symlink on the way: ELOOP, handed over below): the
+             * object reached is the one the canonical text names, as with a pinned parent. */
             parent = -1;
         } else {
             *slash = '\0';
@@ -1436,18 +1492,19 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
             close_fd(&opened);
             result = r;
         }
-    } else if (kind == AARM_FAST_DELETE) {
+    } else if (kind == AARM_FAST_DELETE || kind == AARM_FAST_MKDIR) {
+        /* On the pinned parent, or (parent < 0) the whole canonical path from the
+         * no-symlink tree, where ELOOP means a symlink on the way: nothing happened,
+         * and Python resolves it as the kernel would have. */
+        int base = parent >= 0 ? parent : nosym;
+        const char *at = parent >= 0 ? name : path + 1;
         int r;
         do {
-            r = unlinkat(parent, name, (int)(flags & AT_REMOVEDIR));
+            r = kind == AARM_FAST_DELETE ? unlinkat(base, at, (int)(flags & AT_REMOVEDIR))
+                                         : mkdirat(base, at, (mode_t)((mode & 07777) & ~um));
         } while (r < 0 && errno == EINTR);
-        result = r < 0 ? -errno : 0;
-        answer(c, n->id, result);
-    } else if (kind == AARM_FAST_MKDIR) {
-        int r;
-        do {
-            r = mkdirat(parent, name, (mode_t)((mode & 07777) & ~um));
-        } while (r < 0 && errno == EINTR);
+        if (r < 0 && parent < 0 && errno == ELOOP)
+            goto out;
         result = r < 0 ? -errno : 0;
         answer(c, n->id, result);
     } else if (kind == AARM_FAST_CHMOD) {
@@ -1484,6 +1541,33 @@ out:
     close_fd(&pfd);
     close_fd(&cwd);
     return ret;
+}
+
+int aarm_fast_set_nosym_root(struct aarm_fast_ctx *c, int fd)
+{
+    if (!c || fd < 0)
+        return -EINVAL;
+    /* The copy's root is the session root itself (same directory), and its mount
+     * follows no symlink: anything else is refused, and the parents stay pinned. */
+    struct stat a, b;
+    struct statvfs v;
+    if (fstat(fd, &a) != 0 || fstat(c->root_fd, &b) != 0)
+        return -errno;
+    if (!S_ISDIR(a.st_mode) || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+        return -EINVAL;
+    if (fstatvfs(fd, &v) != 0)
+        return -errno;
+    if (!(v.f_flag & FP_ST_NOSYMFOLLOW))
+        return -EINVAL;
+    int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0)
+        return -errno;
+    int expected = -1;
+    if (!atomic_compare_exchange_strong(&c->nosym_fd, &expected, dup)) {
+        close(dup);
+        return -EBUSY;
+    }
+    return 0;
 }
 
 int aarm_fast_next(struct aarm_fast_ctx *c, struct aarm_notif *out)
@@ -1659,6 +1743,10 @@ void aarm_fast_free(struct aarm_fast_ctx *c)
         free(c->kinds[k].groups);
     }
     close_fd(&c->root_fd);
+    {
+        int nfd = atomic_exchange(&c->nosym_fd, -1);
+        close_fd(&nfd);
+    }
     close_fd(&c->proc_fd);
     close_fd(&c->selffd_fd);
     close_fd(&c->wake_fd);
@@ -1711,6 +1799,7 @@ struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
         return NULL;
     }
     atomic_init(&c->intent, NULL);
+    atomic_init(&c->nosym_fd, -1);
     atomic_init(&c->enabled, 0);
     atomic_init(&c->dropped, 0);
     atomic_init(&c->umask_gen, 0);

@@ -127,9 +127,20 @@ void aarm_fast_invalidate_exe(struct aarm_fast_ctx *ctx);
 #define AARM_FAST_INTENT_PREFIX_MAX 1024
 int aarm_fast_set_intent(struct aarm_fast_ctx *ctx, int fd, const char *prefix,
                          uint32_t prefix_len);
+/* The same lines appended to a mapped intents file (aarm_intentlog.h) instead of written
+ * with write(2); NULL turns intents off.  The log must stay valid (it is never freed). */
+struct aarm_intent_log;
+int aarm_fast_set_intent_log(struct aarm_fast_ctx *ctx, struct aarm_intent_log *log,
+                             const char *prefix, uint32_t prefix_len);
 /* Adds delta (may be negative) to a kind's budget of counted operations and
  * returns the new value; the loop spends a unit only while the budget is > 0
  * (it starts at 0).  Thread-safe. */
 int64_t aarm_fast_budget_add(struct aarm_fast_ctx *ctx, int kind, int64_t delta);
+/* fd: a detached copy of the session's mount tree with MOUNT_ATTR_NOSYMFOLLOW on every
+ * mount, whose root is the session root (dup'ed; once).  Deletes and mkdirs of
+ * canonical absolute paths then walk it instead of pinning each parent directory.
+ * -EINVAL for anything else (not that root, or its mount follows symlinks), -EBUSY
+ * when set already. */
+int aarm_fast_set_nosym_root(struct aarm_fast_ctx *ctx, int fd);
 
 #endif /* AARM_FASTPATH_H */

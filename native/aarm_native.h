@@ -119,6 +119,9 @@ struct aarm_spawn_config {
     int *out_dns_stub;           /* non-NULL, with CLONE_NEWNET + loopback: receives the supervisor's
                                     copy of a UDP socket bound to 127.0.0.53:53 inside the sandbox's
                                     network namespace (-1 when it could not be made: see warnings) */
+    int *out_nosym_root;         /* non-NULL, with CLONE_NEWNS: receives an O_PATH-like fd of a
+                                    detached copy of the sandbox's mount tree whose mounts never
+                                    follow a symlink (-1 when the kernel cannot make one) */
 };
 
 int aarm_spawn(const struct aarm_spawn_config *cfg, int *out_listener,

@@ -62,6 +62,7 @@ struct aarm_spawn_config {
     char *const *bind_files;
     char *const *view_hide;
     int *out_dns_stub;
+    int *out_nosym_root;
 };
 
 int aarm_spawn(const struct aarm_spawn_config *cfg, int *out_listener,
@@ -191,6 +192,14 @@ void aarm_fast_invalidate_exe(struct aarm_fast_ctx *);
 int aarm_fast_set_intent(struct aarm_fast_ctx *, int fd, const char *prefix,
                          uint32_t prefix_len);
 int64_t aarm_fast_budget_add(struct aarm_fast_ctx *, int kind, int64_t delta);
+int aarm_fast_set_nosym_root(struct aarm_fast_ctx *, int fd);
+struct aarm_intent_log;
+struct aarm_intent_log *aarm_intent_log_new(int fd);
+int aarm_intent_log_append(struct aarm_intent_log *, const char *line, size_t len);
+size_t aarm_intent_log_used(struct aarm_intent_log *);
+int aarm_intent_log_close(struct aarm_intent_log *);
+int aarm_fast_set_intent_log(struct aarm_fast_ctx *, struct aarm_intent_log *log,
+                             const char *prefix, uint32_t prefix_len);
 
 /* ---- policy path matcher (aarm_policy.c) ---- */
 #define AARM_PM_CHAR ...
@@ -251,6 +260,7 @@ SOURCE = r"""
 #include "aarm_fastpath.h"
 #include "aarm_policy.h"
 #include "aarm_receipt.h"
+#include "aarm_intentlog.h"
 """
 
 _CFLAGS = ["-O2", "-Wall", "-fno-strict-aliasing"]
@@ -266,7 +276,8 @@ def make_ffi(relative: bool = True) -> FFI:
         sources=[fix(os.path.join(_HERE, "aarm_native.c")),
                  fix(os.path.join(_HERE, "aarm_fastpath.c")),
                  fix(os.path.join(_HERE, "aarm_policy.c")),
-                 fix(os.path.join(_HERE, "aarm_receipt.c"))],
+                 fix(os.path.join(_HERE, "aarm_receipt.c")),
+                 fix(os.path.join(_HERE, "aarm_intentlog.c"))],
         include_dirs=[fix(_HERE)],
         libraries=["crypto"],           # OpenSSL's SHA-256 for the receipt chain
         extra_compile_args=_CFLAGS,

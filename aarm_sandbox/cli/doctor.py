@@ -27,6 +27,37 @@ def _probe_userns() -> tuple[bool, str]:
         "max_user_namespaces=0): no network isolation, no credential masks"
 
 
+def _probe_nosym_tree() -> tuple[bool, str]:
+    """What the sandbox's init does (native/aarm_native.c make_nosym_root): clone its mount
+    tree, detached, and make every mount of the copy follow no symlink."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            flags = 0x00020000 | (0 if os.geteuid() == 0 else 0x10000000)   # mount (+ user)
+            if libc.unshare(flags) != 0:
+                os._exit(3)
+            fd = libc.syscall(428, -100, b"/", 1 | 0o2000000 | 0x8000)   # open_tree CLONE|CLOEXEC|RECURSIVE
+            if fd < 0:
+                os._exit(10 + min(ctypes.get_errno(), 200))
+            attr = (ctypes.c_uint64 * 4)(0x00200000, 0, 0, 0)               # MOUNT_ATTR_NOSYMFOLLOW
+            if libc.syscall(442, fd, b"", 0x1000 | 0x8000, attr, 32) != 0:  # AT_EMPTY_PATH|AT_RECURSIVE
+                os._exit(10 + min(ctypes.get_errno(), 200))
+            os._exit(0)
+        except BaseException:
+            os._exit(2)
+    _, st = os.waitpid(pid, 0)
+    code = os.WEXITSTATUS(st) if os.WIFEXITED(st) else -1
+    if code == 0:
+        return True, ("deletes and mkdirs in C walk a detached copy of the sandbox's mount "
+                      "tree that follows no symlink (no parent pinned per call)")
+    why = (os.strerror(code - 10) if code >= 10 else "no mount namespace" if code == 3
+           else "probe failed")
+    return False, (f"open_tree/mount_setattr refused ({why}; needs Linux 5.14): the fast path "
+                   "pins each parent directory instead (~1 µs more a delete)")
+
+
 def _probe_ptrace() -> tuple[bool, str]:
     """PTRACE_SEIZE of a child, as the supervisor does for modify: append_args."""
     import signal
@@ -122,6 +153,7 @@ def collect() -> list[dict]:
     add("native fast path", hasattr(lib, "aarm_fast_new"),
         "hot allowed file operations decided in C (AARM_FAST_PATH=0 disables)"
         if os.environ.get("AARM_FAST_PATH", "1") != "0" else "disabled by AARM_FAST_PATH=0")
+    add("no-symlink mount copy", *_probe_nosym_tree())
     add("journal signing key", *_signing_key())
     try:
         from aarm_sandbox.enforce.freeze import freezer_support

@@ -177,7 +177,9 @@ def run(args) -> int:
         # same --journal next time (nothing of a session is in them)
         for made in getattr(args, "made_files", ()):
             try:
-                if os.path.getsize(made) == 0:
+                with open(made, "rb") as f:
+                    first = f.read(1)
+                if first in (b"", b"\0"):       # (a mapped intents file: zeros, no line)
                     os.unlink(made)
             except OSError:
                 pass
@@ -418,10 +420,17 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
 
         def make_fast_path(root_fd: int) -> FastPath:
             fast = FastPath(sandbox.listener, root_fd, policy, danger)
-            if journal.intent_prefix:
+            if journal.intent_log is not None:
+                fast.set_intent_log(journal.intent_log, journal.intent_prefix)
+            elif journal.intent_prefix:
                 fast.set_intent(journal.intent_fd, journal.intent_prefix)
+            if sandbox.nosym_root >= 0:
+                fast.set_nosym_root(sandbox.nosym_root)
+            sandbox.close_nosym_root()        # C keeps its own copy
             return fast
         sup.fast_factory = make_fast_path
+    else:
+        sandbox.close_nosym_root()
     def supervise():
         try:
             sup.run()

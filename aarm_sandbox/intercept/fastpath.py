@@ -176,6 +176,21 @@ class FastPath:
         if r < 0:
             raise OSError(-r, f"fast path intent fd: {os.strerror(-r)}")
 
+    def set_intent_log(self, log, prefix: bytes) -> None:
+        """As set_intent, the lines appended to a mapped intents file (journal.IntentLog),
+        shared with the journal's own intent lines; None turns intents off."""
+        r = lib.aarm_fast_set_intent_log(self.ctx, log.ptr if log is not None else ffi.NULL,
+                                         prefix, len(prefix))
+        if r < 0:
+            raise OSError(-r, f"fast path intent log: {os.strerror(-r)}")
+
+    def set_nosym_root(self, fd: int) -> bool:
+        """Let deletes and mkdirs of canonical absolute paths walk fd, a copy of the
+        sandbox's mount tree that follows no symlink (see Sandbox.nosym_root), instead of
+        pinning each parent directory. False (parents stay pinned) when fd is not such a
+        copy of this session's root."""
+        return lib.aarm_fast_set_nosym_root(self.ctx, fd) == 0
+
     def next(self) -> Notification | int:
         """The next notification the fast path did not handle, or -errno."""
         n = self._notif

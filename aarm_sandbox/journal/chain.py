@@ -32,6 +32,13 @@ def body_of(record: dict) -> bytes:
     return canonical({k: v for k, v in record.items() if k not in UNHASHED})
 
 
+def intent_bytes(data: bytes) -> bytes:
+    """The lines of an intents file: one mapped by a session that did not end keeps the
+    rest of its last allocated chunk as zero bytes after them (journal.intent_log)."""
+    end = data.find(b"\0")
+    return data if end < 0 else data[:end]
+
+
 def context_start(session_id: str, intent: str | None) -> bytes:
     return sha256(canonical({"intent": intent, "session_id": session_id})).digest()
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import orjson
 
-from aarm_sandbox.journal.chain import intents_path
+from aarm_sandbox.journal.chain import intent_bytes, intents_path
 
 
 @dataclass(slots=True)
@@ -50,7 +50,7 @@ def sidecar_intents(journal_path: str, first_line: bytes | None = None,
         return []
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = intent_bytes(f.read())
     except OSError:
         return []
     return [line for line in parse_lines(data)

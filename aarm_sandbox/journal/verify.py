@@ -94,7 +94,7 @@ def verify_file(path: str, trusted: dict, witness: str | None = None) -> Report:
     if ipath is not None:
         try:
             with open(ipath, "rb") as f:
-                intents = f.read()
+                intents = chain.intent_bytes(f.read())
         except (FileNotFoundError, NotADirectoryError):
             intents = None
         except OSError as e:

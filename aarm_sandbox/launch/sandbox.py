@@ -66,13 +66,16 @@ class Sandbox:
     """The started sandbox: its init, the seccomp listener and the status pipe."""
 
     def __init__(self, pid: int, listener: int, status_fd: int, namespaces: int,
-                 warnings: list[str], dns_stub: int = -1):
+                 warnings: list[str], dns_stub: int = -1, nosym_root: int = -1):
         self.pid = pid                  # the sandbox init, in our pid namespace
         self.listener = listener
         self.status_fd = status_fd
         self.namespaces = namespaces
         self.warnings = warnings
         self.dns_stub = dns_stub        # our copy of the stub's socket inside the sandbox's netns
+        # a detached copy of the sandbox's mount tree that follows no symlink (or -1): the
+        # native fast path deletes and makes directories through it without pinning parents
+        self.nosym_root = nosym_root
 
     def kill(self) -> None:
         """Tear down a sandbox whose command must not run (before supervision starts)."""
@@ -81,11 +84,17 @@ class Sandbox:
             os.waitpid(self.pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+        self.close_nosym_root()
         for fd in (self.listener, self.status_fd, self.dns_stub):
             try:
                 os.close(fd)
             except OSError:
                 pass
+
+    def close_nosym_root(self) -> None:
+        if self.nosym_root >= 0:
+            fd, self.nosym_root = self.nosym_root, -1
+            os.close(fd)
 
     def wait(self) -> int:
         """Block until the command ends; return its raw wait status."""
@@ -122,7 +131,7 @@ def _cstr_array(items: list[bytes], keep: list) -> object:
     return arr
 
 
-def _spawn(plan: LaunchPlan, namespaces: int) -> tuple[int, int, int, str]:
+def _spawn(plan: LaunchPlan, namespaces: int) -> tuple[int, int, int, str, int, int]:
     keep: list = []
     cfg = ffi.new("struct aarm_spawn_config *")
     cfg.argv = _cstr_array([os.fsencode(a) for a in plan.argv], keep)
@@ -153,11 +162,15 @@ def _spawn(plan: LaunchPlan, namespaces: int) -> tuple[int, int, int, str]:
     keep.append(dns)
     if plan.dns_stub:
         cfg.out_dns_stub = dns
+    nosym = ffi.new("int *", -1)
+    keep.append(nosym)
+    cfg.out_nosym_root = nosym
     listener = ffi.new("int *", -1)
     status = ffi.new("int *", -1)
     err = ffi.new("char[]", 4096)
     pid = lib.aarm_spawn(cfg, listener, status, err, 4096)
-    return pid, listener[0], status[0], ffi.string(err).decode("utf-8", "replace"), dns[0]
+    return (pid, listener[0], status[0], ffi.string(err).decode("utf-8", "replace"), dns[0],
+            nosym[0])
 
 
 def launch(plan: LaunchPlan) -> Sandbox:
@@ -174,7 +187,7 @@ def launch(plan: LaunchPlan) -> Sandbox:
         if ns in seen:
             continue
         seen.add(ns)
-        pid, listener, status, msg, dns = _spawn(plan, ns)
+        pid, listener, status, msg, dns, nosym = _spawn(plan, ns)
         if pid > 0:
             missing = plan.namespaces & ~ns
             if missing:
@@ -183,7 +196,7 @@ def launch(plan: LaunchPlan) -> Sandbox:
                                 f"reduced isolation — see `aarm-sandbox doctor`")
             warnings.extend(line[len("warning: "):] if line.startswith("warning: ") else line
                             for line in msg.splitlines() if line.strip())
-            return Sandbox(pid, listener, status, ns, warnings, dns)
+            return Sandbox(pid, listener, status, ns, warnings, dns, nosym)
         last = msg
         if not _namespace_failure(msg):
             break

@@ -30,6 +30,7 @@ import pytest
 from aarm_sandbox._native import ffi, lib
 from aarm_sandbox.intercept.fastpath import KIND_TYPE, SYSCALL_NAMES, FastPath
 from aarm_sandbox.intercept.filter import compile_filter
+from aarm_sandbox.journal.intent_log import IntentLog
 from aarm_sandbox.launch.sandbox import LaunchPlan, drop_effective_capabilities, launch
 
 TEST_ROOT = Path(os.environ.get("AARM_TEST_ROOT", "/tmp/aarm-tests"))
@@ -352,6 +353,17 @@ int main(int argc, char **argv)
                 n++;
             }
             printf("swapper %ld\n", n);
+        } else if (!strcmp(c, "dirloop")) {
+            /* dirloop DIR N: unlink DIR/v_K, then mkdir DIR/m_K, for K < N */
+            const char *d = argv[++i]; long n = num(argv[++i]), un = 0, mk = 0;
+            for (long k = 0; k < n; k++) {
+                char p[4096];
+                snprintf(p, sizeof(p), "%s/v_%ld", d, k);
+                un += syscall(SYS_unlink, p) == 0;
+                snprintf(p, sizeof(p), "%s/m_%ld", d, k);
+                mk += syscall(SYS_mkdir, p, 0755) == 0;
+            }
+            printf("dirloop unlinked %ld made %ld\n", un, mk);
         } else if (!strcmp(c, "forkunlink")) {
             /* forkunlink DIR N exec|exit: N children, one after the other, each unlinks
              * DIR/c_I and at once execs /bin/true or exits */
@@ -512,9 +524,10 @@ class FastSandbox:
 
     def __init__(self, box, argv, *, allow=None, danger=None, counted=(), enabled=ALL_KINDS, ring=4096,
                  python_policy="inside", live_drain=True, fast_enabled=True, on_ctx=None,
-                 before_free=None,
+                 before_free=None, nosym=True,
                  while_running=None):
         self.box = box
+        self.nosym = nosym          # walk the no-symlink copy of the tree, as run does
         self.argv = argv
         self.allow = allow if allow is not None else [G(f"{box.ws}/")]
         self.danger = danger if danger is not None else git_danger(box.ws)
@@ -609,6 +622,10 @@ class FastSandbox:
         os.close(root)              # the context keeps its own copy
         del keep, kinds             # ... and deep-copied the kinds
         assert self.ctx != ffi.NULL
+        if self.nosym:
+            assert sb.nosym_root >= 0, "the launcher made no no-symlink copy of the tree"
+            assert lib.aarm_fast_set_nosym_root(self.ctx, sb.nosym_root) == 0
+        sb.close_nosym_root()
         if not self.fast_enabled:
             lib.aarm_fast_set_enabled(self.ctx, 0)
         if self.on_ctx:
@@ -1263,6 +1280,116 @@ def test_symlink_swap_race_outside_the_sandbox(fbox, prog):
           f"{r.lines[:2]}")
 
 
+def _dir_swap_setup(ws, out, n):
+    (out / "d").mkdir()
+    (ws / "d").mkdir()
+    for k in range(n):
+        (out / "d" / f"v_{k}").write_text("canary\n")
+        (ws / "d" / f"v_{k}").write_text("inside\n")
+    os.symlink(out / "d", ws / "d.alt")
+
+
+def _outside_touched(out, n):
+    gone = [k for k in range(n) if not (out / "d" / f"v_{k}").exists()]
+    made = [p.name for p in (out / "d").iterdir() if p.name.startswith("m_")]
+    return gone, made
+
+
+@pytest.mark.parametrize("nosym", [True, False], ids=["no-symlink-tree", "pinned-parent"])
+def test_directory_symlink_swap_race_never_deletes_or_makes_outside(fbox, prog, tmp_path, nosym):
+    """An unconfined process keeps exchanging ws/d (a directory) with a symlink to outside/d
+    while the sandbox deletes ws/d/v_K and makes ws/d/m_K. Natively some of those land in
+    outside/d; through the fast path - walking the copy of the tree that follows no symlink,
+    or pinning the parent without following one - none does: a symlink met on the way
+    hands the call to Python (which denies here)."""
+    n = 1500
+    # natively, the same program and swapper reach outside/d
+    nat_ws, nat_out = tmp_path / "nws", tmp_path / "nout"
+    nat_ws.mkdir()
+    nat_out.mkdir()
+    _dir_swap_setup(nat_ws, nat_out, n)
+    swapper = subprocess.Popen([prog, "swapper", str(nat_ws), "30", "d"], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        subprocess.run([prog, "dirloop", nat_ws / "d", str(n)], check=True, capture_output=True)
+    finally:
+        swapper.send_signal(signal.SIGKILL)
+        swapper.wait()
+    gone, made = _outside_touched(nat_out, n)
+    assert gone or made, "the race never reached outside natively"
+
+    ws, out = fbox.ws, fbox.outside
+    _dir_swap_setup(ws, out, n)
+    swapper = subprocess.Popen([prog, "swapper", str(ws), "30", "d"], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        r = run_fast(fbox, prog, ["dirloop", ws / "d", n], python_policy="deny", nosym=nosym)
+    finally:
+        swapper.send_signal(signal.SIGKILL)
+        swapper.wait()
+    assert _outside_touched(out, n) == ([], [])
+    done = [rec for rec in r.records if rec["result"] == 0]
+    assert done, "the fast path never won the race"
+    ok_dirs = {str(ws / "d"), str(ws / "d.alt")}
+    assert all(os.path.dirname(rec["path"]) in ok_dirs for rec in r.records), r.records[:5]
+    print(f"directory swap race: native reached outside {len(gone)} deletes / {len(made)} "
+          f"mkdirs; sandboxed {len(done)} done in C, {r.lines[0]}")
+
+
+def test_symlinks_on_the_way_of_a_delete_or_mkdir_go_to_python(fbox, prog):
+    """Through the no-symlink tree a symlink anywhere on the path is ELOOP, which is not the
+    answer: Python resolves the call as the kernel would (the toy side performs inside
+    paths), and the intermediate symlink's target is what changes."""
+    ws = fbox.ws
+    (ws / "real").mkdir()
+    (ws / "real" / "f").write_text("x")
+    os.symlink("real", ws / "lnk")
+    r = run_fast(fbox, prog, ["unlink", ws / "lnk/f", "mkdir", ws / "lnk/m", 0o755,
+                              "unlink", ws / "real/missing", "mkdir", ws / "nodir/m", 0o755])
+    assert str(ws / "lnk/f") in r.python_paths() and str(ws / "lnk/m") in r.python_paths()
+    assert not r.rec(str(ws / "lnk/f")) and not r.rec(str(ws / "lnk/m"))
+    assert not (ws / "real" / "f").exists() and (ws / "real" / "m").is_dir()
+    # errors without a symlink are the kernel's own answers, given in C
+    assert r.line("unlink", str(ws / "real/missing"))[2:] == ["rc", str(-errno.ENOENT)]
+    assert r.line("mkdir", str(ws / "nodir/m"))[2:] == ["rc", str(-errno.ENOENT)]
+    assert [rec["result"] for rec in r.rec(str(ws / "real/missing"))] == [-errno.ENOENT]
+
+
+def test_the_no_symlink_tree_must_be_that_of_the_session():
+    """aarm_fast_set_nosym_root takes only a copy of the session root that follows no
+    symlink, once: the root itself (it follows them), another directory, a second copy are
+    refused, and the parents stay pinned."""
+    plan = LaunchPlan(argv=["/bin/sleep", "30"], env={"PATH": "/usr/bin:/bin"}, cwd="/",
+                      bpf=compile_filter())
+    sb = launch(plan)
+    ctx = ffi.NULL
+    try:
+        assert sb.nosym_root >= 0
+        root = os.open(f"/proc/{sb.pid}/root", os.O_PATH | os.O_CLOEXEC)
+        kinds, keep = make_kinds([G("/tmp/")], [], ALL_KINDS, ())
+        ctx = lib.aarm_fast_new(sb.listener, root, kinds, 16)
+        assert ctx != ffi.NULL
+        other = os.open("/tmp", os.O_PATH | os.O_CLOEXEC)
+        try:
+            assert lib.aarm_fast_set_nosym_root(ctx, root) == -errno.EINVAL
+            assert lib.aarm_fast_set_nosym_root(ctx, other) == -errno.EINVAL
+            assert lib.aarm_fast_set_nosym_root(ctx, -1) == -errno.EINVAL
+            assert lib.aarm_fast_set_nosym_root(ctx, sb.nosym_root) == 0
+            assert lib.aarm_fast_set_nosym_root(ctx, sb.nosym_root) == -errno.EBUSY
+        finally:
+            os.close(other)
+            os.close(root)
+        # the copy follows no symlink, not even the magic ones of /proc
+        with pytest.raises(OSError) as e:
+            os.stat("proc/self/exe", dir_fd=sb.nosym_root)
+        assert e.value.errno == errno.ELOOP
+        assert os.stat("proc/self", dir_fd=sb.nosym_root, follow_symlinks=False)
+    finally:
+        if ctx != ffi.NULL:
+            lib.aarm_fast_free(ctx)
+        sb.kill()
+
+
 def test_chmod_is_fast_on_the_object_itself_and_answers_as_native(fbox, prog):
     """chmod, fchmodat and fchmodat2 without flags on a workspace file or directory are
     decided and performed in C, on the object pinned without following its last name;
@@ -1650,7 +1777,13 @@ def test_exe_odd_names_and_too_long(fbox, prog):
         assert [(rec["path"], rec["exe"]) for rec in r.records] == [(str(fbox.ws / "x"), want)] * 2
 
 
-def test_intent_lines_before_unlinks_and_truncations(fbox, prog):
+def set_log_on_ctx(log, prefix: bytes = PREFIX):
+    """on_ctx hook: intents appended to a mapped intents file (journal.IntentLog)."""
+    return lambda ctx: wrapper(ctx).set_intent_log(log, prefix)
+
+
+@pytest.mark.parametrize("via", ["write", "mapped"])
+def test_intent_lines_before_unlinks_and_truncations(fbox, prog, via):
     ws = fbox.ws
     for n in ("a", "b", "e.txt", "t.txt", "gone"):
         (ws / n).write_text("old")
@@ -1660,8 +1793,11 @@ def test_intent_lines_before_unlinks_and_truncations(fbox, prog):
     (ws / ".git").mkdir()
     (ws / ".git" / "keep").write_text("k")
     ipath = fbox.root / "journal.jsonl"
-    fd = intent_fd(ipath)
-    os.write(fd, b'{"type":"session.start"}\n')
+    fd = os.open(ipath, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    log = IntentLog.open(fd) if via == "mapped" else None
+    assert (log is not None) == (via == "mapped")
+    first = b'{"type":"session.start"}\n'
+    log.append(first) if log else os.write(fd, first)
     r = run_fast(fbox, prog, [
         "unlink", ws / "a",                                 # intent: delete
         "unlinkat", ws / "b", 0,                            # intent: delete
@@ -1675,7 +1811,9 @@ def test_intent_lines_before_unlinks_and_truncations(fbox, prog):
         "mkdir", ws / "m", 0o755,                           # no intent: mkdir
         "unlink", os.fsdecode(odd),                         # intent: newline, invalid UTF-8
         "unlink", ws / ".git/keep",                         # Python (danger): no C intent
-    ], on_ctx=set_intent_on_ctx(fd))
+    ], on_ctx=set_log_on_ctx(log) if log else set_intent_on_ctx(fd))
+    if log:
+        log.close()
     os.close(fd)
     assert not (ws / "a").exists() and not (ws / "b").exists() and not os.path.lexists(odd)
     assert (ws / "e.txt").read_text() == "" and (ws / "nt.txt").exists()
@@ -1753,15 +1891,20 @@ def test_intent_is_written_before_the_operation(fbox, prog):
     assert bytes(got) == expected_intent(rec)
 
 
-@pytest.mark.parametrize("broken", ["dev_full", "no_reader"])
+@pytest.mark.parametrize("broken", ["dev_full", "no_reader", "closed_log"])
 def test_failed_intent_write_hands_over(fbox, prog, broken):
     """When the intent line cannot be written, the fast path performs nothing destructive:
     the notification goes to Python (here: denied). Non-destructive operations stay fast."""
     ws = fbox.ws
     for n in ("a", "b", "e.txt"):
         (ws / n).write_text("old")
+    log = None
     if broken == "dev_full":
         fd = os.open("/dev/full", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)     # ENOSPC
+    elif broken == "closed_log":
+        fd = os.open(fbox.root / "intents", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        log = IntentLog.open(fd)
+        log.close()                                                             # EBADF
     else:
         rd, fd = os.pipe2(os.O_CLOEXEC)
         os.close(rd)                                                            # EPIPE
@@ -1775,9 +1918,11 @@ def test_failed_intent_write_hands_over(fbox, prog, broken):
             "openat", ws / "n.txt", O_WRONLY | O_CREAT, 0o644,   # no intent needed: fast
             "openat", ws / "e.txt", O_WRONLY, 0,                 # no intent needed: fast
             "mkdir", ws / "m", 0o755,                            # no intent needed: fast
-        ], python_policy="deny", on_ctx=set_intent_on_ctx(fd))
+        ], python_policy="deny", on_ctx=set_log_on_ctx(log) if log else set_intent_on_ctx(fd))
     finally:
         os.close(fd)
+    if log:
+        assert (fbox.root / "intents").read_bytes() == b""
     assert (ws / "a").read_text() == "old" and (ws / "b").read_text() == "old"
     assert (ws / "e.txt").read_text() == "old" and not (ws / "c.txt").exists()
     py = r.python_paths()
@@ -1872,7 +2017,7 @@ def test_intent_swap_races_are_safe(fbox, prog):
 def test_compiles_without_warnings():
     here = Path(__file__).resolve().parents[2] / "native"
     p = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-fsyntax-only",
-                        "-I", str(here), str(here / "aarm_fastpath.c")],
+                        "-I", str(here), str(here / "aarm_fastpath.c"), str(here / "aarm_intentlog.c")],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
 
@@ -1884,7 +2029,7 @@ def build_sanitized_harness(tmp_path, name: str) -> Path:
     exe = tmp_path / name
     b = subprocess.run(["gcc", "-O1", "-g", "-fsanitize=address,undefined",
                         "-fno-sanitize-recover=all", "-I", str(here), "-o", str(exe), str(src),
-                        str(here / "aarm_native.c"), "-lpthread"], capture_output=True, text=True)
+                        str(here / "aarm_native.c"), str(here / "aarm_intentlog.c"), "-lpthread"], capture_output=True, text=True)
     assert b.returncode == 0, b.stderr
     return exe
 

@@ -1,0 +1,156 @@
+"""The mapped intents file (native/aarm_intentlog.c, journal/intent_log.py) on real files:
+lines land whole and in order in the file's page cache, the file grows by fallocate'd
+chunks, a full disk fails the append (never a SIGBUS), and a session that did not end
+leaves zero bytes its readers stop at."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from aarm_sandbox.journal.chain import intent_bytes
+from aarm_sandbox.journal.intent_log import IntentLog
+from aarm_sandbox.journal.reader import parse_lines, sidecar_intents
+from conftest import sandbox_cmd
+
+CHUNK = 1 << 20
+
+
+def _line(k: int) -> bytes:
+    return (b'{"type":"intent","session_id":"S","notif":%d,"action":"file.delete",'
+            b'"syscall":"unlink","tid":7,"target":{"b64":"%s"}}\n' % (k, b"QUJD" * 20))
+
+
+def _new(path: Path) -> tuple[int, IntentLog | None]:
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return fd, IntentLog.open(fd)
+
+
+@pytest.mark.parametrize("where", ["tmp_path", "/dev/shm"])
+def test_lines_are_appended_whole_and_in_order_across_chunks_then_trimmed(tmp_path, where):
+    base = tmp_path if where == "tmp_path" else Path("/dev/shm")
+    path = base / f"intents-{os.getpid()}-{time.monotonic_ns()}"
+    fd, log = _new(path)
+    try:
+        assert log is not None
+        lines = [_line(k) for k in range(8000)]            # ~1.5 MiB: a second chunk
+        want = b"".join(lines)
+        for ln in lines:
+            log.append(ln)
+        assert log.used == len(want)
+        # in the file already (page cache), before any close or sync; then zeros
+        data = path.read_bytes()
+        assert data[:len(want)] == want and len(data) == 2 * CHUNK
+        assert data[len(want):] == bytes(len(data) - len(want))
+        assert intent_bytes(data) == want
+        log.close()
+        assert path.read_bytes() == want                   # trimmed to its lines
+        with pytest.raises(OSError) as e:
+            log.append(_line(0))
+        assert e.value.errno == 9                          # EBADF once closed
+        assert path.read_bytes() == want
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+
+def test_files_that_cannot_be_mapped_are_left_to_write(tmp_path):
+    """Write-only, not empty, not a regular file: no log (the journal write(2)s them)."""
+    wo = tmp_path / "wo"
+    fd = os.open(wo, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    assert IntentLog.open(fd) is None
+    os.close(fd)
+    full = tmp_path / "full"
+    full.write_bytes(b"x\n")
+    fd = os.open(full, os.O_RDWR | os.O_APPEND)
+    assert IntentLog.open(fd) is None
+    os.close(fd)
+    assert full.read_bytes() == b"x\n"
+    r, w = os.pipe()
+    assert IntentLog.open(w) is None
+    os.close(r)
+    os.close(w)
+
+
+def test_a_full_disk_fails_the_append_and_every_later_one(tmp_path):
+    """A growth that fails (here RLIMIT_FSIZE: EFBIG) fails that append and every later one,
+    with nothing of the line written: the caller then performs nothing."""
+    path = tmp_path / "intents"
+    script = textwrap.dedent(f"""
+        import os, resource, signal, sys
+        sys.path[:0] = {sys.path!r}
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({CHUNK} + {CHUNK} // 2,) * 2)
+        from aarm_sandbox.journal.intent_log import IntentLog
+        fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        log = IntentLog.open(fd)
+        line = b"x" * 99 + b"\\n"
+        n = 0
+        try:
+            while True:
+                log.append(line)
+                n += 1
+        except OSError as e:
+            first = e.errno
+        try:
+            log.append(b"y\\n")
+            later = 0
+        except OSError as e:
+            later = e.errno
+        print(n, first, later, log.used)
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    n, first, later, used = map(int, p.stdout.split())
+    assert first == later == 27                            # EFBIG, and stays so
+    assert used == n * 100 and n == CHUNK // 100
+    assert intent_bytes(path.read_bytes()) == (b"x" * 99 + b"\n") * n
+
+
+def test_a_killed_supervisor_leaves_zeros_after_its_intents_which_readers_skip(tmp_path):
+    """The supervisor SIGKILLed mid-session: its intents file keeps the rest of its chunk as
+    zeros (nobody trimmed it); verify, show and the sidecar reader list every intent line and
+    stop at the zeros (no unreadable line)."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for k in range(20):
+        (ws / f"f{k}").write_text("x")
+    journal = tmp_path / "j.jsonl"
+    done = ws / "deleted"
+    proc = subprocess.Popen(sandbox_cmd() + [
+        "run", "--workspace", str(ws), "--journal", str(journal), "--", "sh", "-c",
+        f"rm {ws}/f*; touch {done}; sleep 60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done.exists()
+        proc.send_signal(signal.SIGKILL)                   # the supervisor itself
+        proc.wait(30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    ipath = Path(str(journal) + ".intents")
+    data = ipath.read_bytes()
+    lines = intent_bytes(data)
+    assert len(data) == CHUNK and data[len(lines):] == bytes(len(data) - len(lines))
+    parsed = list(parse_lines(lines))
+    assert len(parsed) == 20 and all(ln.record and ln.record["type"] == "intent" for ln in parsed)
+    assert {json.loads(ln.raw)["action"] for ln in parsed} == {"file.delete"}
+    assert len(sidecar_intents(str(journal))) == 20
+    show = subprocess.run(sandbox_cmd() + ["journal", "show", str(journal)],
+                          capture_output=True, text=True, timeout=60)
+    assert "unreadable" not in show.stdout.lower() + show.stderr.lower()
+    verify = subprocess.run(sandbox_cmd() + ["journal", "verify", str(journal)],
+                            capture_output=True, text=True, timeout=60)
+    assert "malformed" not in (verify.stdout + verify.stderr).lower()
