@@ -22,7 +22,7 @@ from aarm_sandbox.context.count_budget import CountLedger, budget_rules
 from aarm_sandbox.context.session import CREATE_TYPES, TAINTABLE_TYPES, SessionContext
 from aarm_sandbox.intercept.claim import CLAIM
 from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, ExecContinue, Notification
-from aarm_sandbox.decode.memory import DecodeError
+from aarm_sandbox.decode.memory import DecodeError, read_env_prefixed
 from aarm_sandbox.enforce.effects import (AtCall, Continue, Effect, NameAppeared, OpenFile,
                                           QuarantineDelete)
 from aarm_sandbox.enforce.exec_argv import (ERESTARTNOINTR, ExecRestart, RestartUnavailable,
@@ -616,8 +616,15 @@ class Supervisor:
             cwd = os.readlink(f"/proc/{action.tid}/cwd")
         except OSError:
             cwd = None
+        envp, tid = action.envp, action.tid
+
+        def config_env() -> dict[str, str]:
+            # the GIT_CONFIG* variables the exec passes on, read while it waits (as argv was);
+            # DecodeError -> one unknown configuration (see exec_catalog._git_env_config)
+            return read_env_prefixed(tid, envp, b"GIT_CONFIG") if envp else {}
         try:
-            semantic = self.classifier.classify(list(argv), exe=action.target, cwd=cwd)
+            semantic = self.classifier.classify(list(argv), exe=action.target, cwd=cwd,
+                                                env=config_env)
         except Exception as e:  # noqa: BLE001 - a classifier bug must not allow
             return Decision(Result.DENY, "classifier-error", f"exec classification failed: {e!r}",
                             errno.EPERM)

@@ -46,7 +46,7 @@ class Action:
     """(A plain slotted class rather than a dataclass: built for every decision and
     defined on the startup path, where each dataclass definition costs ~0.5 ms.)"""
     __slots__ = ("type", "target", "syscall", "pid", "tid", "flags", "paths", "detail",
-                 "counted", "notif", "exe", "dest", "budget_unit")
+                 "counted", "notif", "exe", "dest", "budget_unit", "envp")
 
     def __init__(self, type: str, target: str, syscall: str, pid: int, tid: int,
                  flags: int = 0, paths: tuple[str, ...] = (), detail: dict | None = None,
@@ -66,6 +66,7 @@ class Action:
         self.exe = exe                  # the acting program ("" = not looked up, None = gone)
         self.dest = dest                # inet destination (ip, port, proto, names), not journaled
         self.budget_unit = False        # holds a unit of the fast path's count budget
+        self.envp = 0                   # exec: the environment array's address in the caller
 
     def as_record(self) -> dict:
         rec = {"type": self.type, "target": self.target, "syscall": self.syscall,

@@ -21,6 +21,7 @@ import fnmatch
 import os
 import posixpath
 import re
+import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -407,16 +408,33 @@ class _Call:
     depth: int
     extra: tuple[tuple[str, object], ...]   # params inherited from launchers (xargs: true)
     implicit: bool                          # operands exist that we cannot see
+    # GIT_CONFIG* variables that launchers (env A=B, a shell's A=B cmd / export A=B) set on
+    # top of the process environment
+    env: tuple[tuple[str, str], ...] = ()
 
 
 class _Walker:
     """Holds the budget and the output for one classify() call."""
 
-    def __init__(self, catalog: "Catalog") -> None:
+    def __init__(self, catalog: "Catalog", env_reader: Callable[[], dict[str, str]] | None = None
+                 ) -> None:
         self.catalog = catalog
         self.actions: list[SemanticAction] = []
         self.steps = MAX_STEPS
         self.truncated = False
+        self._env_reader = env_reader
+        self._env: dict[str, str] | None = None
+
+    def process_config_env(self) -> dict[str, str]:
+        """The GIT_CONFIG* variables of the environment the exec passes on, read from the
+        target only when a classification needs them (a git push, send-pack or clean);
+        unreadable: one unknown configuration."""
+        if self._env is None:
+            try:
+                self._env = dict(self._env_reader()) if self._env_reader else {}
+            except Exception:  # noqa: BLE001 - unknown, and judged as such
+                self._env = {_UNKNOWN_CONFIG: ""}
+        return self._env
 
     def emit(self, call: _Call, type_: str, target: str, params: dict[str, object] | None = None) -> None:
         if len(self.actions) >= MAX_ACTIONS:
@@ -452,9 +470,11 @@ class _Walker:
         self._apply_rules(call, tool)
 
     def inner(self, call: _Call, argv: list[str], label: str, *, cwd: str | None = None,
-              extra: tuple[tuple[str, object], ...] = (), implicit: bool = False) -> None:
+              extra: tuple[tuple[str, object], ...] = (), implicit: bool = False,
+              env: tuple[tuple[str, str], ...] = ()) -> None:
         self.run(_Call(argv, cwd if cwd is not None else call.cwd, call.via + (label,),
-                       call.depth + 1, call.extra + extra, call.implicit or implicit))
+                       call.depth + 1, call.extra + extra, call.implicit or implicit,
+                       call.env + env))
 
     # -- data-driven rules
 
@@ -462,7 +482,7 @@ class _Walker:
         parsed = _parse_args(call.argv[1:], tool.value_options, tool.long_single_dash)
         _expand_long_flags(parsed, tool.known_long)
         if tool.name == "git":
-            _git_config_implies(parsed)
+            _git_config_implies(parsed, lambda: _git_env_config(self, call))
         cwd = call.cwd
         if tool.cwd_option and tool.cwd_option in parsed.values:
             cwd = _resolve(parsed.values[tool.cwd_option][-1], cwd)
@@ -569,8 +589,10 @@ def _launch_prefix(walker: _Walker, call: _Call, tool: _Tool) -> None:
     if stopped:
         return
     split = next((values[o] for o in tool.split_options if o in values), None)
+    env: tuple[tuple[str, str], ...] = ()
     if tool.skip_assignments:
         while i < len(args) and _ASSIGNMENT.match(args[i]):
+            env += _config_assignments(args[i:i + 1])
             i += 1
     i += tool.skip_positionals
     inner = list(args[i:])
@@ -582,7 +604,8 @@ def _launch_prefix(walker: _Walker, call: _Call, tool: _Tool) -> None:
     if placeholder:        # xargs -I{}: each {} is an item read from stdin
         inner = [w.replace(placeholder, STDIN_TARGET) for w in inner]
     cwd = _resolve(values[tool.cwd_option], call.cwd) if tool.cwd_option in values else None
-    walker.inner(call, inner, tool.name, cwd=cwd, extra=tool.params, implicit=tool.implicit_operands)
+    walker.inner(call, inner, tool.name, cwd=cwd, extra=tool.params, implicit=tool.implicit_operands,
+                 env=env)
 
 
 def _launch_shell(walker: _Walker, call: _Call, tool: _Tool) -> None:
@@ -605,11 +628,21 @@ def _launch_shell(walker: _Walker, call: _Call, tool: _Tool) -> None:
 
 def classify_shell_string(walker: _Walker, call: _Call, script: str, label: str) -> None:
     cwd = call.cwd
+    exported = call.env         # A=B alone or `export A=B`: for the commands after it
     for words, redirects in _split_shell(script[:MAX_TEXT]):
         if walker.steps <= 0:
             return walker.opaque(replace(call, argv=[label.split()[0]]), "budget")
+        original = words
         words = _strip_shell_keywords(words)
-        inner_call = _Call(words, cwd, call.via + (label,), call.depth + 1, call.extra, call.implicit)
+        prefix = original[:len(original) - len(words)] if words else original
+        assigned = _config_assignments([w for w in prefix if _ASSIGNMENT.match(w)])
+        if words[:1] == ["export"]:
+            assigned += _config_assignments(words[1:])
+        if not words or words[0] == "export":
+            exported += assigned
+            assigned = ()
+        inner_call = _Call(words, cwd, call.via + (label,), call.depth + 1, call.extra, call.implicit,
+                           exported + assigned)
         for path in redirects:
             walker.emit(inner_call, "file.write", _resolve(path, cwd), {"redirect": True})
         if not words:
@@ -918,17 +951,72 @@ PARSER_OPTIONS: dict[str, frozenset[str]] = {
 }
 
 
-def _git_config_implies(parsed: _Args) -> None:
-    """`git -c key=value` (and `--config-env key=ENV`, its value unknown here): configuration
-    that changes what the subcommand does. For push and send-pack, a refspec with '+' or
-    mirror mode forces; for clean, requireForce off is an implied -f. Nothing else."""
+_UNKNOWN_CONFIG = "?"        # configuration whose content the classifier cannot know
+
+
+def _config_assignments(words: list[str]) -> tuple[tuple[str, str], ...]:
+    """The GIT_CONFIG* assignments among leading NAME=VALUE words."""
+    out: list[tuple[str, str]] = []
+    for w in words:
+        if not _ASSIGNMENT.match(w):
+            break
+        name, _eq, value = w.partition("=")
+        if name.startswith("GIT_CONFIG"):
+            out.append((name, value))
+    return tuple(out)
+
+
+def _git_env_config(walker: _Walker, call: _Call) -> list[tuple[str, bool]]:
+    """Configuration items git takes from its environment, as (key=value, value known):
+    GIT_CONFIG_COUNT with GIT_CONFIG_KEY_n/GIT_CONFIG_VALUE_n, GIT_CONFIG_PARAMETERS (what
+    `git -c` passes to its children), and GIT_CONFIG_GLOBAL/GIT_CONFIG_SYSTEM files, whose
+    content is unknown here."""
+    env = dict(walker.process_config_env())
+    env.update(call.env)
+    items: list[tuple[str, bool]] = []
+    if _UNKNOWN_CONFIG in env:
+        items.append((_UNKNOWN_CONFIG, False))
+    if "GIT_CONFIG_COUNT" in env:
+        try:
+            count = int(env["GIT_CONFIG_COUNT"])
+        except ValueError:
+            count = -1
+        if not 0 <= count <= 1000:
+            items.append((_UNKNOWN_CONFIG, False))
+        for i in range(max(0, min(count, 1000))):
+            key, value = env.get(f"GIT_CONFIG_KEY_{i}"), env.get(f"GIT_CONFIG_VALUE_{i}")
+            if key is not None:
+                items.append((f"{key}={value or ''}", value is not None))
+    params = env.get("GIT_CONFIG_PARAMETERS")
+    if params:
+        try:
+            items += [(word, "=" in word) for word in shlex.split(params)]
+        except ValueError:
+            items.append((_UNKNOWN_CONFIG, False))
+    for name in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM"):
+        if env.get(name) not in (None, "", "/dev/null"):
+            items.append((_UNKNOWN_CONFIG, False))
+    return items
+
+
+def _git_config_implies(parsed: _Args, env_items: Callable[[], list[tuple[str, bool]]]) -> None:
+    """`git -c key=value` (and `--config-env key=ENV`, its value unknown here) and the same
+    configuration given through the environment (GIT_CONFIG_*: `env_items`, read only for
+    the subcommands below): configuration that changes what the subcommand does. For push
+    and send-pack, a refspec with '+' or mirror mode forces; for clean, requireForce off is
+    an implied -f; configuration whose content is unknown (a config file named in the
+    environment, an unreadable environment) may do either. Nothing else."""
     sub = parsed.positionals[0] if parsed.positionals else ""
+    if sub not in ("push", "send-pack", "clean"):
+        return
     items = [(item, True) for item in parsed.values.get("-c", [])] + \
-            [(item, False) for item in parsed.values.get("--config-env", [])]
+            [(item, False) for item in parsed.values.get("--config-env", [])] + env_items()
     for item, known in items:
         key, _eq, value = item.partition("=")
         key, value = key.lower(), value.lower()
-        if sub in ("push", "send-pack") and key.startswith("remote."):
+        if key == _UNKNOWN_CONFIG:
+            parsed.flags.add("--force")
+        elif sub in ("push", "send-pack") and key.startswith("remote."):
             if (key.endswith(".mirror") and (not known or value in ("true", "yes", "on", "1", ""))) or \
                     (key.endswith(".push") and (not known or "+" in value)):
                 parsed.flags.add("--force")
@@ -1232,7 +1320,10 @@ class Catalog:
                 return self._tools.get(applet) or self._tools.get(_canonical_name(applet))
         return tool
 
-    def classify(self, argv: list[str], exe: str | None = None, cwd: str | None = None) -> list[SemanticAction]:
+    def classify(self, argv: list[str], exe: str | None = None, cwd: str | None = None,
+                 env: Callable[[], dict[str, str]] | None = None) -> list[SemanticAction]:
+        """env: returns the GIT_CONFIG* variables of the environment the exec passes on
+        (called only when a classification depends on them)."""
         try:
             if not argv:
                 return []
@@ -1240,7 +1331,7 @@ class Catalog:
                 argv = [_as_str(a) for a in argv]
             if self.lookup(argv[0], exe) is None:
                 return []
-            walker = _Walker(self)
+            walker = _Walker(self, env)
             try:
                 walker.run(_Call(argv, cwd if isinstance(cwd, str) else None, (), 0, (), False), exe)
             except Exception:  # never raise on the decision path; keep what we found

@@ -600,9 +600,9 @@ class ExecContinue(Continue):
 def decode_exec(n, spec, st) -> Decoded:
     a = n.args
     if spec.name == "execve":
-        dirfd, pptr, argvp, flags = AT_FDCWD, a[0], a[1], 0
+        dirfd, pptr, argvp, envp, flags = AT_FDCWD, a[0], a[1], a[2], 0
     else:
-        dirfd, pptr, argvp, flags = a[0], a[1], a[2], as_int32(a[4])
+        dirfd, pptr, argvp, envp, flags = a[0], a[1], a[2], a[3], as_int32(a[4])
     path = read_path(n.tid, pptr) if pptr or not flags & AT_EMPTY_PATH else b""
     obj = _resolver(n, st).object(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
                               empty_ok=bool(flags & AT_EMPTY_PATH))
@@ -638,6 +638,7 @@ def decode_exec(n, spec, st) -> Decoded:
             iobj.close()
     act = _act(A.PROCESS_EXEC, n, spec, obj.path, (obj.path,), argv=argv,
                inode=f"{obj.st.st_dev}:{obj.st.st_ino}", **detail)
+    act.envp = envp             # read only if the classification needs it (GIT_CONFIG_*)
     return Decoded(act, ExecContinue(obj, n.tid, is_script, interp_inode, interp_is_script))
 
 

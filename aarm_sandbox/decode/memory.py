@@ -8,6 +8,7 @@ ENAMETOOLONG), so the supervisor can fail the syscall exactly as native would.
 from __future__ import annotations
 
 import errno
+import os
 
 from aarm_sandbox._native import ffi, lib
 
@@ -72,6 +73,28 @@ def read_argv(pid: int, addr: int, max_args: int = 4096, max_total: int = 1 << 2
             raise DecodeError(errno.E2BIG, "argv too large to record")
         out.append(s)
     raise DecodeError(errno.E2BIG, "too many arguments")
+
+
+def read_env_prefixed(pid: int, addr: int, prefix: bytes, max_vars: int = 4096,
+                      max_total: int = 1 << 20) -> dict[str, str]:
+    """NAME=VALUE entries of a NULL-terminated environment array (execve envp) whose name
+    starts with prefix; DecodeError when the array cannot be read within the bounds."""
+    out: dict[str, str] = {}
+    total = 0
+    if addr == 0:
+        return out
+    for i in range(max_vars):
+        (ptr,) = read_u64_array(pid, addr + 8 * i, 1)
+        if ptr == 0:
+            return out
+        s = read_path_unbounded(pid, ptr)
+        total += len(s)
+        if total > max_total:
+            raise DecodeError(errno.E2BIG, "environment too large to read")
+        if s.startswith(prefix):
+            name, _eq, value = s.partition(b"=")
+            out.setdefault(os.fsdecode(name), os.fsdecode(value))   # the first one counts
+    raise DecodeError(errno.E2BIG, "too many environment variables")
 
 
 _arg_buf = ffi.new("char[]", 131072 + 1)

@@ -293,6 +293,13 @@ rules:
     # and sqlite3 do not escape)
     ["sh", "-c", "git push --force-w origin main; echo ran"],
     ["sh", "-c", "git -c remote.origin.mirror=true push origin; echo ran"],
+    # the same configuration through git's environment: set by a launcher, or by the
+    # program itself before it runs the command (read from the exec's envp)
+    ["env", "GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=remote.origin.mirror", "GIT_CONFIG_VALUE_0=true",
+     "sh", "-c", "git push origin; echo ran"],
+    [PY, "-c", "import os; os.environ.update(GIT_CONFIG_COUNT='1', "
+               "GIT_CONFIG_KEY_0='remote.origin.mirror', GIT_CONFIG_VALUE_0='true'); "
+               "os.system('git push origin; echo ran')"],
     ["sh", "-c", "sqlite3 app.db \"SELECT 'a\\'; DROP TABLE users; -- '\"; echo ran"],
 ])
 def test_the_dangerous_inner_command_is_classified_through_launchers(box, tmp_path, argv):

@@ -499,3 +499,71 @@ def test_ordinary_commands_are_not_taken_for_dangerous_ones(catalog, argv, want)
 def test_comments_and_config_from_the_environment_hide_nothing(catalog, argv, want):
     assert want in kinds(catalog.classify(argv, exe="/usr/bin/git" if argv[0] == "git" else None,
                                           cwd="/r"))
+
+
+# --------------------------------------------------------------------------- configuration in git's environment
+
+FORCE_ENV = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "remote.origin.push",
+             "GIT_CONFIG_VALUE_0": "+refs/heads/main:refs/heads/main"}
+
+
+@pytest.mark.parametrize("env, argv, want", [
+    # the process environment (the exec's envp)
+    (FORCE_ENV, ["git", "push", "origin"], ("vcs.push.force", "origin")),
+    ({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "remote.origin.mirror",
+      "GIT_CONFIG_VALUE_0": "true"}, ["git", "push", "origin"], ("vcs.push.force", "origin")),
+    ({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "clean.requireForce",
+      "GIT_CONFIG_VALUE_0": "false"}, ["git", "clean"], ("vcs.discard", "/r")),
+    ({"GIT_CONFIG_PARAMETERS": "'remote.origin.mirror'='true'"}, ["git", "push", "origin"],
+     ("vcs.push.force", "origin")),
+    ({"GIT_CONFIG_PARAMETERS": "'clean.requireforce'='false'"}, ["git", "clean"], ("vcs.discard", "/r")),
+    # a config file (its content unknown here), an unparsable count or parameter list
+    ({"GIT_CONFIG_GLOBAL": "/tmp/forced.gitconfig"}, ["git", "push", "origin"], ("vcs.push.force", "origin")),
+    ({"GIT_CONFIG_SYSTEM": "/tmp/x"}, ["git", "clean"], ("vcs.discard", "/r")),
+    ({"GIT_CONFIG_COUNT": "many"}, ["git", "push", "origin"], ("vcs.push.force", "origin")),
+    ({"GIT_CONFIG_PARAMETERS": "'unterminated"}, ["git", "push", "origin"], ("vcs.push.force", "origin")),
+    # set by a launcher on top of the environment
+    ({}, ["env", "GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=remote.origin.mirror",
+          "GIT_CONFIG_VALUE_0=true", "git", "push", "origin"], ("vcs.push.force", "origin")),
+    ({}, ["sh", "-c", "GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=remote.origin.mirror "
+                      "GIT_CONFIG_VALUE_0=1 git push origin"], ("vcs.push.force", "origin")),
+    ({}, ["sh", "-c", "export GIT_CONFIG_PARAMETERS=\"'remote.origin.mirror'='yes'\"; "
+                      "git push origin"], ("vcs.push.force", "origin")),
+    ({}, ["sh", "-c", "if true; then GIT_CONFIG_GLOBAL=/tmp/g git push origin; fi"],
+     ("vcs.push.force", "origin")),
+])
+def test_git_configuration_in_the_environment_is_taken_into_account(catalog, env, argv, want):
+    got = kinds(catalog.classify(argv, exe=None, cwd="/r", env=lambda: env))
+    assert want in got, (env, argv, got)
+
+
+@pytest.mark.parametrize("env, argv, want", [
+    ({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"},
+     ["git", "push", "origin", "main"], [("vcs.push", "origin/main")]),
+    ({"GIT_CONFIG_GLOBAL": "/dev/null"}, ["git", "push", "origin", "main"], [("vcs.push", "origin/main")]),
+    (FORCE_ENV, ["git", "status"], []),
+    ({"GIT_CONFIG_PARAMETERS": "'push.default'='current'"}, ["git", "push", "origin", "main"],
+     [("vcs.push", "origin/main")]),
+])
+def test_harmless_git_configuration_in_the_environment_changes_nothing(catalog, env, argv, want):
+    assert kinds(catalog.classify(argv, exe=None, cwd="/r", env=lambda: env)) == want
+
+
+def test_the_environment_is_read_only_for_the_subcommands_it_can_change(catalog):
+    reads = []
+
+    def env():
+        reads.append(1)
+        return FORCE_ENV
+    catalog.classify(["git", "status"], exe=None, cwd="/r", env=env)
+    catalog.classify(["sh", "-c", "git log; ls"], exe=None, cwd="/r", env=env)
+    assert reads == []
+    catalog.classify(["git", "push"], exe=None, cwd="/r", env=env)
+    assert reads == [1]
+
+
+def test_an_unreadable_environment_counts_as_unknown_configuration(catalog):
+    def env():
+        raise OSError("gone")
+    assert ("vcs.push.force", "origin") in kinds(
+        catalog.classify(["git", "push", "origin"], exe=None, cwd="/r", env=env))
