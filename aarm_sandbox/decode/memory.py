@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 
 from aarm_sandbox._native import ffi, lib
 
@@ -57,44 +58,39 @@ def read_u64_array(pid: int, addr: int, count: int) -> list[int]:
     return [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
 
 
-def read_argv(pid: int, addr: int, max_args: int = 4096, max_total: int = 1 << 20) -> list[bytes]:
-    """A NULL-terminated array of strings (execve argv), bounded in count and size."""
-    out: list[bytes] = []
+def _strings(pid: int, addr: int, max_items: int, max_total: int, what: str) -> Iterator[bytes]:
+    """The strings of a NULL-terminated pointer array (execve argv, envp), bounded in count
+    and size (DecodeError beyond them)."""
     total = 0
     if addr == 0:
-        return out
-    while len(out) < max_args:
-        (ptr,) = read_u64_array(pid, addr + 8 * len(out), 1)
+        return
+    for i in range(max_items):
+        (ptr,) = read_u64_array(pid, addr + 8 * i, 1)
         if ptr == 0:
-            return out
+            return
         s = read_path_unbounded(pid, ptr)
         total += len(s)
         if total > max_total:
-            raise DecodeError(errno.E2BIG, "argv too large to record")
-        out.append(s)
-    raise DecodeError(errno.E2BIG, "too many arguments")
+            raise DecodeError(errno.E2BIG, f"{what} too large to read")
+        yield s
+    raise DecodeError(errno.E2BIG, f"too many entries in {what}")
+
+
+def read_argv(pid: int, addr: int, max_args: int = 4096, max_total: int = 1 << 20) -> list[bytes]:
+    """execve's argv."""
+    return list(_strings(pid, addr, max_args, max_total, "argv"))
 
 
 def read_env_prefixed(pid: int, addr: int, prefix: bytes, max_vars: int = 4096,
                       max_total: int = 1 << 20) -> dict[str, str]:
-    """NAME=VALUE entries of a NULL-terminated environment array (execve envp) whose name
-    starts with prefix; DecodeError when the array cannot be read within the bounds."""
+    """NAME=VALUE entries of an execve envp whose name starts with prefix (the first of a
+    name counts, as for getenv)."""
     out: dict[str, str] = {}
-    total = 0
-    if addr == 0:
-        return out
-    for i in range(max_vars):
-        (ptr,) = read_u64_array(pid, addr + 8 * i, 1)
-        if ptr == 0:
-            return out
-        s = read_path_unbounded(pid, ptr)
-        total += len(s)
-        if total > max_total:
-            raise DecodeError(errno.E2BIG, "environment too large to read")
+    for s in _strings(pid, addr, max_vars, max_total, "the environment"):
         if s.startswith(prefix):
             name, _eq, value = s.partition(b"=")
-            out.setdefault(os.fsdecode(name), os.fsdecode(value))   # the first one counts
-    raise DecodeError(errno.E2BIG, "too many environment variables")
+            out.setdefault(os.fsdecode(name), os.fsdecode(value))
+    return out
 
 
 _arg_buf = ffi.new("char[]", 131072 + 1)
