@@ -55,3 +55,21 @@ def tree_pids(root_pid: int) -> list[int]:
             seen.append(pid)
             todo.extend(children(pid))
     return seen
+
+
+def mount_points(pid: int) -> list[str]:
+    """The mount points of pid's mount namespace as it sees them (from its root), from
+    /proc/PID/mountinfo (field 5, octal escapes undone); [] when unreadable."""
+    import re
+    try:
+        with open(f"/proc/{pid}/mountinfo", "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    out = []
+    for line in data.splitlines():
+        fields = line.split(b" ")
+        if len(fields) > 4:
+            mp = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            out.append(os.fsdecode(mp))
+    return out

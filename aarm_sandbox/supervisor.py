@@ -258,12 +258,12 @@ class Supervisor:
                 # (a refusal is said, with its reason; other errors are the kernel's own)
                 print(f"aarm-sandbox: {spec.name} by {n.tid}: {errno.errorcode.get(e.errno)}: {e}",
                       file=sys.stderr)
-            if e.errno not in (errno.ENOENT, errno.EEXIST):
+            if e.errno not in (errno.ENOENT, errno.EEXIST) or n.intent:
                 # (the kernel's own answers, nothing happened: every PATH search and
-                # `mkdir -p` would flood it)
-                self.journal.append({"type": "error", "syscall": spec.name, "tid": n.tid,
-                                     "errno": errno.errorcode.get(e.errno, str(e.errno)),
-                                     "reason": str(e)})
+                # `mkdir -p` would flood it - unless an intent line waits for a record)
+                self.journal.append(self._with_notif(n, {
+                    "type": "error", "syscall": spec.name, "tid": n.tid,
+                    "errno": errno.errorcode.get(e.errno, str(e.errno)), "reason": str(e)}))
             return
         except Exception as e:  # noqa: BLE001 - a supervisor bug must deny, never allow
             self._internal_error(n, spec.name, e)
@@ -286,6 +286,10 @@ class Supervisor:
                 decision = self._decide_semantic(action, decision)
             if not self.backend.still_pending(n):
                 effect.close()
+                if n.intent:
+                    self.journal.append(self._with_notif(n, {
+                        "type": "error", "syscall": spec.name, "tid": n.tid, "errno": "ESRCH",
+                        "reason": "the caller left its call before the decision: nothing done"}))
                 return
             if action.counted and self.ledger is not None and self.ledger.rule.id in action.counted:
                 self.ledger.take()              # settled by _track or _receipt
@@ -931,12 +935,22 @@ class Supervisor:
         if not self.explain:
             print(f"aarm-sandbox: denied {type_} {target}: {reason}", file=sys.stderr)
 
+    @staticmethod
+    def _with_notif(n: Notification, record: dict) -> dict:
+        """An error record that answers a notification the native fast path wrote an
+        intent line for names its notif (as receipts do): readers settle the intent with
+        it, instead of listing an action that may have happened unrecorded."""
+        if n.intent:
+            record["notif"] = str(n.id)
+        return record
+
     def _internal_error(self, n: Notification, name: str, e: Exception) -> None:
         try:
             self.backend.answer_error(n, errno.EPERM)
         finally:
-            self.journal.append({"type": "error", "syscall": name, "tid": n.tid, "errno": "EPERM",
-                                 "reason": f"supervisor error (denied): {e!r}"})
+            self.journal.append(self._with_notif(n, {
+                "type": "error", "syscall": name, "tid": n.tid, "errno": "EPERM",
+                "reason": f"supervisor error (denied): {e!r}"}))
             if self.verbose:
                 import traceback            # (only here: ~3 ms of every startup otherwise)
                 traceback.print_exc()

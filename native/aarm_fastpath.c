@@ -140,7 +140,8 @@
 #define FP_UMASK_TTL_NS 100000000ull    /* 100 ms: a reused TID cannot inherit an entry */
 #define FP_UMASK_PENDING 8
 
-enum { FP_PASS = 0, FP_DONE = 1 };
+/* FP_PASS_INTENT: handed to Python after an intent line was written for it. */
+enum { FP_PASS = 0, FP_DONE = 1, FP_PASS_INTENT = 3 };
 enum { OP_OPEN, OP_UNLINK, OP_MKDIR, OP_CHMOD, OP_UTIME };
 /* The kind of each operation but OP_OPEN (write or create: decided per call). */
 static const int OP_KIND[] = { [OP_UNLINK] = AARM_FAST_DELETE, [OP_MKDIR] = AARM_FAST_MKDIR,
@@ -843,9 +844,9 @@ static const char *syscall_name(int nr)
 }
 
 /* The intent line of a destructive operation, written with ONE write(2) to
- * an O_APPEND fd: it lands whole, never interleaved with the journal
- * writer's records.  0: written, or intents are off; -1: not (completely)
- * written: the operation must not be performed here. */
+ * an O_APPEND fd (or appended to the mapped intents file): it lands whole, never
+ * interleaved with the journal writer's records.  1: written; 0: intents are off;
+ * -1: not (completely) written: the operation must not be performed here. */
 static int write_intent(struct aarm_fast_ctx *c, const struct aarm_notif *n, uint32_t tid,
                         const char *action, const char *canon, size_t clen)
 {
@@ -867,7 +868,7 @@ static int write_intent(struct aarm_fast_ctx *c, const struct aarm_notif *n, uin
     k += put_b64(line + k, (const unsigned char *)canon, clen);
     k += put_s(line + k, "\"}}\n");
     if (in->log)
-        return aarm_intent_log_append(in->log, line, k) == 0 ? 0 : -1;
+        return aarm_intent_log_append(in->log, line, k) == 0 ? 1 : -1;
     ssize_t w;
     do {
         w = write(in->fd, line, k);
@@ -880,7 +881,7 @@ static int write_intent(struct aarm_fast_ctx *c, const struct aarm_notif *n, uin
             nl = write(in->fd, "\n", 1);
         } while (nl < 0 && errno == EINTR);
     }
-    return w == (ssize_t)k ? 0 : -1;
+    return w == (ssize_t)k ? 1 : -1;
 }
 
 /* /proc/TID/exe into buf; 0 when unknown (gone, or >= EXE_MAX bytes, which
@@ -1230,6 +1231,7 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     unsigned um = 0;
     int64_t result;
     int performed = -1;             /* an open: 1 when it happened, whatever the answer */
+    int intent_written = 0;         /* handed over after this: Python must settle the intent */
 
     /* 3 + 4. Base and pinned parent directory. */
     char *slash = memrchr(path, '/', (size_t)plen);
@@ -1384,10 +1386,13 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     /* 9. The intent line, immediately before the operation (creat() has
      * O_TRUNC in flags).  Every O_TRUNC open gets one, whatever its kind: a
      * probe does not know yet whether there is a file to truncate. */
-    if ((op == OP_UNLINK || (op == OP_OPEN && (flags & O_TRUNC))) &&
-        write_intent(c, n, tid, op == OP_UNLINK ? "file.delete" : "file.write",
-                     canon, clen) < 0)
-        goto out;                       /* nothing performed: Python decides (and fails closed) */
+    if (op == OP_UNLINK || (op == OP_OPEN && (flags & O_TRUNC))) {
+        int wi = write_intent(c, n, tid, op == OP_UNLINK ? "file.delete" : "file.write",
+                              canon, clen);
+        if (wi < 0)
+            goto out;                   /* nothing performed: Python decides (and fails closed) */
+        intent_written = wi > 0;
+    }
 
     /* 10. Perform and answer. */
     if (kind == AARM_FAST_WRITE || kind == AARM_FAST_CREATE) {
@@ -1533,6 +1538,8 @@ static int fp_handle(struct aarm_fast_ctx *c, const struct aarm_notif *n)
     ret = FP_DONE;
 
 out:
+    if (ret == FP_PASS && intent_written)
+        ret = FP_PASS_INTENT;
     if (unit)                           /* taken, nothing performed: give it back */
         atomic_fetch_add(&c->budget[kind], 1);
     if (reserved)
@@ -1584,7 +1591,10 @@ int aarm_fast_next(struct aarm_fast_ctx *c, struct aarm_notif *out)
             aarm_claim_set();
             return -e;
         }
-        if (fp_handle(c, out) == FP_PASS) {
+        int r = fp_handle(c, out);
+        if (r == FP_PASS || r == FP_PASS_INTENT) {
+            if (r == FP_PASS_INTENT)
+                out->flags |= AARM_NOTIF_FLAG_INTENT;
             aarm_claim_set();           /* Python's turn: see aarm_claim_set */
             return 0;
         }

@@ -101,6 +101,12 @@ struct aarm_fast_record {
 
 struct aarm_fast_ctx;
 
+/* Set in the flags of a notification aarm_fast_next hands over after it wrote an intent
+ * line for it (an unlink met a symlink on its way, an O_TRUNC open changed kind): the
+ * caller must journal a record naming its notif, whatever it answers, or the intent
+ * would read as an action that may have happened unrecorded. */
+#define AARM_NOTIF_FLAG_INTENT 0x80000000u
+
 struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
                                     const struct aarm_fast_kind *kinds,
                                     uint32_t ring_capacity);

@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +39,46 @@ static int mappable_fs(int fd)
     default:
         return 0;
     }
+}
+
+/* A store into the mapping raises SIGBUS if someone else shortened the file (a host
+ * process, logrotate's copytruncate: the sandbox cannot reach it).  The store is guarded:
+ * the handler, installed once, jumps back out of a guarded store of this thread (the
+ * append then fails with EIO, and so does every later one: fail closed, the supervisor
+ * lives on to journal it); any other SIGBUS goes to what was there before, or, with the
+ * default action, re-faults and kills as it would have. */
+static __thread sigjmp_buf *volatile il_guard;
+static struct sigaction il_prev;
+static pthread_once_t il_once = PTHREAD_ONCE_INIT;
+static int il_handler_ok;
+
+static void il_sigbus(int sig, siginfo_t *si, void *uc)
+{
+    sigjmp_buf *g = il_guard;
+    if (g)
+        siglongjmp(*g, 1);
+    if (il_prev.sa_flags & SA_SIGINFO) {
+        if (il_prev.sa_sigaction) {
+            il_prev.sa_sigaction(sig, si, uc);
+            return;
+        }
+    } else if (il_prev.sa_handler != SIG_DFL && il_prev.sa_handler != SIG_IGN) {
+        il_prev.sa_handler(sig);
+        return;
+    }
+    signal(SIGBUS, SIG_DFL);    /* returning re-runs the faulting access: the default kill */
+}
+
+static void il_install(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = il_sigbus;
+    /* SA_NODEFER: SIGBUS stays unblocked while the handler runs, so jumping out of it
+     * needs no signal mask restored (sigsetjmp without one: no system call a store) */
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    il_handler_ok = sigaction(SIGBUS, &sa, &il_prev) == 0;
 }
 
 struct aarm_intent_log {
@@ -100,6 +142,11 @@ struct aarm_intent_log *aarm_intent_log_new(int fd)
         e = -r;
         goto fail;
     }
+    pthread_once(&il_once, il_install);
+    if (!il_handler_ok) {
+        e = EOPNOTSUPP;             /* no guarded stores: write(2) them */
+        goto fail;
+    }
     log->map = mmap(NULL, IL_MAP_MAX, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
                     log->fd, 0);
     if (log->map == MAP_FAILED) {
@@ -107,6 +154,9 @@ struct aarm_intent_log *aarm_intent_log_new(int fd)
         log->map = NULL;
         goto fail;
     }
+    /* The sandbox's init is forked from this process after the journal is made: it must
+     * not hold a writable mapping of the intents file for the session. */
+    (void)madvise(log->map, IL_MAP_MAX, MADV_DONTFORK);
     return log;
 fail:
     if (log->fd >= 0) {
@@ -134,8 +184,20 @@ int aarm_intent_log_append(struct aarm_intent_log *log, const char *line, size_t
             log->error = r;
     }
     if (r == 0) {
-        memcpy(log->map + log->used, line, len);
-        log->used += len;
+        sigjmp_buf jb;
+        if (sigsetjmp(jb, 0) == 0) {
+            /* (signal fences: the compiler may neither drop the guard's stores around a
+             * memcpy that does not read it nor move the copy outside them) */
+            il_guard = &jb;
+            __atomic_signal_fence(__ATOMIC_SEQ_CST);
+            memcpy(log->map + log->used, line, len);
+            __atomic_signal_fence(__ATOMIC_SEQ_CST);
+            il_guard = NULL;
+            log->used += len;
+        } else {
+            il_guard = NULL;        /* the file was shortened under the mapping */
+            log->error = r = -EIO;
+        }
     }
     pthread_mutex_unlock(&log->lock);
     return r;

@@ -1581,6 +1581,20 @@ int aarm_unlinkat(int dirfd, const char *name, int flags)
     return unlinkat(dirfd, name, flags) < 0 ? -errno : 0;
 }
 
+#ifndef STATX_ATTR_MOUNT_ROOT
+#define STATX_ATTR_MOUNT_ROOT 0x00002000
+#endif
+
+int aarm_is_mount_root(int dirfd, const char *name)
+{
+    struct statx stx;
+    if (statx(dirfd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_TYPE, &stx) < 0)
+        return -errno;
+    if (!(stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT))
+        return -EOPNOTSUPP;
+    return (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) ? 1 : 0;
+}
+
 int aarm_fchownat(int dirfd, const char *name, unsigned int uid, unsigned int gid, int flags)
 {
     return fchownat(dirfd, name, (uid_t)uid, (gid_t)gid, flags) < 0 ? -errno : 0;

@@ -162,6 +162,9 @@ int aarm_utimensat(int dirfd, const char *path, const int64_t *times4,
 int aarm_set_dumpable(int on);
 
 int aarm_unlinkat(int dirfd, const char *name, int flags);
+/* 1 when name (not followed) in dirfd is the root of a mount, 0 when not, -errno (-EOPNOTSUPP:
+ * the kernel does not say, before 5.8). */
+int aarm_is_mount_root(int dirfd, const char *name);
 int aarm_fchownat(int dirfd, const char *name, unsigned int uid, unsigned int gid, int flags);
 int aarm_connect(int fd, const void *addr, unsigned int len);
 int aarm_bind(int fd, const void *addr, unsigned int len);

@@ -100,6 +100,7 @@ int aarm_utimensat(int dirfd, const char *path, const int64_t *times4,
                    int flags);
 int aarm_set_dumpable(int on);
 int aarm_unlinkat(int dirfd, const char *name, int flags);
+int aarm_is_mount_root(int dirfd, const char *name);
 int aarm_fchownat(int dirfd, const char *name, unsigned int uid, unsigned int gid, int flags);
 int aarm_connect(int fd, const void *addr, unsigned int len);
 int aarm_bind(int fd, const void *addr, unsigned int len);
@@ -177,6 +178,7 @@ struct aarm_fast_record {
     char path[4352];
 };
 struct aarm_fast_ctx;
+#define AARM_NOTIF_FLAG_INTENT ...
 struct aarm_fast_ctx *aarm_fast_new(int listener, int root_fd,
                                     const struct aarm_fast_kind *kinds,
                                     uint32_t ring_capacity);

@@ -92,7 +92,9 @@ class Box:
                     (intents if rec.get("type") == "intent" else records).append(rec)
         sidecar = Path(str(journal) + ".intents")      # intent lines beside the journal
         if sidecar.exists():
-            intents += [json.loads(line) for line in sidecar.read_text().splitlines() if line.strip()]
+            from aarm_sandbox.journal.chain import intent_bytes   # (a mapped file's zero tail)
+            intents += [json.loads(line) for line in intent_bytes(sidecar.read_bytes()).splitlines()
+                        if line.strip()]
         return RunResult(p.returncode, p.stdout, p.stderr, journal, records, intents)
 
     def native(self, argv: list[str], *, timeout: float = 120, cwd: Path | None = None,

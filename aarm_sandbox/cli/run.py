@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from aarm_sandbox.launch.sandbox import (CLONE_NEWNET, CLONE_NEWNS, NS_NAMES, La
 from aarm_sandbox.policy.compiler import CompiledPolicy, Placeholders, glob_to_regex
 from aarm_sandbox.policy.engine import PolicyEngine
 from aarm_sandbox.policy.loader import builtin_dir, load_profile
+from aarm_sandbox.procfs import mount_points
 from aarm_sandbox.xdg import cache_dir, control_dir, state_dir
 
 EXIT_SANDBOX_ERROR = 125
@@ -176,13 +178,7 @@ def run(args) -> int:
         # a setup error after the journal was made: its still empty files would block the
         # same --journal next time (nothing of a session is in them)
         for made in getattr(args, "made_files", ()):
-            try:
-                with open(made, "rb") as f:
-                    first = f.read(1)
-                if first in (b"", b"\0"):       # (a mapped intents file: zeros, no line)
-                    os.unlink(made)
-            except OSError:
-                pass
+            _remove_if_empty(made)
         raise
     finally:
         # Signals meant for the sandbox stay blocked until the process exits: one that
@@ -251,7 +247,9 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
                          "--session-id") from None
     except OSError as e:
         raise UsageError(f"cannot open {e.filename or journal_path}: {e.strerror}") from None
-    args.made_files = [p for p in (journal_path, journal.intents_path) if p]
+    # (only files this run created: never a FIFO, /dev/stderr or anything else given)
+    args.made_files = [p for p in (journal_path if journal.created else None,
+                                   journal.intents_path) if p]
     start_record = {"type": "session.start", "command": list(args.command), "intent": args.intent,
                     "workspace": workspace, "tmpdir": tmpdir,
                     "profile": {"id": policy.profile.id, "version": str(policy.profile.version),
@@ -419,7 +417,11 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
             danger += policy.expand_patterns(list(globs))
 
         def make_fast_path(root_fd: int) -> FastPath:
-            fast = FastPath(sandbox.listener, root_fd, policy, danger)
+            # The sandbox's mount points (masks, views, binds) go to Python, which answers
+            # EBUSY for their removal as the kernel does inside the sandbox (C's unlinkat
+            # is the supervisor's: it would remove what the mount hides).
+            mounts = [_glob_literal(m) for m in mount_points(sandbox.pid) if m != "/"]
+            fast = FastPath(sandbox.listener, root_fd, policy, danger + mounts)
             if journal.intent_log is not None:
                 fast.set_intent_log(journal.intent_log, journal.intent_prefix)
             elif journal.intent_prefix:
@@ -673,6 +675,26 @@ def _connection_meter(journal, ctx):
                         "bytes_sent": c.bytes_sent, "bytes_received": c.bytes_received,
                         "measured": c.measured, "state": state})
     return ConnectionMeter(on_closed)
+
+
+def _remove_if_empty(path: str) -> None:
+    """Remove a journal file this run made if nothing of a session is in it (a mapped
+    intents file holds zeros, no line). Regular files only, never waiting on one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or os.read(fd, 1) not in (b"", b"\0"):
+            return
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _start_dns_stub(sandbox, destinations, ctx, sup):

@@ -44,14 +44,17 @@ class Notification:
     """Backend-neutral view of one intercepted syscall (unotify or ptrace). (The records
     here are plain slotted classes: this module is on the startup path, where each
     dataclass definition costs ~0.5 ms.)"""
-    __slots__ = ("id", "tid", "nr", "arch", "args")
+    __slots__ = ("id", "tid", "nr", "arch", "args", "intent")
 
-    def __init__(self, id: int, tid: int, nr: int, arch: int, args: tuple):
+    def __init__(self, id: int, tid: int, nr: int, arch: int, args: tuple, intent: bool = False):
         self.id = id
         self.tid = tid
         self.nr = nr
         self.arch = arch
         self.args = args
+        # the native fast path wrote an intent line for it before handing it over: every
+        # way of answering it journals a record naming its notif (see _settle_intent)
+        self.intent = intent
 
 
 class DecodeState:

@@ -174,8 +174,12 @@ class AtCall(Effect):
     def perform(self) -> int:
         op = self.op
         if op == "unlink":
+            if mount_point(self.fd1, self.name1):
+                return -errno.EBUSY
             return libc.unlinkat(self.fd1, self.name1, self.arg)
         if op == "rename":
+            if mount_point(self.fd1, self.name1) or mount_point(self.fd2, self.name2):
+                return -errno.EBUSY
             return lib.aarm_renameat2(self.fd1, self.name1, self.fd2, self.name2, self.arg)
         if op == "mkdir":
             return _call(lambda: os.mkdir(self.name1, self.arg, dir_fd=self.fd1))
@@ -204,6 +208,8 @@ class QuarantineDelete(Effect):
         self.record = record            # the receipt's "modified" block: gets the trash path
 
     def perform(self) -> int:
+        if mount_point(self.unlink.fd1, self.unlink.name1):
+            return -errno.EBUSY
         r, trash = self.store.stash(self.unlink.fd1, self.unlink.name1, self.original_path,
                                     is_dir=bool(self.unlink.arg & 0x200))   # AT_REMOVEDIR
         if trash is not None:
@@ -212,6 +218,15 @@ class QuarantineDelete(Effect):
 
     def close(self) -> None:
         self.unlink.close()
+
+
+def mount_point(dirfd: int, name: bytes) -> bool:
+    """name in dirfd is a mount point of the sandbox (a masked credential file, a bind, a
+    view): removing or renaming it is EBUSY, as the kernel answers inside the sandbox. The
+    supervisor's own unlinkat/renameat are not refused - the kernel checks the caller's
+    mount namespace, not the sandbox's - and would remove what the mount hides."""
+    name = name.rstrip(b"/") or name
+    return name not in (b".", b"..", b"/") and lib.aarm_is_mount_root(dirfd, name) == 1
 
 
 def _call(fn) -> int:

@@ -199,7 +199,8 @@ class FastPath:
             return r
         d = n.data
         a = d.args
-        return Notification(n.id, n.pid, d.nr, d.arch, (a[0], a[1], a[2], a[3], a[4], a[5]))
+        return Notification(n.id, n.pid, d.nr, d.arch, (a[0], a[1], a[2], a[3], a[4], a[5]),
+                            bool(n.flags & lib.AARM_NOTIF_FLAG_INTENT))
 
     @property
     def wake_fd(self) -> int:

@@ -33,10 +33,14 @@ def body_of(record: dict) -> bytes:
 
 
 def intent_bytes(data: bytes) -> bytes:
-    """The lines of an intents file: one mapped by a session that did not end keeps the
-    rest of its last allocated chunk as zero bytes after them (journal.intent_log)."""
-    end = data.find(b"\0")
-    return data if end < 0 else data[:end]
+    """The lines of an intents file. One mapped by a session that did not end keeps the
+    rest of its last allocated chunk as zero bytes after them (journal.intent_log); after a
+    power loss a page of zeros may also sit between lines that reached the disk. Zero bytes
+    separate lines here and are dropped: nothing after them is hidden, and a line cut by
+    them reads as the torn or foreign line it is."""
+    if b"\0" not in data:
+        return data
+    return b"\n".join(part for part in data.split(b"\0") if part.strip(b"\n"))
 
 
 def context_start(session_id: str, intent: str | None) -> bytes:

@@ -99,7 +99,7 @@ class _Records:
                 continue
             if ts_to_ns(rec.get("ts")) is not None:
                 self.last_ts = rec["ts"]
-            if kind == "receipt":
+            if kind in ("receipt", "error"):
                 self.intents.settle(rec)
             yield line, rec
 

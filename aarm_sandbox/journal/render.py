@@ -405,6 +405,15 @@ def notif_key(value):
     return value if isinstance(value, str) else escape(value)
 
 
+def settled_notif(record: dict) -> object:
+    """The notif whose intent line a chained record settles, or None."""
+    if record.get("type") == "receipt":
+        return _dict(record.get("action")).get("notif")
+    if record.get("type") == "error":
+        return record.get("notif")
+    return None
+
+
 class PendingIntents:
     """Intent lines wait here until a receipt names the same `notif`; what is left at the
     end are the actions that may have happened unrecorded."""
@@ -415,8 +424,10 @@ class PendingIntents:
     def add(self, line: Line) -> None:
         self._waiting[notif_key(line.record.get("notif"))] = line
 
-    def settle(self, receipt: dict) -> None:
-        notif = _dict(receipt.get("action")).get("notif")
+    def settle(self, record: dict) -> None:
+        """A receipt names its notif in its action; an error record that answered a
+        notification with an intent line (nothing happened) at its top level."""
+        notif = settled_notif(record)
         if notif is not None:
             self._waiting.pop(notif_key(notif), None)
 
@@ -455,7 +466,7 @@ class Timeline:
             return []
         row = row_of(line)
         self._count(row)
-        if row.kind == "receipt":
+        if row.kind in ("receipt", "error") and rec is not None:
             self.intents.settle(rec)
         if row.kind == "session.end":       # nothing follows the seal: leftovers are final
             return [row, *self.finish()]

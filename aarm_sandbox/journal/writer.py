@@ -142,17 +142,18 @@ def open_witness(path: str, session_id: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-def _open_new(path: str) -> int:
+def _open_new(path: str) -> tuple[int, bool]:
     """A journal file is never appended to (a second session's records after the first
     one's seal would make both unverifiable): FileExistsError for an existing regular file.
-    Anything else that exists (a FIFO to a collector, /dev/stderr) is written as it is."""
+    Anything else that exists (a FIFO to a collector, /dev/stderr) is written as it is.
+    (fd, whether this call created the file)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
     try:
-        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
     except FileExistsError:
         if stat.S_ISREG(os.stat(path).st_mode):
             raise
-        return os.open(path, flags)
+        return os.open(path, flags), False
 
 
 class Journal:
@@ -163,7 +164,7 @@ class Journal:
         self.path = path
         self.session_id = session_id
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        self.fd = _open_new(path)
+        self.fd, self.created = _open_new(path)
         # Intent lines go to a file of their own beside a regular-file journal (PATH.intents,
         # see reader.intents_path): written into the journal, each one waited for the
         # writer thread's appends to the same inode, and pulled that thread onto the
@@ -645,6 +646,7 @@ class NullJournal(Journal):
         self.intents_path = None
         self.intent_fd = -1
         self.intent_log = None
+        self.created = False
         self._regular = False
         self.failed = None
         self.on_failure = None

@@ -97,3 +97,48 @@ def test_a_home_full_of_long_symlinks_still_starts(box):
     names = set(r.stdout.split())
     assert {f"link{i}" for i in range(40)} <= names, r.stdout + r.stderr[-1000:]
     assert ".netrc" not in names and "password" not in r.stdout
+
+
+MASKED_ENV = """id: masked-env
+extends: default
+settings:
+  mask: [credentials, dotenv]
+path_sets:
+  dotenv: ["{workspace}/.env", "{workspace}/secrets"]
+"""
+
+
+def test_a_masked_file_or_directory_cannot_be_removed_or_renamed_from_inside(box, tmp_path):
+    """A path the profile masks is a mount point in the sandbox: the kernel answers EBUSY to
+    removing or renaming it there. The supervisor performs deletes itself (in C for the
+    workspace) from outside the sandbox's mount namespace, where the kernel does not
+    refuse: it removed the real file behind the mask. Natively the same commands remove
+    them."""
+    profile = tmp_path / "masked-env.yaml"
+    profile.write_text(MASKED_ENV)
+    ws = box.workspace
+    script = (f"rm -f {ws}/.env; cd {ws} && rm -f .env; rmdir {ws}/secrets/sub; "
+              f"rm -rf {ws}/secrets; mv {ws}/.env {ws}/moved; mv {ws}/other {ws}/.env; echo done")
+
+    def plant():
+        (ws / ".env").write_text("API_KEY=SECRET\n")
+        (ws / "secrets" / "sub").mkdir(parents=True, exist_ok=True)
+        (ws / "secrets" / "key").write_text("k")
+        (ws / "other").write_text("o")
+
+    plant()
+    native = box.native(["sh", "-c", script])
+    assert "done" in native.stdout and not (ws / "secrets").exists()
+    assert (ws / ".env").read_text() == "o"                   # natively: removed, replaced
+    for p in (ws / ".env", ws / "moved"):
+        p.unlink(missing_ok=True)
+    plant()
+    r = box.run(["sh", "-c", script], profile=str(profile))
+    assert "done" in r.stdout, r.stderr
+    assert (ws / ".env").read_text() == "API_KEY=SECRET\n"
+    assert (ws / "secrets" / "key").read_text() == "k" and (ws / "secrets" / "sub").is_dir()
+    assert not (ws / "moved").exists() and (ws / "other").read_text() == "o"
+    busy = [rec for rec in r.records if rec["type"] == "receipt"
+            and (rec.get("outcome") or {}).get("errno") == "EBUSY"]
+    assert len(busy) >= 4, r.records
+    assert "Device or resource busy" in r.stderr

@@ -154,3 +154,69 @@ def test_a_killed_supervisor_leaves_zeros_after_its_intents_which_readers_skip(t
     verify = subprocess.run(sandbox_cmd() + ["journal", "verify", str(journal)],
                             capture_output=True, text=True, timeout=60)
     assert "malformed" not in (verify.stdout + verify.stderr).lower()
+
+
+def test_a_file_shortened_under_the_mapping_fails_the_append_and_the_process_lives(tmp_path):
+    """Someone outside the sandbox truncates the intents file (logrotate's copytruncate):
+    a store past the new end raises SIGBUS, which killed the supervisor; the store is
+    guarded, the append fails with EIO and so does every later one (fail closed)."""
+    path = tmp_path / "intents"
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path[:0] = {sys.path!r}
+        from aarm_sandbox.journal.intent_log import IntentLog
+        fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        log = IntentLog.open(fd)
+        log.append(b"a\\n")
+        os.truncate({str(path)!r}, 0)
+        errs = []
+        for line in (b"b\\n", b"c\\n"):
+            try:
+                log.append(line)
+                errs.append(0)
+            except OSError as e:
+                errs.append(e.errno)
+        print(*errs)
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, (p.returncode, p.stderr)       # (-7: killed by SIGBUS)
+    assert p.stdout.split() == ["5", "5"]                     # EIO, and stays so
+
+
+def test_a_forked_child_holds_no_mapping_of_the_intents_file(tmp_path):
+    """The sandbox's init is forked from the supervisor after the journal is made: it must
+    not carry a writable mapping of the intents file through the session."""
+    path = tmp_path / "intents"
+    fd, log = _new(path)
+    try:
+        assert log is not None
+        mine = Path("/proc/self/maps").read_text()
+        assert str(path) in mine
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try:
+                os.write(w, str(path).encode() in Path("/proc/self/maps").read_bytes() and b"1" or b"0")
+            finally:
+                os._exit(0)
+        os.close(w)
+        seen = os.read(r, 1)
+        os.close(r)
+        os.waitpid(pid, 0)
+        assert seen == b"0"
+        log.close()
+    finally:
+        os.close(fd)
+
+
+def test_zero_bytes_separate_intent_lines_and_hide_none():
+    """The zero tail of a killed session is dropped; zeros between lines (a page that never
+    reached the disk) hide nothing after them; zeros inside a line leave two pieces that
+    read as the foreign lines they are."""
+    a, b = _line(1), _line(2)
+    assert intent_bytes(a + b + bytes(4000)) == a + b
+    kept = [ln.record["notif"] for ln in parse_lines(intent_bytes(a + bytes(4096) + b))]
+    assert kept == [1, 2]
+    pieces = list(parse_lines(intent_bytes(a + b[:40] + bytes(3) + b[40:])))
+    assert [ln.record is not None for ln in pieces] == [True, False, False]

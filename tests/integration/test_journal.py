@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import stat
 import signal
 import subprocess
 import sys
@@ -471,6 +472,39 @@ def test_something_planted_at_the_intents_path_is_refused_by_name(box, planted):
     assert not journal.exists()
 
 
+def test_a_delete_handed_over_after_its_intent_is_settled_by_the_answer(box):
+    """The fast path writes a delete's intent line, then meets a symlink on the way (ELOOP
+    from the no-symlink tree) and hands the call over; Python answers it - here ENOENT
+    through a dangling link, nothing deleted - with an error record naming the notif, so
+    verify and show list no action that may have happened unrecorded."""
+    ws = box.workspace
+    r = box.run(["sh", "-c", f"ln -s /nonexistent {ws}/dang; "
+                             f"for i in 1 2 3; do rm -f {ws}/dang/x$i; done"])
+    assert r.returncode == 0, r.stderr
+    handed = [i for i in r.intents if base64.b64decode(i["target"]["b64"]).startswith(
+        os.fsencode(ws / "dang"))]
+    assert len(handed) == 3
+    answered = {rec["notif"] for rec in r.records if rec["type"] == "error" and "notif" in rec}
+    assert {str(i["notif"]) for i in handed} <= answered
+    p = _cli("journal", "verify", str(r.journal_path))
+    assert p.returncode == EXIT_OK and "unrecorded" not in p.stdout + p.stderr, p.stdout + p.stderr
+    show = _cli("journal", "show", str(r.journal_path)).stdout
+    assert "NO RECEIPT" not in show and "intent without receipt" not in show, show
+
+
+def test_a_zero_byte_planted_in_the_intents_file_hides_no_line_from_verify(box, session):
+    """Readers skip zero bytes (the unused tail of a mapped intents file): one planted in a
+    line must not make verify quietly drop that line and every one after it."""
+    copy = box.root / "nul.jsonl"
+    copy.write_bytes(session.journal_path.read_bytes())
+    src = Path(str(session.journal_path) + ".intents")   # (found by the name session.start gives)
+    data = src.read_bytes()
+    cut = data.index(b"\n") + 20                      # inside the second line
+    (box.root / src.name).write_bytes(data[:cut] + b"\0" + data[cut:])
+    p = _cli("journal", "verify", str(copy))
+    assert p.returncode != EXIT_OK and "something else than intent lines" in p.stdout + p.stderr
+
+
 def test_verify_lists_the_intents_of_a_supervisor_killed_before_its_first_write(box, session):
     """An empty journal (killed within its first flush) with intents beside it: the
     actions that may have happened are listed with the verdict."""
@@ -499,6 +533,25 @@ def test_verify_and_tail_find_the_intents_file_session_start_names(box, session)
     for cmd in ("show", "tail"):
         out = _cli("journal", cmd, str(copy)).stdout
         assert "intent without receipt" in out or "NO RECEIPT" in out, (cmd, out)
+
+
+def test_a_setup_error_leaves_a_given_fifo_journal_alone_and_ends_at_once(box):
+    """The files of a run that fails during setup are removed only if the run made them:
+    a FIFO given as --journal was read to see whether it was empty (a hang, all signals
+    blocked), and before that, unlinked."""
+    fifo = box.root / "collector-setup"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.DEVNULL)
+    blocker = box.root / "a-file"
+    blocker.write_text("x")
+    try:
+        p = _cli("run", "--workspace", str(box.workspace), "--journal", str(fifo), "--", "true",
+                 env={"XDG_CACHE_HOME": str(blocker / "cache")})
+    finally:
+        reader.kill()
+        reader.wait()
+    assert p.returncode == 125, p.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
 def test_a_fifo_journal_survives_its_checkpoints(box):
