@@ -59,6 +59,8 @@ class Supervisor:
         self.dstate = DecodeState()
         self.fast = None
         self._fast_off_for_labels = False
+        self._fast_off_for_mounts = False
+        self.mount_points: tuple[str, ...] = ()  # the sandbox's (set by run with the fast path)
         self.fast_factory = None        # callable(root_fd) -> FastPath, set by the launcher
         # Called once the command runs (its first notification answered, the fast path
         # started): work the session needs soon but the command must not wait for, such
@@ -279,6 +281,8 @@ class Supervisor:
             decision = self._decide(action)
             if action.type == A.FILE_RENAME and decision.result is not Result.DENY:
                 decision = self._judge_moved_tree(action, decision, effect)
+                if decision.result is not Result.DENY:
+                    self._mounts_may_move(action)
             elif action.type == A.PROCESS_EXEC and decision.result is not Result.DENY and \
                     action.detail.get("interpreter"):
                 decision = self._judge_interpreter(action, decision)
@@ -806,6 +810,20 @@ class Supervisor:
         if self.ctx.executed(action, self.tmpdir, ledger.rule.id if ledger is not None else None):
             self._labels_moved()
 
+    def _mounts_may_move(self, action) -> None:
+        """A directory holding a mount point of the sandbox is about to be renamed (or
+        exchanged): the mount moves with it, and the native fast path's list of mount
+        points, whose deletes it hands over, would miss it at its new path. From before
+        the rename on, every decision is Python's (which checks the mount itself)."""
+        if self.fast is None or self._fast_off_for_mounts or not self.mount_points:
+            return
+        below = tuple(p.rstrip("/") + "/" for p in action.paths)
+        if any(m.startswith(below) for m in self.mount_points):
+            self._fast_off_for_mounts = True
+            self.fast.disable()
+            print("aarm-sandbox: note: a directory holding a mount point was renamed; the "
+                  "native fast path is off for the rest of the session", file=sys.stderr)
+
     def _labels_moved(self) -> None:
         """Sensitive data now also lives under a name no glob given to the native fast path
         matches: from here on every decision is Python's (slower, exact)."""
@@ -937,20 +955,23 @@ class Supervisor:
 
     @staticmethod
     def _with_notif(n: Notification, record: dict) -> dict:
-        """An error record that answers a notification the native fast path wrote an
-        intent line for names its notif (as receipts do): readers settle the intent with
-        it, instead of listing an action that may have happened unrecorded."""
+        """An error record answering, before anything was performed, a notification the
+        native fast path wrote an intent line for names its notif and says nothing was
+        performed: readers settle the intent with it, instead of listing an action that
+        may have happened unrecorded."""
         if n.intent:
             record["notif"] = str(n.id)
+            record["performed"] = False
         return record
 
     def _internal_error(self, n: Notification, name: str, e: Exception) -> None:
         try:
             self.backend.answer_error(n, errno.EPERM)
         finally:
-            self.journal.append(self._with_notif(n, {
-                "type": "error", "syscall": name, "tid": n.tid, "errno": "EPERM",
-                "reason": f"supervisor error (denied): {e!r}"}))
+            # (no notif: whether the action was performed before the error is unknown, so
+            # an intent line for it stays open - it may have happened unrecorded)
+            self.journal.append({"type": "error", "syscall": name, "tid": n.tid, "errno": "EPERM",
+                                 "reason": f"supervisor error (denied): {e!r}"})
             if self.verbose:
                 import traceback            # (only here: ~3 ms of every startup otherwise)
                 traceback.print_exc()

@@ -47,7 +47,9 @@ static int mappable_fs(int fd)
  * append then fails with EIO, and so does every later one: fail closed, the supervisor
  * lives on to journal it); any other SIGBUS goes to what was there before, or, with the
  * default action, re-faults and kills as it would have. */
-static __thread sigjmp_buf *volatile il_guard;
+/* initial-exec: reading it in the handler never goes through __tls_get_addr (which may
+ * allocate, not async-signal-safe) */
+static __thread sigjmp_buf *volatile il_guard __attribute__((tls_model("initial-exec")));
 static struct sigaction il_prev;
 static pthread_once_t il_once = PTHREAD_ONCE_INIT;
 static int il_handler_ok;

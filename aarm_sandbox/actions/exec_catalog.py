@@ -482,6 +482,8 @@ class _Walker:
         parsed = _parse_args(call.argv[1:], tool.value_options, tool.long_single_dash)
         _expand_long_flags(parsed, tool.known_long)
         if tool.name == "git":
+            if _git_alias(self, call, tool, parsed):
+                return
             _git_config_implies(parsed, lambda: _git_env_config(self, call))
         cwd = call.cwd
         if tool.cwd_option and tool.cwd_option in parsed.values:
@@ -966,63 +968,193 @@ def _config_assignments(words: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _git_env_config(walker: _Walker, call: _Call) -> list[tuple[str, bool]]:
-    """Configuration items git takes from its environment, as (key=value, value known):
-    GIT_CONFIG_COUNT with GIT_CONFIG_KEY_n/GIT_CONFIG_VALUE_n, GIT_CONFIG_PARAMETERS (what
-    `git -c` passes to its children), and GIT_CONFIG_GLOBAL/GIT_CONFIG_SYSTEM files, whose
-    content is unknown here."""
+# (key, value - None when given without '=' -, value known)
+ConfigItem = tuple[str, "str | None", bool]
+
+
+def _git_env_config(walker: _Walker, call: _Call) -> list[ConfigItem]:
+    """Configuration git takes from its environment: GIT_CONFIG_COUNT with
+    GIT_CONFIG_KEY_n/GIT_CONFIG_VALUE_n, GIT_CONFIG_PARAMETERS (what `git -c` passes to its
+    children), and GIT_CONFIG_GLOBAL/GIT_CONFIG_SYSTEM files, whose content is unknown here
+    (an unknown key)."""
     env = dict(walker.process_config_env())
     env.update(call.env)
-    items: list[tuple[str, bool]] = []
+    unknown: ConfigItem = (_UNKNOWN_CONFIG, None, False)
+    items: list[ConfigItem] = []
     if _UNKNOWN_CONFIG in env:
-        items.append((_UNKNOWN_CONFIG, False))
+        items.append(unknown)
     if "GIT_CONFIG_COUNT" in env:
         try:
             count = int(env["GIT_CONFIG_COUNT"])
         except ValueError:
             count = -1
         if not 0 <= count <= 1000:
-            items.append((_UNKNOWN_CONFIG, False))
+            items.append(unknown)
         for i in range(max(0, min(count, 1000))):
             key, value = env.get(f"GIT_CONFIG_KEY_{i}"), env.get(f"GIT_CONFIG_VALUE_{i}")
             if key is not None:
-                items.append((f"{key}={value or ''}", value is not None))
+                items.append((key, value, value is not None))
     params = env.get("GIT_CONFIG_PARAMETERS")
     if params:
-        try:
-            items += [(word, "=" in word) for word in shlex.split(params)]
-        except ValueError:
-            items.append((_UNKNOWN_CONFIG, False))
+        parsed = _parse_config_parameters(params)
+        items += parsed if parsed is not None else [unknown]
     for name in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM"):
         if env.get(name) not in (None, "", "/dev/null"):
-            items.append((_UNKNOWN_CONFIG, False))
+            items.append(unknown)
     return items
 
 
-def _git_config_implies(parsed: _Args, env_items: Callable[[], list[tuple[str, bool]]]) -> None:
-    """`git -c key=value` (and `--config-env key=ENV`, its value unknown here) and the same
-    configuration given through the environment (GIT_CONFIG_*: `env_items`, read only for
-    the subcommands below): configuration that changes what the subcommand does. For push
-    and send-pack, a refspec with '+' or mirror mode forces; for clean, requireForce off is
-    an implied -f; configuration whose content is unknown (a config file named in the
-    environment, an unreadable environment) may do either. Nothing else."""
+def _parse_config_parameters(text: str) -> list[ConfigItem] | None:
+    """GIT_CONFIG_PARAMETERS as git reads it: entries separated by spaces, 'key'='value'
+    ('key'= for a key without value) or the older 'key=value' (split at its first '=', as
+    git does), each part single-quoted with ' written '\\'' and ! written '\\!'. None when
+    it does not parse (git refuses it too)."""
+    n = len(text)
+
+    def quoted(i: int) -> tuple[str, int] | None:
+        if i >= n or text[i] != "'":
+            return None
+        out, i = [], i + 1
+        while True:
+            j = text.find("'", i)
+            if j < 0:
+                return None
+            out.append(text[i:j])
+            i = j + 1
+            if text.startswith("\\''", i) or text.startswith("\\!'", i):
+                out.append(text[i + 1])
+                i += 3
+            else:
+                return "".join(out), i
+
+    items: list[ConfigItem] = []
+    i = 0
+    while i < n:
+        if text[i].isspace():
+            i += 1
+            continue
+        got = quoted(i)
+        if got is None:
+            return None
+        key, i = got
+        if i < n and text[i] == "=":
+            got = quoted(i + 1) if i + 1 < n and text[i + 1] == "'" else None
+            value, i = got if got is not None else (None, i + 1)
+            items.append((key, value, True))
+        else:
+            k, eq, v = key.partition("=")
+            items.append((k, v if eq else None, True))
+    return items
+
+
+def _cli_config(parsed: _Args) -> list[ConfigItem]:
+    """`git -c key[=value]` (split at the first '=', as git does) and `--config-env
+    key=ENV` (split at the last; the value is the environment's, unknown here)."""
+    items: list[ConfigItem] = []
+    for item in parsed.values.get("-c", []):
+        k, eq, v = item.partition("=")
+        items.append((k, v if eq else None, True))
+    for item in parsed.values.get("--config-env", []):
+        items.append((item.rpartition("=")[0] or item, None, False))
+    return items
+
+
+_GIT_INT = re.compile(r"\s*[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)[kKmMgG]?")
+
+
+def _git_bool(value: str | None) -> bool | None:
+    """A boolean as git reads one: a key without '=' is true, '' false, true/yes/on and
+    false/no/off in any case, else an integer (C syntax, optional k/m/g) that is true when
+    not zero. None: git refuses the value."""
+    if value is None:
+        return True
+    v = value.lower()
+    if v in ("true", "yes", "on"):
+        return True
+    if v in ("false", "no", "off", ""):
+        return False
+    m = _GIT_INT.fullmatch(value)
+    if not m:
+        return None
+    digits = m.group(1).lower()
+    base = 16 if digits.startswith("0x") else 8 if digits.startswith("0") else 10
+    return int(digits, base) != 0
+
+
+def _git_config_implies(parsed: _Args, env_items: Callable[[], list[ConfigItem]]) -> None:
+    """`git -c` / `--config-env` and the same configuration given through the environment
+    (`env_items`, read only for the subcommands below): configuration that changes what the
+    subcommand does. For push and send-pack, a refspec with '+' or mirror mode forces; for
+    clean, requireForce off is an implied -f. Configuration whose content is unknown (a
+    config file named in the environment or included, an unreadable environment, a value
+    from elsewhere) may do either. Nothing else."""
     sub = parsed.positionals[0] if parsed.positionals else ""
     if sub not in ("push", "send-pack", "clean"):
         return
-    items = [(item, True) for item in parsed.values.get("-c", [])] + \
-            [(item, False) for item in parsed.values.get("--config-env", [])] + env_items()
-    for item, known in items:
-        key, _eq, value = item.partition("=")
-        key, value = key.lower(), value.lower()
-        if key == _UNKNOWN_CONFIG:
+    for key, value, known in env_items() + _cli_config(parsed):
+        k = key.lower()
+        if k == _UNKNOWN_CONFIG or k == "include.path" or \
+                (k.startswith("includeif.") and k.endswith(".path")):
             parsed.flags.add("--force")
-        elif sub in ("push", "send-pack") and key.startswith("remote."):
-            if (key.endswith(".mirror") and (not known or value in ("true", "yes", "on", "1", ""))) or \
-                    (key.endswith(".push") and (not known or "+" in value)):
+        elif sub in ("push", "send-pack") and k.startswith("remote."):
+            if (k.endswith(".mirror") and (not known or _git_bool(value) is not False)) or \
+                    (k.endswith(".push") and (not known or value is None or "+" in value)):
                 parsed.flags.add("--force")
-        elif sub == "clean" and key == "clean.requireforce" and \
-                (not known or value in ("false", "no", "off", "0")):
+        elif sub == "clean" and k == "clean.requireforce" and \
+                (not known or _git_bool(value) is not True):
             parsed.flags.add("--force")
+
+
+# git's own commands: an alias of the same name never replaces one
+_GIT_BUILTINS = frozenset("""add am annotate apply archive bisect blame branch bundle cat-file
+check-attr check-ignore checkout checkout-index cherry cherry-pick citool clean clone column commit
+commit-tree config count-objects describe diff diff-files diff-index diff-tree difftool fast-export
+fast-import fetch fetch-pack filter-branch for-each-ref format-patch fsck gc grep hash-object help
+index-pack init instaweb interpret-trailers log ls-files ls-remote ls-tree mailinfo maintenance
+merge merge-base mergetool mktag mktree mv name-rev notes pack-objects prune pull push
+range-diff read-tree rebase receive-pack reflog remote repack replace request-pull rerere reset
+restore rev-list rev-parse revert rm send-email send-pack shortlog show show-branch show-ref
+sparse-checkout stash status stripspace submodule switch symbolic-ref tag update-index
+update-ref var verify-commit verify-pack verify-tag version whatchanged worktree
+write-tree""".split())
+
+
+def _git_alias(walker: _Walker, call: _Call, tool: _Tool, parsed: _Args) -> bool:
+    """`git NAME` where NAME is an alias given by -c or the environment (alias.NAME):
+    classified as what it runs - the expansion with the rest of the arguments, or its
+    shell command ('!...'). True when it was one."""
+    sub = parsed.positionals[0] if parsed.positionals else ""
+    if not sub or sub in _GIT_BUILTINS or sub.startswith("-"):
+        return False
+    want = f"alias.{sub.lower()}"
+    value = None
+    for key, v, _known in _git_env_config(walker, call) + _cli_config(parsed):
+        if key.lower() == want:
+            value = v
+    if value is None:
+        return False
+    argv = call.argv
+    i = 1                               # the subcommand's place: after git's own options
+    while i < len(argv):
+        a = argv[i]
+        if a in tool.value_options:
+            i += 2
+        elif a.startswith("-"):
+            i += 1
+        else:
+            break
+    rest = argv[i + 1:]
+    if value.startswith("!"):
+        script = " ".join([value[1:]] + [shlex.quote(a) for a in rest])
+        classify_shell_string(walker, call, script, "git alias")
+        return True
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        walker.opaque(call, "alias")
+        return True
+    walker.inner(call, list(argv[:i]) + words + list(rest), "git alias")
+    return True
 
 
 def _parse_git_push(walker: _Walker, call: _Call, parsed: _Args, operands: list[str]) -> None:

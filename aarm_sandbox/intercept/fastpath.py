@@ -61,9 +61,11 @@ def _expand_dir_globs(globs: list[str]) -> list[str]:
     return out
 
 
-def fast_spec(policy: CompiledPolicy, extra_danger: list[str]) -> dict[int, tuple[list, list] | None]:
+def fast_spec(policy: CompiledPolicy, extra_danger: list[str],
+              delete_danger: list[str] = ()) -> dict[int, tuple[list, list] | None]:
     """For each fast kind: (allow globs, danger globs), or None when the kind must always
-    go to Python. The count rule of budget_rules() is not a danger: see counted_globs."""
+    go to Python. The count rule of budget_rules() is not a danger: see counted_globs.
+    delete_danger: dangers of deletes only (the sandbox's mount points)."""
     spec: dict[int, tuple[list, list] | None] = {}
     profile = policy.profile
     budgeted = {r.id for r in budget_rules(policy).values()}
@@ -73,6 +75,8 @@ def fast_spec(policy: CompiledPolicy, extra_danger: list[str]) -> dict[int, tupl
             continue
         allow: list[str] | None = None
         danger: list[str] = list(extra_danger)
+        if type_ == A.FILE_DELETE:
+            danger += delete_danger
         ok = True
         for rule in profile.rules:
             if rule.id not in {r.id for r in policy.rules_by_type[type_]}:
@@ -131,8 +135,8 @@ def _globs(keep: _Keep, globs: list[str]):
 
 class FastPath:
     def __init__(self, listener: int, root_fd: int, policy: CompiledPolicy, extra_danger: list[str],
-                 ring_capacity: int = 1024):
-        self.spec = fast_spec(policy, extra_danger)
+                 ring_capacity: int = 1024, delete_danger: list[str] = ()):
+        self.spec = fast_spec(policy, extra_danger, list(delete_danger))
         self.budget_rules = budget_rules(policy)
         keep = _Keep()
         kinds = ffi.new("struct aarm_fast_kind[]", lib.AARM_FAST_NKINDS)

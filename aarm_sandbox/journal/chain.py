@@ -6,6 +6,7 @@ writer inlines `context_next` on its hot path).
 """
 from __future__ import annotations
 
+import re
 from hashlib import sha256
 
 from aarm_sandbox.journal.canonical import canonical
@@ -35,12 +36,23 @@ def body_of(record: dict) -> bytes:
 def intent_bytes(data: bytes) -> bytes:
     """The lines of an intents file. One mapped by a session that did not end keeps the
     rest of its last allocated chunk as zero bytes after them (journal.intent_log); after a
-    power loss a page of zeros may also sit between lines that reached the disk. Zero bytes
-    separate lines here and are dropped: nothing after them is hidden, and a line cut by
-    them reads as the torn or foreign line it is."""
+    power loss a page of zeros may also sit between lines that reached the disk. Runs of
+    zero bytes are dropped with the pieces of lines they cut (torn, as a crash tears the
+    last line): nothing after them is hidden. (Intent lines are not chained: whoever can
+    write the file can remove lines anyway; the receipts are what is verified.)"""
+    data = data.rstrip(b"\0")
     if b"\0" not in data:
         return data
-    return b"\n".join(part for part in data.split(b"\0") if part.strip(b"\n"))
+    parts = re.split(rb"\0+", data)
+    out = []
+    for i, part in enumerate(parts):
+        if i and not parts[i - 1].endswith(b"\n"):       # begins inside a cut line
+            nl = part.find(b"\n")
+            part = part[nl + 1:] if nl >= 0 else b""
+        if i < len(parts) - 1 and not part.endswith(b"\n"):   # ends inside one
+            part = part[:part.rfind(b"\n") + 1]
+        out.append(part)
+    return b"".join(out)
 
 
 def context_start(session_id: str, intent: str | None) -> bytes:

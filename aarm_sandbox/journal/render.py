@@ -409,7 +409,7 @@ def settled_notif(record: dict) -> object:
     """The notif whose intent line a chained record settles, or None."""
     if record.get("type") == "receipt":
         return _dict(record.get("action")).get("notif")
-    if record.get("type") == "error":
+    if record.get("type") == "error" and record.get("performed") is False:
         return record.get("notif")
     return None
 

@@ -224,7 +224,7 @@ def _walk(data: bytes, trusted: dict, rep: Report, hashes: dict[int, str],
             else:
                 if sig is not None:
                     raise _Stop("unexpected signature on a non-checkpoint record", _line(i, raw), seq)
-                if typ == "error" and rec.get("notif") is not None:
+                if typ == "error" and rec.get("notif") is not None and rec.get("performed") is False:
                     receipts_notif.add(str(rec["notif"]))   # answered; nothing happened
                 since_signed += 1
             if torn and typ != "session.end":

@@ -104,7 +104,7 @@ extends: default
 settings:
   mask: [credentials, dotenv]
 path_sets:
-  dotenv: ["{workspace}/.env", "{workspace}/secrets"]
+  dotenv: ["{workspace}/.env", "{workspace}/secrets", "{workspace}/deep/.env"]
 """
 
 
@@ -118,26 +118,33 @@ def test_a_masked_file_or_directory_cannot_be_removed_or_renamed_from_inside(box
     profile.write_text(MASKED_ENV)
     ws = box.workspace
     script = (f"rm -f {ws}/.env; cd {ws} && rm -f .env; rmdir {ws}/secrets/sub; "
-              f"rm -rf {ws}/secrets; mv {ws}/.env {ws}/moved; mv {ws}/other {ws}/.env; echo done")
+              f"rm -rf {ws}/secrets; mv {ws}/.env {ws}/moved; mv {ws}/other {ws}/.env; "
+              # the mask moves with a directory above it: deleted at its new path
+              f"mv {ws}/deep {ws}/deep2; rm -f {ws}/deep2/.env; echo done")
 
     def plant():
         (ws / ".env").write_text("API_KEY=SECRET\n")
         (ws / "secrets" / "sub").mkdir(parents=True, exist_ok=True)
         (ws / "secrets" / "key").write_text("k")
         (ws / "other").write_text("o")
+        (ws / "deep").mkdir(exist_ok=True)
+        (ws / "deep" / ".env").write_text("DEEP=SECRET\n")
 
     plant()
     native = box.native(["sh", "-c", script])
     assert "done" in native.stdout and not (ws / "secrets").exists()
     assert (ws / ".env").read_text() == "o"                   # natively: removed, replaced
+    assert not (ws / "deep2" / ".env").exists()
     for p in (ws / ".env", ws / "moved"):
         p.unlink(missing_ok=True)
+    os.rmdir(ws / "deep2")
     plant()
     r = box.run(["sh", "-c", script], profile=str(profile))
     assert "done" in r.stdout, r.stderr
     assert (ws / ".env").read_text() == "API_KEY=SECRET\n"
     assert (ws / "secrets" / "key").read_text() == "k" and (ws / "secrets" / "sub").is_dir()
     assert not (ws / "moved").exists() and (ws / "other").read_text() == "o"
+    assert (ws / "deep2" / ".env").read_text() == "DEEP=SECRET\n"
     busy = [rec for rec in r.records if rec["type"] == "receipt"
             and (rec.get("outcome") or {}).get("errno") == "EBUSY"]
     assert len(busy) >= 4, r.records

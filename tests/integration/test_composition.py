@@ -300,6 +300,10 @@ rules:
     [PY, "-c", "import os; os.environ.update(GIT_CONFIG_COUNT='1', "
                "GIT_CONFIG_KEY_0='remote.origin.mirror', GIT_CONFIG_VALUE_0='true'); "
                "os.system('git push origin; echo ran')"],
+    # booleans as git reads them, aliases
+    ["env", "GIT_CONFIG_COUNT=1", "GIT_CONFIG_KEY_0=remote.origin.mirror", "GIT_CONFIG_VALUE_0=2",
+     "sh", "-c", "git push origin; echo ran"],
+    ["sh", "-c", "git -c 'alias.p=push --force' p origin main; echo ran"],
     ["sh", "-c", "sqlite3 app.db \"SELECT 'a\\'; DROP TABLE users; -- '\"; echo ran"],
 ])
 def test_the_dangerous_inner_command_is_classified_through_launchers(box, tmp_path, argv):

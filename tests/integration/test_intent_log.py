@@ -210,13 +210,16 @@ def test_a_forked_child_holds_no_mapping_of_the_intents_file(tmp_path):
         os.close(fd)
 
 
-def test_zero_bytes_separate_intent_lines_and_hide_none():
+def test_zero_bytes_end_no_intent_line_after_them():
     """The zero tail of a killed session is dropped; zeros between lines (a page that never
-    reached the disk) hide nothing after them; zeros inside a line leave two pieces that
-    read as the foreign lines they are."""
-    a, b = _line(1), _line(2)
+    reached the disk) hide nothing after them; a line they cut is dropped as torn, the
+    lines after it stay."""
+    a, b, c = _line(1), _line(2), _line(3)
     assert intent_bytes(a + b + bytes(4000)) == a + b
-    kept = [ln.record["notif"] for ln in parse_lines(intent_bytes(a + bytes(4096) + b))]
-    assert kept == [1, 2]
-    pieces = list(parse_lines(intent_bytes(a + b[:40] + bytes(3) + b[40:])))
-    assert [ln.record is not None for ln in pieces] == [True, False, False]
+    notifs = lambda data: [ln.record["notif"] for ln in parse_lines(intent_bytes(data))]  # noqa: E731
+    assert notifs(a + bytes(4096) + b) == [1, 2]
+    assert notifs(a + b[:40] + bytes(3) + b[40:] + c) == [1, 3]
+    assert notifs(a + b[:40] + bytes(4096) + b"tail of another line\n" + c + bytes(9)) == [1, 3]
+    big = a + bytes(64 << 20)                              # a 64 MiB zero tail: quick
+    t0 = time.monotonic()
+    assert intent_bytes(big) == a and time.monotonic() - t0 < 1

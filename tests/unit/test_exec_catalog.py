@@ -567,3 +567,56 @@ def test_an_unreadable_environment_counts_as_unknown_configuration(catalog):
         raise OSError("gone")
     assert ("vcs.push.force", "origin") in kinds(
         catalog.classify(["git", "push", "origin"], exe=None, cwd="/r", env=env))
+
+
+def _mirror(value):
+    return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "remote.origin.mirror",
+            "GIT_CONFIG_VALUE_0": value}
+
+
+def _require_force(value):
+    return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "clean.requireForce",
+            "GIT_CONFIG_VALUE_0": value}
+
+
+@pytest.mark.parametrize("env, argv, want", [
+    # booleans as git reads them: any non-zero integer (C syntax, k/m/g) is true
+    *[(_mirror(v), ["git", "push", "origin"], ("vcs.push.force", "origin"))
+      for v in ("2", "-1", "0x1", "1k", " 1", "TRUE", "On")],
+    *[(_require_force(v), ["git", "clean"], ("vcs.discard", "/r"))
+      for v in ("", "00", "0x0", " 0", "0k", "No", "junk")],
+    ({"GIT_CONFIG_PARAMETERS": "'clean.requireForce'=''"}, ["git", "clean"], ("vcs.discard", "/r")),
+    ({"GIT_CONFIG_PARAMETERS": "'remote.origin.mirror'="}, ["git", "push", "origin"],
+     ("vcs.push.force", "origin")),                         # a key without value: true
+    # a remote name with '=' in it
+    ({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "remote.x=y.mirror", "GIT_CONFIG_VALUE_0": "true"},
+     ["git", "push", "x=y"], ("vcs.push.force", "x=y")),
+    ({"GIT_CONFIG_PARAMETERS": "'remote.x=y.push'='+refs/heads/*:refs/heads/*'"},
+     ["git", "push", "x=y"], ("vcs.push.force", "x=y")),
+    ({"GIT_CONFIG_PARAMETERS": "'remote.o'\\''x.mirror'='1'"}, ["git", "push", "o'x"],
+     ("vcs.push.force", "o'x")),
+    # included files: their content is unknown here
+    ({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "include.path", "GIT_CONFIG_VALUE_0": "/tmp/evil"},
+     ["git", "push", "origin"], ("vcs.push.force", "origin")),
+    ({}, ["git", "-c", "includeIf.gitdir:/r/.path=/tmp/evil", "push", "origin"],
+     ("vcs.push.force", "origin")),
+    # aliases given by -c or the environment are what they run
+    ({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "alias.p", "GIT_CONFIG_VALUE_0": "push --force"},
+     ["git", "p", "origin", "main"], ("vcs.push.force", "origin/main")),
+    ({}, ["git", "-c", "alias.p=!git push -f origin main", "p"], ("vcs.push.force", "origin/main")),
+    ({}, ["git", "-c", "alias.wipe=clean -fdx", "-C", "/r", "wipe"], ("vcs.discard", "/r")),
+])
+def test_git_configuration_spellings_git_accepts_are_seen(catalog, env, argv, want):
+    got = kinds(catalog.classify(argv, exe=None, cwd="/r", env=lambda: env))
+    assert want in got, (env, argv, got)
+
+
+@pytest.mark.parametrize("env, argv, want", [
+    (_mirror(""), ["git", "push", "origin", "main"], [("vcs.push", "origin/main")]),   # '' is false
+    (_mirror("0"), ["git", "push", "origin", "main"], [("vcs.push", "origin/main")]),
+    (_require_force("yes"), ["git", "clean"], []),
+    ({}, ["git", "-c", "alias.status=push -f", "status"], []),     # git's own command wins
+    ({}, ["git", "-c", "alias.st=status", "st"], []),
+])
+def test_harmless_git_configuration_spellings_change_nothing(catalog, env, argv, want):
+    assert kinds(catalog.classify(argv, exe=None, cwd="/r", env=lambda: env)) == want

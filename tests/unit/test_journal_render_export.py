@@ -689,3 +689,19 @@ def test_export_unknown_format_returns_2(tmp_path, capsys):
 def test_export_unreadable_file_returns_1(tmp_path, capsys):
     assert export(str(tmp_path / "missing.jsonl"), "ocsf", io.StringIO()) == 1
     assert capsys.readouterr().err.startswith("aarm-sandbox: cannot read journal")
+
+
+def test_only_an_error_record_that_performed_nothing_settles_an_intent():
+    """An error record answering a notification the fast path wrote an intent for settles
+    it when it says nothing was performed; one that does not say so (an internal error
+    after the action may have happened) leaves the intent listed."""
+    from aarm_sandbox.journal.render import PendingIntents
+    from aarm_sandbox.journal.reader import Line
+    for record, settles in (({"type": "error", "notif": "7", "performed": False}, True),
+                            ({"type": "error", "notif": "7"}, False),
+                            ({"type": "error", "notif": "7", "performed": True}, False),
+                            ({"type": "receipt", "action": {"notif": "7"}}, True)):
+        pending = PendingIntents()
+        pending.add(Line(1, b"{}", {"type": "intent", "notif": 7}))
+        pending.settle(record)
+        assert (pending.drain() == []) is settles, record
