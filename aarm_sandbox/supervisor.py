@@ -61,6 +61,7 @@ class Supervisor:
         self._fast_off_for_labels = False
         self._fast_off_for_mounts = False
         self.mount_points: tuple[str, ...] = ()  # the sandbox's (set by run with the fast path)
+        self._mount_ancestors: set[str] | None = None
         self.fast_factory = None        # callable(root_fd) -> FastPath, set by the launcher
         # Called once the command runs (its first notification answered, the fast path
         # started): work the session needs soon but the command must not wait for, such
@@ -817,8 +818,10 @@ class Supervisor:
         the rename on, every decision is Python's (which checks the mount itself)."""
         if self.fast is None or self._fast_off_for_mounts or not self.mount_points:
             return
-        below = tuple(p.rstrip("/") + "/" for p in action.paths)
-        if any(m.startswith(below) for m in self.mount_points):
+        if self._mount_ancestors is None:       # every directory above a mount point
+            self._mount_ancestors = {a for m in self.mount_points
+                                     for a in _ancestors(m.rstrip("/"))}
+        if any((p.rstrip("/") or "/") in self._mount_ancestors for p in action.paths):
             self._fast_off_for_mounts = True
             self.fast.disable()
             print("aarm-sandbox: note: a directory holding a mount point was renamed; the "
@@ -976,6 +979,13 @@ class Supervisor:
                 import traceback            # (only here: ~3 ms of every startup otherwise)
                 traceback.print_exc()
             print(f"aarm-sandbox: internal error on {name}, denied: {e!r}", file=sys.stderr)
+
+
+def _ancestors(path: str):
+    """The directories above an absolute path, nearest first ("/a/b/c": "/a/b", "/a", "/")."""
+    while path not in ("", "/"):
+        path = path.rsplit("/", 1)[0] or "/"
+        yield path
 
 
 _ERRNO_NAMES = errno.errorcode
