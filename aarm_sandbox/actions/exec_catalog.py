@@ -424,6 +424,7 @@ class _Walker:
         self.truncated = False
         self._env_reader = env_reader
         self._env: dict[str, str] | None = None
+        self.config_items: dict[tuple, list] = {}       # _git_env_config, by call.env
 
     def process_config_env(self) -> dict[str, str]:
         """The GIT_CONFIG* variables of the environment the exec passes on, read from the
@@ -976,7 +977,14 @@ def _git_env_config(walker: _Walker, call: _Call) -> list[ConfigItem]:
     """Configuration git takes from its environment: GIT_CONFIG_COUNT with
     GIT_CONFIG_KEY_n/GIT_CONFIG_VALUE_n, GIT_CONFIG_PARAMETERS (what `git -c` passes to its
     children), and GIT_CONFIG_GLOBAL/GIT_CONFIG_SYSTEM files, whose content is unknown here
-    (an unknown key)."""
+    (an unknown key). Parsed once per environment a walk meets."""
+    cached = walker.config_items.get(call.env)
+    if cached is None:
+        cached = walker.config_items[call.env] = _env_config_items(walker, call)
+    return cached
+
+
+def _env_config_items(walker: _Walker, call: _Call) -> list[ConfigItem]:
     env = dict(walker.process_config_env())
     env.update(call.env)
     unknown: ConfigItem = (_UNKNOWN_CONFIG, None, False)
@@ -1043,7 +1051,7 @@ def _parse_config_parameters(text: str) -> list[ConfigItem] | None:
             items.append((key, value, True))
         else:
             k, eq, v = key.partition("=")
-            items.append((k, v if eq else None, True))
+            items.append((k.strip(" \t\n\r"), v if eq else None, True))   # (git trims it)
     return items
 
 
@@ -1127,11 +1135,22 @@ def _git_alias(walker: _Walker, call: _Call, tool: _Tool, parsed: _Args) -> bool
     if not sub or sub in _GIT_BUILTINS or sub.startswith("-"):
         return False
     want = f"alias.{sub.lower()}"
-    value = None
-    for key, v, _known in _git_env_config(walker, call) + _cli_config(parsed):
-        if key.lower() == want:
-            value = v
-    if value is None:
+    value, found, unknown_value, autocorrect = None, False, False, None
+    for key, v, known in _git_env_config(walker, call) + _cli_config(parsed):
+        k = key.lower()
+        if k == want:
+            value, found, unknown_value = v, True, not known
+        elif k == "help.autocorrect":
+            autocorrect = v if known else _UNKNOWN_CONFIG
+    if found and (unknown_value or value is None):
+        walker.opaque(call, "alias")            # (--config-env: what it runs is unknown here)
+        return True
+    if not found:
+        if autocorrect is not None and autocorrect.lower() not in ("0", "never", "show", "false",
+                                                                   "no", "off", ""):
+            # git runs the command it guesses the name was meant to be, in-process
+            walker.opaque(call, "autocorrect")
+            return True
         return False
     argv = call.argv
     i = 1                               # the subcommand's place: after git's own options

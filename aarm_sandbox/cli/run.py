@@ -421,9 +421,11 @@ def _run_session(args, workspace: str, session_id: str, tmpdir: str, keep_tmp: l
             # answers EBUSY as the kernel does inside the sandbox (C's unlinkat is the
             # supervisor's: it would remove what the mount hides). A rename of a directory
             # above one moves it: the fast path is off from then on (Supervisor).
-            sup.mount_points = tuple(m for m in mount_points(sandbox.pid) if m != "/")
-            fast = FastPath(sandbox.listener, root_fd, policy, danger,
-                            delete_danger=[_glob_literal(m) for m in sup.mount_points])
+            mounts = mount_points(sandbox.pid)
+            sup.mount_points = tuple(m for m in mounts if m != "/")
+            # (unreadable - never even "/" -: no delete is C's)
+            delete_danger = [_glob_literal(m) for m in sup.mount_points] if mounts else ["/**"]
+            fast = FastPath(sandbox.listener, root_fd, policy, danger, delete_danger=delete_danger)
             if journal.intent_log is not None:
                 fast.set_intent_log(journal.intent_log, journal.intent_prefix)
             elif journal.intent_prefix:

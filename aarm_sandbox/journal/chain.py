@@ -46,7 +46,7 @@ def intent_bytes(data: bytes) -> bytes:
     parts = re.split(rb"\0+", data)
     out = []
     for i, part in enumerate(parts):
-        if i and not parts[i - 1].endswith(b"\n"):       # begins inside a cut line
+        if i and not part.startswith(b'{"type":"intent"'):    # begins inside a cut line
             nl = part.find(b"\n")
             part = part[nl + 1:] if nl >= 0 else b""
         if i < len(parts) - 1 and not part.endswith(b"\n"):   # ends inside one

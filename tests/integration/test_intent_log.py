@@ -223,3 +223,10 @@ def test_zero_bytes_end_no_intent_line_after_them():
     big = a + bytes(64 << 20)                              # a 64 MiB zero tail: quick
     t0 = time.monotonic()
     assert intent_bytes(big) == a and time.monotonic() - t0 < 1
+
+
+def test_a_zero_page_ending_inside_a_line_drops_that_lines_tail():
+    """A page of zeros (power loss) may end inside a line although the text before it
+    ended one: the rest after the zeros is the tail of a line, dropped as torn."""
+    a, b, c = _line(1), _line(2), _line(3)
+    assert [ln.record["notif"] for ln in parse_lines(intent_bytes(a + bytes(8) + b[12:] + c))] == [1, 3]

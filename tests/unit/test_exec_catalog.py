@@ -620,3 +620,31 @@ def test_git_configuration_spellings_git_accepts_are_seen(catalog, env, argv, wa
 ])
 def test_harmless_git_configuration_spellings_change_nothing(catalog, env, argv, want):
     assert kinds(catalog.classify(argv, exe=None, cwd="/r", env=lambda: env)) == want
+
+
+@pytest.mark.parametrize("env, argv, want", [
+    # the older GIT_CONFIG_PARAMETERS form: git trims the key
+    ({"GIT_CONFIG_PARAMETERS": "'remote.origin.mirror =true'"}, ["git", "push", "origin"],
+     ("vcs.push.force", "origin")),
+    ({"GIT_CONFIG_PARAMETERS": "' clean.requireForce=false'"}, ["git", "clean"], ("vcs.discard", "/r")),
+    # global options with a separate value before the subcommand
+    ({}, ["git", "--shallow-file", "", "push", "-f", "origin"], ("vcs.push.force", "origin")),
+    ({}, ["git", "--attr-source", "HEAD", "clean", "-f"], ("vcs.discard", "/r")),
+    # what git runs cannot be known here: an alias from --config-env, an autocorrected name
+    ({}, ["git", "--config-env=alias.x=FOO", "x"], ("exec.opaque", "git")),
+    ({}, ["git", "-c", "help.autocorrect=immediate", "psuh", "-f", "origin"], ("exec.opaque", "git")),
+])
+def test_git_global_options_and_unknowable_commands_are_not_taken_for_harmless(catalog, env, argv, want):
+    got = kinds(catalog.classify(argv, exe=None, cwd="/r", env=lambda: env))
+    assert want in got, (env, argv, got)
+
+
+def test_git_environment_configuration_is_parsed_once_per_walk(catalog):
+    reads = []
+
+    def env():
+        reads.append(1)
+        return {"GIT_CONFIG_PARAMETERS": "'user.name'='x'"}
+    script = "; ".join(["git lfs ls-files", "git push origin main"] * 50)
+    acts = catalog.classify(["sh", "-c", script], exe=None, cwd="/r", env=env)
+    assert ("vcs.push", "origin/main") in kinds(acts) and reads == [1]
