@@ -1483,10 +1483,12 @@ class Catalog:
             if self.lookup(argv[0], exe) is None:
                 return []
             walker = _Walker(self, env)
+            root = _Call(argv, cwd if isinstance(cwd, str) else None, (), 0, (), False)
             try:
-                walker.run(_Call(argv, cwd if isinstance(cwd, str) else None, (), 0, (), False), exe)
-            except Exception:  # never raise on the decision path; keep what we found
-                pass
+                walker.run(root, exe)
+            except Exception:  # never raise on the decision path; keep what we found, and
+                # say that the rest is unknown (a policy may refuse what it cannot see)
+                walker.opaque(root, "classifier-error")
             return _finish(walker)
         except Exception:
             return []

@@ -648,3 +648,18 @@ def test_git_environment_configuration_is_parsed_once_per_walk(catalog):
     script = "; ".join(["git lfs ls-files", "git push origin main"] * 50)
     acts = catalog.classify(["sh", "-c", script], exe=None, cwd="/r", env=env)
     assert ("vcs.push", "origin/main") in kinds(acts) and reads == [1]
+
+
+def test_a_classifier_failure_midway_leaves_an_opaque_action(catalog, monkeypatch):
+    """What was found before an exception is kept, and the rest - which may hold the
+    dangerous command - is said to be unknown, not silently dropped."""
+    from aarm_sandbox.actions import exec_catalog as ec
+    real = ec._parse_git_push
+
+    def fails(*a, **kw):
+        raise RuntimeError("boom")
+    monkeypatch.setitem(ec.PARSERS, "git_push", fails)
+    acts = kinds(catalog.classify(["sh", "-c", "rm -rf /r/build; git push -f origin; rm -rf /r/x"],
+                                  cwd="/r"))
+    assert ("file.delete", "/r/build") in acts and ("exec.opaque", "sh") in acts
+    assert real is ec._parse_git_push
