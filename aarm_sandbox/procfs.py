@@ -3,6 +3,7 @@ dropped the capabilities that other /proc views of privileged processes would ne
 from __future__ import annotations
 
 import os
+import re
 
 
 def stat_fields(path: str) -> list[str] | None:
@@ -60,7 +61,6 @@ def tree_pids(root_pid: int) -> list[int]:
 def mount_points(pid: int) -> list[str]:
     """The mount points of pid's mount namespace as it sees them (from its root), from
     /proc/PID/mountinfo (field 5, octal escapes undone); [] when unreadable."""
-    import re
     try:
         with open(f"/proc/{pid}/mountinfo", "rb") as f:
             data = f.read()

@@ -58,8 +58,7 @@ class Supervisor:
         self.verbose = verbose
         self.dstate = DecodeState()
         self.fast = None
-        self._fast_off_for_labels = False
-        self._fast_off_for_mounts = False
+        self._fast_stopped = False      # the native fast path turned off for the session
         self.mount_points: tuple[str, ...] = ()  # the sandbox's (set by run with the fast path)
         self._mount_ancestors: set[str] | None = None
         self.fast_factory = None        # callable(root_fd) -> FastPath, set by the launcher
@@ -814,27 +813,28 @@ class Supervisor:
     def _mounts_may_move(self, action) -> None:
         """A directory holding a mount point of the sandbox is about to be renamed (or
         exchanged): the mount moves with it, and the native fast path's list of mount
-        points, whose deletes it hands over, would miss it at its new path. From before
-        the rename on, every decision is Python's (which checks the mount itself)."""
-        if self.fast is None or self._fast_off_for_mounts or not self.mount_points:
+        points, whose deletes it hands over, would miss it at its new path."""
+        if self.fast is None or self._fast_stopped or not self.mount_points:
             return
         if self._mount_ancestors is None:       # every directory above a mount point
             self._mount_ancestors = {a for m in self.mount_points
                                      for a in _ancestors(m.rstrip("/"))}
         if any((p.rstrip("/") or "/") in self._mount_ancestors for p in action.paths):
-            self._fast_off_for_mounts = True
-            self.fast.disable()
-            print("aarm-sandbox: note: a directory holding a mount point was renamed; the "
-                  "native fast path is off for the rest of the session", file=sys.stderr)
+            self._stop_fast_path("a directory holding a mount point was renamed")
 
     def _labels_moved(self) -> None:
         """Sensitive data now also lives under a name no glob given to the native fast path
-        matches: from here on every decision is Python's (slower, exact)."""
-        if self.fast is not None and not self._fast_off_for_labels:
-            self._fast_off_for_labels = True
+        matches."""
+        self._stop_fast_path("sensitive data was renamed or linked")
+
+    def _stop_fast_path(self, why: str) -> None:
+        """What the native fast path was told at its start no longer holds: from here on
+        every decision is Python's (slower, exact)."""
+        if self.fast is not None and not self._fast_stopped:
+            self._fast_stopped = True
             self.fast.disable()
-            print("aarm-sandbox: note: sensitive data was renamed or linked; the native fast "
-                  "path is off for the rest of the session", file=sys.stderr)
+            print(f"aarm-sandbox: note: {why}; the native fast path is off for the rest of "
+                  "the session", file=sys.stderr)
 
     def _verify_exec(self, tid: int, effect) -> None:
         """Exec cannot be emulated, so check what the kernel actually loaded and kill the

@@ -567,18 +567,20 @@ struct aarm_mount_attr { uint64_t attr_set, attr_clr, propagation, userns_fd; };
  * anywhere on the way fails with ELOOP: what an openat2(RESOLVE_NO_SYMLINKS) pin of the
  * parent directory guaranteed, without opening and closing that pin for every call
  * (~1 us of each delete).  Made here because only a process in the sandbox's mount
- * namespace, with its capabilities, may clone it.  -1 when the kernel cannot (older
- * than 5.14, or refused): the fast path then pins each parent as before. */
-static int make_nosym_root(void)
+ * namespace, with its capabilities, may clone it (`doctor` calls it in a probe child).
+ * -errno when the kernel cannot (older than 5.14, or refused): the fast path then pins
+ * each parent as before. */
+int aarm_make_nosym_root(void)
 {
     int fd = (int)syscall(SYS_open_tree, AT_FDCWD, "/",
                           OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
     if (fd < 0)
-        return -1;
+        return -errno;
     struct aarm_mount_attr attr = { .attr_set = MOUNT_ATTR_NOSYMFOLLOW };
     if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0) {
+        int e = errno;
         close(fd);
-        return -1;
+        return -e;
     }
     return fd;
 }
@@ -865,7 +867,9 @@ static void init_main(struct init_ctx *c)
         dns_stub = make_dns_stub(c);
     int nosym_root = -1;
     if (cfg->out_nosym_root && (flags & CLONE_NEWNS))
-        nosym_root = make_nosym_root();
+        nosym_root = aarm_make_nosym_root();
+    if (nosym_root < 0)
+        nosym_root = -1;
 
     /* No core dumps: the kernel writes them itself, into the crashing process's cwd (a
      * relative core_pattern), replacing any file named "core" there - a file outside the

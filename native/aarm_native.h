@@ -165,6 +165,8 @@ int aarm_unlinkat(int dirfd, const char *name, int flags);
 /* 1 when name (not followed) in dirfd is the root of a mount, 0 when not, -errno (-EOPNOTSUPP:
  * the kernel does not say, before 5.8). */
 int aarm_is_mount_root(int dirfd, const char *name);
+/* A detached copy of the caller's mount tree that follows no symlink: an fd, or -errno. */
+int aarm_make_nosym_root(void);
 int aarm_fchownat(int dirfd, const char *name, unsigned int uid, unsigned int gid, int flags);
 int aarm_connect(int fd, const void *addr, unsigned int len);
 int aarm_bind(int fd, const void *addr, unsigned int len);

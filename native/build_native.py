@@ -101,6 +101,7 @@ int aarm_utimensat(int dirfd, const char *path, const int64_t *times4,
 int aarm_set_dumpable(int on);
 int aarm_unlinkat(int dirfd, const char *name, int flags);
 int aarm_is_mount_root(int dirfd, const char *name);
+int aarm_make_nosym_root(void);
 int aarm_fchownat(int dirfd, const char *name, unsigned int uid, unsigned int gid, int flags);
 int aarm_connect(int fd, const void *addr, unsigned int len);
 int aarm_bind(int fd, const void *addr, unsigned int len);

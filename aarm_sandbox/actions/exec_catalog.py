@@ -272,6 +272,7 @@ class _Args:
     values: dict[str, list[str]] = field(default_factory=dict)
     positionals: list[str] = field(default_factory=list)
     dashdash: int | None = None      # index into positionals where "--" was
+    first_at: int | None = None      # index into the arguments of the first positional
 
     def value(self, names: tuple[str, ...] | frozenset[str]) -> str | None:
         for name in names:
@@ -291,6 +292,8 @@ def _parse_args(args: list[str], value_options: frozenset[str], long_single_dash
         tok = args[i]
         i += 1
         if parsed.dashdash is not None or len(tok) < 2 or tok[0] != "-":
+            if parsed.first_at is None:
+                parsed.first_at = i - 1
             parsed.positionals.append(tok)
         elif tok == "--":
             parsed.dashdash = len(parsed.positionals)
@@ -483,7 +486,7 @@ class _Walker:
         parsed = _parse_args(call.argv[1:], tool.value_options, tool.long_single_dash)
         _expand_long_flags(parsed, tool.known_long)
         if tool.name == "git":
-            if _git_alias(self, call, tool, parsed):
+            if _git_alias(self, call, parsed):
                 return
             _git_config_implies(parsed, lambda: _git_env_config(self, call))
         cwd = call.cwd
@@ -1127,7 +1130,7 @@ update-ref var verify-commit verify-pack verify-tag version whatchanged worktree
 write-tree""".split())
 
 
-def _git_alias(walker: _Walker, call: _Call, tool: _Tool, parsed: _Args) -> bool:
+def _git_alias(walker: _Walker, call: _Call, parsed: _Args) -> bool:
     """`git NAME` where NAME is an alias given by -c or the environment (alias.NAME):
     classified as what it runs - the expansion with the rest of the arguments, or its
     shell command ('!...'). True when it was one."""
@@ -1153,15 +1156,7 @@ def _git_alias(walker: _Walker, call: _Call, tool: _Tool, parsed: _Args) -> bool
             return True
         return False
     argv = call.argv
-    i = 1                               # the subcommand's place: after git's own options
-    while i < len(argv):
-        a = argv[i]
-        if a in tool.value_options:
-            i += 2
-        elif a.startswith("-"):
-            i += 1
-        else:
-            break
+    i = parsed.first_at + 1             # the subcommand's place in argv (parsed: argv[1:])
     rest = argv[i + 1:]
     if value.startswith("!"):
         script = " ".join([value[1:]] + [shlex.quote(a) for a in rest])

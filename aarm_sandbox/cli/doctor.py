@@ -28,8 +28,9 @@ def _probe_userns() -> tuple[bool, str]:
 
 
 def _probe_nosym_tree() -> tuple[bool, str]:
-    """What the sandbox's init does (native/aarm_native.c make_nosym_root): clone its mount
-    tree, detached, and make every mount of the copy follow no symlink."""
+    """What the sandbox's init does (aarm_make_nosym_root), in a child with a mount
+    namespace of its own."""
+    from aarm_sandbox._native import lib
     pid = os.fork()
     if pid == 0:
         try:
@@ -38,13 +39,8 @@ def _probe_nosym_tree() -> tuple[bool, str]:
             flags = 0x00020000 | (0 if os.geteuid() == 0 else 0x10000000)   # mount (+ user)
             if libc.unshare(flags) != 0:
                 os._exit(3)
-            fd = libc.syscall(428, -100, b"/", 1 | 0o2000000 | 0x8000)   # open_tree CLONE|CLOEXEC|RECURSIVE
-            if fd < 0:
-                os._exit(10 + min(ctypes.get_errno(), 200))
-            attr = (ctypes.c_uint64 * 4)(0x00200000, 0, 0, 0)               # MOUNT_ATTR_NOSYMFOLLOW
-            if libc.syscall(442, fd, b"", 0x1000 | 0x8000, attr, 32) != 0:  # AT_EMPTY_PATH|AT_RECURSIVE
-                os._exit(10 + min(ctypes.get_errno(), 200))
-            os._exit(0)
+            fd = lib.aarm_make_nosym_root()
+            os._exit(0 if fd >= 0 else 10 + min(-fd, 200))
         except BaseException:
             os._exit(2)
     _, st = os.waitpid(pid, 0)
