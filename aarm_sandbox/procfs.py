@@ -2,6 +2,7 @@
 dropped the capabilities that other /proc views of privileged processes would need)."""
 from __future__ import annotations
 
+import errno
 import os
 import re
 
@@ -15,6 +16,15 @@ def stat_fields(path: str) -> list[str] | None:
     except OSError:
         return None
     return data[data.rfind(b")") + 2:].decode().split()
+
+
+def tgid_of(tid: int) -> int:
+    """The thread group (process) of a thread; OSError when it is gone."""
+    with open(f"/proc/{tid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    raise OSError(errno.ESRCH, "no Tgid")
 
 
 def descends_from(pid: int, ancestor: int, *, unknown: bool) -> bool:

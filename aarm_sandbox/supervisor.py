@@ -25,12 +25,15 @@ from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, ExecContinue, No
 from aarm_sandbox.decode.memory import DecodeError, read_env_prefixed
 from aarm_sandbox.enforce.effects import (AtCall, Continue, Effect, NameAppeared, OpenFile,
                                           QuarantineDelete)
-from aarm_sandbox.enforce.exec_argv import (ERESTARTNOINTR, ExecRestart, RestartUnavailable,
-                                            argv_ends_with)
+from aarm_sandbox.enforce.exec_argv import ERESTARTNOINTR, ExecRestart, RestartUnavailable
+from aarm_sandbox.enforce.exec_verify import (ENV_PREFIX, ExecBasis, ExecImageVerifier,
+                                              basis_differs, image_loaded)
+from aarm_sandbox.enforce.tracer_pool import TracerPool
 from aarm_sandbox.journal.writer import Journal
 from aarm_sandbox.policy.decision import RANK, Decision, Result, stricter
 from aarm_sandbox.policy.engine import PolicyEngine
 from aarm_sandbox.policy.moved_tree import judge_moved_tree
+from aarm_sandbox.procfs import tgid_of
 
 TYPE_CHECKING = False      # (typing itself costs the startup path ~4 ms)
 if TYPE_CHECKING:
@@ -44,6 +47,8 @@ _DESTRUCTIVE = {A.FILE_DELETE, A.FILE_RENAME, A.FILE_TRUNCATE}
 _OPEN_SYSCALLS = {"open", "openat", "creat", "openat2"}
 _EGRESS = {A.NET_CONNECT, A.NET_SEND}
 _HELD = (Result.STEP_UP, Result.DEFER)
+_NO_EXEC_STOP = 1       # _gated_exec: continued untraced (ptrace refused here)
+_CLEAN_OUTCOMES = ("ok", "returned", "gone", "not traced")   # gate_exec: nothing left attached
 _APPROVED = {Result.ALLOW, Result.MODIFY}
 
 
@@ -81,6 +86,9 @@ class Supervisor:
         self.denials: list[tuple[str, str, str]] = []
         self.tmpdir = engine.policy.placeholders.tmpdir
         self.allowed_images: set[tuple[int, int]] = set()   # (dev, ino) of every allowed exec
+        self.exec_verifier = ExecImageVerifier(self.allowed_images, self._kill_after_exec)
+        self._tracers = TracerPool()
+        self._exec_stop_refusals = 0     # execs in a row ptrace was refused for (see _continue_exec)
         self._argv_restarts: dict[int, float] = {}   # tid -> when an exec of it was restarted
         # The journal, keys and state: denied outright when no mount namespace hides them.
         self.protected: tuple[str, ...] = ()
@@ -456,21 +464,16 @@ class Supervisor:
                     # of the same process (`sh -c 'exec prog'`) may see this image the moment
                     # the kernel loads it, and must not take it for a swapped file.
                     self.allowed_images.add(effect.dev_ino)
-                if isinstance(effect, ExecContinue) and effect.env_gate is not None:
-                    r = self._gated_exec(n, effect.env_gate)
+                    r = self._continue_exec(n, effect, action, verify)
                     if r < 0:
                         return r
-                else:
-                    self.backend.answer_continue(n)
-                if isinstance(effect, ExecContinue):
                     if action is not None:
                         self.ctx.programs_seen.add(action.target)
                     self._exe_cache.clear()
                     if self.fast is not None:
                         self.fast.invalidate_exe()
-                    if self.verify_exec or verify:
-                        threading.Thread(target=self._verify_exec, args=(n.tid, effect),
-                                         daemon=True).start()
+                else:
+                    self.backend.answer_continue(n)
                 return 0
             if isinstance(effect, ExecRestart):
                 return self._restart_exec(n, effect)
@@ -521,19 +524,84 @@ class Supervisor:
                                      answered,
                                      before_release=lambda: self._argv_restarts.pop(n.tid, None))
             self._journal_gate(n, outcome, "without the arguments a modify: append_args rule added")
+            return outcome
         return self._as_tracer(n, "aarm-exec-restart", "add its arguments", work)
 
-    def _gated_exec(self, n: Notification, patterns: tuple[str, ...]) -> int:
-        """MODIFY scrub_env: continue the exec with a tracer attached, which checks the new
-        program's environment in its exec stop and kills it there if a removed name is
-        back (enforce.exec_env); an exec that fails ends the tracing on its way back (the
-        tracer's interrupt). Without ptrace here the exec is refused (fail closed).
-        Returns 0 once continued, -errno when refused."""
+    def _continue_exec(self, n: Notification, effect: ExecContinue, action, verify: bool) -> int:
+        """Let an allowed exec go on. What the decision read from the caller (the path,
+        and for a classified tool its argv, git configuration and cwd) is checked again in
+        the new program's exec stop, before its first instruction (`_gated_exec`); so is
+        the environment a modify: scrub_env rule cleaned. Without ptrace here the checks
+        run after the exec instead (enforce.exec_verify: the program may run a moment
+        first), except scrub_env's, whose exec is then refused. Returns 0 once continued,
+        -errno when refused."""
         from aarm_sandbox.enforce import exec_env
-        from aarm_sandbox.enforce.exec_argv import detach, gate_exec, interrupt, seize_for_exec
+        effect.basis = action.exec_basis if action is not None else None
+        watch = self.verify_exec or verify
+        checks: list = []
+        if effect.env_gate is not None:
+            patterns = effect.env_gate
+            checks.append(lambda pid: None if exec_env.env_clean(pid, patterns) else
+                          "ran with a variable a modify: scrub_env rule removed (rewritten by "
+                          "another thread)")
+        # (a restarted exec is traced already: its restart's tracer checks it)
+        if self._exec_stops_usable() and getattr(effect, "require_argv_tail", None) is None:
+            if watch:
+                checks.append(lambda pid: None if image_loaded(pid, effect) else
+                              "loaded a different file than the one decided on (its path "
+                              "was changed meanwhile)")
+            if effect.basis is not None:
+                basis = effect.basis
+                checks.append(lambda pid: (lambda why: why and f"ran with {why} (rewritten "
+                                           f"by another thread)")(basis_differs(pid, basis)))
+        if checks:
+            r = self._gated_exec(n, checks, required=effect.env_gate is not None)
+            if r != _NO_EXEC_STOP:
+                return r
+        else:
+            self.backend.answer_continue(n)
+        if watch or effect.basis is not None:
+            self.exec_verifier.watch(n.tid, effect)
+        return 0
 
-        def work(may_answer, answered) -> None:
-            seize_for_exec(n.tid)
+    def _exec_stops_usable(self) -> bool:
+        """Whether execs are held in their exec stop: until ptrace has been refused for
+        three execs in a row with no success (then the checks run after the exec)."""
+        return self._exec_stop_refusals < 3
+
+    def _gated_exec(self, n: Notification, checks: list, required: bool) -> int:
+        """Continue the exec with a tracer attached, which runs every check(pid) in the new
+        program's exec stop - each returns None, or what the program ran that was not
+        decided on - and kills it there at the first that fails; an exec that fails ends
+        the tracing on its way back (the tracer's interrupt). Returns 0 once continued,
+        -errno when refused; when ptrace is refused here: -errno if `required`, else
+        _NO_EXEC_STOP with the exec continued (the caller watches it instead)."""
+        from aarm_sandbox.enforce.exec_argv import detach, gate_exec, interrupt, seize_for_exec
+        failed: list[str] = []
+
+        def check(pid: int) -> bool:
+            for one in checks:
+                try:
+                    why = one(pid)
+                except OSError as e:
+                    why = f"could not be checked ({e.strerror or e})"
+                if why:
+                    failed.append(why)
+                    return False
+            return True
+
+        def work(may_answer, answered) -> str:
+            try:
+                seize_for_exec(n.tid)
+            except RestartUnavailable as e:
+                if required or e.errno != errno.EPERM:
+                    raise
+                self._exec_stop_refused()
+                if may_answer():
+                    self.backend.answer_continue(n)
+                answered(_NO_EXEC_STOP)
+                return "not traced"
+            self._exec_stop_refusals = 0
             try:
                 interrupt(n.tid)
                 if not self.backend.still_pending(n) or not may_answer():
@@ -543,10 +611,22 @@ class Supervisor:
                 raise
             self.backend.answer_continue(n)
             answered(0)
-            outcome = gate_exec(n.tid, lambda pid: exec_env.env_clean(pid, patterns))
-            self._journal_gate(n, outcome, "with a variable a modify: scrub_env rule removed")
-        return self._as_tracer(n, "aarm-exec-gate", "check its scrubbed environment before "
-                                                     "it runs", work)
+            outcome = gate_exec(n.tid, check)
+            if outcome == "killed":
+                self.journal.append({"type": "enforcement", "tid": n.tid, "reason":
+                                     f"exec {failed[0] if failed else 'failed its check'}; "
+                                     f"killed in its exec stop, before its first instruction"})
+            else:
+                self._journal_gate(n, outcome, "")
+            return outcome
+        return self._as_tracer(n, "aarm-exec-gate", "check it before it runs", work)
+
+    def _exec_stop_refused(self) -> None:
+        self._exec_stop_refusals += 1
+        if self._exec_stop_refusals == 3:
+            print("aarm-sandbox: note: ptrace is refused here (container runtime, LSM or "
+                  "yama policy): execs are checked after they start instead of before their "
+                  "first instruction (aarm-sandbox doctor)", file=sys.stderr)
 
     def _journal_gate(self, n: Notification, outcome: str, what: str) -> None:
         """An exec stopped by its check (gate_exec): killed in its exec stop because it ran
@@ -584,9 +664,9 @@ class Supervisor:
             result.append(r)
             ready.set()
 
-        def run() -> None:
+        def run() -> bool:
             try:
-                work(may_answer, answered)
+                return work(may_answer, answered) in _CLEAN_OUTCOMES
             except (RestartUnavailable, DecodeError) as e:
                 why = f"exec refused: cannot {purpose} ({e})"
                 print(f"aarm-sandbox: {why}", file=sys.stderr)
@@ -597,14 +677,15 @@ class Supervisor:
             except Exception as e:  # noqa: BLE001 - answered maybe: fail closed
                 why = f"exec killed: could not {purpose} ({e})"
                 try:
-                    os.kill(_tgid_of(n.tid), signal.SIGKILL)
+                    os.kill(tgid_of(n.tid), signal.SIGKILL)
                 except OSError:
                     pass
                 print(f"aarm-sandbox: error: {why}", file=sys.stderr)
                 self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
                 answered(-errno.EPERM)
+            return False            # (maybe still attached: the thread ends, which detaches)
 
-        threading.Thread(target=run, name=name, daemon=True).start()
+        self._tracers.submit(run)
         if not ready.wait(10):
             with lock:
                 if not state["answered"]:
@@ -625,17 +706,25 @@ class Supervisor:
         except OSError:
             cwd = None
         envp, tid = action.envp, action.tid
+        env_read: list[dict[str, str]] = []
 
         def config_env() -> dict[str, str]:
             # the GIT_CONFIG* variables the exec passes on, read while it waits (as argv was);
             # DecodeError -> one unknown configuration (see exec_catalog._git_env_config)
-            return read_env_prefixed(tid, envp, b"GIT_CONFIG") if envp else {}
+            env = read_env_prefixed(tid, envp, ENV_PREFIX) if envp else {}
+            env_read.append(env)
+            return env
         try:
             semantic = self.classifier.classify(list(argv), exe=action.target, cwd=cwd,
                                                 env=config_env)
         except Exception as e:  # noqa: BLE001 - a classifier bug must not allow
             return Decision(Result.DENY, "classifier-error", f"exec classification failed: {e!r}",
                             errno.EPERM)
+        if argv and self.classifier.lookup(argv[0], action.target) is not None:
+            # other arguments could have meant other actions: the program must run with
+            # these (checked in its exec stop)
+            action.exec_basis = ExecBasis(tuple(os.fsencode(a) for a in argv),
+                                          env_read[0] if env_read else None, cwd)
         if not semantic:
             return decision
         action.detail["semantic"] = [s.as_record() for s in semantic]
@@ -836,63 +925,12 @@ class Supervisor:
             print(f"aarm-sandbox: note: {why}; the native fast path is off for the rest of "
                   "the session", file=sys.stderr)
 
-    def _verify_exec(self, tid: int, effect) -> None:
-        """Exec cannot be emulated, so check what the kernel actually loaded and kill the
-        process if it is not the file that was decided on (a path swapped between decision
-        and exec). If the image never changes, the exec failed and the old, already allowed
-        image runs on; a '#!' script legitimately loads its interpreter instead."""
-        try:
-            tgid = _tgid_of(tid)
-        except OSError:
-            return
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            try:
-                st = os.stat(f"/proc/{tgid}/exe")
-            except OSError:
-                return                       # gone
-            now = (st.st_dev, st.st_ino)
-            tail = getattr(effect, "require_argv_tail", None)
-            ok = self._argv_tail_ok(tgid, tail) if tail and now != effect.before else True
-            if ok is None:                       # the new image's arguments are not set up yet
-                time.sleep(0.0002)
-                continue
-            if not ok:
-                self._kill_after_exec(tgid, tid, "exec ran without the arguments a modify: "
-                                      "append_args rule added (rewritten by another thread)")
-                return
-            if now == effect.dev_ino or now in self.allowed_images:
-                # (a later exec of the same process, e.g. `sh -c 'exec prog'`, may already
-                # have replaced the image: any image an exec decision allowed is fine)
-                return
-            if now != effect.before:
-                # a script loads its interpreter (the one decided on, unless that is itself
-                # a script: then the kernel loads whatever that one names)
-                if effect.is_script and (effect.interpreter_is_script or
-                                         now == effect.interpreter_inode):
-                    return
-                self._kill_after_exec(tgid, tid, "exec loaded a different file than the one "
-                                      "decided on")
-                return
-            time.sleep(0.0005)
-
     def _kill_after_exec(self, tgid: int, tid: int, why: str) -> None:
         try:
             os.kill(tgid, 9)
         finally:
             self.journal.append({"type": "enforcement", "tid": tid,
                                  "reason": f"{why}; process killed"})
-
-    @staticmethod
-    def _argv_tail_ok(tgid: int, tail: tuple[str, ...]) -> bool | None:
-        """Whether the running program's argv ends with `tail`; None while it is empty (the
-        exec has switched images but not yet set up the arguments)."""
-        try:
-            with open(f"/proc/{tgid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            return True                          # gone: nothing runs that could be wrong
-        return argv_ends_with(cmdline, tail) if cmdline else None
 
     # ------------------------------------------------------------------------------------
     def _receipt(self, action, decision: Decision, outcome: int, approval: dict | None = None,
@@ -1024,11 +1062,3 @@ def _reads(action) -> bool:
 
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _tgid_of(tid: int) -> int:
-    with open(f"/proc/{tid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Tgid:"):
-                return int(line.split()[1])
-    raise OSError(errno.ESRCH, "no Tgid")

@@ -46,7 +46,7 @@ class Action:
     """(A plain slotted class rather than a dataclass: built for every decision and
     defined on the startup path, where each dataclass definition costs ~0.5 ms.)"""
     __slots__ = ("type", "target", "syscall", "pid", "tid", "flags", "paths", "detail",
-                 "counted", "notif", "exe", "dest", "budget_unit", "envp")
+                 "counted", "notif", "exe", "dest", "budget_unit", "envp", "exec_basis")
 
     def __init__(self, type: str, target: str, syscall: str, pid: int, tid: int,
                  flags: int = 0, paths: tuple[str, ...] = (), detail: dict | None = None,
@@ -67,6 +67,9 @@ class Action:
         self.dest = dest                # inet destination (ip, port, proto, names), not journaled
         self.budget_unit = False        # holds a unit of the fast path's count budget
         self.envp = 0                   # exec: the environment array's address in the caller
+        # exec: what its classification read from the caller (enforce.exec_verify.ExecBasis),
+        # checked again in the exec stop; None when no argv could have changed the decision
+        self.exec_basis = None
 
     def as_record(self) -> dict:
         rec = {"type": self.type, "target": self.target, "syscall": self.syscall,

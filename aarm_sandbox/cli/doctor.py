@@ -142,9 +142,12 @@ def collect() -> list[dict]:
     yama = _read("/proc/sys/kernel/yama/ptrace_scope")
     ok, why = _probe_ptrace()
     add("ptrace", ok,
-        (f"the supervisor can attach to a child: modify: append_args restarts execs with "
-         f"the added arguments" if ok else f"{why}: execs that an append_args rule matches "
-         f"are refused") + f"; yama ptrace_scope={yama or 'absent'}; the ptrace fallback "
+        (f"the supervisor can attach to a child: allowed execs are checked in their exec "
+         f"stop, before their first instruction, and modify: append_args restarts execs "
+         f"with the added arguments" if ok else f"{why}: allowed execs are checked only "
+         f"after they start (a program whose path or arguments were swapped may act "
+         f"first), and execs that an append_args or scrub_env rule matches are refused")
+        + f"; yama ptrace_scope={yama or 'absent'}; the ptrace fallback "
         "backend is not in this release (without unotify, run refuses to start)")
     add("native fast path", hasattr(lib, "aarm_fast_new"),
         "hot allowed file operations decided in C (AARM_FAST_PATH=0 disables)"

@@ -590,6 +590,9 @@ class ExecContinue(Continue):
         # MODIFY scrub_env: name globs the new program's environment must not have when it
         # is checked in its exec stop (a thread may rewrite the scrubbed array meanwhile)
         self.env_gate: tuple[str, ...] | None = None
+        # what an exec's classification read from the caller (exec_verify.ExecBasis),
+        # checked again in the exec stop; set by the supervisor
+        self.basis = None
         try:
             st = os.stat(f"/proc/{tid}/exe")
             self.before = (st.st_dev, st.st_ino)    # the image the caller runs now

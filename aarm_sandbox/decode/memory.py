@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from aarm_sandbox._native import ffi, lib
 
@@ -85,8 +85,14 @@ def read_env_prefixed(pid: int, addr: int, prefix: bytes, max_vars: int = 4096,
                       max_total: int = 1 << 20) -> dict[str, str]:
     """NAME=VALUE entries of an execve envp whose name starts with prefix (the first of a
     name counts, as for getenv)."""
+    return env_prefixed(_strings(pid, addr, max_vars, max_total, "the environment"), prefix)
+
+
+def env_prefixed(entries: Iterable[bytes], prefix: bytes) -> dict[str, str]:
+    """NAME=VALUE entries whose name starts with prefix, the first of a name counting (as
+    for getenv): of an envp array, or of a /proc/PID/environ block split at its NULs."""
     out: dict[str, str] = {}
-    for s in _strings(pid, addr, max_vars, max_total, "the environment"):
+    for s in entries:
         if s.startswith(prefix):
             name, _eq, value = s.partition(b"=")
             out.setdefault(os.fsdecode(name), os.fsdecode(value))

@@ -25,6 +25,7 @@ import time
 from aarm_sandbox.decode.handlers import ExecContinue
 from aarm_sandbox.decode.memory import DecodeError, read_u64_array, write_mem
 from aarm_sandbox.enforce.effects import Effect
+from aarm_sandbox.procfs import tgid_of
 
 ERESTARTNOINTR = 513
 _RESTART_ERRORS = (512, 513, 514, 516)      # ERESTARTSYS NOINTR NOHAND RESTART_RESTARTBLOCK
@@ -237,9 +238,12 @@ def gate_exec(tid: int, check, syscall_stops: int = 0,
             if time.monotonic() > deadline and not in_exec:
                 released()
                 try:
-                    os.kill(_tgid(tid), 9)
+                    os.kill(tgid_of(tid), 9)
                 except OSError:
-                    pass
+                    try:
+                        os.kill(tid, 9)         # (gone, or its status unreadable)
+                    except OSError:
+                        pass
                 return "timeout"
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
@@ -316,14 +320,3 @@ def argv_ends_with(cmdline: bytes, extra: tuple[str, ...]) -> bool:
         args.pop()
     tail = [os.fsencode(a) for a in extra]
     return len(args) >= len(tail) and args[len(args) - len(tail):] == tail
-
-
-def _tgid(tid: int) -> int:
-    try:
-        with open(f"/proc/{tid}/status") as f:
-            for line in f:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return tid

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -277,6 +279,116 @@ def test_thread_swapping_open_path_cannot_truncate_outside_file(box, prog, flipp
     assert s["done"] > 0 and s["denied"] > 0, s
     assert ok.read_text().startswith("PWNED"), "the allowed open never wrote the workspace file"
     assert_blocked(res, v, v.path, "file.write")
+
+
+# 2c. TOC-01 / EXEC-01: execve's path flips between an allowed program and a denied copy
+def _exec_race_setup(box, prog) -> tuple[Path, Path, Path]:
+    """Two copies of the attack program (same name length), one the profile denies, and
+    the directory where the denied copy leaves a mark each time it runs."""
+    ok, denied = box.workspace / "okprog_", box.workspace / "deniedp"
+    for p in (ok, denied):
+        shutil.copy(prog, p)
+        os.chmod(p, 0o755)
+        if box.uid is not None:
+            os.chown(p, box.uid, box.uid)
+    marks = box.workspace / "marks"
+    marks.mkdir()
+    if box.uid is not None:
+        os.chown(marks, box.uid, box.uid)
+    return ok, denied, marks
+
+
+@pytest.mark.parametrize("flipper", ["thread", "fork"])
+def test_an_exec_whose_path_is_swapped_is_killed_before_the_denied_program_runs(
+        user_box, prog, flipper):
+    """The kernel reads execve's path again after the decision. The check of what it
+    loaded used to run after the exec, from another thread: the denied copy had run and
+    left its mark by then (68 marks in 300 execs). Each allowed exec is now held in its
+    exec stop and killed there if another file was loaded."""
+    box = user_box
+    ok, denied, marks = _exec_race_setup(box, prog)
+    nat = box.native([prog, "race-exec", str(ok), str(denied), "300", "20", flipper, str(marks)])
+    assert any(marks.iterdir()), f"natively the denied copy never ran: {nat.stdout}"
+    for m in marks.iterdir():
+        m.unlink()
+
+    profile = write_profile(box, "deny-copy", """\
+id: deny-copy
+extends: default
+rules:
+  - id: no-denied-copy
+    actions: [process.exec]
+    paths: ["{workspace}/deniedp"]
+    decision: deny
+    reason: this copy may not run
+""")
+    res = box.run([str(ok), "race-exec", str(ok), str(denied), "300", "60", flipper, str(marks)],
+                  profile=profile, timeout=120)
+    assert res.returncode == 0, explain(res)
+    s = race_summary(res.stdout)
+    assert s["iterations"] == 300, explain(res)
+    assert not any(marks.iterdir()), f"the denied copy ran: {sorted(marks.iterdir())[:3]}\n{explain(res)}"
+    assert s["refused"] > 0, f"the supervisor never saw the denied path: {s}"
+    killed = [r for r in res.records if r.get("type") == "enforcement" and
+              "killed in its exec stop" in r.get("reason", "")]
+    assert len(killed) == s["killed"] > 0, f"{s} {killed[:2]}\n{explain(res)}"
+    assert all("a different file than the one decided on" in r["reason"] for r in killed)
+    assert_no_internal_errors(res)
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t",
+                           "-c", "init.defaultBranch=main", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_classified_tool_killed_in_its_exec_stop_when_its_arguments_were_rewritten(box, prog):
+    """`git push -q` is allowed, `git push -f` is not (vcs.push.force). A thread flipping
+    -q into -f after the classification read the argv used to force the push through
+    (the remote branch rewritten). The program now runs only with the argv classified."""
+    ws = box.workspace
+    _git("init", "-q", "--bare", "remote.git", cwd=ws)
+    _git("init", "-q", cwd=ws)
+    (ws / ".git" / "info" / "exclude").write_text("remote.git\n")
+    (ws / "f").write_text("a\n")
+    _git("add", "f", cwd=ws)
+    _git("commit", "-qm", "A", cwd=ws)
+    _git("remote", "add", "origin", "./remote.git", cwd=ws)
+    (ws / "f").write_text("x\n")
+    _git("commit", "-qam", "X", cwd=ws)
+    _git("push", "-q", "origin", "main", cwd=ws)
+    _git("reset", "-q", "--hard", "HEAD~1", cwd=ws)
+    (ws / "f").write_text("b\n")
+    _git("commit", "-qam", "B", cwd=ws)          # not a descendant of X: only -f replaces it
+    x = _git("rev-parse", "main", cwd=ws / "remote.git")
+    git = shutil.which("git")
+    race = [prog, "race-argv", git, "-q", "-f", "30", "{secs}", "thread", "push", "-q",
+            "origin", "main"]
+
+    box.native([a.replace("{secs}", "20") for a in race])
+    assert _git("rev-parse", "main", cwd=ws / "remote.git") != x, "natively no push was forced"
+    _git("update-ref", "refs/heads/main", x, cwd=ws / "remote.git")
+
+    profile = write_profile(box, "no-force", """\
+id: no-force
+extends: default
+rules:
+  - id: no-force-push
+    actions: [vcs.push.force]
+    decision: deny
+    reason: no force pushes
+""")
+    res = box.run([a.replace("{secs}", "60") for a in race], profile=profile, timeout=120)
+    s = race_summary(res.stdout)
+    assert s["iterations"] == 30, explain(res)
+    assert _git("rev-parse", "main", cwd=ws / "remote.git") == x, f"a push was forced: {s}"
+    assert s["refused"] > 0 and s["ran"] > 0, f"both halves of the race must occur: {s}"
+    killed = [r for r in res.records if r.get("type") == "enforcement" and
+              "killed in its exec stop" in r.get("reason", "")]
+    assert len(killed) == s["killed"], f"{s} {killed[:2]}"
+    assert all("other arguments than the ones classified" in r["reason"] for r in killed)
+    assert_no_internal_errors(res)
 
 
 # 2b. TOC-01: the connect() sockaddr flips between an allowed and a denied unix socket

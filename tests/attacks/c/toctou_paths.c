@@ -9,6 +9,13 @@
  *   race-unlink  OK VICTIM ITERS SECONDS thread|fork   flip unlinkat's path buffer
  *   race-open    OK VICTIM ITERS SECONDS thread|fork   flip open(O_WRONLY|O_TRUNC)'s path
  *   race-connect OKSOCK DENIEDSOCK ITERS SECONDS       flip connect's sockaddr_un
+ *   race-exec OKPROG DENIEDPROG ITERS SECONDS thread|fork MARKERDIR
+ *                                                      flip execve's path; each child execs
+ *                                                      itself (a copy) in mode exec-marker
+ *   exec-marker MARKERDIR                              as DENIEDPROG: create MARKERDIR/ran-PID
+ *   race-argv PROG ARG_A ARG_B ITERS SECONDS thread|fork ARGS...
+ *                                                      exec PROG ARGS... with one argument
+ *                                                      flipping between ARG_A and ARG_B
  *   symlink-race-open   VICTIM ITERS SECONDS           ./link <-> ./link_alt (RENAME_EXCHANGE)
  *   dirlink-race-unlink VICTIM ITERS SECONDS [CREATE]  ./dirlink <-> ./dirlink_alt; unlink dirlink/victim
  *   cwd-race-unlink   WS OUTSIDE VICTIM ITERS SECONDS  a thread chdir()s between WS and OUTSIDE
@@ -634,6 +641,95 @@ static int symlink_write(int argc, char **argv)
     return 0;
 }
 
+/* ---- TOC-01 on execve: the path (or one argument) flips while the exec is decided ------ */
+static int exec_marker(int argc, char **argv)
+{
+    /* Run as the denied copy: leave a mark (any run at all is the attack succeeding). */
+    if (argc < 3)
+        return 2;
+    char self[4096], mark[4200];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        return 3;
+    self[n] = '\0';
+    const char *base = strrchr(self, '/');
+    if (strstr(base ? base : self, "denied")) {
+        snprintf(mark, sizeof mark, "%s/ran-%d", argv[2], (int)getpid());
+        int fd = open(mark, O_WRONLY | O_CREAT | O_EXCL, 0644);
+        if (fd >= 0)
+            close(fd);
+    }
+    return 0;
+}
+
+/* Fork ITERS children, each exec'ing while the buffer flips; print how they ended. */
+static void exec_children(struct flipper *fl, const char *how, long iters, double deadline,
+                          char **child_argv, int path_flips)
+{
+    struct flip *f = fl->f;
+    long i, ran = 0, refused = 0, killed = 0;
+    flip_start(fl, how);
+    for (i = 0; i < iters && now() < deadline; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            extern char **environ;
+            execve(path_flips ? f->buf : child_argv[0], child_argv, environ);
+            _exit(errno == EPERM || errno == EACCES ? 126 : 127);
+        }
+        if (pid < 0)
+            break;
+        int st;
+        if (waitpid(pid, &st, 0) < 0)
+            break;
+        if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
+            killed++;
+        else if (WIFEXITED(st) && WEXITSTATUS(st) == 126)
+            refused++;
+        else
+            ran++;
+    }
+    flip_stop(fl);
+    printf("race iterations=%ld ran=%ld refused=%ld killed=%ld\n", i, ran, refused, killed);
+}
+
+static int race_exec(int argc, char **argv)
+{
+    if (argc < 8)
+        return 2;
+    long iters = atol(argv[4]);
+    double deadline = now() + atof(argv[5]);
+    struct flipper fl = {.f = flip_paths(argv[2], argv[3])};
+    char *child_argv[] = {fl.f->buf, "exec-marker", argv[7], NULL};
+    exec_children(&fl, argv[6], iters, deadline, child_argv, 1);
+    return 0;
+}
+
+static int race_argv(int argc, char **argv)
+{
+    if (argc < 8)
+        return 2;
+    long iters = atol(argv[5]);
+    double deadline = now() + atof(argv[6]);
+    struct flipper fl = {.f = flip_paths(argv[3], argv[4])};
+    /* PROG ARGS..., the first ARGS word that equals ARG_A read from the flipping buffer */
+    char *child_argv[64];
+    int k = 0, flipped = 0;
+    child_argv[k++] = argv[2];
+    for (int j = 8; j < argc && k < 62; j++) {
+        if (!flipped && !strcmp(argv[j], argv[3])) {
+            child_argv[k++] = fl.f->buf;
+            flipped = 1;
+        } else {
+            child_argv[k++] = argv[j];
+        }
+    }
+    child_argv[k] = NULL;
+    if (!flipped)
+        return 2;
+    exec_children(&fl, argv[7], iters, deadline, child_argv, 0);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -643,6 +739,9 @@ int main(int argc, char **argv)
     if (!strcmp(m, "race-unlink")) return race_path(argc, argv, 0);
     if (!strcmp(m, "race-open")) return race_path(argc, argv, 1);
     if (!strcmp(m, "race-connect")) return race_connect(argc, argv);
+    if (!strcmp(m, "race-exec")) return race_exec(argc, argv);
+    if (!strcmp(m, "race-argv")) return race_argv(argc, argv);
+    if (!strcmp(m, "exec-marker")) return exec_marker(argc, argv);
     if (!strcmp(m, "symlink-race-open")) return symlink_race(argc, argv, 0);
     if (!strcmp(m, "dirlink-race-unlink")) return symlink_race(argc, argv, 1);
     if (!strcmp(m, "dirfd")) return dirfd_attack(argc, argv);

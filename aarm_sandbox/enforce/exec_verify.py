@@ -1,0 +1,215 @@
+"""After an allowed exec: check that the kernel loaded the file that was decided on, with the
+arguments that were decided on.
+
+Exec cannot be emulated, so the supervisor answers CONTINUE and the kernel reads the path,
+argv and envp again; a thread rewriting them between the decision and the exec would load
+another file, or run a classified tool (`git push`) with other arguments (`git push
+--force`). Where ptrace is allowed, the supervisor holds each continued exec in its exec
+stop - the new program exists, not one instruction of it has run - and kills it there if
+what it loaded or runs with differs (`exec_stop_checks`, used by the supervisor's gate).
+Where it is not, `ExecImageVerifier` watches the process after the exec instead: the same
+checks, but the program may run for a moment before it is killed.
+
+The watcher is one long-lived thread. A thread per exec cost the decision loop ~0.45 ms an
+exec (threading.Thread.start waits until the new thread runs and holds the GIL).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable
+
+from aarm_sandbox.decode.memory import env_prefixed
+from aarm_sandbox.enforce.exec_argv import argv_ends_with
+from aarm_sandbox.procfs import tgid_of
+
+WATCH_FOR = 2.0             # an image unchanged by then: the exec failed, the old image runs on
+POLL = 0.0005               # between two looks at the pending execs
+
+
+class ExecBasis:
+    """What an exec's classification read from its caller while it waited: the argv, the
+    GIT_CONFIG* variables (None: not read, so not needed) and the cwd (None: unknown)."""
+    __slots__ = ("argv", "env", "cwd")
+
+    def __init__(self, argv: tuple[bytes, ...], env: dict[str, str] | None, cwd: str | None):
+        self.argv = argv
+        self.env = env
+        self.cwd = cwd
+
+
+ENV_PREFIX = b"GIT_CONFIG"
+
+
+def image_loaded(pid: int, effect) -> bool:
+    """In the exec stop: the image is the file decided on, or for a '#!' script the
+    interpreter decided on (any, when that is a script too: the kernel loads what it names)."""
+    st = os.stat(f"/proc/{pid}/exe")
+    now = (st.st_dev, st.st_ino)
+    if now == effect.dev_ino:
+        return True
+    return effect.is_script and (effect.interpreter_is_script or now == effect.interpreter_inode)
+
+
+def basis_differs(pid: int, basis: ExecBasis, cmdline: bytes | None = None) -> str | None:
+    """What the program pid now runs has that its classification did not read, or None."""
+    if cmdline is None:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    if _split_nul(cmdline) != basis.argv and not (not basis.argv and cmdline == b"\0"):
+        return "other arguments than the ones classified"
+    if basis.env is not None:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            if env_prefixed(_split_nul(f.read()), ENV_PREFIX) != basis.env:
+                return "another git configuration in its environment than the one classified"
+    if basis.cwd is not None and os.readlink(f"/proc/{pid}/cwd") != basis.cwd:
+        return "in another directory than the one classified"
+    return None
+
+
+def _split_nul(block: bytes) -> tuple[bytes, ...]:
+    items = block.split(b"\0")
+    if items and items[-1] == b"":
+        items.pop()
+    return tuple(items)
+
+
+class PendingExec:
+    """One continued exec being watched."""
+    __slots__ = ("tid", "effect", "tgid", "deadline")
+
+    def __init__(self, tid: int, effect, deadline: float):
+        self.tid = tid
+        self.effect = effect
+        self.tgid: int | None = None
+        self.deadline = deadline
+
+
+class ExecImageVerifier:
+    """Watches continued execs (`watch`) from one daemon thread, started on first use.
+    allowed_images: (dev, ino) of every image an exec decision allowed (shared with the
+    supervisor, which adds to it before answering). kill(tgid, tid, why) kills a process
+    that ran what it should not and journals why."""
+
+    def __init__(self, allowed_images: set[tuple[int, int]],
+                 kill: Callable[[int, int, str], None]):
+        self.allowed_images = allowed_images
+        self._kill = kill
+        self._pending: list[PendingExec] = []
+        self._cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+
+    def watch(self, tid: int, effect) -> None:
+        """Watch the exec thread `tid` was just let go to make (effect: its ExecContinue)."""
+        item = PendingExec(tid, effect, time.monotonic() + WATCH_FOR)
+        with self._cond:
+            self._pending.append(item)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="aarm-exec-verify",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                batch = list(self._pending)
+            done = [item for item in batch if self._settled(item)]
+            with self._cond:
+                if done:
+                    gone = set(map(id, done))
+                    self._pending = [p for p in self._pending if id(p) not in gone]
+                if self._pending:
+                    # (a new exec wakes the wait at once: its first look is not delayed)
+                    self._cond.wait(POLL)
+
+    def _settled(self, item: PendingExec) -> bool:
+        """One look at a pending exec: True once it needs no more (verified, killed, gone,
+        or its time is up)."""
+        try:
+            return self._look(item)
+        except Exception as e:  # noqa: BLE001 - a bug here must not end the watching
+            self._kill_safely(item, f"exec check failed ({e!r})")
+            return True
+
+    def _look(self, item: PendingExec) -> bool:
+        effect = item.effect
+        if item.tgid is None:
+            try:
+                item.tgid = tgid_of(item.tid)
+            except OSError:
+                return True                       # gone
+        tgid = item.tgid
+        if time.monotonic() > item.deadline:
+            return True
+        try:
+            st = os.stat(f"/proc/{tgid}/exe")
+        except OSError:
+            return True                           # gone
+        now = (st.st_dev, st.st_ino)
+        tail = getattr(effect, "require_argv_tail", None)
+        ok = _argv_tail_ok(tgid, tail) if tail and now != effect.before else True
+        if ok is None:                            # the new image's arguments are not set up yet
+            return False
+        if not ok:
+            self._kill(tgid, item.tid, "exec ran without the arguments a modify: append_args "
+                                       "rule added (rewritten by another thread)")
+            return True
+        basis = getattr(effect, "basis", None)
+        if basis is not None and now != effect.before:
+            why = _basis_now(tgid, basis)
+            if why is None:
+                return False                      # arguments not set up yet
+            if why:
+                self._kill(tgid, item.tid, f"exec ran with {why} (rewritten by another thread)")
+                return True
+        if now == effect.dev_ino or now in self.allowed_images:
+            # (a later exec of the same process, e.g. `sh -c 'exec prog'`, may already have
+            # replaced the image: any image an exec decision allowed is fine)
+            return True
+        if now != effect.before:
+            # a script loads its interpreter (the one decided on, unless that is itself a
+            # script: then the kernel loads whatever that one names)
+            if effect.is_script and (effect.interpreter_is_script or
+                                     now == effect.interpreter_inode):
+                return True
+            self._kill(tgid, item.tid, "exec loaded a different file than the one decided on")
+            return True
+        return False                              # still the old image: look again
+
+    def _kill_safely(self, item: PendingExec, why: str) -> None:
+        try:
+            self._kill(item.tgid if item.tgid is not None else item.tid, item.tid, why)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _basis_now(tgid: int, basis: ExecBasis) -> str | None:
+    """'' when the running program matches its basis, what differs when not, None while
+    its arguments are not set up yet."""
+    try:
+        with open(f"/proc/{tgid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        if not cmdline and basis.argv:
+            return None
+        return basis_differs(tgid, basis, cmdline) or ""
+    except OSError:
+        return ""                                 # gone: nothing runs that could be wrong
+
+
+def _argv_tail_ok(tgid: int, tail: tuple[str, ...]) -> bool | None:
+    """Whether the running program's argv ends with `tail`; None while it is empty (the exec
+    has switched images but not yet set up the arguments)."""
+    try:
+        with open(f"/proc/{tgid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return True                               # gone: nothing runs that could be wrong
+    return argv_ends_with(cmdline, tail) if cmdline else None
