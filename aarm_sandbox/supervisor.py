@@ -88,6 +88,8 @@ class Supervisor:
         self.allowed_images: set[tuple[int, int]] = set()   # (dev, ino) of every allowed exec
         self.exec_verifier = ExecImageVerifier(self.allowed_images, self._kill_after_exec)
         self._tracers = TracerPool()
+        # tid -> exec-stop checks of a restarted exec (append_args), run by its restart's tracer
+        self._restart_checks: dict[int, list] = {}
         self._exec_stop_refusals = 0     # execs in a row ptrace was refused for (see _continue_exec)
         self._argv_restarts: dict[int, float] = {}   # tid -> when an exec of it was restarted
         # The journal, keys and state: denied outright when no mount namespace hides them.
@@ -520,10 +522,20 @@ class Supervisor:
             # however the restart ends, the thread's next exec is not "the restart itself"
             # any more: forgotten before the thread is let go (a restarted exec that failed
             # left it, and a later exec ending with the arguments was continued unchecked)
+            def release() -> None:
+                self._argv_restarts.pop(n.tid, None)
+                self._restart_checks.pop(n.tid, None)
             outcome = effect.perform(answer_restart, lambda: self.backend.still_pending(n),
-                                     answered,
-                                     before_release=lambda: self._argv_restarts.pop(n.tid, None))
-            self._journal_gate(n, outcome, "without the arguments a modify: append_args rule added")
+                                     answered, before_release=release,
+                                     also_check=lambda pid: _first_failure(
+                                         self._restart_checks.get(n.tid, ()), pid))
+            if outcome == "killed" and effect.failed:
+                self.journal.append({"type": "enforcement", "tid": n.tid, "reason":
+                                     f"exec {effect.failed}; killed in its exec stop, before "
+                                     f"its first instruction"})
+            else:
+                self._journal_gate(n, outcome, "without the arguments a modify: append_args "
+                                               "rule added")
             return outcome
         return self._as_tracer(n, "aarm-exec-restart", "add its arguments", work)
 
@@ -544,23 +556,30 @@ class Supervisor:
             checks.append(lambda pid: None if exec_env.env_clean(pid, patterns) else
                           "ran with a variable a modify: scrub_env rule removed (rewritten by "
                           "another thread)")
-        # (a restarted exec is traced already: its restart's tracer checks it)
-        if self._exec_stops_usable() and getattr(effect, "require_argv_tail", None) is None:
-            if watch:
-                checks.append(lambda pid: None if image_loaded(pid, effect) else
-                              "loaded a different file than the one decided on (its path "
-                              "was changed meanwhile)")
-            if effect.basis is not None:
-                basis = effect.basis
-                checks.append(lambda pid: (lambda why: why and f"ran with {why} (rewritten "
-                                           f"by another thread)")(basis_differs(pid, basis)))
+        stop_checks: list = []
+        if watch:
+            stop_checks.append(lambda pid: None if image_loaded(pid, effect) else
+                               "loaded a different file than the one decided on (its path "
+                               "was changed meanwhile)")
+        if effect.basis is not None:
+            basis = effect.basis
+            stop_checks.append(lambda pid: (lambda why: why and f"ran with {why} (rewritten "
+                                            f"by another thread)")(basis_differs(pid, basis)))
+        if getattr(effect, "require_argv_tail", None) is not None:
+            # the restarted exec of an append_args rule: traced already by its restart's
+            # tracer, which runs these in its exec stop too (_restart_exec)
+            self._restart_checks[n.tid] = stop_checks
+            self.backend.answer_continue(n)
+            return 0
+        if self._exec_stops_usable():
+            checks += stop_checks
         if checks:
             r = self._gated_exec(n, checks, required=effect.env_gate is not None)
             if r != _NO_EXEC_STOP:
                 return r
         else:
             self.backend.answer_continue(n)
-        if watch or effect.basis is not None:
+        if stop_checks:
             self.exec_verifier.watch(n.tid, effect)
         return 0
 
@@ -580,15 +599,10 @@ class Supervisor:
         failed: list[str] = []
 
         def check(pid: int) -> bool:
-            for one in checks:
-                try:
-                    why = one(pid)
-                except OSError as e:
-                    why = f"could not be checked ({e.strerror or e})"
-                if why:
-                    failed.append(why)
-                    return False
-            return True
+            why = _first_failure(checks, pid)
+            if why:
+                failed.append(why)
+            return not why
 
         def work(may_answer, answered) -> str:
             try:
@@ -1062,3 +1076,16 @@ def _reads(action) -> bool:
 
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _first_failure(checks, pid: int) -> str | None:
+    """The first exec-stop check that fails: what the program ran that was not decided on
+    (a check that cannot read what it checks fails too)."""
+    for one in checks:
+        try:
+            why = one(pid)
+        except OSError as e:
+            why = f"could not be checked ({e.strerror or e})"
+        if why:
+            return why
+    return None

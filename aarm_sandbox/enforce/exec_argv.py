@@ -83,12 +83,13 @@ class ExecRestart(Effect):
         self.nr = nr
         self.argv_ptr = argv_ptr
         self.extra = tuple(os.fsencode(a) for a in extra)
+        self.failed: str | None = None      # what the check in the exec stop found, if killed
 
     def _fds(self):
         return self.exec_effect._fds()
 
     def perform(self, answer_restart=None, still_pending=None, restarted=None,
-                before_release=None) -> str:
+                before_release=None, also_check=None) -> str:
         """The whole restart, in the calling thread (the tracer): `restarted(r)` is called
         once the call is answered and the thread runs on (r = 0), or refused before any
         answer (r = -errno, raised too). Returns how the exec ended (gate_exec): "ok" (ran
@@ -122,7 +123,7 @@ class ExecRestart(Effect):
             if restarted is not None:
                 restarted(0)
             attached = False                 # gate_exec detaches (or kills)
-            return self._gate_exec(before_release)
+            return self._gate_exec(before_release, also_check)
         finally:
             if attached:
                 self._detach()
@@ -130,13 +131,20 @@ class ExecRestart(Effect):
     def _detach(self) -> None:
         detach(self.tid)
 
-    def _gate_exec(self, before_release=None) -> str:
-        """Follow the thread to its exec stop and check the new program's argv there."""
+    def _gate_exec(self, before_release=None, also_check=None) -> str:
+        """Follow the thread to its exec stop and check the new program's argv there, then
+        also_check(pid) -> None, or what else it ran that the restarted exec's decision did
+        not allow (the file loaded, a classified argv)."""
         extra = tuple(os.fsdecode(a) for a in self.extra)
 
         def argv_ok(pid: int) -> bool:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                return argv_ends_with(f.read(), extra)
+                if not argv_ends_with(f.read(), extra):
+                    self.failed = ("ran without the arguments a modify: append_args rule "
+                                   "added (rewritten by another thread)")
+                    return False
+            self.failed = also_check(pid) if also_check is not None else None
+            return not self.failed
         return gate_exec(self.tid, argv_ok, syscall_stops=self.nr, before_release=before_release)
 
     def _argv_pointers(self) -> list[int]:

@@ -21,7 +21,6 @@ import time
 from typing import Callable
 
 from aarm_sandbox.decode.memory import env_prefixed
-from aarm_sandbox.enforce.exec_argv import argv_ends_with
 from aarm_sandbox.procfs import tgid_of
 
 WATCH_FOR = 2.0             # an image unchanged by then: the exec failed, the old image runs on
@@ -154,35 +153,26 @@ class ExecImageVerifier:
         except OSError:
             return True                           # gone
         now = (st.st_dev, st.st_ino)
-        tail = getattr(effect, "require_argv_tail", None)
-        ok = _argv_tail_ok(tgid, tail) if tail and now != effect.before else True
-        if ok is None:                            # the new image's arguments are not set up yet
-            return False
-        if not ok:
-            self._kill(tgid, item.tid, "exec ran without the arguments a modify: append_args "
-                                       "rule added (rewritten by another thread)")
-            return True
-        basis = getattr(effect, "basis", None)
-        if basis is not None and now != effect.before:
+        loaded = now == effect.dev_ino or (effect.is_script and (
+            effect.interpreter_is_script or now == effect.interpreter_inode))
+        if loaded:
+            basis = getattr(effect, "basis", None)
+            if basis is None:
+                return True
             why = _basis_now(tgid, basis)
-            if why is None:
-                return False                      # arguments not set up yet
+            if why is None or (why and now == effect.before):
+                return False            # not set up yet, or maybe still the old program's
             if why:
                 self._kill(tgid, item.tid, f"exec ran with {why} (rewritten by another thread)")
-                return True
-        if now == effect.dev_ino or now in self.allowed_images:
-            # (a later exec of the same process, e.g. `sh -c 'exec prog'`, may already have
-            # replaced the image: any image an exec decision allowed is fine)
             return True
-        if now != effect.before:
-            # a script loads its interpreter (the one decided on, unless that is itself a
-            # script: then the kernel loads whatever that one names)
-            if effect.is_script and (effect.interpreter_is_script or
-                                     now == effect.interpreter_inode):
-                return True
-            self._kill(tgid, item.tid, "exec loaded a different file than the one decided on")
+        if now == effect.before:
+            return False                          # still the old image: look again
+        if now in self.allowed_images:
+            # a later exec of the same process (`sh -c 'exec prog'`) already replaced the
+            # image: any image an exec decision allowed is fine
             return True
-        return False                              # still the old image: look again
+        self._kill(tgid, item.tid, "exec loaded a different file than the one decided on")
+        return True
 
     def _kill_safely(self, item: PendingExec, why: str) -> None:
         try:
@@ -202,14 +192,3 @@ def _basis_now(tgid: int, basis: ExecBasis) -> str | None:
         return basis_differs(tgid, basis, cmdline) or ""
     except OSError:
         return ""                                 # gone: nothing runs that could be wrong
-
-
-def _argv_tail_ok(tgid: int, tail: tuple[str, ...]) -> bool | None:
-    """Whether the running program's argv ends with `tail`; None while it is empty (the exec
-    has switched images but not yet set up the arguments)."""
-    try:
-        with open(f"/proc/{tgid}/cmdline", "rb") as f:
-            cmdline = f.read()
-    except OSError:
-        return True                               # gone: nothing runs that could be wrong
-    return argv_ends_with(cmdline, tail) if cmdline else None

@@ -298,6 +298,40 @@ def _exec_race_setup(box, prog) -> tuple[Path, Path, Path]:
     return ok, denied, marks
 
 
+_DENY_COPY_RULE = """\
+  - id: no-denied-copy
+    actions: [process.exec]
+    paths: ["{workspace}/deniedp"]
+    decision: deny
+    reason: this copy may not run
+"""
+
+
+def _exec_race(box, prog, profile_rules: str, iters: int, flipper: str):
+    """Natively the denied copy must run at least once; under the profile it never does.
+    Returns the sandboxed run and its race summary."""
+    ok, denied, marks = _exec_race_setup(box, prog)
+    race = [prog, "race-exec", str(ok), str(denied), str(iters), "20", flipper, str(marks)]
+    nat = box.native(race)
+    assert any(marks.iterdir()), f"natively the denied copy never ran: {nat.stdout}"
+    for m in marks.iterdir():
+        m.unlink()
+    profile = write_profile(box, "exec-race", "id: exec-race\nextends: default\nrules:\n" +
+                            profile_rules)
+    res = box.run([str(ok)] + race[1:5] + ["60"] + race[6:], profile=profile, timeout=120)
+    assert res.returncode == 0, explain(res)
+    s = race_summary(res.stdout)
+    assert s["iterations"] == iters, explain(res)
+    assert not any(marks.iterdir()), f"the denied copy ran: {sorted(marks.iterdir())[:3]}\n{explain(res)}"
+    assert s["refused"] > 0, f"the supervisor never saw the denied path: {s}"
+    killed = [r for r in res.records if r.get("type") == "enforcement" and
+              "killed in its exec stop" in r.get("reason", "")]
+    assert len(killed) == s["killed"], f"{s} {killed[:2]}\n{explain(res)}"
+    assert all("a different file than the one decided on" in r["reason"] for r in killed)
+    assert_no_internal_errors(res)
+    return res, s
+
+
 @pytest.mark.parametrize("flipper", ["thread", "fork"])
 def test_an_exec_whose_path_is_swapped_is_killed_before_the_denied_program_runs(
         user_box, prog, flipper):
@@ -305,35 +339,25 @@ def test_an_exec_whose_path_is_swapped_is_killed_before_the_denied_program_runs(
     loaded used to run after the exec, from another thread: the denied copy had run and
     left its mark by then (68 marks in 300 execs). Each allowed exec is now held in its
     exec stop and killed there if another file was loaded."""
-    box = user_box
-    ok, denied, marks = _exec_race_setup(box, prog)
-    nat = box.native([prog, "race-exec", str(ok), str(denied), "300", "20", flipper, str(marks)])
-    assert any(marks.iterdir()), f"natively the denied copy never ran: {nat.stdout}"
-    for m in marks.iterdir():
-        m.unlink()
+    _, s = _exec_race(user_box, prog, _DENY_COPY_RULE, 300, flipper)
+    assert s["killed"] > 0, f"no exec was caught with the swapped path: {s}"
 
-    profile = write_profile(box, "deny-copy", """\
-id: deny-copy
-extends: default
-rules:
-  - id: no-denied-copy
+
+def test_a_restarted_exec_whose_path_is_swapped_is_killed_in_its_exec_stop(user_box, prog):
+    """An append_args rule makes the exec again (restarted with the new argv) under a
+    tracer of its own, which checked only the appended arguments in the exec stop; the
+    file loaded was checked after the exec. The restart's tracer now runs the restarted
+    exec's checks too: a path swapped to the denied copy is killed before it runs."""
+    _, s = _exec_race(user_box, prog, _DENY_COPY_RULE + """\
+  - id: add-an-argument
     actions: [process.exec]
-    paths: ["{workspace}/deniedp"]
-    decision: deny
-    reason: this copy may not run
-""")
-    res = box.run([str(ok), "race-exec", str(ok), str(denied), "300", "60", flipper, str(marks)],
-                  profile=profile, timeout=120)
-    assert res.returncode == 0, explain(res)
-    s = race_summary(res.stdout)
-    assert s["iterations"] == 300, explain(res)
-    assert not any(marks.iterdir()), f"the denied copy ran: {sorted(marks.iterdir())[:3]}\n{explain(res)}"
-    assert s["refused"] > 0, f"the supervisor never saw the denied path: {s}"
-    killed = [r for r in res.records if r.get("type") == "enforcement" and
-              "killed in its exec stop" in r.get("reason", "")]
-    assert len(killed) == s["killed"] > 0, f"{s} {killed[:2]}\n{explain(res)}"
-    assert all("a different file than the one decided on" in r["reason"] for r in killed)
-    assert_no_internal_errors(res)
+    paths: ["{workspace}/okprog_"]
+    decision: modify
+    modify: append_args
+    append_args: [extra]
+    reason: okprog_ runs with one more argument
+""", 100, "thread")
+    assert s["ran"] > 0, f"the allowed, restarted half of the race never ran: {s}"
 
 
 def _git(*args: str, cwd: Path) -> str:
