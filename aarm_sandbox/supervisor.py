@@ -108,6 +108,9 @@ class Supervisor:
         if any(engine.policy.rules_by_type.get(t) for t in A.SEMANTIC_ONLY_TYPES):
             from aarm_sandbox.actions.exec_catalog import Catalog
             self.classifier = Catalog.load()
+        # rules that judge an exec by its arguments: its argv is checked in its exec stop
+        self._argv_rules = any(r.argv is not None
+                               for r in engine.policy.rules_by_type.get(A.PROCESS_EXEC, ()))
 
     # ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -540,15 +543,20 @@ class Supervisor:
         return self._as_tracer(n, "aarm-exec-restart", "add its arguments", work)
 
     def _continue_exec(self, n: Notification, effect: ExecContinue, action, verify: bool) -> int:
-        """Let an allowed exec go on. What the decision read from the caller (the path,
-        and for a classified tool its argv, git configuration and cwd) is checked again in
-        the new program's exec stop, before its first instruction (`_gated_exec`); so is
-        the environment a modify: scrub_env rule cleaned. Without ptrace here the checks
+        """Let an allowed exec go on. What the decision read from the caller (the path;
+        the argv when a rule's argv pattern or a human's approval judged it; for a
+        classified tool its argv, git configuration and cwd) is checked again in the new
+        program's exec stop, before its first instruction (`_gated_exec`); so is the
+        environment a modify: scrub_env rule cleaned. Without ptrace here the checks
         run after the exec instead (enforce.exec_verify: the program may run a moment
         first), except scrub_env's, whose exec is then refused. Returns 0 once continued,
         -errno when refused."""
         from aarm_sandbox.enforce import exec_env
-        effect.basis = action.exec_basis if action is not None else None
+        effect.basis = None if action is None else action.exec_basis
+        if effect.basis is None and action is not None and (self._argv_rules or verify):
+            # a rule's argv pattern, or a human's approval, judged these arguments
+            effect.basis = ExecBasis(tuple(os.fsencode(a) for a in action.detail.get("argv") or ()),
+                                     None, None)
         watch = self.verify_exec or verify
         checks: list = []
         if effect.env_gate is not None:
@@ -564,7 +572,8 @@ class Supervisor:
         if effect.basis is not None:
             basis = effect.basis
             stop_checks.append(lambda pid: (lambda why: why and f"ran with {why} (rewritten "
-                                            f"by another thread)")(basis_differs(pid, basis)))
+                                            f"by another thread)")(
+                basis_differs(pid, basis, effect.is_script)))
         if getattr(effect, "require_argv_tail", None) is not None:
             # the restarted exec of an append_args rule: traced already by its restart's
             # tracer, which runs these in its exec stop too (_restart_exec)

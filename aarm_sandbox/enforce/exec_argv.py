@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 import time
 
 from aarm_sandbox.decode.handlers import ExecContinue
@@ -231,6 +232,15 @@ def gate_exec(tid: int, check, syscall_stops: int = 0,
     takes over the leader's. before_release() is called while the thread is still held,
     before it is let go, killed or found gone."""
     released = before_release or (lambda: None)
+    if not syscall_stops:
+        # Blocking in waitpid (the GIL released the whole time, the stop seen at once);
+        # the deadline is kept by a watchdog that kills the process.
+        token = _DEADLINES.arm(tid, timeout)
+        try:
+            outcome = _follow_to_exec_stop(check, released)
+        finally:
+            fired = _DEADLINES.disarm(token)
+        return "timeout" if fired and outcome == "gone" else outcome
     deadline = time.monotonic() + timeout
     in_exec = False                  # between the exec's syscall entry and exit stops
     delay = 0.0002
@@ -291,6 +301,92 @@ def gate_exec(tid: int, check, syscall_stops: int = 0,
             _resume(pid, _PTRACE_SYSCALL, 0)    # resumed from a group stop (SIGCONT)
         else:
             _resume(pid, _PTRACE_SYSCALL, sig)  # a signal on its way: delivered
+
+
+def _follow_to_exec_stop(check, released) -> str:
+    """gate_exec without syscall stops, waiting in waitpid."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, _WALL | _WNOTHREAD)
+        except ChildProcessError:
+            released()
+            return "gone"
+        if not os.WIFSTOPPED(status):
+            released()
+            return "gone"
+        event, sig = status >> 16, os.WSTOPSIG(status)
+        if event == _PTRACE_EVENT_EXEC:
+            try:
+                ok = check(pid)
+            except OSError:
+                ok = False
+            released()
+            if not ok:
+                os.kill(pid, 9)
+                return "killed"
+            ptrace(PTRACE_DETACH, pid)
+            return "ok"
+        # our interrupt (SIGTRAP), a group stop or a signal on its way: the call is back
+        released()
+        _let_go(pid, 0 if event else sig)
+        return "returned"
+
+
+class _Deadlines:
+    """Kills the process of a held exec that is not over by its deadline, so that its
+    tracer can wait in a blocking waitpid and still never wait for ever (one thread for
+    every held exec, started on first use)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._due: dict[int, tuple[float, int]] = {}     # token -> (deadline, tid)
+        self._fired: set[int] = set()
+        self._tokens = 0
+        self._thread: threading.Thread | None = None
+
+    def arm(self, tid: int, timeout: float) -> int:
+        with self._cond:
+            self._tokens += 1
+            self._due[self._tokens] = (time.monotonic() + timeout, tid)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="aarm-exec-deadlines",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return self._tokens
+
+    def disarm(self, token: int) -> bool:
+        """Forget the deadline; True when it had passed and the process was killed."""
+        with self._cond:
+            self._due.pop(token, None)
+            if token in self._fired:
+                self._fired.discard(token)
+                return True
+            return False
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [(tok, tid) for tok, (at, tid) in self._due.items() if at <= now]
+                for tok, _tid in due:
+                    del self._due[tok]
+                    self._fired.add(tok)
+                if not due:
+                    nearest = min((at for at, _ in self._due.values()), default=None)
+                    self._cond.wait(None if nearest is None else max(nearest - now, 0.01))
+                    continue
+            for _tok, tid in due:
+                try:
+                    os.kill(tgid_of(tid), 9)
+                except OSError:
+                    try:
+                        os.kill(tid, 9)
+                    except OSError:
+                        pass
+
+
+_DEADLINES = _Deadlines()
 
 
 def _resume(pid: int, how: int, sig: int) -> None:

@@ -28,8 +28,10 @@ POLL = 0.0005               # between two looks at the pending execs
 
 
 class ExecBasis:
-    """What an exec's classification read from its caller while it waited: the argv, the
-    GIT_CONFIG* variables (None: not read, so not needed) and the cwd (None: unknown)."""
+    """What an exec's decision read from its caller while it waited: the argv (a rule's
+    argv pattern, an approval and the classification of a tool depend on it), and for a
+    classified tool the GIT_CONFIG* variables (None: not read, so not needed) and the cwd
+    (None: not used)."""
     __slots__ = ("argv", "env", "cwd")
 
     def __init__(self, argv: tuple[bytes, ...], env: dict[str, str] | None, cwd: str | None):
@@ -51,13 +53,24 @@ def image_loaded(pid: int, effect) -> bool:
     return effect.is_script and (effect.interpreter_is_script or now == effect.interpreter_inode)
 
 
-def basis_differs(pid: int, basis: ExecBasis, cmdline: bytes | None = None) -> str | None:
-    """What the program pid now runs has that its classification did not read, or None."""
+def basis_differs(pid: int, basis: ExecBasis, script: bool = False,
+                  cmdline: bytes | None = None) -> str | None:
+    """What the program pid now runs with that its decision did not read, or None. A '#!'
+    script's program is its interpreter, whose argv the kernel makes of the interpreter,
+    its optional argument and the script's path, then the script's own arguments: those
+    (all but argv[0]) must be the ones decided on."""
     if cmdline is None:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read()
-    if _split_nul(cmdline) != basis.argv and not (not basis.argv and cmdline == b"\0"):
-        return "other arguments than the ones classified"
+    args = _split_nul(cmdline)
+    if script:
+        tail = basis.argv[1:]
+        same = len(args) > len(tail) and (not tail or args[-len(tail):] == tail)
+    else:
+        # (an empty argv reaches the program as one empty argument, since Linux 5.18)
+        same = args == basis.argv or (not basis.argv and args == (b"",))
+    if not same:
+        return "other arguments than the ones decided on"
     if basis.env is not None:
         with open(f"/proc/{pid}/environ", "rb") as f:
             if env_prefixed(_split_nul(f.read()), ENV_PREFIX) != basis.env:
@@ -159,7 +172,7 @@ class ExecImageVerifier:
             basis = getattr(effect, "basis", None)
             if basis is None:
                 return True
-            why = _basis_now(tgid, basis)
+            why = _basis_now(tgid, basis, effect.is_script)
             if why is None or (why and now == effect.before):
                 return False            # not set up yet, or maybe still the old program's
             if why:
@@ -181,7 +194,7 @@ class ExecImageVerifier:
             pass
 
 
-def _basis_now(tgid: int, basis: ExecBasis) -> str | None:
+def _basis_now(tgid: int, basis: ExecBasis, script: bool) -> str | None:
     """'' when the running program matches its basis, what differs when not, None while
     its arguments are not set up yet."""
     try:
@@ -189,6 +202,6 @@ def _basis_now(tgid: int, basis: ExecBasis) -> str | None:
             cmdline = f.read()
         if not cmdline and basis.argv:
             return None
-        return basis_differs(tgid, basis, cmdline) or ""
+        return basis_differs(tgid, basis, script, cmdline) or ""
     except OSError:
         return ""                                 # gone: nothing runs that could be wrong

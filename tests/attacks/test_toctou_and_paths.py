@@ -411,8 +411,65 @@ rules:
     killed = [r for r in res.records if r.get("type") == "enforcement" and
               "killed in its exec stop" in r.get("reason", "")]
     assert len(killed) == s["killed"], f"{s} {killed[:2]}"
-    assert all("other arguments than the ones classified" in r["reason"] for r in killed)
+    assert all("other arguments than the ones decided on" in r["reason"] for r in killed)
     assert_no_internal_errors(res)
+
+
+def test_an_exec_a_rule_judged_by_its_argv_is_killed_if_the_argv_was_rewritten(box, prog):
+    """A rule with an argv pattern judges the arguments read while the exec waited; the
+    kernel reads them again. `rm -f DIR` (refused by rm: a directory) flipped into
+    `rm -r DIR` after the decision removed DIR past a rule denying `rm -r`. The program
+    now runs only with the argv decided on."""
+    victim = box.workspace / "victim"
+    (victim / "sub").mkdir(parents=True)
+    race = [prog, "race-argv", "/usr/bin/rm", "-f", "-r", "30", "{secs}", "thread", "-f", "victim"]
+    box.native([a.replace("{secs}", "20") for a in race])
+    assert not victim.exists(), "natively the flipped rm -r never ran"
+    (victim / "sub").mkdir(parents=True)
+
+    profile = write_profile(box, "no-rm-r", """\
+id: no-rm-r
+extends: default
+rules:
+  - id: no-recursive-rm
+    actions: [process.exec]
+    argv: "/usr/bin/rm -r*"
+    decision: deny
+    reason: no recursive removal
+""")
+    res = box.run([a.replace("{secs}", "60") for a in race], profile=profile, timeout=120)
+    s = race_summary(res.stdout)
+    assert s["iterations"] == 30, explain(res)
+    assert victim.is_dir(), f"rm -r ran: {s}\n{explain(res)}"
+    assert s["refused"] > 0 and s["ran"] > 0, f"both halves of the race must occur: {s}"
+    killed = [r for r in res.records if r.get("type") == "enforcement" and
+              "killed in its exec stop" in r.get("reason", "")]
+    assert len(killed) == s["killed"], f"{s} {killed[:2]}"
+    assert all("other arguments than the ones decided on" in r["reason"] for r in killed)
+    assert_no_internal_errors(res)
+
+
+def test_a_classified_tool_that_is_a_script_runs_with_its_own_arguments(box):
+    """A '#!' script's program is its interpreter, whose argv the kernel builds as
+    interpreter, script path, then the script's arguments: the check in the exec stop
+    compares those arguments (a `git` that is a shell script was killed as "rewritten")."""
+    tool = box.workspace / "git"
+    tool.write_text('#!/bin/sh\necho "script git: $*"\n')
+    tool.chmod(0o755)
+    profile = write_profile(box, "no-force-script", """\
+id: no-force-script
+extends: default
+rules:
+  - id: no-force-push
+    actions: [vcs.push.force]
+    decision: deny
+    reason: no force pushes
+""")
+    res = box.run(["./git", "status", "-s"], profile=profile)
+    assert res.returncode == 0 and "script git: status -s" in res.stdout, explain(res)
+    assert not [r for r in res.records if r.get("type") == "enforcement"], explain(res)
+    res = box.run(["./git", "push", "--force", "origin", "main"], profile=profile)
+    assert "script git" not in res.stdout and res.denied("process.exec"), explain(res)
 
 
 # 2b. TOC-01: the connect() sockaddr flips between an allowed and a denied unix socket
