@@ -272,21 +272,7 @@ def gate_exec(tid: int, check, syscall_stops: int = 0,
             return "gone"
         event, sig = status >> 16, os.WSTOPSIG(status)
         if event == _PTRACE_EVENT_EXEC:
-            try:
-                ok = check(pid)
-            except OSError:
-                ok = False
-            released()
-            if not ok:
-                os.kill(pid, 9)
-                return "killed"
-            ptrace(PTRACE_DETACH, pid)
-            return "ok"
-        if not syscall_stops:
-            # our interrupt (SIGTRAP), a group stop or a signal on its way: the call is back
-            released()
-            _let_go(pid, 0 if event else sig)
-            return "returned"
+            return _exec_stop(pid, check, released)
         if event == 0 and sig == _SYSCALL_TRAP:
             nr = _getregs(pid).orig_rax
             if nr == syscall_stops and in_exec:
@@ -316,20 +302,25 @@ def _follow_to_exec_stop(check, released) -> str:
             return "gone"
         event, sig = status >> 16, os.WSTOPSIG(status)
         if event == _PTRACE_EVENT_EXEC:
-            try:
-                ok = check(pid)
-            except OSError:
-                ok = False
-            released()
-            if not ok:
-                os.kill(pid, 9)
-                return "killed"
-            ptrace(PTRACE_DETACH, pid)
-            return "ok"
+            return _exec_stop(pid, check, released)
         # our interrupt (SIGTRAP), a group stop or a signal on its way: the call is back
         released()
         _let_go(pid, 0 if event else sig)
         return "returned"
+
+
+def _exec_stop(pid: int, check, released) -> str:
+    """In the exec stop: let the new program run ("ok") or kill it there ("killed")."""
+    try:
+        ok = check(pid)
+    except OSError:
+        ok = False
+    released()
+    if not ok:
+        os.kill(pid, 9)
+        return "killed"
+    ptrace(PTRACE_DETACH, pid)
+    return "ok"
 
 
 class _Deadlines:

@@ -307,6 +307,15 @@ _DENY_COPY_RULE = """\
 """
 
 
+def _exec_stop_kills(res, s: dict, why: str) -> None:
+    """One enforcement record per child killed in its exec stop, each saying why."""
+    killed = [r for r in res.records if r.get("type") == "enforcement" and
+              "killed in its exec stop" in r.get("reason", "")]
+    assert len(killed) == s["killed"], f"{s} {killed[:2]}\n{explain(res)}"
+    assert all(why in r["reason"] for r in killed), killed[:2]
+    assert_no_internal_errors(res)
+
+
 def _exec_race(box, prog, profile_rules: str, iters: int, flipper: str):
     """Natively the denied copy must run at least once; under the profile it never does.
     Returns the sandboxed run and its race summary."""
@@ -324,11 +333,7 @@ def _exec_race(box, prog, profile_rules: str, iters: int, flipper: str):
     assert s["iterations"] == iters, explain(res)
     assert not any(marks.iterdir()), f"the denied copy ran: {sorted(marks.iterdir())[:3]}\n{explain(res)}"
     assert s["refused"] > 0, f"the supervisor never saw the denied path: {s}"
-    killed = [r for r in res.records if r.get("type") == "enforcement" and
-              "killed in its exec stop" in r.get("reason", "")]
-    assert len(killed) == s["killed"], f"{s} {killed[:2]}\n{explain(res)}"
-    assert all("a different file than the one decided on" in r["reason"] for r in killed)
-    assert_no_internal_errors(res)
+    _exec_stop_kills(res, s, "a different file than the one decided on")
     return res, s
 
 
@@ -408,11 +413,7 @@ rules:
     assert s["iterations"] == 30, explain(res)
     assert _git("rev-parse", "main", cwd=ws / "remote.git") == x, f"a push was forced: {s}"
     assert s["refused"] > 0 and s["ran"] > 0, f"both halves of the race must occur: {s}"
-    killed = [r for r in res.records if r.get("type") == "enforcement" and
-              "killed in its exec stop" in r.get("reason", "")]
-    assert len(killed) == s["killed"], f"{s} {killed[:2]}"
-    assert all("other arguments than the ones decided on" in r["reason"] for r in killed)
-    assert_no_internal_errors(res)
+    _exec_stop_kills(res, s, "other arguments than the ones decided on")
 
 
 def test_an_exec_a_rule_judged_by_its_argv_is_killed_if_the_argv_was_rewritten(box, prog):
@@ -442,11 +443,7 @@ rules:
     assert s["iterations"] == 30, explain(res)
     assert victim.is_dir(), f"rm -r ran: {s}\n{explain(res)}"
     assert s["refused"] > 0 and s["ran"] > 0, f"both halves of the race must occur: {s}"
-    killed = [r for r in res.records if r.get("type") == "enforcement" and
-              "killed in its exec stop" in r.get("reason", "")]
-    assert len(killed) == s["killed"], f"{s} {killed[:2]}"
-    assert all("other arguments than the ones decided on" in r["reason"] for r in killed)
-    assert_no_internal_errors(res)
+    _exec_stop_kills(res, s, "other arguments than the ones decided on")
 
 
 def test_a_classified_tool_that_is_a_script_runs_with_its_own_arguments(box):
