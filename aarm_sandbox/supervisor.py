@@ -25,9 +25,10 @@ from aarm_sandbox.decode.handlers import DISPATCH, DecodeState, ExecContinue, No
 from aarm_sandbox.decode.memory import DecodeError, read_env_prefixed
 from aarm_sandbox.enforce.effects import (AtCall, Continue, Effect, NameAppeared, OpenFile,
                                           QuarantineDelete)
-from aarm_sandbox.enforce.exec_argv import ERESTARTNOINTR, ExecRestart, RestartUnavailable
+from aarm_sandbox.enforce.exec_argv import (ERESTARTNOINTR, ExecRestart, RestartUnavailable,
+                                            no_tracee_left, ptrace_works)
 from aarm_sandbox.enforce.exec_verify import (ENV_PREFIX, ExecBasis, ExecImageVerifier,
-                                              basis_differs, image_loaded)
+                                              basis_differs, exec_mark, image_loaded)
 from aarm_sandbox.enforce.tracer_pool import TracerPool
 from aarm_sandbox.journal.writer import Journal
 from aarm_sandbox.policy.decision import RANK, Decision, Result, stricter
@@ -90,7 +91,11 @@ class Supervisor:
         self._tracers = TracerPool()
         # tid -> exec-stop checks of a restarted exec (append_args), run by its restart's tracer
         self._restart_checks: dict[int, list] = {}
-        self._exec_stop_refusals = 0     # execs in a row ptrace was refused for (see _continue_exec)
+        # execs held in their exec stop: True once a seize worked, False when a probe found
+        # ptrace refused here (execs are watched after they start instead), None: not known
+        self._exec_stops: bool | None = None
+        self._exec_stops_lock = threading.Lock()
+        self._restart_tracing: set[int] = set()     # tids an append_args restart traces
         self._argv_restarts: dict[int, float] = {}   # tid -> when an exec of it was restarted
         # The journal, keys and state: denied outright when no mount namespace hides them.
         self.protected: tuple[str, ...] = ()
@@ -528,10 +533,16 @@ class Supervisor:
             def release() -> None:
                 self._argv_restarts.pop(n.tid, None)
                 self._restart_checks.pop(n.tid, None)
-            outcome = effect.perform(answer_restart, lambda: self.backend.still_pending(n),
-                                     answered, before_release=release,
-                                     also_check=lambda pid: _first_failure(
-                                         self._restart_checks.get(n.tid, ()), pid))
+                self._restart_tracing.discard(n.tid)
+            self._restart_tracing.add(n.tid)
+            try:
+                outcome = effect.perform(answer_restart, lambda: self.backend.still_pending(n),
+                                         answered, before_release=release,
+                                         also_check=lambda pid: _first_failure(
+                                             self._restart_checks.get(n.tid, ()), pid))
+            except BaseException:
+                release()
+                raise
             if outcome == "killed" and effect.failed:
                 self.journal.append({"type": "enforcement", "tid": n.tid, "reason":
                                      f"exec {effect.failed}; killed in its exec stop, before "
@@ -574,13 +585,16 @@ class Supervisor:
             stop_checks.append(lambda pid: (lambda why: why and f"ran with {why} (rewritten "
                                             f"by another thread)")(
                 basis_differs(pid, basis, effect.is_script)))
-        if getattr(effect, "require_argv_tail", None) is not None:
-            # the restarted exec of an append_args rule: traced already by its restart's
-            # tracer, which runs these in its exec stop too (_restart_exec)
-            self._restart_checks[n.tid] = stop_checks
+        # (where execs may not be held: their process and argument area, taken while the
+        # thread still waits, for the watch after the exec)
+        mark = exec_mark(n.tid) if self._exec_stops is not True and stop_checks else (None, 0)
+        if n.tid in self._restart_tracing:
+            # the restarted exec of an append_args rule (whatever it was decided as): traced
+            # already by its restart's tracer, which runs these in its exec stop
+            self._restart_checks[n.tid] = checks + stop_checks
             self.backend.answer_continue(n)
             return 0
-        if self._exec_stops_usable():
+        if self._exec_stops is not False:
             checks += stop_checks
         if checks:
             r = self._gated_exec(n, checks, required=effect.env_gate is not None)
@@ -589,13 +603,9 @@ class Supervisor:
         else:
             self.backend.answer_continue(n)
         if stop_checks:
-            self.exec_verifier.watch(n.tid, effect)
+            self.exec_verifier.watch(n.tid, effect, mark)
         return 0
 
-    def _exec_stops_usable(self) -> bool:
-        """Whether execs are held in their exec stop: until ptrace has been refused for
-        three execs in a row with no success (then the checks run after the exec)."""
-        return self._exec_stop_refusals < 3
 
     def _gated_exec(self, n: Notification, checks: list, required: bool) -> int:
         """Continue the exec with a tracer attached, which runs every check(pid) in the new
@@ -617,14 +627,16 @@ class Supervisor:
             try:
                 seize_for_exec(n.tid)
             except RestartUnavailable as e:
-                if required or e.errno != errno.EPERM:
+                # Refused for this thread only (ptrace works here): refuse the exec. Refused
+                # everywhere (the environment's policy, found once): watch execs after they
+                # start from now on.
+                if required or e.errno != errno.EPERM or not self._ptrace_refused_here():
                     raise
-                self._exec_stop_refused()
                 if may_answer():
                     self.backend.answer_continue(n)
                 answered(_NO_EXEC_STOP)
                 return "not traced"
-            self._exec_stop_refusals = 0
+            self._exec_stops = True             # (ptrace works here)
             try:
                 interrupt(n.tid)
                 if not self.backend.still_pending(n) or not may_answer():
@@ -644,12 +656,18 @@ class Supervisor:
             return outcome
         return self._as_tracer(n, "aarm-exec-gate", "check it before it runs", work)
 
-    def _exec_stop_refused(self) -> None:
-        self._exec_stop_refusals += 1
-        if self._exec_stop_refusals == 3:
-            print("aarm-sandbox: note: ptrace is refused here (container runtime, LSM or "
-                  "yama policy): execs are checked after they start instead of before their "
-                  "first instruction (aarm-sandbox doctor)", file=sys.stderr)
+    def _ptrace_refused_here(self) -> bool:
+        """Whether the environment refuses ptrace (a probe on a child of the supervisor,
+        made once): then execs are checked after they start, said once on stderr."""
+        with self._exec_stops_lock:
+            if self._exec_stops is None:
+                ok, why = ptrace_works()
+                self._exec_stops = ok
+                if not ok:
+                    print(f"aarm-sandbox: note: {why} (container runtime, LSM or yama "
+                          "policy): execs are checked after they start instead of before "
+                          "their first instruction (aarm-sandbox doctor)", file=sys.stderr)
+            return self._exec_stops is False
 
     def _journal_gate(self, n: Notification, outcome: str, what: str) -> None:
         """An exec stopped by its check (gate_exec): killed in its exec stop because it ran
@@ -689,8 +707,14 @@ class Supervisor:
 
         def run() -> bool:
             try:
-                return work(may_answer, answered) in _CLEAN_OUTCOMES
+                return work(may_answer, answered) in _CLEAN_OUTCOMES and no_tracee_left()
             except (RestartUnavailable, DecodeError) as e:
+                if e.errno == errno.ESRCH:
+                    # (the thread ended meanwhile: killed, or another thread's exec)
+                    if may_answer():
+                        self.backend.answer_error(n, errno.ESRCH)
+                    answered(-errno.ESRCH)
+                    return False
                 why = f"exec refused: cannot {purpose} ({e})"
                 print(f"aarm-sandbox: {why}", file=sys.stderr)
                 self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
@@ -743,7 +767,7 @@ class Supervisor:
         except Exception as e:  # noqa: BLE001 - a classifier bug must not allow
             return Decision(Result.DENY, "classifier-error", f"exec classification failed: {e!r}",
                             errno.EPERM)
-        if argv and self.classifier.lookup(argv[0], action.target) is not None:
+        if self.classifier.lookup(argv[0] if argv else "", action.target) is not None:
             # other arguments could have meant other actions: the program must run with
             # these (checked in its exec stop)
             action.exec_basis = ExecBasis(tuple(os.fsencode(a) for a in argv),
@@ -1089,12 +1113,14 @@ def _inside(path: str, root: str) -> bool:
 
 def _first_failure(checks, pid: int) -> str | None:
     """The first exec-stop check that fails: what the program ran that was not decided on
-    (a check that cannot read what it checks fails too)."""
+    (a check that cannot read what it checks, or fails in any way, fails too)."""
     for one in checks:
         try:
             why = one(pid)
         except OSError as e:
             why = f"could not be checked ({e.strerror or e})"
+        except Exception as e:  # noqa: BLE001 - a bug in a check must not let it run
+            why = f"could not be checked ({e!r})"
         if why:
             return why
     return None

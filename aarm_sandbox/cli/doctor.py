@@ -54,29 +54,6 @@ def _probe_nosym_tree() -> tuple[bool, str]:
                    "pins each parent directory instead (~1 µs more a delete)")
 
 
-def _probe_ptrace() -> tuple[bool, str]:
-    """PTRACE_SEIZE of a child, as the supervisor does for modify: append_args."""
-    import signal
-
-    from aarm_sandbox.enforce.exec_argv import PTRACE_DETACH, PTRACE_SEIZE, ptrace
-    pid = os.fork()
-    if pid == 0:
-        signal.pause()
-        os._exit(0)
-    try:
-        ptrace(PTRACE_SEIZE, pid)
-        try:
-            ptrace(PTRACE_DETACH, pid)
-        except OSError:
-            pass                         # (a running tracee cannot be detached: killed below)
-        return True, ""
-    except OSError as e:
-        return False, f"ptrace refused: {e.strerror}"
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-
-
 def _read(path: str) -> str | None:
     try:
         with open(path) as f:
@@ -140,7 +117,8 @@ def collect() -> list[dict]:
     except Exception as e:  # noqa: BLE001
         add("libseccomp", False, str(e), True)
     yama = _read("/proc/sys/kernel/yama/ptrace_scope")
-    ok, why = _probe_ptrace()
+    from aarm_sandbox.enforce.exec_argv import ptrace_works
+    ok, why = ptrace_works()
     add("ptrace", ok,
         (f"the supervisor can attach to a child: allowed execs are checked in their exec "
          f"stop, before their first instruction, and modify: append_args restarts execs "

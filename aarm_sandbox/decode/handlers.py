@@ -575,18 +575,15 @@ def decode_utime(n, spec, st) -> Decoded:
 
 # ---- exec -------------------------------------------------------------------------------
 class ExecContinue(Continue):
-    """Exec cannot be emulated: continue it, remembering which inode was decided on so the
-    supervisor can verify the loaded image when the profile restricts exec. A script loads
-    its interpreter instead: the one decided on (`interpreter_inode`), unless that is a
-    script itself (then the kernel loads whatever that one names)."""
+    """Exec cannot be emulated: continue it, remembering which inode was decided on and
+    what the kernel will load for it (`loads`: a script's interpreter chain, an ELF's
+    dynamic loader), so that the supervisor can check the new program in its exec stop."""
 
-    def __init__(self, obj: ObjectRef, tid: int, is_script: bool,
-                 interpreter_inode: tuple | None = None, interpreter_is_script: bool = True):
+    def __init__(self, obj: ObjectRef, tid: int, loads: "Loads"):
         self.dev_ino = (obj.st.st_dev, obj.st.st_ino)
         self.objfd = obj.fd
-        self.is_script = is_script
-        self.interpreter_inode = interpreter_inode
-        self.interpreter_is_script = interpreter_is_script
+        self.loads = loads
+        self.is_script = loads.is_script
         # MODIFY scrub_env: name globs the new program's environment must not have when it
         # is checked in its exec stop (a thread may rewrite the scrubbed array meanwhile)
         self.env_gate: tuple[str, ...] | None = None
@@ -618,34 +615,116 @@ def decode_exec(n, spec, st) -> Decoded:
         obj.close()
         raise
     detail = {}
-    interp_inode, interp_is_script = None, True
     try:
-        is_script, interp = _loaded_by(obj.fd)
-    except OSError:
+        loads = _what_loads(n, st, obj)
+    except BaseException:
+        obj.close()
+        raise
+    if loads.unknown:
         # (execute-only, and the supervisor may not read it): what the kernel loads for it
         # is unknown, and decided as such - a profile that restricts exec refuses it
-        is_script, interp = False, None
         detail["interpreter"] = UNKNOWN_INTERPRETER
-    if interp:
+    elif loads.interpreter_path is not None:
         # The kernel loads it itself (a '#!' line, an ELF's PT_INTERP): judged as an exec of
-        # its own (the supervisor decides it too), resolved as the kernel will, from the
-        # caller's cwd and root.
-        try:
-            iobj = _resolver(n, st).object(AT_FDCWD, interp, follow=True)
-        except DecodeError:
-            detail["interpreter_unresolved"] = os.fsdecode(interp)  # the exec fails natively
-        else:
-            detail["interpreter"] = iobj.path
-            interp_inode = (iobj.st.st_dev, iobj.st.st_ino)
-            try:
-                interp_is_script = _loaded_by(iobj.fd)[0]
-            except OSError:
-                pass                                   # (unknown: any image is accepted)
-            iobj.close()
+        # its own (the supervisor decides it too)
+        detail["interpreter"] = loads.interpreter_path
+    elif loads.unresolved is not None:
+        detail["interpreter_unresolved"] = loads.unresolved     # the exec fails natively
     act = _act(A.PROCESS_EXEC, n, spec, obj.path, (obj.path,), argv=argv,
                inode=f"{obj.st.st_dev}:{obj.st.st_ino}", **detail)
     act.envp = envp             # read only if the classification needs it (GIT_CONFIG_*)
-    return Decoded(act, ExecContinue(obj, n.tid, is_script, interp_inode, interp_is_script))
+    return Decoded(act, ExecContinue(obj, n.tid, loads))
+
+
+class Loads:
+    """What the kernel will load to run a file: for a '#!' script its interpreter, that
+    one's if it is a script too, down to the ELF that runs (`image`); and the dynamic
+    loader of that ELF (`loader`, None for a static one). Resolved as the kernel will,
+    from the caller's root: checked in the exec stop against what was mapped."""
+    __slots__ = ("is_script", "interpreter_path", "interpreter_inode", "image", "loader",
+                 "loader_unmatchable", "unresolved", "unknown")
+
+    def __init__(self) -> None:
+        self.is_script = False
+        self.interpreter_path: str | None = None     # the first file it names (judged too)
+        self.interpreter_inode: tuple | None = None
+        self.image: tuple | None = None      # (dev, ino) that runs; None: none can (it fails)
+        self.loader: tuple | None = None     # (dev, ino) of the image's PT_INTERP
+        # on overlayfs, /proc/PID/maps may show the backing file's (dev, ino), not the one
+        # a stat of the path gives: the mapped loader is not compared there
+        self.loader_unmatchable = False
+        self.unresolved: str | None = None   # a name the kernel will not find
+        self.unknown = False                 # a file the supervisor may not read
+
+
+_MAX_INTERPRETERS = 5                        # the kernel's BINPRM_MAX_RECURSION is 4
+_OVERLAYFS_MAGIC = 0x794C7630
+
+
+def _on_overlayfs(fd: int) -> bool:
+    """Whether fd's file is on overlayfs (fstatfs f_type, the first field of struct statfs);
+    when that cannot be told, it may be."""
+    import ctypes
+    buf = ctypes.create_string_buffer(128)
+    if _libc().fstatfs(fd, buf) != 0:
+        return True
+    return struct.unpack_from("<q", buf.raw, 0)[0] == _OVERLAYFS_MAGIC
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+_LIBC = None
+
+
+def _what_loads(n, st, obj) -> Loads:
+    out = Loads()
+    own = (obj.st.st_dev, obj.st.st_ino)
+    try:
+        is_script, interp = _loaded_by(obj.fd)
+    except OSError:
+        out.unknown = True
+        return out
+    out.is_script = is_script
+    if not is_script:
+        out.image = own
+    fd, close = obj.fd, False
+    try:
+        for depth in range(_MAX_INTERPRETERS + 1):
+            if interp is None:
+                return out                   # a static ELF, or '#!' naming nothing (fails)
+            try:
+                iobj = _resolver(n, st).object(AT_FDCWD, interp, follow=True)
+            except DecodeError:
+                if depth == 0:
+                    out.unresolved = os.fsdecode(interp)
+                out.image = out.loader = None    # a name the kernel will not find: it fails
+                return out
+            if close:
+                os.close(fd)
+            fd, close = iobj.fd, True
+            inode = (iobj.st.st_dev, iobj.st.st_ino)
+            if depth == 0:
+                out.interpreter_path, out.interpreter_inode = iobj.path, inode
+            if not is_script:
+                out.loader = inode           # the ELF's dynamic loader
+                out.loader_unmatchable = _on_overlayfs(fd)
+                return out
+            try:
+                is_script, interp = _loaded_by(fd)
+            except OSError:
+                return out                   # unreadable: what runs is unknown (none accepted)
+            if not is_script:
+                out.image = inode            # the ELF that runs the script
+        return out                           # nested too deep: the exec fails (ELOOP)
+    finally:
+        if close:
+            os.close(fd)
 
 
 UNKNOWN_INTERPRETER = "(unreadable file: what the kernel loads for it is unknown)"

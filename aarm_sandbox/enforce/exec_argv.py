@@ -191,6 +191,40 @@ def seize_for_exec(tid: int) -> None:
                                           f"thread is traced already") from None
 
 
+def ptrace_works() -> tuple[bool, str]:
+    """(whether this process may PTRACE_SEIZE a child of its own, why not): what the
+    environment's policy (seccomp profile of a container runtime, an LSM, yama) allows."""
+    import signal
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    try:
+        ptrace(PTRACE_SEIZE, pid)
+        try:
+            ptrace(PTRACE_DETACH, pid)
+        except OSError:
+            pass                         # (a running tracee cannot be detached: killed below)
+        return True, ""
+    except OSError as e:
+        return False, f"ptrace refused: {e.strerror}"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def no_tracee_left() -> bool:
+    """A tracer thread may serve another exec only when nothing is attached to it any more:
+    no tracee, and no exit of one left to collect (a tracee killed as it was let go stays a
+    zombie its real parent cannot reap while this thread lives). Otherwise the thread ends,
+    which releases whatever it still traces."""
+    try:
+        os.waitpid(-1, os.WNOHANG | _WALL | _WNOTHREAD)
+    except ChildProcessError:
+        return True
+    return False
+
+
 def interrupt(tid: int) -> None:
     """Ask for a stop on the thread's way back to user space. Blocked in a notified
     syscall whose wait only a fatal signal ends (WAIT_KILLABLE_RECV), it stops only once

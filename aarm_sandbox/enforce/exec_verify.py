@@ -15,13 +15,15 @@ exec (threading.Thread.start waits until the new thread runs and holds the GIL).
 """
 from __future__ import annotations
 
+import errno
 import os
+import struct
 import threading
 import time
 from typing import Callable
 
 from aarm_sandbox.decode.memory import env_prefixed
-from aarm_sandbox.procfs import tgid_of
+from aarm_sandbox.procfs import stat_fields, tgid_of
 
 WATCH_FOR = 2.0             # an image unchanged by then: the exec failed, the old image runs on
 POLL = 0.0005               # between two looks at the pending execs
@@ -44,13 +46,43 @@ ENV_PREFIX = b"GIT_CONFIG"
 
 
 def image_loaded(pid: int, effect) -> bool:
-    """In the exec stop: the image is the file decided on, or for a '#!' script the
-    interpreter decided on (any, when that is a script too: the kernel loads what it names)."""
+    """In the exec stop: the image is the file decided on (for a '#!' script, the ELF its
+    interpreter chain ends in, resolved at the decision), and the dynamic loader mapped is
+    the one its PT_INTERP named then (none for a static ELF): a thread rewriting the
+    PT_INTERP of a file it may write, between the decision and the exec, loaded another."""
     st = os.stat(f"/proc/{pid}/exe")
-    now = (st.st_dev, st.st_ino)
-    if now == effect.dev_ino:
-        return True
-    return effect.is_script and (effect.interpreter_is_script or now == effect.interpreter_inode)
+    loads = effect.loads
+    if loads.image is None or (st.st_dev, st.st_ino) != loads.image:
+        return False
+    if loads.loader_unmatchable:
+        return True                     # (an overlayfs loader: see Loads.loader_unmatchable)
+    return loader_mapped(pid) == loads.loader
+
+
+def loader_mapped(pid: int) -> tuple[int, int] | None:
+    """(dev, ino) of the file mapped where the kernel put the program's dynamic loader
+    (AT_BASE of its auxiliary vector), None when it has none."""
+    with open(f"/proc/{pid}/auxv", "rb") as f:
+        auxv = f.read()
+    base = 0
+    for i in range(0, len(auxv) - 15, 16):
+        key, value = struct.unpack_from("<QQ", auxv, i)
+        if key == _AT_BASE:
+            base = value
+            break
+    if base == 0:
+        return None
+    with open(f"/proc/{pid}/maps", "rb") as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            start, _, end = fields[0].partition(b"-")
+            if int(start, 16) <= base < int(end, 16):
+                major, _, minor = fields[3].partition(b":")
+                return os.makedev(int(major, 16), int(minor, 16)), int(fields[4])
+    raise OSError(errno.ENOENT, f"no mapping holds the dynamic loader at {base:#x}")
+
+
+_AT_BASE = 7
 
 
 def basis_differs(pid: int, basis: ExecBasis, script: bool = False,
@@ -88,14 +120,32 @@ def _split_nul(block: bytes) -> tuple[bytes, ...]:
 
 
 class PendingExec:
-    """One continued exec being watched."""
-    __slots__ = ("tid", "effect", "tgid", "deadline")
+    """One continued exec being watched: its process (taken before the exec, since a
+    non-leader thread's id is gone after it) and the address of its arguments then, which
+    a new program's differ from (the sign the exec happened when the image stays the same
+    file)."""
+    __slots__ = ("tid", "effect", "tgid", "deadline", "mark")
 
-    def __init__(self, tid: int, effect, deadline: float):
+    def __init__(self, tid: int, effect, deadline: float, tgid: int | None, mark: int):
         self.tid = tid
         self.effect = effect
-        self.tgid: int | None = None
+        self.tgid = tgid
         self.deadline = deadline
+        self.mark = mark
+
+
+def exec_mark(pid: int) -> tuple[int | None, int]:
+    """(the thread's process, the start of its argument area: 0 when unknown), read before
+    its exec is let go."""
+    try:
+        tgid = tgid_of(pid)
+    except OSError:
+        return None, 0
+    fields = stat_fields(f"/proc/{tgid}/stat")
+    try:
+        return tgid, int(fields[45]) if fields else 0       # arg_start, field 48
+    except (IndexError, ValueError):
+        return tgid, 0
 
 
 class ExecImageVerifier:
@@ -112,9 +162,10 @@ class ExecImageVerifier:
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
 
-    def watch(self, tid: int, effect) -> None:
-        """Watch the exec thread `tid` was just let go to make (effect: its ExecContinue)."""
-        item = PendingExec(tid, effect, time.monotonic() + WATCH_FOR)
+    def watch(self, tid: int, effect, mark: tuple[int | None, int] = (None, 0)) -> None:
+        """Watch the exec thread `tid` was just let go to make (effect: its ExecContinue;
+        mark: exec_mark(tid) from before it was let go)."""
+        item = PendingExec(tid, effect, time.monotonic() + WATCH_FOR, mark[0], mark[1])
         with self._cond:
             self._pending.append(item)
             if self._thread is None:
@@ -166,19 +217,22 @@ class ExecImageVerifier:
         except OSError:
             return True                           # gone
         now = (st.st_dev, st.st_ino)
-        loaded = now == effect.dev_ino or (effect.is_script and (
-            effect.interpreter_is_script or now == effect.interpreter_inode))
-        if loaded:
+        # the same file as before the exec: has the exec happened? (unknown without a mark)
+        same = now == effect.before
+        if same and item.mark and not self._exec_happened(item):
+            return False                          # not yet: look again
+        maybe_old = same and not item.mark
+        if now == effect.loads.image:
             basis = getattr(effect, "basis", None)
             if basis is None:
                 return True
             why = _basis_now(tgid, basis, effect.is_script)
-            if why is None or (why and now == effect.before):
+            if why is None or (why and maybe_old):
                 return False            # not set up yet, or maybe still the old program's
             if why:
                 self._kill(tgid, item.tid, f"exec ran with {why} (rewritten by another thread)")
             return True
-        if now == effect.before:
+        if maybe_old:
             return False                          # still the old image: look again
         if now in self.allowed_images:
             # a later exec of the same process (`sh -c 'exec prog'`) already replaced the
@@ -186,6 +240,16 @@ class ExecImageVerifier:
             return True
         self._kill(tgid, item.tid, "exec loaded a different file than the one decided on")
         return True
+
+    @staticmethod
+    def _exec_happened(item: PendingExec) -> bool:
+        """With the same file before and after, whether the exec has replaced the program:
+        its argument area moved."""
+        fields = stat_fields(f"/proc/{item.tgid}/stat")
+        try:
+            return int(fields[45]) != item.mark if fields else True
+        except (IndexError, ValueError):
+            return True
 
     def _kill_safely(self, item: PendingExec, why: str) -> None:
         try:

@@ -365,18 +365,142 @@ def test_a_restarted_exec_whose_path_is_swapped_is_killed_in_its_exec_stop(user_
     assert s["ran"] > 0, f"the allowed, restarted half of the race never ran: {s}"
 
 
+def test_scripts_whose_interpreter_is_a_script_or_missing_never_let_a_swapped_program_run(
+        box, prog):
+    """A '#!' script runs as its interpreter chain's last ELF; an interpreter that is a
+    script itself, or missing, made the check accept any image at all (the denied copy
+    raced in ran ~65 of 300 times). The chain is resolved at the decision now, and the
+    image in the exec stop must be its end (none, when the chain cannot run)."""
+    ok, denied, marks = _exec_race_setup(box, prog)
+    inner = box.workspace / "inner.sh"
+    inner.write_text("#!/bin/sh\nexit 0\n")
+    inner.chmod(0o755)
+    for name, line in (("scripty", f"#!{inner}\n"), ("scriptx", "#!/nonexistent/sh\n")):
+        script = box.workspace / name
+        script.write_text(line)
+        script.chmod(0o755)
+        race = [prog, "race-exec", str(script), str(denied), "150", "20", "thread", str(marks)]
+        box.native(race)
+        assert any(marks.iterdir()), f"natively the denied copy never ran against {name}"
+        for m in marks.iterdir():
+            m.unlink()
+        profile = write_profile(box, f"deny-copy-{name}",
+                                "id: deny-copy\nextends: default\nrules:\n" + _DENY_COPY_RULE)
+        res = box.run([str(ok)] + race[1:5] + ["60"] + race[6:], profile=profile, timeout=120)
+        s = race_summary(res.stdout)
+        assert s["iterations"] == 150, explain(res)
+        assert not any(marks.iterdir()), f"{name}: the denied copy ran: {s}\n{explain(res)}"
+        _exec_stop_kills(res, s, "a different file than the one decided on")
+
+
+TINY_LOADER = r"""
+static long sc3(long n, long a, long b, long c)
+{
+    long r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+    return r;
+}
+void _start(void)
+{
+    static const char mark[] = "MARK";
+    sc3(2, (long)mark, 0101 | 01000, 0644);        /* open(O_WRONLY|O_CREAT|O_TRUNC) */
+    sc3(60, 0, 0, 0);
+    for (;;);
+}
+"""
+
+
+def test_an_elf_whose_dynamic_loader_name_is_rewritten_is_killed_in_its_exec_stop(box, prog):
+    """The decision judges the dynamic loader an ELF names (PT_INTERP); a program that may
+    write the ELF rewrote that name between the decision and the exec, and the kernel
+    loaded a denied loader. The loader mapped in the exec stop (AT_BASE) must now be the
+    one decided on."""
+    ws = box.workspace
+    shutil.copy("/lib64/ld-linux-x86-64.so.2", ws / "okld")
+    marks = ws / "marks"
+    marks.mkdir()
+    (ws / "tiny.c").write_text(TINY_LOADER.replace("MARK", str(marks / "ran")))
+    subprocess.run(["gcc", "-O2", "-nostdlib", "-static-pie", "-fPIE", "-o", str(ws / "nold"),
+                    str(ws / "tiny.c")], check=True)
+    (ws / "okelf.c").write_text("int main(void) { return 0; }\n")
+    subprocess.run(["gcc", "-O2", f"-Wl,--dynamic-linker={ws / 'okld'}", "-o", str(ws / "okelf"),
+                    str(ws / "okelf.c")], check=True)
+    off = (ws / "okelf").read_bytes().find(str(ws / "okld").encode())
+    assert off > 0
+    race = [prog, "race-interp", str(ws / "okelf"), str(off), str(ws / "okld"), str(ws / "nold"),
+            "200", "20"]
+    box.native(race)
+    assert any(marks.iterdir()), "natively the rewritten loader never ran"
+    for m in marks.iterdir():
+        m.unlink()
+    profile = write_profile(box, "deny-loader", """\
+id: deny-loader
+extends: default
+rules:
+  - id: no-denied-loader
+    actions: [process.exec]
+    paths: ["{workspace}/nold"]
+    decision: deny
+    reason: this loader may not run
+""")
+    res = box.run(race[:-1] + ["60"], profile=profile, timeout=120)
+    s = race_summary(res.stdout)
+    assert s["iterations"] == 200, explain(res)
+    assert not any(marks.iterdir()), f"the denied loader ran: {s}\n{explain(res)}"
+    assert s["refused"] > 0, f"the decision never read the denied name: {s}"
+    _exec_stop_kills(res, s, "a different file than the one decided on")
+
+
+def test_a_restarted_exec_decided_as_another_program_keeps_execs_held_in_their_stop(box, prog):
+    """A restart (append_args) whose restarted exec was decided as another, plainly allowed
+    program was tried as a fresh ptrace attach, which failed (traced already) and counted
+    as "ptrace refused here": three of them turned the exec-stop checks off for the whole
+    session. Such an exec is now checked by the restart's own tracer, and a refusal only
+    counts once a probe shows the environment refuses ptrace."""
+    ok, denied, marks = _exec_race_setup(box, prog)
+    ta, tb = box.workspace / "taprogx", box.workspace / "tbprogx"
+    for p in (ta, tb):
+        shutil.copy(prog, p)
+        p.chmod(0o755)
+    flip = f"{prog} race-exec {ta} {tb} 60 30 thread {marks}"
+    swap = f"{prog} race-exec {ok} {denied} 200 60 thread {marks}"
+    profile = write_profile(box, "restart-flip", "id: restart-flip\nextends: default\nrules:\n"
+                            + _DENY_COPY_RULE + """\
+  - id: add-an-argument
+    actions: [process.exec]
+    paths: ["{workspace}/taprogx"]
+    decision: modify
+    modify: append_args
+    append_args: [extra]
+    reason: taprogx runs with one more argument
+""")
+    res = box.run(["sh", "-c", f"{flip} && {swap}"], profile=profile, timeout=150)
+    assert res.returncode == 0, explain(res)
+    assert "ptrace is refused" not in res.stderr, res.stderr[-2000:]
+    assert not any(marks.iterdir()), f"the denied copy ran\n{explain(res)}"
+    assert_no_internal_errors(res)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_an_empty_argv_filled_in_after_the_decision_is_killed_in_its_exec_stop(box, prog):
+    """An exec with an empty argv classifies as nothing; a process sharing the array set
+    argv[0] (and so the whole argv) after the decision read it, and `git push -f` ran
+    past a vcs.push.force deny. The exec of a classified tool now runs only with the argv
+    decided on: an empty one reaches the program as one empty argument."""
+    git = shutil.which("git")
+    _force_push_race(box, [prog, "race-argv0", git, "40", "{secs}", "push", "-f", "origin",
+                           "main"], 40)
+
+
 def _git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t",
                            "-c", "init.defaultBranch=main", *args], cwd=cwd, check=True,
                           capture_output=True, text=True).stdout.strip()
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
-def test_a_classified_tool_killed_in_its_exec_stop_when_its_arguments_were_rewritten(box, prog):
-    """`git push -q` is allowed, `git push -f` is not (vcs.push.force). A thread flipping
-    -q into -f after the classification read the argv used to force the push through
-    (the remote branch rewritten). The program now runs only with the argv classified."""
-    ws = box.workspace
+def _git_diverged_remote(ws: Path) -> None:
+    """A repository in ws whose origin (ws/remote.git) holds a main branch that the local
+    main does not descend from: only a forced push replaces it."""
     _git("init", "-q", "--bare", "remote.git", cwd=ws)
     _git("init", "-q", cwd=ws)
     (ws / ".git" / "info" / "exclude").write_text("remote.git\n")
@@ -389,17 +513,29 @@ def test_a_classified_tool_killed_in_its_exec_stop_when_its_arguments_were_rewri
     _git("push", "-q", "origin", "main", cwd=ws)
     _git("reset", "-q", "--hard", "HEAD~1", cwd=ws)
     (ws / "f").write_text("b\n")
-    _git("commit", "-qam", "B", cwd=ws)          # not a descendant of X: only -f replaces it
-    x = _git("rev-parse", "main", cwd=ws / "remote.git")
-    git = shutil.which("git")
-    race = [prog, "race-argv", git, "-q", "-f", "30", "{secs}", "thread", "push", "-q",
-            "origin", "main"]
+    _git("commit", "-qam", "B", cwd=ws)
 
+
+def _force_push_race(box, race: list[str], iters: int) -> dict:
+    """Natively the race forces a push to ws/remote.git; under a vcs.push.force deny it
+    never does, and every exec caught is killed in its exec stop. Returns the summary."""
+    ws = box.workspace
+    _git_diverged_remote(ws)
+    x = _git("rev-parse", "main", cwd=ws / "remote.git")
     box.native([a.replace("{secs}", "20") for a in race])
     assert _git("rev-parse", "main", cwd=ws / "remote.git") != x, "natively no push was forced"
     _git("update-ref", "refs/heads/main", x, cwd=ws / "remote.git")
+    res = box.run([a.replace("{secs}", "60") for a in race], profile=_no_force_profile(box),
+                  timeout=120)
+    s = race_summary(res.stdout)
+    assert s["iterations"] == iters, explain(res)
+    assert _git("rev-parse", "main", cwd=ws / "remote.git") == x, f"a push was forced: {s}"
+    _exec_stop_kills(res, s, "other arguments than the ones decided on")
+    return s
 
-    profile = write_profile(box, "no-force", """\
+
+def _no_force_profile(box) -> str:
+    return write_profile(box, "no-force", """\
 id: no-force
 extends: default
 rules:
@@ -408,12 +544,17 @@ rules:
     decision: deny
     reason: no force pushes
 """)
-    res = box.run([a.replace("{secs}", "60") for a in race], profile=profile, timeout=120)
-    s = race_summary(res.stdout)
-    assert s["iterations"] == 30, explain(res)
-    assert _git("rev-parse", "main", cwd=ws / "remote.git") == x, f"a push was forced: {s}"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_classified_tool_killed_in_its_exec_stop_when_its_arguments_were_rewritten(box, prog):
+    """`git push -q` is allowed, `git push -f` is not (vcs.push.force). A thread flipping
+    -q into -f after the classification read the argv used to force the push through
+    (the remote branch rewritten). The program now runs only with the argv classified."""
+    git = shutil.which("git")
+    s = _force_push_race(box, [prog, "race-argv", git, "-q", "-f", "30", "{secs}", "thread",
+                               "push", "-q", "origin", "main"], 30)
     assert s["refused"] > 0 and s["ran"] > 0, f"both halves of the race must occur: {s}"
-    _exec_stop_kills(res, s, "other arguments than the ones decided on")
 
 
 def test_an_exec_a_rule_judged_by_its_argv_is_killed_if_the_argv_was_rewritten(box, prog):
@@ -453,15 +594,7 @@ def test_a_classified_tool_that_is_a_script_runs_with_its_own_arguments(box):
     tool = box.workspace / "git"
     tool.write_text('#!/bin/sh\necho "script git: $*"\n')
     tool.chmod(0o755)
-    profile = write_profile(box, "no-force-script", """\
-id: no-force-script
-extends: default
-rules:
-  - id: no-force-push
-    actions: [vcs.push.force]
-    decision: deny
-    reason: no force pushes
-""")
+    profile = _no_force_profile(box)
     res = box.run(["./git", "status", "-s"], profile=profile)
     assert res.returncode == 0 and "script git: status -s" in res.stdout, explain(res)
     assert not [r for r in res.records if r.get("type") == "enforcement"], explain(res)

@@ -13,6 +13,10 @@
  *                                                      flip execve's path; each child execs
  *                                                      itself (a copy) in mode exec-marker
  *   exec-marker MARKERDIR                              as DENIEDPROG: create MARKERDIR/ran-PID
+ *   race-argv0 PROG ITERS SECONDS ARGS...              exec PROG with argv[0] flipping between
+ *                                                      NULL (an empty argv) and PROG (forked flipper)
+ *   race-interp ELF OFFSET NAME_A NAME_B ITERS SECONDS pwrite the ELF's PT_INTERP (at OFFSET)
+ *                                                      between two names while exec'ing it
  *   race-argv PROG ARG_A ARG_B ITERS SECONDS thread|fork ARGS...
  *                                                      exec PROG ARGS... with one argument
  *                                                      flipping between ARG_A and ARG_B
@@ -730,6 +734,113 @@ static int race_argv(int argc, char **argv)
     return 0;
 }
 
+/* Wait for an exec'ing child: killed (in its exec stop), refused (exit 126) or ran. */
+static void tally(pid_t pid, long *ran, long *refused, long *killed)
+{
+    int st;
+    if (waitpid(pid, &st, 0) < 0)
+        return;
+    if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
+        (*killed)++;
+    else if (WIFEXITED(st) && WEXITSTATUS(st) == 126)
+        (*refused)++;
+    else
+        (*ran)++;
+}
+
+/* argv[0] flips between NULL (argc 0: "nothing to classify") and the program's name. */
+static int race_argv0(int argc, char **argv)
+{
+    if (argc < 5)
+        return 2;
+    long iters = atol(argv[3]);
+    double deadline = now() + atof(argv[4]);
+    struct shared { atomic_int stop; char *av[64]; } *sh =
+        mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED)
+        return 2;
+    int k = 1;
+    for (int j = 5; j < argc && k < 63; j++)
+        sh->av[k++] = argv[j];
+    sh->av[k] = NULL;
+    sh->av[0] = NULL;
+    pid_t flipper = fork();
+    if (flipper == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        while (!atomic_load(&sh->stop)) {
+            sh->av[0] = argv[2];
+            hold();
+            sh->av[0] = NULL;
+            hold();
+        }
+        _exit(0);
+    }
+    long i, ran = 0, refused = 0, killed = 0;
+    for (i = 0; i < iters && now() < deadline; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            extern char **environ;
+            int null = open("/dev/null", O_WRONLY);
+            dup2(null, 1);
+            dup2(null, 2);
+            execve(argv[2], sh->av, environ);
+            _exit(126);
+        }
+        tally(pid, &ran, &refused, &killed);
+    }
+    atomic_store(&sh->stop, 1);
+    waitpid(flipper, NULL, 0);
+    printf("race iterations=%ld ran=%ld refused=%ld killed=%ld\n", i, ran, refused, killed);
+    return 0;
+}
+
+/* The ELF's PT_INTERP bytes flip between two loader names (a forked writer) while it is
+ * exec'd: the decision reads one, the kernel may load the other. */
+static int race_interp(int argc, char **argv)
+{
+    if (argc < 8)
+        return 2;
+    const char *elf = argv[2], *a = argv[4], *b = argv[5];
+    off_t off = atol(argv[3]);
+    long iters = atol(argv[6]);
+    double deadline = now() + atof(argv[7]);
+    size_t n = strlen(a);
+    if (strlen(b) != n)
+        return 2;
+    atomic_int *stop = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (stop == MAP_FAILED)
+        return 2;
+    pid_t writer = fork();
+    if (writer == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        for (int w = 0; !atomic_load(stop); w ^= 1) {
+            int fd = open(elf, O_WRONLY);
+            if (fd >= 0) {
+                if (pwrite(fd, w ? b : a, n, off) < 0) { /* (busy: ETXTBSY while it runs) */ }
+                close(fd);
+            }
+            for (int k = 0; k < 3000; k++)
+                __builtin_ia32_pause();
+        }
+        _exit(0);
+    }
+    long i, ran = 0, refused = 0, killed = 0;
+    for (i = 0; i < iters && now() < deadline; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            extern char **environ;
+            char *av[] = {(char *)elf, NULL};
+            execve(elf, av, environ);
+            _exit(errno == EPERM || errno == EACCES ? 126 : 127);
+        }
+        tally(pid, &ran, &refused, &killed);
+    }
+    atomic_store(stop, 1);
+    waitpid(writer, NULL, 0);
+    printf("race iterations=%ld ran=%ld refused=%ld killed=%ld\n", i, ran, refused, killed);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -742,6 +853,8 @@ int main(int argc, char **argv)
     if (!strcmp(m, "race-exec")) return race_exec(argc, argv);
     if (!strcmp(m, "race-argv")) return race_argv(argc, argv);
     if (!strcmp(m, "exec-marker")) return exec_marker(argc, argv);
+    if (!strcmp(m, "race-argv0")) return race_argv0(argc, argv);
+    if (!strcmp(m, "race-interp")) return race_interp(argc, argv);
     if (!strcmp(m, "symlink-race-open")) return symlink_race(argc, argv, 0);
     if (!strcmp(m, "dirlink-race-unlink")) return symlink_race(argc, argv, 1);
     if (!strcmp(m, "dirfd")) return dirfd_attack(argc, argv);
