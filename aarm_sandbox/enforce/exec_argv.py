@@ -45,18 +45,22 @@ _BELOW_STACK = 8192                          # clear of the red zone and a signa
 MAX_ARGS = 4096
 
 def ptrace(req: int, tid: int, addr: int = 0, data: int = 0) -> None:
-    """ptrace(2) through python-ptrace, imported on first use (~40 ms: never on run's
-    startup path); OSError on failure."""
-    try:
-        from ptrace.binding.func import PtraceError, ptrace as _ptrace
-    except ImportError:
-        raise OSError(errno.ENOSYS, "python-ptrace is not installed (a dependency of "
-                                    "aarm-sandbox: pip install python-ptrace)") from None
-    try:
-        _ptrace(req, tid, addr, data)
-    except PtraceError as e:
-        err = e.errno or errno.EPERM
-        raise OSError(err, f"ptrace({req}) on thread {tid}: {os.strerror(err)}") from None
+    """ptrace(2), the libc call itself: every allowed exec is held with it, and
+    python-ptrace (its register layout is what `_getregs` needs) costs ~15 ms to import,
+    which the first exec of every run paid. OSError on failure."""
+    global _libc_ptrace
+    if _libc_ptrace is None:
+        fn = ctypes.CDLL(None, use_errno=True).ptrace
+        fn.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+        fn.restype = ctypes.c_long
+        _libc_ptrace = fn
+    ctypes.set_errno(0)
+    if _libc_ptrace(req, tid, addr, data) == -1:
+        err = ctypes.get_errno() or errno.EPERM
+        raise OSError(err, f"ptrace({req}) on thread {tid}: {os.strerror(err)}")
+
+
+_libc_ptrace = None
 
 
 def _getregs(tid: int):
