@@ -336,6 +336,50 @@ def test_rewriting_the_path_while_the_request_waits_changes_nothing(box, session
     assert [r["action"]["target"] for r in res.receipts("file.delete")] == [str(held)]
 
 
+REWRITE_ARGV = r"""
+import ctypes, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+delay = float(sys.argv[1])
+target = ctypes.create_string_buffer(b"build")
+argv = (ctypes.c_void_p * 4)(ctypes.cast(ctypes.c_char_p(b"/usr/bin/rm"), ctypes.c_void_p).value,
+                             ctypes.cast(ctypes.c_char_p(b"-rf"), ctypes.c_void_p).value,
+                             ctypes.addressof(target), None)
+def rewrite():
+    time.sleep(delay)
+    ctypes.memmove(target, b"keep!", 5)
+    print("REWRITTEN", flush=True)
+t = threading.Thread(target=rewrite)
+t.start()
+if delay == 0:
+    t.join()
+libc.execv(b"/usr/bin/rm", argv)
+print("EXEC FAILED", ctypes.get_errno())
+"""
+
+
+def test_rewriting_the_argv_of_a_held_exec_while_it_waits_kills_it_before_it_runs(box, sessions):
+    """The human approves `rm -rf build` as shown; a second thread rewrites "build" into
+    "keep!" while the request waits. The kernel copies the argv only when the exec goes
+    on: the new program is checked in its exec stop and killed there, before rm runs."""
+    for d in ("build", "keep!"):
+        (box.workspace / d / "sub").mkdir(parents=True)
+    native = box.native([PY, "-c", REWRITE_ARGV, "0"])
+    assert not (box.workspace / "keep!").exists(), native.stdout + native.stderr
+    (box.workspace / "keep!" / "sub").mkdir(parents=True)
+
+    s = sessions(box, [PY, "-c", REWRITE_ARGV, "0.3"])
+    [req] = s.wait_requests()
+    assert req["kind"] == "step_up" and "build" in json.dumps(s.get(req["request"])), req
+    assert "REWRITTEN" in s.proc.stdout.readline()
+    status, body = s.answer(req["request"], True)
+    assert status == 200, body
+    res = s.finish()
+    assert (box.workspace / "keep!" / "sub").is_dir(), res.stdout + res.stderr
+    assert (box.workspace / "build" / "sub").is_dir(), res.stdout + res.stderr
+    killed = [r for r in res.records if r.get("type") == "enforcement"]
+    assert killed and "other arguments than the ones decided on" in killed[0]["reason"], killed
+
+
 def test_an_answer_is_single_use_and_bound_to_the_view(box, sessions):
     a = box.canary("keep/one", where="workspace")
     b = box.canary("keep/two", where="workspace")
