@@ -96,7 +96,6 @@ class Supervisor:
         self._exec_stops: bool | None = None
         self._exec_stops_lock = threading.Lock()
         self._restart_tracing: set[int] = set()     # tids an append_args restart traces
-        self._argv_restarts: dict[int, float] = {}   # tid -> when an exec of it was restarted
         # The journal, keys and state: denied outright when no mount namespace hides them.
         self.protected: tuple[str, ...] = ()
         # The profile files (extends chain) governing this session, wherever they are: the
@@ -474,6 +473,8 @@ class Supervisor:
                     # of the same process (`sh -c 'exec prog'`) may see this image the moment
                     # the kernel loads it, and must not take it for a swapped file.
                     self.allowed_images.add(effect.dev_ino)
+                    if effect.loads.image is not None:
+                        self.allowed_images.add(effect.loads.image)    # (a script's ELF)
                     r = self._continue_exec(n, effect, action, verify)
                     if r < 0:
                         return r
@@ -531,7 +532,6 @@ class Supervisor:
             # any more: forgotten before the thread is let go (a restarted exec that failed
             # left it, and a later exec ending with the arguments was continued unchecked)
             def release() -> None:
-                self._argv_restarts.pop(n.tid, None)
                 self._restart_checks.pop(n.tid, None)
                 self._restart_tracing.discard(n.tid)
             self._restart_tracing.add(n.tid)
@@ -587,10 +587,12 @@ class Supervisor:
                 basis_differs(pid, basis, effect.is_script)))
         # (where execs may not be held: their process and argument area, taken while the
         # thread still waits, for the watch after the exec)
-        mark = exec_mark(n.tid) if self._exec_stops is not True and stop_checks else (None, 0)
+        mark = exec_mark(n.tid) if self._exec_stops is not True and stop_checks else (None, -1)
         if n.tid in self._restart_tracing:
             # the restarted exec of an append_args rule (whatever it was decided as): traced
             # already by its restart's tracer, which runs these in its exec stop
+            if mark[1] >= 0:
+                os.close(mark[1])
             self._restart_checks[n.tid] = checks + stop_checks
             self.backend.answer_continue(n)
             return 0
@@ -599,6 +601,8 @@ class Supervisor:
         if checks:
             r = self._gated_exec(n, checks, required=effect.env_gate is not None)
             if r != _NO_EXEC_STOP:
+                if mark[1] >= 0:
+                    os.close(mark[1])
                 return r
         else:
             self.backend.answer_continue(n)
@@ -628,9 +632,11 @@ class Supervisor:
                 seize_for_exec(n.tid)
             except RestartUnavailable as e:
                 # Refused for this thread only (ptrace works here): refuse the exec. Refused
-                # everywhere (the environment's policy, found once): watch execs after they
-                # start from now on.
-                if required or e.errno != errno.EPERM or not self._ptrace_refused_here():
+                # everywhere (the environment's policy - yama and Landlock say EPERM, SELinux
+                # and AppArmor EACCES - found once by a probe): watch execs after they start.
+                if not self.backend.still_pending(n):
+                    raise RestartUnavailable(errno.ESRCH, f"thread {n.tid} left its exec") from None
+                if required or not self._ptrace_refused_here():
                     raise
                 if may_answer():
                     self.backend.answer_continue(n)
@@ -837,12 +843,11 @@ class Supervisor:
         argv = action.detail.get("argv") or []
         modified = {"type": "process.exec", "transform": "append_args", "original": "process.exec",
                     "appended": list(extra)}
-        restarted = time.monotonic() - self._argv_restarts.get(n.tid, -10.0) < 2.0
+        # (its restart's tracer holds the thread until the restarted exec is over, however
+        # long that exec's decision takes)
+        restarted = n.tid in self._restart_tracing
         if extra and tuple(argv[len(argv) - len(extra):]) == extra and restarted:
-            # The restart's tracer checks the new program in its exec stop; this check
-            # after the exec only matters when that tracer gave up waiting (the restarted
-            # exec held for approval longer than it waits).
-            self._argv_restarts.pop(n.tid, None)
+            # the restart's tracer checks the new program in its exec stop
             effect.require_argv_tail = extra
             return effect, modified
         # (an original call that already ends with them is restarted too: only the
@@ -852,7 +857,6 @@ class Supervisor:
             print(f"aarm-sandbox: the argv of {action.target} did not come back with "
                   f"{' '.join(extra)} after a restart", file=sys.stderr)
             return effect, None                   # restarted once already: deny
-        self._argv_restarts[n.tid] = time.monotonic()
         argvp = n.args[1] if action.syscall == "execve" else n.args[2]
         return ExecRestart(effect, n.tid, n.nr, argvp, extra), {**modified, "restarted": True}
 

@@ -72,10 +72,12 @@ class Box:
 
     def run(self, argv: list[str], *, profile: str = "default", extra: list[str] | None = None,
             env: dict | None = None, timeout: float = 120, input: str | None = None,
-            cwd: Path | None = None) -> RunResult:
+            cwd: Path | None = None, wrapper: list[str] | None = None) -> RunResult:
+        """wrapper: a command the supervisor itself runs under (e.g. one refusing ptrace)."""
         journal = self.root / "journal" / f"{uuid.uuid4().hex}.jsonl"
-        cmd = sandbox_cmd() + ["run", "--profile", profile, "--workspace", str(self.workspace),
-                               "--journal", str(journal)] + (extra or []) + ["--"] + argv
+        cmd = (wrapper or []) + sandbox_cmd() + [
+            "run", "--profile", profile, "--workspace", str(self.workspace),
+            "--journal", str(journal)] + (extra or []) + ["--"] + argv
         if self.uid is not None:
             cmd = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups"] + cmd
         full_env = dict(os.environ)

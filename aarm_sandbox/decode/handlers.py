@@ -661,14 +661,57 @@ _MAX_INTERPRETERS = 5                        # the kernel's BINPRM_MAX_RECURSION
 _OVERLAYFS_MAGIC = 0x794C7630
 
 
+_BTRFS_MAGIC = 0x9123683E
+
+
 def _on_overlayfs(fd: int) -> bool:
-    """Whether fd's file is on overlayfs (fstatfs f_type, the first field of struct statfs);
-    when that cannot be told, it may be."""
+    """Whether fd's file is on overlayfs or btrfs (fstatfs f_type, the first field of
+    struct statfs), where /proc/PID/maps shows another device (a backing file's, the
+    superblock's instead of the subvolume's) than a stat; when that cannot be told, it may
+    be."""
     import ctypes
     buf = ctypes.create_string_buffer(128)
     if _libc().fstatfs(fd, buf) != 0:
         return True
-    return struct.unpack_from("<q", buf.raw, 0)[0] == _OVERLAYFS_MAGIC
+    return struct.unpack_from("<q", buf.raw, 0)[0] in (_OVERLAYFS_MAGIC, _BTRFS_MAGIC)
+
+
+BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
+
+
+def _binfmt_interpreter(head: bytes, name: str) -> tuple[str, bool] | None:
+    """(interpreter, registered with F) of the first enabled binfmt_misc entry that takes a
+    file starting with `head` and named `name`, as the kernel picks them; None when none
+    does (or binfmt_misc is not there: then the exec fails)."""
+    try:
+        entries = sorted(e for e in os.listdir(BINFMT_MISC) if e not in ("register", "status"))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(os.path.join(BINFMT_MISC, entry)) as f:
+                fields = dict((line.split(" ", 1) + [""])[:2] for line in f.read().splitlines())
+        except OSError:
+            continue
+        if "enabled" not in fields:
+            continue
+        interp = fields.get("interpreter", "").strip()
+        flags = fields.get("flags:", "").strip()
+        if "extension" in fields:
+            if name.endswith("." + fields["extension"].strip().lstrip(".")):
+                return interp, "F" in flags
+            continue
+        try:
+            off = int(fields.get("offset", "0").strip() or 0)
+            magic = bytes.fromhex(fields.get("magic", "").strip())
+            mask = bytes.fromhex(fields["mask"].strip()) if "mask" in fields else b"\xff" * len(magic)
+        except ValueError:
+            continue
+        got = head[off:off + len(magic)]
+        if magic and len(got) == len(magic) and \
+                bytes(a & m for a, m in zip(got, mask)) == bytes(b & m for b, m in zip(magic, mask)):
+            return interp, "F" in flags
+    return None
 
 
 def _libc():
@@ -689,6 +732,25 @@ def _what_loads(n, st, obj) -> Loads:
         is_script, interp = _loaded_by(obj.fd)
     except OSError:
         out.unknown = True
+        return out
+    except NotNative as e:
+        # run by the binfmt_misc entry that takes it (its interpreter is the image), or
+        # by none (the exec fails: no image)
+        out.loader_unmatchable = True
+        found = _binfmt_interpreter(e.head, os.path.basename(obj.path))
+        if found is not None:
+            path, fixed = found
+            try:
+                if fixed:                        # ('F': opened when it was registered)
+                    st_ = os.stat(path)
+                    out.image = (st_.st_dev, st_.st_ino)
+                else:
+                    iobj = _resolver(n, st).object(AT_FDCWD, os.fsencode(path), follow=True)
+                    out.image = (iobj.st.st_dev, iobj.st.st_ino)
+                    out.interpreter_path, out.interpreter_inode = iobj.path, out.image
+                    iobj.close()
+            except (OSError, DecodeError):
+                out.unresolved = path
         return out
     out.is_script = is_script
     if not is_script:
@@ -717,8 +779,8 @@ def _what_loads(n, st, obj) -> Loads:
                 return out
             try:
                 is_script, interp = _loaded_by(fd)
-            except OSError:
-                return out                   # unreadable: what runs is unknown (none accepted)
+            except (OSError, NotNative):
+                return out                   # unreadable or foreign: no image accepted
             if not is_script:
                 out.image = inode            # the ELF that runs the script
         return out                           # nested too deep: the exec fails (ELOOP)
@@ -730,18 +792,26 @@ def _what_loads(n, st, obj) -> Loads:
 UNKNOWN_INTERPRETER = "(unreadable file: what the kernel loads for it is unknown)"
 
 
+class NotNative(Exception):
+    """Neither a '#!' script nor an x86-64 ELF: binfmt_misc's, if any entry takes it."""
+
+    def __init__(self, head: bytes):
+        super().__init__("not a native executable")
+        self.head = head
+
+
 def _loaded_by(opath_fd: int) -> tuple[bool, bytes | None]:
     """(a '#!' script?, the file the kernel loads to run this one: the first word of the
-    '#!' line, or the PT_INTERP of a 64-bit little-endian ELF, i.e. its dynamic loader).
-    OSError when the file cannot be opened for reading."""
+    '#!' line, or the PT_INTERP of an x86-64 ELF, i.e. its dynamic loader). OSError when
+    the file cannot be opened for reading; NotNative for any other format."""
     fd = os.open(f"/proc/self/fd/{opath_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         head = os.pread(fd, 256, 0)
         if head.startswith(b"#!"):
             words = head[2:].split(b"\n", 1)[0].split()
             return True, words[0] if words else None
-        if head[:6] != b"\x7fELF\x02\x01" or len(head) < 64:
-            return False, None
+        if head[:6] != b"\x7fELF\x02\x01" or len(head) < 64 or head[18:20] != b"\x3e\x00":
+            raise NotNative(head)                       # (not an x86-64 ELF: EM_X86_64 = 62)
         phoff, = struct.unpack_from("<Q", head, 32)
         phentsize, phnum = struct.unpack_from("<HH", head, 54)
         if phentsize < 56 or phnum > 512:
@@ -757,6 +827,8 @@ def _loaded_by(opath_fd: int) -> tuple[bool, bytes | None]:
                 name = os.pread(fd, size, off).split(b"\0", 1)[0]
                 return False, name or None
         return False, None
+    except NotNative:
+        raise
     except (OSError, struct.error):
         return False, None
     finally:

@@ -54,35 +54,51 @@ def image_loaded(pid: int, effect) -> bool:
     loads = effect.loads
     if loads.image is None or (st.st_dev, st.st_ino) != loads.image:
         return False
-    if loads.loader_unmatchable:
-        return True                     # (an overlayfs loader: see Loads.loader_unmatchable)
-    return loader_mapped(pid) == loads.loader
+    return loader_ok(pid, loads)
 
 
-def loader_mapped(pid: int) -> tuple[int, int] | None:
-    """(dev, ino) of the file mapped where the kernel put the program's dynamic loader
-    (AT_BASE of its auxiliary vector), None when it has none."""
+def loader_ok(pid: int, loads) -> bool:
+    """The dynamic loader mapped is the one decided on. Its mapping's own file, stat'ed
+    through /proc/PID/map_files, compares with a stat of the decided path everywhere; where
+    the supervisor may not open map_files (it needs CAP_SYS_ADMIN), /proc/PID/maps' device
+    and inode do, except on overlayfs and btrfs (Loads.loader_unmatchable)."""
+    mapped, exact = loader_mapped(pid)
+    if exact or not loads.loader_unmatchable:
+        return mapped == loads.loader
+    return True
+
+
+def loader_mapped(pid: int) -> tuple[tuple[int, int] | None, bool]:
+    """((dev, ino) of the file mapped where the kernel put the program's dynamic loader
+    (AT_BASE of its auxiliary vector), None when it has none; whether that came from a stat
+    of the mapping itself rather than the text of /proc/PID/maps)."""
     with open(f"/proc/{pid}/auxv", "rb") as f:
         auxv = f.read()
-    base = 0
-    for i in range(0, len(auxv) - 15, 16):
-        key, value = struct.unpack_from("<QQ", auxv, i)
-        if key == _AT_BASE:
-            base = value
-            break
+    keys = dict(struct.unpack_from("<QQ", auxv, i) for i in range(0, len(auxv) - 15, 16))
+    if _AT_PAGESZ not in keys:
+        raise NotSetUp("the new program's auxiliary vector is not set up yet")
+    base = keys.get(_AT_BASE, 0)
     if base == 0:
-        return None
+        return None, True
     with open(f"/proc/{pid}/maps", "rb") as f:
         for line in f:
             fields = line.split(maxsplit=5)
             start, _, end = fields[0].partition(b"-")
             if int(start, 16) <= base < int(end, 16):
-                major, _, minor = fields[3].partition(b":")
-                return os.makedev(int(major, 16), int(minor, 16)), int(fields[4])
+                try:
+                    st = os.stat(f"/proc/{pid}/map_files/{fields[0].decode()}")
+                    return (st.st_dev, st.st_ino), True
+                except PermissionError:
+                    major, _, minor = fields[3].partition(b":")
+                    return (os.makedev(int(major, 16), int(minor, 16)), int(fields[4])), False
     raise OSError(errno.ENOENT, f"no mapping holds the dynamic loader at {base:#x}")
 
 
-_AT_BASE = 7
+_AT_BASE, _AT_PAGESZ = 7, 6
+
+
+class NotSetUp(OSError):
+    """Looked at between the new image's switch and its auxiliary vector (the watcher)."""
 
 
 def basis_differs(pid: int, basis: ExecBasis, script: bool = False,
@@ -121,9 +137,9 @@ def _split_nul(block: bytes) -> tuple[bytes, ...]:
 
 class PendingExec:
     """One continued exec being watched: its process (taken before the exec, since a
-    non-leader thread's id is gone after it) and the address of its arguments then, which
-    a new program's differ from (the sign the exec happened when the image stays the same
-    file)."""
+    non-leader thread's id is gone after it) and its memory then (a /proc/PID/mem fd of the
+    old program, which reads nothing once the exec replaced it: the sign the exec happened
+    when the image stays the same file)."""
     __slots__ = ("tid", "effect", "tgid", "deadline", "mark")
 
     def __init__(self, tid: int, effect, deadline: float, tgid: int | None, mark: int):
@@ -131,21 +147,20 @@ class PendingExec:
         self.effect = effect
         self.tgid = tgid
         self.deadline = deadline
-        self.mark = mark
+        self.mark = mark                  # the fd, or -1
 
 
 def exec_mark(pid: int) -> tuple[int | None, int]:
-    """(the thread's process, the start of its argument area: 0 when unknown), read before
-    its exec is let go."""
+    """(the thread's process, an fd of its memory now: -1 when unknown), taken before its
+    exec is let go."""
     try:
         tgid = tgid_of(pid)
     except OSError:
-        return None, 0
-    fields = stat_fields(f"/proc/{tgid}/stat")
+        return None, -1
     try:
-        return tgid, int(fields[45]) if fields else 0       # arg_start, field 48
-    except (IndexError, ValueError):
-        return tgid, 0
+        return tgid, os.open(f"/proc/{tgid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return tgid, -1
 
 
 class ExecImageVerifier:
@@ -162,7 +177,7 @@ class ExecImageVerifier:
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
 
-    def watch(self, tid: int, effect, mark: tuple[int | None, int] = (None, 0)) -> None:
+    def watch(self, tid: int, effect, mark: tuple[int | None, int] = (None, -1)) -> None:
         """Watch the exec thread `tid` was just let go to make (effect: its ExecContinue;
         mark: exec_mark(tid) from before it was let go)."""
         item = PendingExec(tid, effect, time.monotonic() + WATCH_FOR, mark[0], mark[1])
@@ -185,6 +200,10 @@ class ExecImageVerifier:
                     self._cond.wait()
                 batch = list(self._pending)
             done = [item for item in batch if self._settled(item)]
+            for item in done:
+                if item.mark >= 0:
+                    os.close(item.mark)
+                    item.mark = -1
             with self._cond:
                 if done:
                     gone = set(map(id, done))
@@ -219,10 +238,20 @@ class ExecImageVerifier:
         now = (st.st_dev, st.st_ino)
         # the same file as before the exec: has the exec happened? (unknown without a mark)
         same = now == effect.before
-        if same and item.mark and not self._exec_happened(item):
+        if same and item.mark >= 0 and not self._exec_happened(item):
             return False                          # not yet: look again
-        maybe_old = same and not item.mark
+        maybe_old = same and item.mark < 0
         if now == effect.loads.image:
+            try:
+                loader_right = loader_ok(tgid, effect.loads)
+            except NotSetUp:
+                return False                      # look again
+            except OSError:
+                return True                       # gone (its mappings with it)
+            if not loader_right:
+                self._kill(tgid, item.tid, "exec loaded another dynamic loader than the one "
+                                           "decided on")
+                return True
             basis = getattr(effect, "basis", None)
             if basis is None:
                 return True
@@ -244,11 +273,12 @@ class ExecImageVerifier:
     @staticmethod
     def _exec_happened(item: PendingExec) -> bool:
         """With the same file before and after, whether the exec has replaced the program:
-        its argument area moved."""
+        the old memory reads nothing any more (its stack, at the address of its arguments)."""
         fields = stat_fields(f"/proc/{item.tgid}/stat")
         try:
-            return int(fields[45]) != item.mark if fields else True
-        except (IndexError, ValueError):
+            arg_start = int(fields[45]) if fields else 0           # field 48
+            return not arg_start or not os.pread(item.mark, 1, arg_start)
+        except (IndexError, ValueError, OSError):
             return True
 
     def _kill_safely(self, item: PendingExec, why: str) -> None:

@@ -492,6 +492,47 @@ def test_an_empty_argv_filled_in_after_the_decision_is_killed_in_its_exec_stop(b
                            "main"], 40)
 
 
+NO_PTRACE = r"""
+/* no_ptrace ERRNO CMD...: run CMD with ptrace(2) failing with ERRNO, as a container
+ * runtime's seccomp profile or an LSM refuses it. */
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+    unsigned err = (unsigned)atoi(argv[1]);
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_ptrace, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | err),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+        return 125;
+    execvp(argv[2], argv + 2);
+    return 127;
+}
+"""
+
+
+@pytest.mark.parametrize("err", [1, 13], ids=["EPERM", "EACCES"])
+def test_where_ptrace_is_refused_execs_run_and_are_watched_after_they_start(box, compile_c, err):
+    """yama and Landlock refuse ptrace with EPERM, SELinux and AppArmor with EACCES: either
+    way a probe finds it refused once, the session says so, and execs run (checked after
+    they start) instead of being refused one by one."""
+    wrapper = [compile_c("no_ptrace", NO_PTRACE), str(err)]
+    res = box.run(["sh", "-c", "for i in 1 2 3 4 5; do /bin/true; done; ls / >/dev/null && echo fine"],
+                  wrapper=wrapper)
+    assert res.returncode == 0 and "fine" in res.stdout, explain(res)
+    assert res.stderr.count("ptrace refused") == 1, res.stderr
+    assert not [r for r in res.records if r.get("type") == "enforcement"], explain(res)
+
+
 def _git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t",
                            "-c", "init.defaultBranch=main", *args], cwd=cwd, check=True,
