@@ -27,8 +27,9 @@ from aarm_sandbox.enforce.effects import (AtCall, Continue, Effect, NameAppeared
                                           QuarantineDelete)
 from aarm_sandbox.enforce.exec_argv import (ERESTARTNOINTR, ExecRestart, RestartUnavailable,
                                             no_tracee_left, ptrace_works)
-from aarm_sandbox.enforce.exec_verify import (ENV_PREFIX, ExecBasis, ExecImageVerifier,
-                                              basis_differs, exec_mark, image_loaded)
+from aarm_sandbox.enforce.exec_verify import (ENV_PREFIX, NO_MARK, ExecBasis,
+                                              ExecImageVerifier, basis_differs, exec_mark,
+                                              image_loaded)
 from aarm_sandbox.enforce.tracer_pool import TracerPool
 from aarm_sandbox.journal.writer import Journal
 from aarm_sandbox.policy.decision import RANK, Decision, Result, stricter
@@ -587,7 +588,11 @@ class Supervisor:
                 basis_differs(pid, basis, effect.is_script)))
         # (where execs may not be held: their process and argument area, taken while the
         # thread still waits, for the watch after the exec)
-        mark = exec_mark(n.tid) if self._exec_stops is not True and stop_checks else (None, -1)
+        # (only where the new image may be the old one's file: the one sign then)
+        same_file = effect.before is not None and effect.before in (
+            effect.dev_ino, effect.loads.image, *effect.loads.alt_images)
+        mark = exec_mark(n.tid) if (self._exec_stops is not True and stop_checks and
+                                    same_file) else NO_MARK
         if n.tid in self._restart_tracing:
             # the restarted exec of an append_args rule (whatever it was decided as): traced
             # already by its restart's tracer, which runs these in its exec stop

@@ -616,7 +616,7 @@ def decode_exec(n, spec, st) -> Decoded:
         raise
     detail = {}
     try:
-        loads = _what_loads(n, st, obj)
+        loads = _what_loads(n, st, obj, os.path.basename(path))
     except BaseException:
         obj.close()
         raise
@@ -642,7 +642,8 @@ class Loads:
     loader of that ELF (`loader`, None for a static one). Resolved as the kernel will,
     from the caller's root: checked in the exec stop against what was mapped."""
     __slots__ = ("is_script", "interpreter_path", "interpreter_inode", "image", "loader",
-                 "loader_unmatchable", "unresolved", "unknown")
+                 "loader_unmatchable", "unresolved", "unknown", "alt_images",
+                 "fixed_interpreters")
 
     def __init__(self) -> None:
         self.is_script = False
@@ -654,6 +655,8 @@ class Loads:
         # a stat of the path gives: the mapped loader is not compared there
         self.loader_unmatchable = False
         self.unresolved: str | None = None   # a name the kernel will not find
+        self.alt_images: list[tuple] = []    # other binfmt_misc interpreters it may run as
+        self.fixed_interpreters: list[str] = []   # 'F' entries: the paths registered
         self.unknown = False                 # a file the supervisor may not read
 
 
@@ -679,27 +682,47 @@ def _on_overlayfs(fd: int) -> bool:
 BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
 
 
-def _binfmt_interpreter(head: bytes, name: str) -> tuple[str, bool] | None:
-    """(interpreter, registered with F) of the first enabled binfmt_misc entry that takes a
-    file starting with `head` and named `name`, as the kernel picks them; None when none
-    does (or binfmt_misc is not there: then the exec fails)."""
+def _binfmt_entries(ttl: float = 1.0) -> list[dict[str, str]]:
+    """The enabled binfmt_misc entries (re-read at most every `ttl` seconds): none where
+    binfmt_misc is not mounted."""
+    global _BINFMT_CACHE
+    now = time.monotonic()
+    if _BINFMT_CACHE is not None and now - _BINFMT_CACHE[0] < ttl:
+        return _BINFMT_CACHE[1]
+    entries = []
     try:
-        entries = sorted(e for e in os.listdir(BINFMT_MISC) if e not in ("register", "status"))
+        names = sorted(e for e in os.listdir(BINFMT_MISC) if e not in ("register", "status"))
     except OSError:
-        return None
-    for entry in entries:
+        names = []
+    for entry in names:
         try:
-            with open(os.path.join(BINFMT_MISC, entry)) as f:
+            with open(os.path.join(BINFMT_MISC, entry), encoding="utf-8",
+                      errors="surrogateescape") as f:
                 fields = dict((line.split(" ", 1) + [""])[:2] for line in f.read().splitlines())
         except OSError:
             continue
-        if "enabled" not in fields:
-            continue
+        if "enabled" in fields:
+            entries.append(fields)
+    _BINFMT_CACHE = (now, entries)
+    return entries
+
+
+_BINFMT_CACHE: tuple[float, list] | None = None
+
+
+def _binfmt_interpreters(head: bytes, name: bytes) -> list[tuple[str, str]]:
+    """(interpreter, flags) of every enabled binfmt_misc entry that takes a file starting
+    with `head` and called `name` (the last component of the path the exec was given): the
+    kernel takes the newest-registered of them, an order it does not show, so any of them
+    is what may run. Empty when none does (binfmt_misc then plays no part)."""
+    found = []
+    sname = os.fsdecode(name)
+    for fields in _binfmt_entries():
         interp = fields.get("interpreter", "").strip()
         flags = fields.get("flags:", "").strip()
         if "extension" in fields:
-            if name.endswith("." + fields["extension"].strip().lstrip(".")):
-                return interp, "F" in flags
+            if sname.endswith("." + fields["extension"].strip().lstrip(".")):
+                found.append((interp, flags))
             continue
         try:
             off = int(fields.get("offset", "0").strip() or 0)
@@ -710,8 +733,56 @@ def _binfmt_interpreter(head: bytes, name: str) -> tuple[str, bool] | None:
         got = head[off:off + len(magic)]
         if magic and len(got) == len(magic) and \
                 bytes(a & m for a, m in zip(got, mask)) == bytes(b & m for b, m in zip(magic, mask)):
-            return interp, "F" in flags
-    return None
+            found.append((interp, flags))
+    return found
+
+
+def _binfmt_loads(n, st, head: bytes, name: bytes, out: Loads, first: bool) -> bool:
+    """Fill `out` for a file binfmt_misc runs: the image is one of the matching entries'
+    interpreters (an 'F' entry's by its registered path: the kernel opened that file at
+    registration), judged as an exec of its own; its argv is the interpreter's (the
+    script-like tail compare). False when no entry takes the file (it then fails, unless
+    a native handler takes it)."""
+    matches = _binfmt_interpreters(head, name)
+    if not matches:
+        return False
+    out.is_script = True
+    out.loader_unmatchable = True
+    for path, flags in matches:
+        try:
+            if "F" in flags:
+                st_ = os.stat(path)
+                inode = (st_.st_dev, st_.st_ino)
+                out.fixed_interpreters.append(path)
+                shown = path
+            else:
+                iobj = _resolver(n, st).object(AT_FDCWD, os.fsencode(path), follow=True)
+                inode, shown = (iobj.st.st_dev, iobj.st.st_ino), iobj.path
+                iobj.close()
+        except (OSError, DecodeError):
+            if first and out.unresolved is None:
+                out.unresolved = path
+            continue
+        if out.image is None:
+            out.image = inode
+            if first:
+                out.interpreter_path, out.interpreter_inode = shown, inode
+        else:
+            out.alt_images.append(inode)
+    return True
+
+
+def _head(opath_fd: int) -> bytes | None:
+    try:
+        fd = os.open(f"/proc/self/fd/{opath_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return os.pread(fd, 256, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _libc():
@@ -725,9 +796,14 @@ def _libc():
 _LIBC = None
 
 
-def _what_loads(n, st, obj) -> Loads:
+def _what_loads(n, st, obj, name: bytes) -> Loads:
     out = Loads()
     own = (obj.st.st_dev, obj.st.st_ino)
+    if _binfmt_entries():
+        # binfmt_misc's entries are tried before the ELF and '#!' handlers
+        head = _head(obj.fd)
+        if head is not None and _binfmt_loads(n, st, head, name, out, first=True):
+            return out
     try:
         is_script, interp = _loaded_by(obj.fd)
     except OSError:
@@ -736,21 +812,7 @@ def _what_loads(n, st, obj) -> Loads:
     except NotNative as e:
         # run by the binfmt_misc entry that takes it (its interpreter is the image), or
         # by none (the exec fails: no image)
-        out.loader_unmatchable = True
-        found = _binfmt_interpreter(e.head, os.path.basename(obj.path))
-        if found is not None:
-            path, fixed = found
-            try:
-                if fixed:                        # ('F': opened when it was registered)
-                    st_ = os.stat(path)
-                    out.image = (st_.st_dev, st_.st_ino)
-                else:
-                    iobj = _resolver(n, st).object(AT_FDCWD, os.fsencode(path), follow=True)
-                    out.image = (iobj.st.st_dev, iobj.st.st_ino)
-                    out.interpreter_path, out.interpreter_inode = iobj.path, out.image
-                    iobj.close()
-            except (OSError, DecodeError):
-                out.unresolved = path
+        _binfmt_loads(n, st, e.head, name, out, first=True)
         return out
     out.is_script = is_script
     if not is_script:
@@ -779,8 +841,12 @@ def _what_loads(n, st, obj) -> Loads:
                 return out
             try:
                 is_script, interp = _loaded_by(fd)
-            except (OSError, NotNative):
-                return out                   # unreadable or foreign: no image accepted
+            except OSError:
+                return out                   # unreadable: no image accepted
+            except NotNative as e:
+                # an interpreter binfmt_misc runs (a foreign-architecture /bin/sh)
+                _binfmt_loads(n, st, e.head, os.path.basename(interp), out, first=False)
+                return out
             if not is_script:
                 out.image = inode            # the ELF that runs the script
         return out                           # nested too deep: the exec fails (ELOOP)

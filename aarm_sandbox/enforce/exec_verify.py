@@ -51,10 +51,25 @@ def image_loaded(pid: int, effect) -> bool:
     the one its PT_INTERP named then (none for a static ELF): a thread rewriting the
     PT_INTERP of a file it may write, between the decision and the exec, loaded another."""
     st = os.stat(f"/proc/{pid}/exe")
-    loads = effect.loads
-    if loads.image is None or (st.st_dev, st.st_ino) != loads.image:
+    if not runs_image(pid, (st.st_dev, st.st_ino), effect.loads):
         return False
-    return loader_ok(pid, loads)
+    return loader_ok(pid, effect.loads)
+
+
+def runs_image(pid: int, now: tuple[int, int], loads) -> bool:
+    """`now` (the program's image) is what the decision expected to run: the image, or
+    another interpreter binfmt_misc may run it with, or an 'F' entry's interpreter, which
+    the kernel opened when it was registered (matched by its path: the file there may have
+    been replaced since)."""
+    if loads.image is not None and (now == loads.image or now in loads.alt_images):
+        return True
+    if loads.fixed_interpreters:
+        try:
+            shown = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return False
+        return shown.removesuffix(" (deleted)") in loads.fixed_interpreters
+    return False
 
 
 def loader_ok(pid: int, loads) -> bool:
@@ -140,27 +155,38 @@ class PendingExec:
     non-leader thread's id is gone after it) and its memory then (a /proc/PID/mem fd of the
     old program, which reads nothing once the exec replaced it: the sign the exec happened
     when the image stays the same file)."""
-    __slots__ = ("tid", "effect", "tgid", "deadline", "mark")
+    __slots__ = ("tid", "effect", "tgid", "deadline", "mark", "arg_start")
 
-    def __init__(self, tid: int, effect, deadline: float, tgid: int | None, mark: int):
+    def __init__(self, tid: int, effect, deadline: float, mark: tuple):
         self.tid = tid
         self.effect = effect
-        self.tgid = tgid
+        self.tgid, self.mark, self.arg_start = mark
         self.deadline = deadline
-        self.mark = mark                  # the fd, or -1
 
 
-def exec_mark(pid: int) -> tuple[int | None, int]:
-    """(the thread's process, an fd of its memory now: -1 when unknown), taken before its
-    exec is let go."""
+NO_MARK = (None, -1, 0)
+
+
+def exec_mark(pid: int) -> tuple[int | None, int, int]:
+    """(the thread's process, an fd of its memory now, the start of its arguments: -1 and
+    0 when unknown), taken before its exec is let go: the exec has happened once that memory
+    reads nothing (gone with the old program) or the arguments moved. (A vfork child shares
+    its parent's memory, which stays; ASLR off can leave the arguments where they were;
+    yama and LSMs may refuse the memory: either sign is enough.)"""
     try:
         tgid = tgid_of(pid)
     except OSError:
-        return None, -1
+        return NO_MARK
+    fields = stat_fields(f"/proc/{tgid}/stat")
     try:
-        return tgid, os.open(f"/proc/{tgid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        arg_start = int(fields[45]) if fields else 0           # field 48
+    except (IndexError, ValueError):
+        arg_start = 0
+    try:
+        fd = os.open(f"/proc/{tgid}/mem", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return tgid, -1
+        fd = -1
+    return tgid, fd, arg_start
 
 
 class ExecImageVerifier:
@@ -177,10 +203,10 @@ class ExecImageVerifier:
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
 
-    def watch(self, tid: int, effect, mark: tuple[int | None, int] = (None, -1)) -> None:
+    def watch(self, tid: int, effect, mark: tuple = NO_MARK) -> None:
         """Watch the exec thread `tid` was just let go to make (effect: its ExecContinue;
         mark: exec_mark(tid) from before it was let go)."""
-        item = PendingExec(tid, effect, time.monotonic() + WATCH_FOR, mark[0], mark[1])
+        item = PendingExec(tid, effect, time.monotonic() + WATCH_FOR, mark)
         with self._cond:
             self._pending.append(item)
             if self._thread is None:
@@ -238,10 +264,11 @@ class ExecImageVerifier:
         now = (st.st_dev, st.st_ino)
         # the same file as before the exec: has the exec happened? (unknown without a mark)
         same = now == effect.before
-        if same and item.mark >= 0 and not self._exec_happened(item):
+        marked = item.mark >= 0 or item.arg_start != 0
+        if same and marked and not self._exec_happened(item):
             return False                          # not yet: look again
-        maybe_old = same and item.mark < 0
-        if now == effect.loads.image:
+        maybe_old = same and not marked
+        if runs_image(tgid, now, effect.loads):
             try:
                 loader_right = loader_ok(tgid, effect.loads)
             except NotSetUp:
@@ -249,9 +276,8 @@ class ExecImageVerifier:
             except OSError:
                 return True                       # gone (its mappings with it)
             if not loader_right:
-                self._kill(tgid, item.tid, "exec loaded another dynamic loader than the one "
-                                           "decided on")
-                return True
+                return self._kill_if_still(item, now, "exec loaded another dynamic loader "
+                                                      "than the one decided on")
             basis = getattr(effect, "basis", None)
             if basis is None:
                 return True
@@ -259,7 +285,8 @@ class ExecImageVerifier:
             if why is None or (why and maybe_old):
                 return False            # not set up yet, or maybe still the old program's
             if why:
-                self._kill(tgid, item.tid, f"exec ran with {why} (rewritten by another thread)")
+                return self._kill_if_still(item, now, f"exec ran with {why} (rewritten by "
+                                                      f"another thread)")
             return True
         if maybe_old:
             return False                          # still the old image: look again
@@ -267,19 +294,38 @@ class ExecImageVerifier:
             # a later exec of the same process (`sh -c 'exec prog'`) already replaced the
             # image: any image an exec decision allowed is fine
             return True
-        self._kill(tgid, item.tid, "exec loaded a different file than the one decided on")
+        return self._kill_if_still(item, now, "exec loaded a different file than the one "
+                                              "decided on")
+
+    def _kill_if_still(self, item: PendingExec, image: tuple[int, int], why: str) -> bool:
+        """Kill the process for `why`, found while it ran `image`: unless it has exec'd again
+        since (what was read may be the next program's: look again)."""
+        try:
+            st = os.stat(f"/proc/{item.tgid}/exe")
+        except OSError:
+            return True                           # gone
+        if (st.st_dev, st.st_ino) != image:
+            return False
+        self._kill(item.tgid, item.tid, why)
         return True
 
     @staticmethod
     def _exec_happened(item: PendingExec) -> bool:
-        """With the same file before and after, whether the exec has replaced the program:
-        the old memory reads nothing any more (its stack, at the address of its arguments)."""
+        """With the same file before and after, whether the exec has replaced the program
+        (see exec_mark)."""
         fields = stat_fields(f"/proc/{item.tgid}/stat")
         try:
-            arg_start = int(fields[45]) if fields else 0           # field 48
-            return not arg_start or not os.pread(item.mark, 1, arg_start)
-        except (IndexError, ValueError, OSError):
+            arg_start = int(fields[45]) if fields else 0
+        except (IndexError, ValueError):
             return True
+        if item.arg_start and arg_start != item.arg_start:
+            return True
+        if item.mark >= 0:
+            try:
+                return not os.pread(item.mark, 1, item.arg_start or arg_start)
+            except OSError:
+                return True
+        return False
 
     def _kill_safely(self, item: PendingExec, why: str) -> None:
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aarm_sandbox.decode import handlers
-from aarm_sandbox.decode.handlers import NotNative, _binfmt_interpreter, _loaded_by
+from aarm_sandbox.decode.handlers import NotNative, _binfmt_interpreters, _loaded_by
 
 
 def _opath(p: Path) -> int:
@@ -50,11 +50,15 @@ def test_binfmt_misc_entries_are_matched_by_magic_mask_and_extension_as_the_kern
         "mask ffffffffffffff00fffffffffffffffffeffffff\n")
     (reg / "jar").write_text("enabled\ninterpreter /usr/bin/jexec\nflags: \nextension .jar\n")
     monkeypatch.setattr(handlers, "BINFMT_MISC", str(reg))
+    monkeypatch.setattr(handlers, "_BINFMT_CACHE", None)
     riscv_head = bytes.fromhex("7f454c460201010000000000000000000200f300") + b"\0" * 40
-    assert _binfmt_interpreter(riscv_head, "prog") == ("/usr/bin/qemu-riscv64", True)
+    assert _binfmt_interpreters(riscv_head, b"prog") == [("/usr/bin/qemu-riscv64", "OCF")]
     x86_head = bytes.fromhex("7f454c460201010000000000000000000200" "3e00") + b"\0" * 40
-    assert _binfmt_interpreter(x86_head, "prog") is None
-    assert _binfmt_interpreter(b"PK\x03\x04", "app.jar") == ("/usr/bin/jexec", False)
-    assert _binfmt_interpreter(b"RVA1", "prog") is None           # its entry is disabled
+    assert _binfmt_interpreters(x86_head, b"prog") == []
+    # the extension of the name the exec was given, whatever the file holds
+    assert _binfmt_interpreters(b"PK\x03\x04", b"app.jar") == [("/usr/bin/jexec", "")]
+    assert _binfmt_interpreters(x86_head, b"tool.jar") == [("/usr/bin/jexec", "")]
+    assert _binfmt_interpreters(b"RVA1", b"prog") == []           # its entry is disabled
     monkeypatch.setattr(handlers, "BINFMT_MISC", str(tmp_path / "absent"))
-    assert _binfmt_interpreter(riscv_head, "prog") is None
+    monkeypatch.setattr(handlers, "_BINFMT_CACHE", None)
+    assert _binfmt_interpreters(riscv_head, b"prog") == []
