@@ -20,7 +20,7 @@ import os
 import struct
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from aarm_sandbox.decode.memory import env_prefixed
 from aarm_sandbox.procfs import stat_fields, tgid_of
