@@ -26,7 +26,7 @@ from aarm_sandbox.decode.memory import DecodeError, read_env_prefixed
 from aarm_sandbox.enforce.effects import (AtCall, Continue, Effect, NameAppeared, OpenFile,
                                           QuarantineDelete)
 from aarm_sandbox.enforce.exec_argv import (ERESTARTNOINTR, ExecRestart, RestartUnavailable,
-                                            no_tracee_left, ptrace_works)
+                                            kill_process_of, no_tracee_left, ptrace_works)
 from aarm_sandbox.enforce.exec_verify import (ENV_PREFIX, NO_MARK, ExecBasis,
                                               ExecImageVerifier, basis_differs, exec_mark,
                                               image_loaded)
@@ -35,7 +35,6 @@ from aarm_sandbox.journal.writer import Journal
 from aarm_sandbox.policy.decision import RANK, Decision, Result, stricter
 from aarm_sandbox.policy.engine import PolicyEngine
 from aarm_sandbox.policy.moved_tree import judge_moved_tree
-from aarm_sandbox.procfs import tgid_of
 
 TYPE_CHECKING = False      # (typing itself costs the startup path ~4 ms)
 if TYPE_CHECKING:
@@ -675,9 +674,12 @@ class Supervisor:
                 ok, why = ptrace_works()
                 self._exec_stops = ok
                 if not ok:
-                    print(f"aarm-sandbox: note: {why} (container runtime, LSM or yama "
-                          "policy): execs are checked after they start instead of before "
-                          "their first instruction (aarm-sandbox doctor)", file=sys.stderr)
+                    print(f"aarm-sandbox: note: {why}: ptrace is refused here by the "
+                          "container runtime's seccomp profile, an LSM or yama, so execs are "
+                          "checked after they start "
+                          "instead of before their first instruction, where a fast program "
+                          "can act first (allow ptrace to the supervisor to close that; "
+                          "aarm-sandbox doctor)", file=sys.stderr)
             return self._exec_stops is False
 
     def _journal_gate(self, n: Notification, outcome: str, what: str) -> None:
@@ -734,10 +736,7 @@ class Supervisor:
                 answered(-errno.EPERM)
             except Exception as e:  # noqa: BLE001 - answered maybe: fail closed
                 why = f"exec killed: could not {purpose} ({e})"
-                try:
-                    os.kill(tgid_of(n.tid), signal.SIGKILL)
-                except OSError:
-                    pass
+                kill_process_of(n.tid)
                 print(f"aarm-sandbox: error: {why}", file=sys.stderr)
                 self.journal.append({"type": "enforcement", "tid": n.tid, "reason": why})
                 answered(-errno.EPERM)

@@ -19,7 +19,8 @@ from aarm_sandbox.actions import action as A
 from aarm_sandbox.actions.action import Action
 from aarm_sandbox.decode.memory import DecodeError, read_argv, read_bytes, read_path
 from aarm_sandbox.decode.paths import (AT_EMPTY_PATH, AT_FDCWD, AT_SYMLINK_NOFOLLOW, ObjectRef,
-                                       ParentRef, Resolver, as_int32, fd_path, join_path)
+                                       ParentRef, Resolver, as_int32, fd_path, fs_magic,
+                                       join_path)
 from aarm_sandbox.decode.syscall_table import BY_NR, SyscallSpec
 from aarm_sandbox.enforce import libc
 from aarm_sandbox.enforce.effects import (AtCall, BrokeredSocket, Continue, Effect, ObjectCall,
@@ -661,22 +662,15 @@ class Loads:
 
 
 _MAX_INTERPRETERS = 5                        # the kernel's BINPRM_MAX_RECURSION is 4
-_OVERLAYFS_MAGIC = 0x794C7630
+_OVERLAYFS_MAGIC, _BTRFS_MAGIC = 0x794C7630, 0x9123683E
 
 
-_BTRFS_MAGIC = 0x9123683E
-
-
-def _on_overlayfs(fd: int) -> bool:
-    """Whether fd's file is on overlayfs or btrfs (fstatfs f_type, the first field of
-    struct statfs), where /proc/PID/maps shows another device (a backing file's, the
-    superblock's instead of the subvolume's) than a stat; when that cannot be told, it may
-    be."""
-    import ctypes
-    buf = ctypes.create_string_buffer(128)
-    if _libc().fstatfs(fd, buf) != 0:
-        return True
-    return struct.unpack_from("<q", buf.raw, 0)[0] in (_OVERLAYFS_MAGIC, _BTRFS_MAGIC)
+def _maps_shows_another_device(fd: int) -> bool:
+    """Whether fd's file is on overlayfs or btrfs, where /proc/PID/maps shows another device
+    (a backing file's, the superblock's instead of the subvolume's) than a stat; when that
+    cannot be told, it may be."""
+    magic = fs_magic(fd)
+    return magic is None or magic in (_OVERLAYFS_MAGIC, _BTRFS_MAGIC)
 
 
 BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
@@ -772,9 +766,14 @@ def _binfmt_loads(n, st, head: bytes, name: bytes, out: Loads, first: bool) -> b
     return True
 
 
+def _reopen_for_reading(opath_fd: int) -> int:
+    return os.open(f"/proc/self/fd/{opath_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+
+
 def _head(opath_fd: int) -> bytes | None:
+    """The first 256 bytes of the file (what the kernel's handlers look at), or None."""
     try:
-        fd = os.open(f"/proc/self/fd/{opath_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = _reopen_for_reading(opath_fd)
     except OSError:
         return None
     try:
@@ -783,17 +782,6 @@ def _head(opath_fd: int) -> bytes | None:
         return None
     finally:
         os.close(fd)
-
-
-def _libc():
-    global _LIBC
-    if _LIBC is None:
-        import ctypes
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-    return _LIBC
-
-
-_LIBC = None
 
 
 def _what_loads(n, st, obj, name: bytes) -> Loads:
@@ -837,7 +825,7 @@ def _what_loads(n, st, obj, name: bytes) -> Loads:
                 out.interpreter_path, out.interpreter_inode = iobj.path, inode
             if not is_script:
                 out.loader = inode           # the ELF's dynamic loader
-                out.loader_unmatchable = _on_overlayfs(fd)
+                out.loader_unmatchable = _maps_shows_another_device(fd)
                 return out
             try:
                 is_script, interp = _loaded_by(fd)
@@ -870,7 +858,7 @@ def _loaded_by(opath_fd: int) -> tuple[bool, bytes | None]:
     """(a '#!' script?, the file the kernel loads to run this one: the first word of the
     '#!' line, or the PT_INTERP of an x86-64 ELF, i.e. its dynamic loader). OSError when
     the file cannot be opened for reading; NotNative for any other format."""
-    fd = os.open(f"/proc/self/fd/{opath_fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    fd = _reopen_for_reading(opath_fd)
     try:
         head = os.pread(fd, 256, 0)
         if head.startswith(b"#!"):

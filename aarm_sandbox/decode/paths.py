@@ -373,6 +373,15 @@ _libc.readlinkat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, cty
 _libc.readlinkat.restype = ctypes.c_ssize_t
 
 
+def fs_magic(fd: int) -> int | None:
+    """The file system type (f_type of fstatfs, the first field of struct statfs) of fd's
+    file, an O_PATH fd too; None when it cannot be read."""
+    buf = ctypes.create_string_buffer(128)
+    if _libc.fstatfs(fd, buf) != 0:
+        return None
+    return int.from_bytes(buf.raw[:8], "little", signed=True)
+
+
 def _fd_flags(fd_dir: int, name: bytes, opened: int) -> int | None:
     """Open flags of fd `name` whose /proc/PID/fd directory is `fd_dir`, provided that fd
     still is the file `opened` (our O_PATH open of the magic link): the same mount and

@@ -211,7 +211,7 @@ def ptrace_works() -> tuple[bool, str]:
             pass                         # (a running tracee cannot be detached: killed below)
         return True, ""
     except OSError as e:
-        return False, f"ptrace refused: {e.strerror}"
+        return False, f"ptrace refused: {os.strerror(e.errno)}"
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -283,31 +283,21 @@ def gate_exec(tid: int, check, syscall_stops: int = 0,
     in_exec = False                  # between the exec's syscall entry and exit stops
     delay = 0.0002
     while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG | _WALL | _WNOTHREAD)
-        except ChildProcessError:
-            released()
+        got = _next_stop(os.WNOHANG, released)
+        if got is None:
             return "gone"
+        pid, status = got
         if pid == 0:
             # (no limit while a restarted exec waits for its decision: it may be held
             # for a human's approval)
             if time.monotonic() > deadline and not in_exec:
                 released()
-                try:
-                    os.kill(tgid_of(tid), 9)
-                except OSError:
-                    try:
-                        os.kill(tid, 9)         # (gone, or its status unreadable)
-                    except OSError:
-                        pass
+                kill_process_of(tid)
                 return "timeout"
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
             continue
         delay = 0.0002
-        if not os.WIFSTOPPED(status):
-            released()
-            return "gone"
         event, sig = status >> 16, os.WSTOPSIG(status)
         if event == _PTRACE_EVENT_EXEC:
             return _exec_stop(pid, check, released)
@@ -329,22 +319,43 @@ def gate_exec(tid: int, check, syscall_stops: int = 0,
 
 def _follow_to_exec_stop(check, released) -> str:
     """gate_exec without syscall stops, waiting in waitpid."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, _WALL | _WNOTHREAD)
-        except ChildProcessError:
-            released()
-            return "gone"
-        if not os.WIFSTOPPED(status):
-            released()
-            return "gone"
-        event, sig = status >> 16, os.WSTOPSIG(status)
-        if event == _PTRACE_EVENT_EXEC:
-            return _exec_stop(pid, check, released)
-        # our interrupt (SIGTRAP), a group stop or a signal on its way: the call is back
+    got = _next_stop(0, released)
+    if got is None:
+        return "gone"
+    pid, status = got
+    event, sig = status >> 16, os.WSTOPSIG(status)
+    if event == _PTRACE_EVENT_EXEC:
+        return _exec_stop(pid, check, released)
+    # our interrupt (SIGTRAP), a group stop or a signal on its way: the call is back
+    released()
+    _let_go(pid, 0 if event else sig)
+    return "returned"
+
+
+def _next_stop(flags: int, released) -> tuple[int, int] | None:
+    """The next stop of this thread's tracee, (0, 0) when WNOHANG finds none yet, or None
+    when the tracee is gone (released() called)."""
+    try:
+        pid, status = os.waitpid(-1, flags | _WALL | _WNOTHREAD)
+    except ChildProcessError:
         released()
-        _let_go(pid, 0 if event else sig)
-        return "returned"
+        return None
+    if pid and not os.WIFSTOPPED(status):
+        released()
+        return None
+    return pid, status
+
+
+def kill_process_of(tid: int) -> None:
+    """SIGKILL the process a thread belongs to (the thread itself when its status cannot be
+    read: gone, or never mind)."""
+    try:
+        os.kill(tgid_of(tid), 9)
+    except OSError:
+        try:
+            os.kill(tid, 9)
+        except OSError:
+            pass
 
 
 def _exec_stop(pid: int, check, released) -> str:
@@ -406,13 +417,7 @@ class _Deadlines:
                     self._cond.wait(None if nearest is None else max(nearest - now, 0.01))
                     continue
             for _tok, tid in due:
-                try:
-                    os.kill(tgid_of(tid), 9)
-                except OSError:
-                    try:
-                        os.kill(tid, 9)
-                    except OSError:
-                        pass
+                kill_process_of(tid)
 
 
 _DEADLINES = _Deadlines()

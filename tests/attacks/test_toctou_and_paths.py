@@ -464,6 +464,10 @@ def test_a_restarted_exec_decided_as_another_program_keeps_execs_held_in_their_s
         p.chmod(0o755)
     flip = f"{prog} race-exec {ta} {tb} 60 30 thread {marks}"
     swap = f"{prog} race-exec {ok} {denied} 200 60 thread {marks}"
+    box.native(["sh", "-c", swap])
+    assert any(marks.iterdir()), "natively the denied copy never ran"
+    for m in marks.iterdir():
+        m.unlink()
     profile = write_profile(box, "restart-flip", "id: restart-flip\nextends: default\nrules:\n"
                             + _DENY_COPY_RULE + """\
   - id: add-an-argument

@@ -666,18 +666,26 @@ static int exec_marker(int argc, char **argv)
     return 0;
 }
 
-/* Fork ITERS children, each exec'ing while the buffer flips; print how they ended. */
-static void exec_children(struct flipper *fl, const char *how, long iters, double deadline,
-                          char **child_argv, int path_flips)
+/* How the exec'ing children of a race ended: killed (in its exec stop), refused (exit
+ * 126) or ran; printed as the race summary. */
+struct tally { long iterations, ran, refused, killed; };
+
+/* Fork up to ITERS children, each exec'ing *path (read at exec time: it may point into a
+ * flipping buffer) with argv; quiet: their stdout/stderr to /dev/null. */
+static struct tally exec_loop(long iters, double deadline, char *const *path, char *const *argv,
+                              int quiet)
 {
-    struct flip *f = fl->f;
-    long i, ran = 0, refused = 0, killed = 0;
-    flip_start(fl, how);
-    for (i = 0; i < iters && now() < deadline; i++) {
+    struct tally t = {0};
+    for (t.iterations = 0; t.iterations < iters && now() < deadline; t.iterations++) {
         pid_t pid = fork();
         if (pid == 0) {
             extern char **environ;
-            execve(path_flips ? f->buf : child_argv[0], child_argv, environ);
+            if (quiet) {
+                int null = open("/dev/null", O_WRONLY);
+                dup2(null, 1);
+                dup2(null, 2);
+            }
+            execve(*path, argv, environ);
             _exit(errno == EPERM || errno == EACCES ? 126 : 127);
         }
         if (pid < 0)
@@ -686,14 +694,30 @@ static void exec_children(struct flipper *fl, const char *how, long iters, doubl
         if (waitpid(pid, &st, 0) < 0)
             break;
         if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
-            killed++;
+            t.killed++;
         else if (WIFEXITED(st) && WEXITSTATUS(st) == 126)
-            refused++;
+            t.refused++;
         else
-            ran++;
+            t.ran++;
     }
+    return t;
+}
+
+static void print_tally(struct tally t)
+{
+    printf("race iterations=%ld ran=%ld refused=%ld killed=%ld\n", t.iterations, t.ran,
+           t.refused, t.killed);
+}
+
+/* The same while a flipper (thread or forked process) flips the buffer. */
+static void exec_children(struct flipper *fl, const char *how, long iters, double deadline,
+                          char **child_argv, int path_flips)
+{
+    char *path = path_flips ? fl->f->buf : child_argv[0];
+    flip_start(fl, how);
+    struct tally t = exec_loop(iters, deadline, &path, child_argv, 0);
     flip_stop(fl);
-    printf("race iterations=%ld ran=%ld refused=%ld killed=%ld\n", i, ran, refused, killed);
+    print_tally(t);
 }
 
 static int race_exec(int argc, char **argv)
@@ -734,20 +758,6 @@ static int race_argv(int argc, char **argv)
     return 0;
 }
 
-/* Wait for an exec'ing child: killed (in its exec stop), refused (exit 126) or ran. */
-static void tally(pid_t pid, long *ran, long *refused, long *killed)
-{
-    int st;
-    if (waitpid(pid, &st, 0) < 0)
-        return;
-    if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
-        (*killed)++;
-    else if (WIFEXITED(st) && WEXITSTATUS(st) == 126)
-        (*refused)++;
-    else
-        (*ran)++;
-}
-
 /* argv[0] flips between NULL (argc 0: "nothing to classify") and the program's name. */
 static int race_argv0(int argc, char **argv)
 {
@@ -775,22 +785,11 @@ static int race_argv0(int argc, char **argv)
         }
         _exit(0);
     }
-    long i, ran = 0, refused = 0, killed = 0;
-    for (i = 0; i < iters && now() < deadline; i++) {
-        pid_t pid = fork();
-        if (pid == 0) {
-            extern char **environ;
-            int null = open("/dev/null", O_WRONLY);
-            dup2(null, 1);
-            dup2(null, 2);
-            execve(argv[2], sh->av, environ);
-            _exit(126);
-        }
-        tally(pid, &ran, &refused, &killed);
-    }
+    char *path = argv[2];
+    struct tally t = exec_loop(iters, deadline, &path, sh->av, 1);
     atomic_store(&sh->stop, 1);
     waitpid(flipper, NULL, 0);
-    printf("race iterations=%ld ran=%ld refused=%ld killed=%ld\n", i, ran, refused, killed);
+    print_tally(t);
     return 0;
 }
 
@@ -824,20 +823,11 @@ static int race_interp(int argc, char **argv)
         }
         _exit(0);
     }
-    long i, ran = 0, refused = 0, killed = 0;
-    for (i = 0; i < iters && now() < deadline; i++) {
-        pid_t pid = fork();
-        if (pid == 0) {
-            extern char **environ;
-            char *av[] = {(char *)elf, NULL};
-            execve(elf, av, environ);
-            _exit(errno == EPERM || errno == EACCES ? 126 : 127);
-        }
-        tally(pid, &ran, &refused, &killed);
-    }
+    char *path = (char *)elf, *av[] = {(char *)elf, NULL};
+    struct tally t = exec_loop(iters, deadline, &path, av, 0);
     atomic_store(stop, 1);
     waitpid(writer, NULL, 0);
-    printf("race iterations=%ld ran=%ld refused=%ld killed=%ld\n", i, ran, refused, killed);
+    print_tally(t);
     return 0;
 }
 
